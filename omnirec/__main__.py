@@ -1,0 +1,3 @@
+from omnirec.cli import app
+
+app()

@@ -1,0 +1,45 @@
+"""The one typed config object, read once at start-up from a TOML file and the environment.
+
+Each component owns its section's model; this module only composes them. Nothing below `main()`
+reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from domain.lifecycle import LifecycleRules
+from domain.tiers import TierLadder
+
+CONFIG_ENV = "OMNIREC_CONFIG"
+
+
+class OmnirecConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data_dir: Path = Path("var/data")
+    """Where the event log and entity tables live (simulator output by default)."""
+    tiers: TierLadder = TierLadder()
+    lifecycle: LifecycleRules = LifecycleRules()
+
+    @classmethod
+    def load(cls, path: Path | None = None, env: Mapping[str, str] | None = None) -> OmnirecConfig:
+        """File (argument, else $OMNIREC_CONFIG, else defaults), then environment overrides."""
+        env = os.environ if env is None else env
+        path = path or (Path(env[CONFIG_ENV]) if env.get(CONFIG_ENV) else None)
+        data: dict[str, object] = tomllib.loads(Path(path).read_text()) if path else {}
+        for var, (section, key) in ENV_OVERRIDES.items():
+            if env.get(var):
+                data.setdefault(section, {})[key] = env[var]  # type: ignore[index]
+        if env.get("OMNIREC_DATA_DIR"):
+            data["data_dir"] = env["OMNIREC_DATA_DIR"]
+        return cls.model_validate(data)
+
+
+ENV_OVERRIDES: dict[str, tuple[str, str]] = {}
+"""Environment variable -> (config section, field), e.g. REDIS_URL -> ("redis", "url")."""
