@@ -12,7 +12,7 @@ import redis
 
 from simulator import SimulationConfig, simulate
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("OMNIREC_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 TEST_REDIS_URL = os.environ.get("OMNIREC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
