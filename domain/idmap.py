@@ -46,7 +46,8 @@ class IdMap:
 
     def to_internal(self, ids: Iterable[str], strict: bool = True) -> np.ndarray:
         """Internal indexes; unknown ids raise `NotFound` when strict, else map to -1."""
-        out = np.fromiter((self._index.get(i, -1) for i in ids), dtype=np.int64)
+        ids = list(ids)
+        out = np.fromiter((self._index.get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
         if strict and (out < 0).any():
             missing = [i for i, o in zip(ids, out, strict=False) if o < 0][:5]
             raise NotFound(f"unknown ids: {missing}")
