@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from domain.lifecycle import LifecycleRules
 from domain.tiers import TierLadder
+from service.config import ServiceConfig
 
 CONFIG_ENV = "OMNIREC_CONFIG"
 
@@ -26,6 +27,7 @@ class OmnirecConfig(BaseModel):
     """Where the event log and entity tables live (simulator output by default)."""
     tiers: TierLadder = TierLadder()
     lifecycle: LifecycleRules = LifecycleRules()
+    service: ServiceConfig = ServiceConfig()
 
     @classmethod
     def load(cls, path: Path | None = None, env: Mapping[str, str] | None = None) -> OmnirecConfig:

@@ -1,0 +1,41 @@
+"""`ServiceConfig`: the `service` section of the root config (port, workers, model bundles, API keys)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Role(StrEnum):
+    """What a caller is allowed to do; each API key maps to one role."""
+
+    APP = "app"
+    POS = "pos"
+    CAMPAIGN = "campaign"
+    ADMIN = "admin"
+
+
+class ServiceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "0.0.0.0"
+    port: int = Field(50051, ge=0, le=65535)
+    """0 picks a free port (tests); with several workers the port must be fixed so they can share it."""
+    workers: int = Field(2, ge=1)
+    """Processes sharing the port (SO_REUSEPORT); each holds the bundle memory-mapped, so they share its pages."""
+    bundle_root: Path = Path("var/models")
+    """Folder of versioned model bundles and the `current` pointer that `omnirec publish` moves."""
+    poll_interval_s: float = Field(5.0, gt=0)
+    """How often each worker checks whether a newer bundle was published."""
+    event_log_dir: Path = Path("var/data/events_live")
+    """Where TrackEvents appends accepted events (Parquet, `domain.schema.EVENT_SCHEMA`) for the next training."""
+    event_log_flush_rows: int = Field(10_000, ge=1)
+    """Buffered events are written as one Parquet file when this many have accumulated (and on shutdown)."""
+    api_keys: dict[str, Role] = {}
+    """API key -> role. Keys live in the config file only; with none configured every RPC is refused."""
+    default_deadline_s: float = Field(1.0, gt=0)
+    """Budget for blocking work (feature reads) when the caller set no deadline."""
+    shutdown_grace_s: float = Field(5.0, ge=0)
+    """On SIGTERM, in-flight RPCs get this long to finish before they are cancelled."""
