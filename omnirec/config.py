@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from domain.lifecycle import LifecycleRules
 from domain.tiers import TierLadder
 from service.config import ServiceConfig
+from training.config import TrainConfig
 
 CONFIG_ENV = "OMNIREC_CONFIG"
 
@@ -28,6 +29,7 @@ class OmnirecConfig(BaseModel):
     tiers: TierLadder = TierLadder()
     lifecycle: LifecycleRules = LifecycleRules()
     service: ServiceConfig = ServiceConfig()
+    train: TrainConfig = TrainConfig()
 
     @classmethod
     def load(cls, path: Path | None = None, env: Mapping[str, str] | None = None) -> OmnirecConfig:
