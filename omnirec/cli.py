@@ -81,5 +81,49 @@ def demo(config: ConfigOpt = None) -> None:
     print_summary(run(SimulationConfig(tiers=cfg.tiers), cfg.data_dir, rules=cfg.lifecycle))
 
 
+@app.command()
+def train(
+    data: Annotated[Path | None, typer.Option(help="Retailer files to train on (default: the config's data_dir).")]
+        = None,
+    bundles: Annotated[Path | None, typer.Option(help="Bundle root (default: the config's train.bundle_root).")]
+        = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (default: config); same seed, same metrics.")] = None,
+    publish: Annotated[bool, typer.Option(help="Publish the new bundle when it beats popularity.")] = True,
+    force: Annotated[bool, typer.Option("--force", help="Publish even if the model does not beat popularity.")]
+        = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Train every model, evaluate on a time split, write the next versioned bundle and publish it."""
+    from training.pipeline import print_summary as print_training
+    from training.pipeline import train as run
+
+    cfg = _setup(config)
+    overrides = {k: v for k, v in (("bundle_root", bundles), ("seed", seed)) if v is not None}
+    train_cfg = cfg.train.model_copy(update=overrides)
+    result = run(data or cfg.data_dir, train_cfg, force=force, publish=publish)
+    print_training(result, console)
+    if publish and not result.published:
+        console.print(f"[red]v{result.version} does not beat popularity; not published (use --force)[/red]")
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def publish(
+    version: Annotated[int | None, typer.Option(help="Bundle version to publish (default: the newest).")] = None,
+    bundles: Annotated[Path | None, typer.Option(help="Bundle root (default: the config's train.bundle_root).")]
+        = None,
+    force: Annotated[bool, typer.Option("--force", help="Publish even if the model does not beat popularity.")]
+        = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Point `current` at a bundle version atomically; the service hot-swaps to it."""
+    from training.publish import publish_version
+
+    cfg = _setup(config)
+    published = publish_version(bundles or cfg.train.bundle_root, version, force=force)
+    console.print(f"published v{published}")
+
+
+
 if __name__ == "__main__":
     app()
