@@ -1,0 +1,47 @@
+"""Loading a published training bundle for serving: the bundle (memory-mapped) plus the item categories.
+
+Bundles carry ids and vectors, not catalogue metadata, so the category of each item comes from the
+catalogue (`items.parquet` in the data folder), aligned to the bundle's item order once per load.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from domain.readers import ITEMS_FILE
+from service.model import ModelHolder, ServingModel
+from service.ranking import CategoryIndex
+from training.bundle import ModelBundle
+from training.registry import BundleRegistry
+
+log = logging.getLogger(__name__)
+
+
+def item_categories(bundle: ModelBundle, data_dir: Path) -> np.ndarray:
+    """Category path of every bundle item ("" where the catalogue lacks the item or the file is missing)."""
+    categories = np.full(len(bundle.items), "", dtype=object)
+    path = data_dir / ITEMS_FILE
+    if not path.exists():
+        log.warning("%s missing: the category filter will match nothing", path)
+        return categories.astype(str)
+    table = pq.read_table(path, columns=["item_id", "category"])
+    idx = bundle.items.to_internal(table["item_id"].to_numpy(zero_copy_only=False).astype(str), strict=False)
+    known = idx >= 0
+    categories[idx[known]] = table["category"].to_numpy(zero_copy_only=False)[known]
+    return categories.astype(str)
+
+
+def load_serving_model(path: Path, data_dir: Path) -> ServingModel:
+    bundle = ModelBundle.load(path, mmap=True)
+    return ServingModel(bundle, CategoryIndex.from_categories(item_categories(bundle, data_dir)),
+                        str(bundle.version), path)
+
+
+def holder_for(bundle_root: Path, data_dir: Path) -> ModelHolder:
+    """A holder following the registry's `current` pointer under `bundle_root`."""
+    registry = BundleRegistry(bundle_root)
+    return ModelHolder(registry.current_path, lambda path: load_serving_model(path, data_dir))

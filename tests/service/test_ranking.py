@@ -1,0 +1,80 @@
+"""The grpc-free ranking functions on a tiny hand-made bundle: fallbacks, filters and ordering."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from domain.errors import NotFound
+from domain.idmap import IdMap
+from domain.vocab import Channel
+from service.ranking import CategoryIndex, Filters, MemberContext, Reason, basket, recommend, similar
+
+ITEMS = IdMap.from_ids([f"i{i}" for i in range(6)])
+CATEGORIES = np.array(["home/kitchen", "home/bath", "toys", "home/kitchen", "toys/lego", "garden"])
+
+
+@dataclass
+class TinyBundle:
+    items: IdMap = ITEMS
+    members: IdMap = field(default_factory=lambda: IdMap.from_ids(["m1"]))
+    manifest: dict = field(default_factory=dict)
+
+    def member_scores(self, member_id: str) -> np.ndarray | None:
+        return np.array([0.1, 0.9, 0.5, 0.8, 0.2, 0.3], dtype=np.float32) if member_id == "m1" else None
+
+    def cold_start_scores(self, features: dict[str, str]) -> np.ndarray:
+        return np.array([0.6, 0.1, 0.2, 0.3, 0.4, 0.5], dtype=np.float32)
+
+    def similar_items(self, item_id: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+        order = np.array([self.items.get(item_id), 3, 0, 4, 2, 1, 5])[:k]
+        return order, np.linspace(1, 0, len(order), dtype=np.float32)
+
+    def popularity(self, channel: str | None = None, store_id: str | None = None) -> np.ndarray:
+        return np.array([1, 2, 3, 4, 5, 6], dtype=np.float32)
+
+    def basket_complements(self, item_ids: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.array([0, 5, 2, 1])[:k], np.array([0.9, 0.8, 0.7, 0.6], dtype=np.float32)[:k]
+
+
+CATS = CategoryIndex.from_categories(CATEGORIES)
+
+
+def test_known_member_gets_collaborative_order() -> None:
+    ranked = recommend(TinyBundle(), CATS, MemberContext("m1"), Channel.APP, None, 3, Filters())
+    assert ITEMS.to_external(ranked.idx).tolist() == ["i1", "i3", "i2"]
+    assert set(ranked.reasons) == {Reason.COLLABORATIVE}
+
+
+def test_cold_start_then_popularity() -> None:
+    ranked = recommend(TinyBundle(), CATS, MemberContext("new", {"tier": "basic"}), Channel.APP, None, 2, Filters())
+    assert ranked.reasons == [Reason.CONTENT_COLD_START] * 2 and ranked.idx.tolist() == [0, 5]
+    ranked = recommend(TinyBundle(), CATS, MemberContext(None), Channel.POS, "s1", 2, Filters())
+    assert ranked.reasons == [Reason.POPULAR_IN_STORE] * 2 and ranked.idx.tolist() == [5, 4]
+
+
+def test_category_prefix_and_purchased_filters() -> None:
+    member = MemberContext("m1", purchased=("i3",))
+    ranked = recommend(TinyBundle(), CATS, member, Channel.APP, None, 5,
+                       Filters(category="home", exclude_purchased=True))
+    assert ITEMS.to_external(ranked.idx).tolist() == ["i1", "i0"]
+    assert ranked.applied == [Reason.CATEGORY_FILTER, Reason.EXCLUDED_PURCHASED]
+    assert recommend(TinyBundle(), CATS, member, Channel.APP, None, 5, Filters(category="hom")).idx.size == 0
+
+
+def test_similar_excludes_itself_and_unknown_is_not_found() -> None:
+    ranked = similar(TinyBundle(), CATS, "i1", 3, Filters())
+    assert 1 not in ranked.idx.tolist() and ranked.idx.tolist()[:2] == [3, 0]
+    with pytest.raises(NotFound, match="item_id"):
+        similar(TinyBundle(), CATS, "nope", 3, Filters())
+
+
+def test_basket_drops_its_items_and_blends_taste() -> None:
+    plain = basket(TinyBundle(), CATS, ["i0", "unknown"], None, 3, Filters())
+    assert plain.idx.tolist() == [5, 2, 1]
+    personal = basket(TinyBundle(), CATS, ["i0"], TinyBundle().member_scores("m1"), 3, Filters())
+    assert personal.idx.tolist()[0] == 1
+    with pytest.raises(NotFound, match="basket_item_ids"):
+        basket(TinyBundle(), CATS, ["x", "y"], None, 3, Filters())
