@@ -1,0 +1,64 @@
+"""Offer fixtures: the example catalogue, a tiny item catalogue, hand-made members and an engine on real Redis."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import redis
+
+from domain.vocab import Channel, LifecycleStage
+from feature_store.keys import Keys
+from offers.budget import OfferStore
+from offers.catalogue import CatalogueSource
+from offers.config import OfferConfig
+from offers.decision_log import DecisionLog
+from offers.engine import ItemCatalogue, OfferEngine
+from offers.policy import MemberView
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "offers" / "examples" / "catalogue.toml"
+NOW = 1_795_000_000.0
+"""2026-11-18: inside every example offer's validity window."""
+ALL = frozenset(Channel)
+
+
+def member(member_id: str, tier: str = "basic", stage: LifecycleStage = LifecycleStage.ACTIVE,
+           consent: frozenset[Channel] = ALL) -> MemberView:
+    return MemberView(member_id, tier, stage, consent)
+
+
+@pytest.fixture
+def items() -> ItemCatalogue:
+    table = pa.table({
+        "item_id": ["i1", "i2", "i3", "i4", "i5"],
+        "category": ["beauty/skincare", "beauty/makeup", "electronics/audio", "home/kitchen", "apparel/tops"],
+        "brand": ["b1", "b1", "b2", "b3", "b4"],
+    })
+    inventory = pa.table({"store_id": ["online"] * 5 + ["s1", "s1"], "item_id": ["i1", "i2", "i3", "i4", "i5",
+                                                                                "i4", "i5"],
+                          "quantity": [5, 5, 5, 5, 5, 0, 3]})
+    return ItemCatalogue(table, inventory)
+
+
+@pytest.fixture
+def catalogue_path(tmp_path: Path) -> Path:
+    path = tmp_path / "catalogue.toml"
+    shutil.copy(EXAMPLE, path)
+    return path
+
+
+EngineFactory = Callable[..., OfferEngine]
+
+
+@pytest.fixture
+def make_engine(redis_client: redis.Redis, redis_prefix: str, catalogue_path: Path, items: ItemCatalogue,
+                tmp_path: Path) -> EngineFactory:
+    """Engine over the real Redis under the test's prefix; `members` maps ids to views."""
+    def make(members: dict[str, MemberView], path: Path = catalogue_path, **config: object) -> OfferEngine:
+        cfg = OfferConfig(catalogue_path=path, decision_log_dir=tmp_path / "decisions", **config)  # type: ignore
+        return OfferEngine(cfg, CatalogueSource(path, poll_seconds=0.0), OfferStore(redis_client, Keys(redis_prefix)),
+                           members.get, items, DecisionLog(cfg.decision_log_dir), clock=lambda: NOW)
+    return make
