@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from domain.lifecycle import LifecycleRules
 from domain.tiers import TierLadder
+from feature_store.config import RedisConfig
 from service.config import ServiceConfig
 from training.config import TrainConfig
 
@@ -30,6 +31,7 @@ class OmnirecConfig(BaseModel):
     lifecycle: LifecycleRules = LifecycleRules()
     service: ServiceConfig = ServiceConfig()
     train: TrainConfig = TrainConfig()
+    redis: RedisConfig = RedisConfig()
 
     @classmethod
     def load(cls, path: Path | None = None, env: Mapping[str, str] | None = None) -> OmnirecConfig:
@@ -45,5 +47,7 @@ class OmnirecConfig(BaseModel):
         return cls.model_validate(data)
 
 
-ENV_OVERRIDES: dict[str, tuple[str, str]] = {}
+ENV_OVERRIDES: dict[str, tuple[str, str]] = {
+    "REDIS_URL": ("redis", "url"),
+}
 """Environment variable -> (config section, field), e.g. REDIS_URL -> ("redis", "url")."""

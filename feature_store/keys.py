@@ -1,0 +1,144 @@
+"""Every Redis key the feature store (and the offers engine) uses is built here, and nowhere else.
+
+Layout: ``{ns}:v{schema}:{entity}:{id}`` -> a hash of fields plus ``_ts`` (Feast style), or a sorted set
+where order matters. Two key spaces share the layout:
+
+* materialised features live under a *generation* namespace ``{namespace}@{generation}``; a load writes
+  a fresh generation and switches readers by rewriting the pointer hash, so a half-written load is
+  never served;
+* durable, operational records (identity links, coupon wallets, the contact ledger, dedup claims,
+  offer budgets) live under the bare ``{namespace}`` and survive re-materialisation.
+
+`feature_store/FORMAT.md` documents every entity; `tests/feature_store/test_keys.py` pins them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+SCHEMA_VERSION = 1
+"""Bump when a field's meaning or encoding changes; readers refuse data written under another version."""
+
+_NAMESPACE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+# Generation-scoped entities (rebuilt by every materialisation).
+MEMBER = "member"
+RECENT = "recent"
+PURCHASED = "purchased"
+ANON_RECENT = "anon_recent"
+ITEM = "item"
+STOCK = "stock"
+
+# Durable entities (written live; survive re-materialisation).
+IDENTITY = "identity"
+WALLET = "wallet"
+CONTACTS = "contacts"
+SEEN = "seen"
+META = "meta"
+
+# --- offers engine (issue 6): durable offer records -------------------------------------------------
+OFFER_BUDGET = "offer_budget"
+OFFER_DECISION = "offer_decision"
+COUPON = "coupon"
+OFFER_STATS = "offer_stats"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key builder for one namespace; `generation` selects which materialisation the feature keys address."""
+
+    namespace: str
+    generation: int = 0
+    schema: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if not _NAMESPACE.match(self.namespace):
+            raise ValueError(f"namespace {self.namespace!r} must match {_NAMESPACE.pattern}")
+
+    def at(self, generation: int) -> Keys:
+        """The same namespace addressing another materialisation."""
+        return Keys(self.namespace, generation, self.schema)
+
+    @property
+    def feature_ns(self) -> str:
+        return f"{self.namespace}@{self.generation}"
+
+    def feature(self, entity: str, entity_id: str) -> str:
+        """A generation-scoped key: `{namespace}@{generation}:v{schema}:{entity}:{id}`."""
+        return f"{self.feature_ns}:v{self.schema}:{entity}:{entity_id}"
+
+    def durable(self, entity: str, entity_id: str) -> str:
+        """A key that survives re-materialisation: `{namespace}:v{schema}:{entity}:{id}`.
+
+        The extension point for other components (e.g. the offers engine's budget counters): pick a new
+        entity name, add a method here and a line to FORMAT.md.
+        """
+        return f"{self.namespace}:v{self.schema}:{entity}:{entity_id}"
+
+    def generation_pattern(self, generation: int) -> str:
+        """SCAN pattern that matches every key of one materialisation (used to expire old ones)."""
+        return f"{self.namespace}@{generation}:*"
+
+    # --- generation-scoped features -------------------------------------------------------------
+    def member(self, member_id: str) -> str:
+        return self.feature(MEMBER, member_id)
+
+    def recent(self, member_id: str) -> str:
+        return self.feature(RECENT, member_id)
+
+    def purchased(self, member_id: str) -> str:
+        return self.feature(PURCHASED, member_id)
+
+    def anon_recent(self, anonymous_id: str) -> str:
+        return self.feature(ANON_RECENT, anonymous_id)
+
+    def item(self, item_id: str) -> str:
+        return self.feature(ITEM, item_id)
+
+    def stock(self, store_id: str) -> str:
+        return self.feature(STOCK, store_id)
+
+    # --- durable records ------------------------------------------------------------------------
+    def pointer(self) -> str:
+        """Hash naming the generation readers serve, and its schema version."""
+        return self.durable(META, "pointer")
+
+    def generation_counter(self) -> str:
+        return self.durable(META, "generation")
+
+    def identity(self, anonymous_id: str) -> str:
+        return self.durable(IDENTITY, anonymous_id)
+
+    def wallet(self, member_id: str) -> str:
+        return self.durable(WALLET, member_id)
+
+    def contacts(self, member_id: str) -> str:
+        return self.durable(CONTACTS, member_id)
+
+    def seen(self, event_digest: str) -> str:
+        return self.durable(SEEN, event_digest)
+
+    # --- offers engine (issue 6): budgets, idempotent decisions, coupons ------------------------
+    def offer_budget(self, offer_id: str) -> str:
+        """Hash: issued, reserved_cents, redeemed, spent_cents of one offer (never expires)."""
+        return self.durable(OFFER_BUDGET, offer_id)
+
+    def offer_decision(self, request_id: str) -> str:
+        """String: the JSON DecideCoupon decision stored under its request id (idempotency, TTL)."""
+        return self.durable(OFFER_DECISION, request_id)
+
+    def coupon(self, coupon_id: str) -> str:
+        """Hash: member_id, offer_id, decision_id, issued_ts, valid_until, status and redemption fields."""
+        return self.durable(COUPON, coupon_id)
+
+    def offer_stats(self, member_id: str) -> str:
+        """Hash: a member's coupon redemptions and last_redeem_ts (features for the next uplift training)."""
+        return self.durable(OFFER_STATS, member_id)
+
+
+def event_digest(*fields: object) -> str:
+    """Stable id of an event from its fields, for event-time dedup (never Python's salted `hash`)."""
+    raw = "\x1f".join("" if f is None else str(f) for f in fields)
+    return hashlib.blake2b(raw.encode(), digest_size=12).hexdigest()

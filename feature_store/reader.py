@@ -1,0 +1,255 @@
+"""`FeatureReader`: everything one request needs in one pipelined round trip, with explicit misses.
+
+Each request pipeline starts with `HMGET pointer generation schema` and reads the features under the
+generation the reader last saw. When the pointer names another generation (a load just switched), the
+request is read again under the new one: one extra round trip per switch, never a mix of generations.
+The previous generation stays readable for `old_generation_ttl_s` after a switch, so the first read is
+itself consistent.
+
+Anonymous requests: the identity link is read in the same round trip; when it names a member, that
+member's features need a second round trip (only then).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import redis
+from redis.cluster import RedisCluster
+
+from domain.vocab import ONLINE_STORE
+from feature_store.config import RedisConfig
+from feature_store.errors import FeatureStoreError, redis_unavailable
+from feature_store.keys import SCHEMA_VERSION, Keys
+from feature_store.marketing import (
+    ContactHistory,
+    Wallet,
+    parse_contacts,
+    parse_wallet,
+    queue_contacts,
+    queue_wallet,
+)
+from feature_store.model import ItemFeatures, MemberProfile, parse_stock
+
+Pipeline = redis.client.Pipeline
+
+
+@dataclass(frozen=True)
+class MemberFeatures:
+    """A member's part of a request; `profile` is None when the member is not in the store."""
+
+    member_id: str
+    profile: MemberProfile | None
+    recent_items: tuple[str, ...]
+    """Newest first, distinct, at most `recent_items` long."""
+    purchased_items: frozenset[str]
+    wallet: Wallet
+    contacts: ContactHistory
+
+
+@dataclass(frozen=True)
+class RequestFeatures:
+    generation: int
+    member_id: str | None
+    """The member the request is about: given, or resolved from `anonymous_id`; None if unknown."""
+    anonymous_id: str | None
+    resolved_from_anonymous: bool
+    member: MemberFeatures | None
+    """None for an anonymous visitor with no known link."""
+    anonymous_recent_items: tuple[str, ...]
+    """Items seen under `anonymous_id` while it was not linked (empty when a member id is known)."""
+    store_id: str
+    """Where stock was read: the given store, or `ONLINE_STORE`."""
+    items: Mapping[str, ItemFeatures | None]
+    """Requested item -> its features, None when the item is not in the store."""
+    stock: Mapping[str, int]
+    """Requested item -> units on hand at `store_id` (0: none or not carried)."""
+
+    @property
+    def profile(self) -> MemberProfile | None:
+        return self.member.profile if self.member else None
+
+    @property
+    def recent_items(self) -> tuple[str, ...]:
+        return self.member.recent_items if self.member else self.anonymous_recent_items
+
+    def in_stock(self, item_id: str) -> bool:
+        return self.stock.get(item_id, 0) > 0
+
+
+class _Batch:
+    """A pipeline whose parse step runs after the one `execute`, in queueing order."""
+
+    def __init__(self, client: redis.Redis | RedisCluster) -> None:
+        self.pipe = client.pipeline(transaction=False)
+        self.parsers: list[tuple[int, Callable[[list[Any]], None]]] = []
+
+    def add(self, n_commands: int, parse: Callable[[list[Any]], None]) -> None:
+        self.parsers.append((n_commands, parse))
+
+    def execute(self, what: str) -> None:
+        with redis_unavailable(what):
+            try:
+                replies = self.pipe.execute()
+            except redis.ResponseError as exc:
+                raise FeatureStoreError(f"{what}: a stored value has the wrong type: {exc}") from exc
+        at = 0
+        for n, parse in self.parsers:
+            parse(replies[at:at + n])
+            at += n
+
+
+def parse_pointer(keys: Keys, raw: Sequence[bytes | None]) -> int:
+    """The generation to serve, or `FeatureStoreError` when nothing usable is materialised."""
+    generation, schema = raw
+    if generation is None:
+        raise FeatureStoreError(f"{keys.pointer()}: no materialised features (run `omnirec materialize`)")
+    try:
+        gen, version = int(generation), int(schema or b"-1")
+    except ValueError:
+        raise FeatureStoreError(f"{keys.pointer()}: malformed pointer {generation!r}/{schema!r}") from None
+    if version != keys.schema:
+        raise FeatureStoreError(f"{keys.pointer()}: data has schema v{version}, this reader expects v{keys.schema}")
+    return gen
+
+
+class FeatureReader:
+    """Request-time reads for the service. Thread-safe: one pipeline per call, shared connection pool."""
+
+    def __init__(self, client: redis.Redis | RedisCluster, config: RedisConfig) -> None:
+        self.client = client
+        self.config = config
+        self.base = Keys(config.namespace, schema=SCHEMA_VERSION)
+        self._generation: int | None = None
+
+    def generation(self) -> int:
+        """The generation readers are pointed at now (one round trip)."""
+        batch = _Batch(self.client)
+        found: list[int] = []
+        self._queue_pointer(batch, found)
+        batch.execute("read pointer")
+        return found[0]
+
+    def _queue_pointer(self, batch: _Batch, found: list[int]) -> None:
+        batch.pipe.hmget(self.base.pointer(), ["generation", "schema"])
+        batch.add(1, lambda r: found.append(parse_pointer(self.base, r[0])))
+
+    def _consistent(self, queue: Callable[[_Batch, Keys], None], what: str) -> int:
+        """Run `queue`'s reads plus the pointer in one pipeline; re-run once under a newer generation."""
+        if self._generation is None:
+            self._generation = self.generation()
+        for _ in range(3):
+            generation = self._generation
+            batch = _Batch(self.client)
+            found: list[int] = []
+            self._queue_pointer(batch, found)
+            queue(batch, self.base.at(generation))
+            batch.execute(what)
+            self._generation = found[0]
+            if found[0] == generation:
+                return generation
+        raise FeatureStoreError(f"{what}: the generation kept changing during the read")
+
+    def read_request(self, member_id: str | None = None, anonymous_id: str | None = None,
+                     item_ids: Sequence[str] = (), store_id: str | None = None,
+                     now: float | None = None) -> RequestFeatures:
+        """All features of one request. `store_id` None reads online stock (app, mini-program, web)."""
+        if not member_id and not anonymous_id:
+            raise ValueError("read_request needs a member_id or an anonymous_id")
+        now = time.time() if now is None else now
+        store = store_id or ONLINE_STORE
+        out: dict[str, Any] = {}
+
+        def queue(batch: _Batch, k: Keys) -> None:
+            out.clear()
+            if member_id:
+                self._queue_member(batch, k, member_id, now, out)
+            else:
+                batch.pipe.hget(k.identity(anonymous_id), "member_id")
+                batch.pipe.lrange(k.anon_recent(anonymous_id), 0, -1)
+                batch.add(2, lambda r: out.update(linked=r[0], anon_recent=_strings(r[1])))
+            self._queue_items(batch, k, list(item_ids), store, out)
+
+        generation = self._consistent(queue, "read_request")
+        resolved = None
+        if not member_id and out["linked"] is not None:
+            resolved = out["linked"].decode()
+            items, stock = out["items"], out["stock"]
+            generation = self._consistent(lambda b, k: self._queue_member(b, k, resolved, now, out), "read_request")
+            out.update(items=items, stock=stock, anon_recent=())
+        who = member_id or resolved
+        return RequestFeatures(
+            generation=generation, member_id=who, anonymous_id=anonymous_id,
+            resolved_from_anonymous=resolved is not None, member=out.get("member"),
+            anonymous_recent_items=out.get("anon_recent", ()), store_id=store, items=out["items"],
+            stock=out["stock"])
+
+    def _queue_member(self, batch: _Batch, k: Keys, member_id: str, now: float, out: dict[str, Any]) -> None:
+        since = now - self.config.contact_window_s
+        batch.pipe.hgetall(k.member(member_id))
+        batch.pipe.lrange(k.recent(member_id), 0, -1)
+        batch.pipe.lrange(k.purchased(member_id), 0, -1)
+        queue_wallet(batch.pipe, k, member_id)
+        queue_contacts(batch.pipe, k, member_id, since)
+
+        def parse(r: list[Any]) -> None:
+            profile = MemberProfile.from_hash(member_id, k.member(member_id), r[0]) if r[0] else None
+            out["member"] = MemberFeatures(
+                member_id=member_id, profile=profile, recent_items=_strings(r[1]),
+                purchased_items=frozenset(_strings(r[2])), wallet=parse_wallet(k, member_id, r[3], now),
+                contacts=parse_contacts(k, member_id, r[4], since))
+
+        batch.add(5, parse)
+
+    @staticmethod
+    def _queue_items(batch: _Batch, k: Keys, item_ids: list[str], store: str, out: dict[str, Any]) -> None:
+        for item_id in item_ids:
+            batch.pipe.hgetall(k.item(item_id))
+        if item_ids:
+            batch.pipe.hmget(k.stock(store), item_ids)
+
+        def parse(r: list[Any]) -> None:
+            out["items"] = {i: ItemFeatures.from_hash(i, k.item(i), raw) if raw else None
+                            for i, raw in zip(item_ids, r, strict=False)}
+            quantities = r[len(item_ids)] if item_ids else []
+            out["stock"] = {i: parse_stock(k.stock(store), i, q) for i, q in zip(item_ids, quantities, strict=True)}
+
+        batch.add(len(item_ids) + (1 if item_ids else 0), parse)
+
+    def in_stock(self, item_ids: Sequence[str], store_id: str | None = None) -> np.ndarray:
+        """Boolean mask over `item_ids`: units on hand > 0 at `store_id` (online when None); one round trip."""
+        ids = list(item_ids)
+        key_store = store_id or ONLINE_STORE
+        if not ids:
+            return np.zeros(0, bool)
+        out: dict[str, Any] = {}
+
+        def queue(batch: _Batch, k: Keys) -> None:
+            batch.pipe.hmget(k.stock(key_store), ids)
+            batch.add(1, lambda r: out.update(keys=k, stock=r[0]))
+
+        self._consistent(queue, "in_stock")
+        k, quantities = out["keys"], out["stock"]
+        return np.array([parse_stock(k.stock(key_store), i, q) > 0 for i, q in zip(ids, quantities, strict=True)])
+
+    def available_items(self, store_id: str | None = None) -> set[str]:
+        """Every item with units on hand at `store_id` (online when None), for filtering candidates."""
+        key_store = store_id or ONLINE_STORE
+        out: dict[str, Any] = {}
+
+        def queue(batch: _Batch, k: Keys) -> None:
+            batch.pipe.hgetall(k.stock(key_store))
+            batch.add(1, lambda r: out.update(keys=k, stock=r[0]))
+
+        self._consistent(queue, "available_items")
+        k, stock = out["keys"], out["stock"]
+        return {i.decode() for i, q in stock.items() if parse_stock(k.stock(key_store), i.decode(), q) > 0}
+
+
+def _strings(values: list[bytes]) -> tuple[str, ...]:
+    return tuple(v.decode() for v in values)
+
