@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +27,7 @@ from domain.tiers import TierLadder
 from domain.vocab import Col, EventType
 from feature_store import resp
 from feature_store.config import RedisConfig
+from feature_store.connection import connect
 from feature_store.errors import redis_unavailable
 from feature_store.keys import SCHEMA_VERSION, Keys
 from feature_store.model import CHANNELS, CONSENT_FIELDS, PROFILE_FIELDS, TS
@@ -372,3 +374,30 @@ def _rpush(ranked: Ranked, owner_ids: pa.Array, item_ids: pa.Array, prefix: str,
     starts = resp.split_groups(owner, 10**9)
     keys = _prefixed(prefix, owner_ids.take(pa.array(owner[starts[:-1]])))
     return keys, resp.grouped("RPUSH", keys, starts, resp.bulk(item_ids.take(pa.array(ranked.item[a:b]))), 1)
+
+
+@dataclass(frozen=True)
+class MaterializeSummary:
+    load: LoadReport
+    read_seconds: float
+    compute_seconds: float
+
+    @property
+    def end_to_end_members_per_s(self) -> float:
+        return self.load.members / (self.read_seconds + self.compute_seconds + self.load.seconds)
+
+
+def materialize(data_dir: Path, config: RedisConfig, tiers: TierLadder, rules: LifecycleRules,
+                now: float | None = None, progress: bool = False) -> MaterializeSummary:
+    """Read the retail files in `data_dir`, compute features and load them as a new generation."""
+    started = time.perf_counter()
+    data = RetailData.read(data_dir)
+    read = time.perf_counter()
+    features = compute_features(data, tiers, rules, now, config.recent_items, config.purchased_items)
+    computed = time.perf_counter()
+    client = connect(config, socket_timeout_s=config.bulk_timeout_s)
+    try:
+        report = Materializer(client, config).load(features, progress=progress)
+    finally:
+        client.close()
+    return MaterializeSummary(report, read - started, computed - read)

@@ -1,0 +1,42 @@
+"""Feature-store fixtures: a per-test namespace on the real Redis, and the small retailer's features."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import redis
+
+from domain import LifecycleRules, TierLadder
+from domain.readers import RetailData
+from feature_store.config import RedisConfig
+from feature_store.materialize import BatchFeatures, LoadReport, Materializer, compute_features
+from feature_store.reader import FeatureReader
+
+
+@pytest.fixture(scope="session")
+def small_retail(small_retail_dir: Path) -> RetailData:
+    return RetailData.read(small_retail_dir)
+
+
+@pytest.fixture(scope="session")
+def features(small_retail: RetailData) -> BatchFeatures:
+    return compute_features(small_retail, TierLadder(), LifecycleRules(), recent_items=20, purchased_items=50)
+
+
+@pytest.fixture
+def store_config(redis_client: redis.Redis, redis_prefix: str) -> RedisConfig:
+    """Each test owns the namespace `redis_prefix`, which the `redis_client` fixture cleans up."""
+    kw = redis_client.connection_pool.connection_kwargs
+    return RedisConfig(url=f"redis://{kw['host']}:{kw['port']}/{kw.get('db', 0)}", namespace=redis_prefix,
+                       recent_items=20, purchased_items=50, socket_timeout_s=2.0)
+
+
+@pytest.fixture
+def loaded(redis_client: redis.Redis, store_config: RedisConfig, features: BatchFeatures) -> LoadReport:
+    return Materializer(redis_client, store_config).load(features)
+
+
+@pytest.fixture
+def reader(redis_client: redis.Redis, store_config: RedisConfig, loaded: LoadReport) -> FeatureReader:
+    return FeatureReader(redis_client, store_config)

@@ -1,0 +1,59 @@
+"""Golden keys: the layout in feature_store/FORMAT.md is a contract with every reader of the store."""
+
+import pytest
+from pydantic import ValidationError
+
+from feature_store.config import RedisConfig
+from feature_store.connection import is_cluster
+from feature_store.keys import SCHEMA_VERSION, Keys, event_digest
+
+
+def test_schema_version_is_pinned() -> None:
+    assert SCHEMA_VERSION == 1
+
+
+def test_generation_scoped_keys() -> None:
+    k = Keys("omnirec", generation=7)
+    assert k.member("m0000001") == "omnirec@7:v1:member:m0000001"
+    assert k.recent("m1") == "omnirec@7:v1:recent:m1"
+    assert k.purchased("m1") == "omnirec@7:v1:purchased:m1"
+    assert k.anon_recent("anon-0-1") == "omnirec@7:v1:anon_recent:anon-0-1"
+    assert k.item("i000001") == "omnirec@7:v1:item:i000001"
+    assert k.stock("online") == "omnirec@7:v1:stock:online"
+    assert k.generation_pattern(6) == "omnirec@6:*"
+
+
+def test_durable_keys_ignore_the_generation() -> None:
+    for k in (Keys("omnirec"), Keys("omnirec", generation=9)):
+        assert k.pointer() == "omnirec:v1:meta:pointer"
+        assert k.generation_counter() == "omnirec:v1:meta:generation"
+        assert k.identity("anon-1") == "omnirec:v1:identity:anon-1"
+        assert k.wallet("m1") == "omnirec:v1:wallet:m1"
+        assert k.contacts("m1") == "omnirec:v1:contacts:m1"
+        assert k.seen("abc") == "omnirec:v1:seen:abc"
+        assert k.durable("budget", "offer-9") == "omnirec:v1:budget:offer-9"
+
+
+def test_at_switches_generation_only() -> None:
+    assert Keys("ns", 1).at(2) == Keys("ns", 2)
+
+
+@pytest.mark.parametrize("namespace", ["", "a:b", "a@b", "a b"])
+def test_bad_namespace_rejected(namespace: str) -> None:
+    with pytest.raises(ValueError, match="namespace"):
+        Keys(namespace)
+    with pytest.raises(ValidationError):
+        RedisConfig(namespace=namespace)
+
+
+def test_event_digest_is_stable_across_processes() -> None:
+    assert event_digest("m1", None, "i1", "app", "view", None, 1, 0.0, 1_700_000_000) == "d07abdbfce74bbb849aa9ee6"
+    assert event_digest("m1", "i1") != event_digest("m1i1")
+
+
+def test_config_forbids_unknown_fields_and_detects_cluster_urls() -> None:
+    with pytest.raises(ValidationError):
+        RedisConfig(hostname="x")  # type: ignore[call-arg]
+    assert is_cluster(RedisConfig(url="redis+cluster://10.0.0.1:7000"))
+    assert is_cluster(RedisConfig(url="redis://10.0.0.1:7000", cluster=True))
+    assert not is_cluster(RedisConfig(url="redis://10.0.0.1:6379/0"))
