@@ -30,8 +30,7 @@ class OfferConfig(BaseModel):
     uplift_path: Path | None = None
     """Per-member uplift scores (`omnirec offers train-uplift`); without them coupons are ranked by propensity."""
     fatigue: dict[Channel, Cap] = DEFAULT_FATIGUE
-    """Global contact cap per channel: at most `count` offers per member within `period_days`."""
+    """Global contact cap per channel: at most `count` offers per member within `period_days`. Caps and
+    fatigue periods must fit in the contact ledger's retention (`redis.contact_ttl_s`)."""
     idempotency_days: float = Field(7.0, gt=0)
     """How long a DecideCoupon request id's decision is kept for retries."""
-    contact_days: float = Field(400.0, gt=0)
-    """Contact history kept per member; must cover the longest cap or fatigue period."""

@@ -20,7 +20,7 @@ from domain.errors import FailedPrecondition, NotFound
 from domain.idmap import IdMap
 from domain.tiers import TierLadder
 from domain.vocab import ONLINE_STORE, Channel, LifecycleStage
-from offers.budget import DAY, Contact, OfferStore, budget_left
+from offers.budget import DAY, OfferStore, budget_left
 from offers.catalogue import Catalogue, CatalogueSource, Offer, Target
 from offers.config import OfferConfig
 from offers.decision_log import DecisionLog
@@ -170,17 +170,13 @@ class OfferEngine:
         states = {}
         for offer, usage in zip(offers, usages, strict=True):
             cap = offer.per_member_cap
-            since = now - cap.period_days * DAY if cap else now
             states[offer.id] = OfferState(
-                member_contacts=sum(1 for c in contacts if c.offer_id == offer.id and c.ts >= since),
+                member_contacts=contacts.count(now - cap.period_days * DAY, offer_id=offer.id) if cap else 0,
                 budget_left=budget_left(offer, usage),
                 target_in_stock=self.items.in_stock(offer.target, where),
                 affinity=self._affinity(scores, offer.target),
             )
-        channel_contacts = 0
-        if fatigue is not None:
-            since = now - fatigue.period_days * DAY
-            channel_contacts = sum(1 for c in contacts if c.channel == channel.value and c.ts >= since)
+        channel_contacts = contacts.count(now - fatigue.period_days * DAY, channel=channel) if fatigue else 0
         return states, channel_contacts
 
     def _affinity(self, scores: np.ndarray | None, target: Target) -> float:
@@ -211,8 +207,8 @@ class OfferEngine:
         member = self._member(member_id)
         ranking = self._rank(catalogue, catalogue.offers, member, channel, store_id, k, now)
         decision_id = uuid.uuid4().hex
-        self.store.record_contacts(member_id, [Contact(s.offer.id, channel.value, decision_id, now)
-                                               for s in ranking.chosen])
+        for s in ranking.chosen:
+            self.store.marketing.record_contact(member_id, s.offer.id, channel, decision_id, now)
         self.log.append({
             "ts": now, "type": "next_best_offer", "decision_id": decision_id, "member_id": member_id,
             "channel": channel.value, "store_id": store_id, "basket": list(basket_item_ids),
@@ -243,8 +239,7 @@ class OfferEngine:
             issued = CouponDecision(decision_id, True, coupon_id, cand.offer.id, ISSUED,
                                     f"issued {cand.offer.id}: {', '.join(cand.reasons)}", cand.score)
             result = self.store.issue(cand.offer, member_id, channel.value, now, request_id, decision_id, coupon_id,
-                                      issued.to_json(), fatigue.count if fatigue else None,
-                                      fatigue.period_days if fatigue else 7.0)
+                                      issued.to_json(), fatigue)
             if result.outcome == "replayed":
                 assert result.stored is not None
                 return CouponDecision.from_json(result.stored, replayed=True)
@@ -286,22 +281,23 @@ class OfferEngine:
                channel: Channel | None = None) -> tuple[bool, str]:
         """(newly_redeemed, offer_id); a retry returns newly_redeemed=False and books nothing twice."""
         now = self.clock()
-        coupon = self.store.coupon(coupon_id)
-        if coupon is None or coupon["member_id"] != member_id:
-            raise NotFound(f"coupon_id: no coupon {coupon_id!r} for member {member_id!r}")
+        coupon = self.store.coupon(member_id, coupon_id, now)
+        if coupon is None:
+            raise NotFound(f"coupon_id: member {member_id!r} holds no coupon {coupon_id!r}")
         catalogue = self.catalogue.current()
-        offer = catalogue.get(coupon["offer_id"])
+        offer = catalogue.get(coupon.offer_id)
         if offer is None:
-            raise FailedPrecondition(f"coupon {coupon_id}: offer {coupon['offer_id']} is no longer in the catalogue")
-        result = self.store.redeem(coupon_id, member_id, offer, order_value, now)
-        if result.newly_redeemed:
+            raise FailedPrecondition(f"coupon {coupon_id}: offer {coupon.offer_id} is no longer in the catalogue")
+        redemption_id = uuid.uuid4().hex
+        newly = self.store.redeem(coupon, offer, order_value, now, redemption_id)
+        if newly:
             self.log.append({
                 "ts": now, "type": "redeem_coupon", "coupon_id": coupon_id, "member_id": member_id,
-                "offer_id": offer.id, "decision_id": coupon.get("decision_id", ""), "order_value": order_value,
-                "discount": offer.discount(order_value), "store_id": store_id,
+                "offer_id": offer.id, "decision_id": coupon.decision_id, "redemption_id": redemption_id,
+                "order_value": order_value, "discount": offer.discount(order_value), "store_id": store_id,
                 "channel": channel.value if channel else None, "catalogue_version": catalogue.version,
             })
-        return result.newly_redeemed, result.offer_id
+        return newly, offer.id
 
 
 def profiles_from_table(members: pa.Table) -> Callable[[str], MemberView | None]:

@@ -11,15 +11,18 @@ is a few arrays saved as `.npz` (no pickles) and scoring is a matrix product.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from sklearn.linear_model import LogisticRegression
 
 from domain.idmap import IdMap
+from domain.readers import EXPOSURES_FILE, RetailData
 from domain.tiers import TierLadder
 from domain.vocab import Channel, Col, EventType
 from offers.policy import UpliftEstimate
@@ -198,3 +201,24 @@ class UpliftScores:
     def load(cls, path: Path) -> UpliftScores:
         with np.load(path, allow_pickle=False) as f:
             return cls(IdMap.from_ids(f["member_ids"]), f["p_control"], f["p_treated"], str(f["model_version"]))
+
+
+def train_uplift(data_dir: Path, out_dir: Path, tiers: TierLadder | None = None) -> UpliftScores:
+    """Train on every logged exposure in `data_dir`, score all members as of the end of the event log.
+
+    Writes `uplift_model.npz` (the model) and `uplift_scores.npz` (what the service loads); the version
+    is a digest of the model's parameters, logged with every decision that used it.
+    """
+    data = RetailData.read(data_dir)
+    exposures = pq.read_table(Path(data_dir) / EXPOSURES_FILE)
+    x, treated, converted = exposure_training_set(exposures, data.events, data.items, data.members, tiers)
+    model = UpliftModel.fit(x, treated, converted)
+    as_of = float(pc.max(data.events[Col.TS]).as_py()) + 1
+    p0, p1 = model.predict(behaviour_features(data.events, data.items, data.members, as_of, exposures, tiers))
+    digest = hashlib.sha256(model.coef.tobytes() + model.intercept.tobytes()).hexdigest()[:12]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(out / "uplift_model.npz")
+    scores = UpliftScores(IdMap.from_ids(data.members["member_id"].to_numpy(zero_copy_only=False)), p0, p1, digest)
+    scores.save(out / "uplift_scores.npz")
+    return scores

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from domain.vocab import Channel, LifecycleStage
-from feature_store.keys import Keys
+from feature_store.config import RedisConfig
 from offers.budget import OfferStore
 from offers.catalogue import CatalogueSource
 from offers.config import OfferConfig
@@ -59,6 +59,7 @@ def make_engine(redis_client: redis.Redis, redis_prefix: str, catalogue_path: Pa
     """Engine over the real Redis under the test's prefix; `members` maps ids to views."""
     def make(members: dict[str, MemberView], path: Path = catalogue_path, **config: object) -> OfferEngine:
         cfg = OfferConfig(catalogue_path=path, decision_log_dir=tmp_path / "decisions", **config)  # type: ignore
-        return OfferEngine(cfg, CatalogueSource(path, poll_seconds=0.0), OfferStore(redis_client, Keys(redis_prefix)),
-                           members.get, items, DecisionLog(cfg.decision_log_dir), clock=lambda: NOW)
+        store = OfferStore(redis_client, RedisConfig(namespace=redis_prefix))
+        return OfferEngine(cfg, CatalogueSource(path, poll_seconds=0.0), store, members.get, items,
+                           DecisionLog(cfg.decision_log_dir), clock=lambda: NOW)
     return make
