@@ -72,6 +72,23 @@ def print_summary(summary: object) -> None:
 
 
 @app.command()
+def serve(
+    workers: Annotated[int | None, typer.Option(help="Worker processes sharing the port (default: config).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (default: config).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Serve the gRPC API (recommendations, events, admin) until SIGTERM; hot-swaps newly published models."""
+    from service.server import run
+
+    cfg = _setup(config)
+    overrides = {k: v for k, v in (("workers", workers), ("port", port)) if v is not None}
+    if overrides:
+        service = type(cfg.service).model_validate({**cfg.service.model_dump(), **overrides})
+        cfg = cfg.model_copy(update={"service": service})
+    run(cfg)
+
+
+@app.command()
 def demo(config: ConfigOpt = None) -> None:
     """Run the main job end to end on embedded defaults: simulate a 1,000-member retailer and summarise it."""
     cfg = _setup(config)

@@ -25,8 +25,6 @@ class ServiceConfig(BaseModel):
     """0 picks a free port (tests); with several workers the port must be fixed so they can share it."""
     workers: int = Field(2, ge=1)
     """Processes sharing the port (SO_REUSEPORT); each holds the bundle memory-mapped, so they share its pages."""
-    bundle_root: Path = Path("var/models")
-    """Folder of versioned model bundles and the `current` pointer that `omnirec publish` moves."""
     poll_interval_s: float = Field(5.0, gt=0)
     """How often each worker checks whether a newer bundle was published."""
     event_log_dir: Path = Path("var/data/events_live")

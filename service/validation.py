@@ -58,7 +58,12 @@ def one_of(first: str, second: str, first_field: str, second_field: str) -> None
         raise InvalidArgument(first_field, f"set {first_field} or {second_field}")
 
 
+DEADLINE_SHARE = 0.8
+"""Share of the caller's remaining time a blocking step may use; the rest is kept to build the answer."""
+
+
 def time_budget(context: grpc.aio.ServicerContext, default_s: float) -> float:
-    """Seconds blocking work may take: what is left of the caller's deadline, or `default_s` without one."""
+    """Seconds the next blocking step may take: most of what is left of the caller's deadline, at most
+    `default_s` (also the budget when the caller set no deadline), so a degraded answer still arrives in time."""
     remaining = context.time_remaining()
-    return default_s if remaining is None else max(0.0, min(remaining, default_s))
+    return default_s if remaining is None else max(0.0, min(remaining * DEADLINE_SHARE, default_s))

@@ -1,0 +1,115 @@
+"""RecommendationService: proto <-> domain only; the decisions live in `service.ranking`."""
+
+from __future__ import annotations
+
+import grpc
+
+from domain.errors import InvalidArgument, Unavailable
+from domain.vocab import Channel, StoreId
+from omnirec.v1 import common_pb2, recommendation_pb2, recommendation_pb2_grpc
+from service import validation as v
+from service.features import Features
+from service.model import ModelHolder, ServingModel
+from service.ranking import (
+    Filters,
+    MemberContext,
+    Ranked,
+    Reason,
+    basket,
+    overfetch,
+    recommend,
+    similar,
+    stock_reason,
+)
+from service.registry import ALL_ROLES, ServiceSpec
+
+_REASONS: dict[Reason, int] = {r: common_pb2.ReasonCode.Value(f"REASON_{r.name}") for r in Reason}
+
+
+def _filters(f: common_pb2.ItemFilter, exclude_purchased: bool = False) -> Filters:
+    return Filters(category=f.category, in_stock_only=f.in_stock_only, exclude_purchased=exclude_purchased)
+
+
+class RecommendationServicer(recommendation_pb2_grpc.RecommendationServiceServicer):
+    def __init__(self, models: ModelHolder, features: Features, default_deadline_s: float) -> None:
+        self._models = models
+        self._features = features
+        self._default_deadline_s = default_deadline_s
+
+    async def _finish(self, context: grpc.aio.ServicerContext, model: ServingModel, ranked: Ranked, k: int,
+                      channel: Channel, store_id: StoreId | None, filters: Filters,
+                      degraded: list[str]) -> tuple[common_pb2.RankedItems, common_pb2.ResponseInfo]:
+        """The first k candidates, in stock at the store (physical channels) or online when asked.
+
+        Stock lives in Redis: if it cannot be read in time the list goes out unchecked, flagged degraded.
+        """
+        if filters.in_stock_only:
+            ids = model.bundle.items.to_external(ranked.idx).tolist()
+            budget = v.time_budget(context, self._default_deadline_s)
+            try:
+                stocked = await self._features.in_stock(ids, store_id if channel.is_physical else None, budget)
+                ranked = ranked.take(stocked, k, stock_reason(channel))
+            except Unavailable as exc:
+                degraded.append(f"stock not checked: {exc}")
+        ranked = ranked.head(k)
+        items = common_pb2.RankedItems(item_ids=model.bundle.items.to_external(ranked.idx).tolist(),
+                                       scores=ranked.scores.tolist(), reasons=[_REASONS[r] for r in ranked.reasons])
+        info = common_pb2.ResponseInfo(model_version=model.version, degraded=bool(degraded),
+                                       degraded_reason="; ".join(degraded),
+                                       applied_filters=[_REASONS[r] for r in ranked.applied])
+        return items, info
+
+    async def Recommend(self, request: recommendation_pb2.RecommendRequest,
+                        context: grpc.aio.ServicerContext) -> recommendation_pb2.RecommendResponse:
+        v.one_of(request.member_id, request.anonymous_id, "member_id", "anonymous_id")
+        channel = v.channel(request.channel)
+        store_id = v.store(request.store_id, channel)
+        k = v.k(request.k)
+        filters = _filters(request.filter, request.exclude_purchased)
+        model = self._models.get()
+        budget = v.time_budget(context, self._default_deadline_s)
+        degraded: list[str] = []
+        try:
+            member = await self._features.member(request.member_id or None, request.anonymous_id or None, budget)
+        except Unavailable as exc:
+            degraded.append(f"member features unavailable: {exc}")
+            member = MemberContext(member_id=request.member_id or None)
+        ranked = recommend(model.bundle, model.categories, member, channel, store_id, overfetch(k, filters), filters)
+        items, info = await self._finish(context, model, ranked, k, channel, store_id, filters, degraded)
+        return recommendation_pb2.RecommendResponse(items=items, info=info, member_id=member.member_id or "")
+
+    async def SimilarItems(self, request: recommendation_pb2.SimilarItemsRequest,
+                           context: grpc.aio.ServicerContext) -> recommendation_pb2.SimilarItemsResponse:
+        item_id = v.required(request.item_id, "item_id")
+        k = v.k(request.k)
+        channel = v.channel(request.channel)
+        store_id = v.store(request.store_id, channel)
+        filters = _filters(request.filter)
+        model = self._models.get()
+        ranked = similar(model.bundle, model.categories, item_id, overfetch(k, filters), filters)
+        items, info = await self._finish(context, model, ranked, k, channel, store_id, filters, [])
+        return recommendation_pb2.SimilarItemsResponse(items=items, info=info)
+
+    async def RecommendForBasket(self, request: recommendation_pb2.RecommendForBasketRequest,
+                                 context: grpc.aio.ServicerContext) -> recommendation_pb2.RecommendForBasketResponse:
+        if not request.basket_item_ids:
+            raise InvalidArgument("basket_item_ids", "at least one item is required")
+        for i, item_id in enumerate(request.basket_item_ids):
+            v.required(item_id, f"basket_item_ids[{i}]")
+        channel = v.channel(request.channel)
+        store_id = v.store(request.store_id, channel)
+        k = v.k(request.k)
+        filters = _filters(request.filter)
+        model = self._models.get()
+        taste = model.bundle.member_scores(request.member_id) if request.member_id else None
+        ranked = basket(model.bundle, model.categories, list(request.basket_item_ids), taste,
+                        overfetch(k, filters), filters)
+        items, info = await self._finish(context, model, ranked, k, channel, store_id, filters, [])
+        return recommendation_pb2.RecommendForBasketResponse(items=items, info=info)
+
+
+def spec(models: ModelHolder, features: Features, default_deadline_s: float) -> ServiceSpec:
+    return ServiceSpec.of(recommendation_pb2, "RecommendationService",
+                          recommendation_pb2_grpc.add_RecommendationServiceServicer_to_server,
+                          RecommendationServicer(models, features, default_deadline_s),
+                          {"Recommend": ALL_ROLES, "SimilarItems": ALL_ROLES, "RecommendForBasket": ALL_ROLES})

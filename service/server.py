@@ -1,0 +1,152 @@
+"""The server factory and the `omnirec serve` process model.
+
+`serve()` builds one grpc.aio server: interceptors (auth first, then errors), every `ServiceSpec`,
+the stock health and reflection services. `run()` forks the worker processes first, before any
+server or event loop exists, and each worker then serves the same port (SO_REUSEPORT).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from domain.errors import OmnirecError
+from omnirec.config import OmnirecConfig
+from service import admin_servicer, event_servicer, recommendation_servicer
+from service.bundles import holder_for
+from service.event_log import EventLog
+from service.features import Features
+from service.interceptors import AuthInterceptor, ErrorInterceptor
+from service.model import ModelHolder
+from service.registry import ServiceSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServingState:
+    """Everything the servicers share inside one worker process: the model, the features, the event log."""
+
+    config: OmnirecConfig
+    models: ModelHolder
+    features: Features
+    event_log: EventLog
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, config: OmnirecConfig) -> ServingState:
+        svc = config.service
+        return cls(config, holder_for(config.train.bundle_root, config.data_dir),
+                   Features.connect(config.redis, config.tiers, config.lifecycle),
+                   EventLog(svc.event_log_dir, svc.event_log_flush_rows))
+
+    async def start(self) -> None:
+        """Load the published bundle if there is one, then poll for newer ones and flush the event log."""
+        try:
+            await self.models.reload()
+        except OmnirecError as exc:
+            log.warning("starting without a model: %s", exc)
+        interval = self.config.service.poll_interval_s
+        self._tasks = [asyncio.create_task(self.models.poll(interval)),
+                       asyncio.create_task(self._flush_events(interval))]
+
+    async def _flush_events(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.event_log.flush()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.event_log.flush()
+        self.features.close()
+
+
+def service_specs(state: ServingState) -> list[ServiceSpec]:
+    """Every omnirec service this server exposes; a new service is one line here."""
+    deadline = state.config.service.default_deadline_s
+    return [
+        recommendation_servicer.spec(state.models, state.features, deadline),
+        event_servicer.spec(state.features, state.event_log, deadline),
+        admin_servicer.spec(state.models),
+    ]
+
+
+async def serve(state: ServingState, port: int | None = None) -> tuple[grpc.aio.Server, int]:
+    """A configured, not yet started server and the port it is bound to (0 in config: a free port)."""
+    svc = state.config.service
+    specs = service_specs(state)
+    method_roles = {m: roles for s in specs for m, roles in s.method_roles.items()}
+    server = grpc.aio.server(
+        interceptors=[AuthInterceptor(svc.api_keys, method_roles), ErrorInterceptor()],
+        options=[("grpc.so_reuseport", 1)],
+    )
+    for s in specs:
+        s.add_to_server(s.servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [s.full_name for s in specs]
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    bound = server.add_insecure_port(f"{svc.host}:{svc.port if port is None else port}")
+    return server, bound
+
+
+async def _worker(config: OmnirecConfig) -> None:
+    """One serving process: load the model, serve until SIGTERM/SIGINT, then drain and flush."""
+    state = ServingState.create(config)
+    await state.start()
+    server, port = await serve(state)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("worker %d serving on port %d", os.getpid(), port)
+    await stop.wait()
+    log.info("worker %d stopping (grace %.1fs)", os.getpid(), config.service.shutdown_grace_s)
+    await server.stop(config.service.shutdown_grace_s)
+    await state.close()
+
+
+def _worker_process(config: OmnirecConfig) -> None:
+    asyncio.run(_worker(config))
+
+
+def run(config: OmnirecConfig) -> None:
+    """`omnirec serve`: `workers` processes forked now, before any gRPC object or event loop exists.
+
+    The parent only forwards SIGTERM/SIGINT to the workers and waits for them to drain.
+    """
+    n = config.service.workers
+    if n == 1:
+        _worker_process(config)
+        return
+    if config.service.port == 0:
+        raise ValueError("service.port: several workers must share a fixed port, not 0")
+    ctx = multiprocessing.get_context("fork")
+    workers = [ctx.Process(target=_worker_process, args=(config,), name=f"omnirec-worker-{i}") for i in range(n)]
+    for w in workers:
+        w.start()
+
+    def forward(signum: int, frame: object) -> None:
+        for w in workers:
+            if w.pid is not None and w.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(w.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for w in workers:
+        w.join()

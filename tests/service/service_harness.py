@@ -1,0 +1,108 @@
+"""Run a real grpc.aio server on its own event loop thread, so plain synchronous tests can call it."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from domain.readers import RetailData
+from domain.vocab import Col
+from feature_store.config import RedisConfig
+from feature_store.connection import connect
+from feature_store.materialize import Materializer, compute_features
+from omnirec.config import OmnirecConfig
+from service.config import Role, ServiceConfig
+from service.server import ServingState, serve
+from training.config import TrainConfig
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """An asyncio loop running in a daemon thread; `run` submits a coroutine and waits for its result."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+class RunningServer:
+    """A started server (state loaded, background tasks running) on a free loopback port."""
+
+    def __init__(self, config: OmnirecConfig, retail: RetailData) -> None:
+        self.config = config
+        self.retail = retail
+        self.loop = LoopThread()
+        self.state = ServingState.create(config)
+        self.server, self.port = self.loop.run(self._start())
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+
+    async def _start(self) -> tuple[grpc.aio.Server, int]:
+        await self.state.start()
+        server, port = await serve(self.state, port=0)
+        await server.start()
+        return server, port
+
+    def stop(self) -> None:
+        self.channel.close()
+
+        async def _stop() -> None:
+            await self.server.stop(1)
+            await self.state.close()
+
+        self.loop.run(_stop())
+        self.loop.close()
+
+    def purchased(self, member_id: str) -> set[str]:
+        ev = self.retail.events
+        mask = pc.and_(pc.equal(ev[Col.MEMBER_ID], member_id), pc.equal(ev[Col.EVENT_TYPE], "purchase"))
+        return set(_column(ev.filter(mask), Col.ITEM_ID).tolist())
+
+    def stock(self, store_id: str, item_id: str) -> int:
+        inv = self.retail.inventory
+        rows = inv.filter(pc.and_(pc.equal(inv["store_id"], store_id), pc.equal(inv["item_id"], item_id)))
+        return int(pc.sum(rows["quantity"]).as_py() or 0)
+
+    def category(self, item_id: str) -> str:
+        items = self.retail.items
+        return str(items.filter(pc.equal(items["item_id"], item_id))["category"][0])
+
+
+def materialize(retail: RetailData, config: OmnirecConfig) -> None:
+    """Load the retailer's features into the test's Redis namespace with the feature store's own job."""
+    client = connect(config.redis)
+    Materializer(client, config.redis).load(compute_features(retail, config.tiers, config.lifecycle))
+    client.close()
+
+
+API_KEYS = {"app": "test-app-key", "pos": "test-pos-key", "campaign": "test-campaign-key", "admin": "test-admin-key"}
+
+
+def service_config(data_dir: Path, bundle_root: Path, redis: RedisConfig, event_dir: Path,
+                   poll_interval_s: float = 0.2) -> OmnirecConfig:
+    return OmnirecConfig(
+        data_dir=data_dir, train=TrainConfig(bundle_root=bundle_root), redis=redis,
+        service=ServiceConfig(host="127.0.0.1", port=0, workers=1, poll_interval_s=poll_interval_s,
+                              event_log_dir=event_dir, event_log_flush_rows=1,
+                              api_keys={key: Role(role) for role, key in API_KEYS.items()}))
+
+
+def _column(table: pa.Table, name: str) -> np.ndarray:
+    return table[name].to_numpy(zero_copy_only=False).astype(str)
