@@ -41,7 +41,6 @@ META = "meta"
 # --- offers engine (issue 6): durable offer records -------------------------------------------------
 OFFER_BUDGET = "offer_budget"
 OFFER_DECISION = "offer_decision"
-COUPON = "coupon"
 OFFER_STATS = "offer_stats"
 
 
@@ -120,7 +119,7 @@ class Keys:
     def seen(self, event_digest: str) -> str:
         return self.durable(SEEN, event_digest)
 
-    # --- offers engine (issue 6): budgets, idempotent decisions, coupons ------------------------
+    # --- offers engine (issue 6): budgets, idempotent decisions, redemption stats (coupons: wallet) ---
     def offer_budget(self, offer_id: str) -> str:
         """Hash: issued, reserved_cents, redeemed, spent_cents of one offer (never expires)."""
         return self.durable(OFFER_BUDGET, offer_id)
@@ -128,10 +127,6 @@ class Keys:
     def offer_decision(self, request_id: str) -> str:
         """String: the JSON DecideCoupon decision stored under its request id (idempotency, TTL)."""
         return self.durable(OFFER_DECISION, request_id)
-
-    def coupon(self, coupon_id: str) -> str:
-        """Hash: member_id, offer_id, decision_id, issued_ts, valid_until, status and redemption fields."""
-        return self.durable(COUPON, coupon_id)
 
     def offer_stats(self, member_id: str) -> str:
         """Hash: a member's coupon redemptions and last_redeem_ts (features for the next uplift training)."""
