@@ -1,0 +1,147 @@
+"""Live updates: the batch job's rules applied event by event, deduplicated, identity-aware."""
+
+from typing import Any
+
+import pyarrow as pa
+import pytest
+import redis
+
+from domain import LifecycleRules, LifecycleStage, TierLadder
+from domain.lifecycle import DAY
+from domain.readers import RetailData
+from domain.schema import EVENT_SCHEMA
+from domain.vocab import Channel
+from feature_store.config import RedisConfig
+from feature_store.keys import Keys
+from feature_store.live import LiveUpdater
+from feature_store.materialize import BatchFeatures, LoadReport
+from feature_store.reader import FeatureReader
+
+
+def events(*rows: dict[str, Any]) -> pa.Table:
+    base = {"member_id": None, "anonymous_id": None, "item_id": None, "channel": "app", "event_type": "view",
+            "store_id": None, "quantity": 1, "price": 0.0, "ts": 0}
+    return pa.Table.from_pylist([base | r for r in rows], schema=EVENT_SCHEMA)
+
+
+@pytest.fixture
+def live(redis_client: redis.Redis, store_config: RedisConfig, loaded: LoadReport) -> LiveUpdater:
+    return LiveUpdater(redis_client, store_config, TierLadder(), LifecycleRules())
+
+
+def member_where(features: BatchFeatures, **want: str) -> str:
+    for m in features.member_ids.to_pylist():
+        p = features.profile_of(m)
+        if all(p[f] == v for f, v in want.items()):
+            return m
+    raise AssertionError(f"no member with {want}")
+
+
+def test_dormant_member_who_buys_is_reactivated(live: LiveUpdater, reader: FeatureReader,
+                                                features: BatchFeatures) -> None:
+    m = member_where(features, lifecycle_stage="dormant")
+    ts = int(features.now + DAY)
+    report = live.apply(events({"member_id": m, "item_id": "i000003", "event_type": "purchase", "channel": "pos",
+                                "store_id": "s0000", "quantity": 1, "price": 10.0, "ts": ts}))
+    assert (report.applied, report.members_updated) == (1, 1)
+    p = reader.read_request(m).profile
+    assert p is not None and p.lifecycle_stage is LifecycleStage.REACTIVATED
+    assert p.last_purchase_ts == ts and p.prev_purchase_ts == float(features.profile_of(m)["last_purchase_ts"])
+    assert p.activity[Channel.POS] == int(features.profile_of(m)["act_pos"]) + 1
+
+
+def test_points_upgrade_the_tier_and_never_downgrade(live: LiveUpdater, reader: FeatureReader,
+                                                     features: BatchFeatures) -> None:
+    m = member_where(features, tier="basic")
+    points = int(features.profile_of(m)["points"])
+    live.apply(events({"member_id": m, "item_id": "i000004", "event_type": "purchase", "quantity": 2,
+                       "price": 600.0, "ts": int(features.now) + 10}))
+    p = reader.read_request(m).profile
+    assert p is not None and p.points == points + 6_000
+    assert p.tier == TierLadder().tier_for(points + 6_000) and TierLadder().rank(p.tier) >= 2
+    live.apply(events({"member_id": m, "item_id": "i000005", "event_type": "return", "price": 600.0,
+                       "ts": int(features.now) + 20}))
+    p2 = reader.read_request(m).profile
+    assert p2 is not None and (p2.tier, p2.points) == (p.tier, p.points)
+
+
+def test_recent_items_are_distinct_bounded_and_newest_first(live: LiveUpdater, reader: FeatureReader,
+                                                            store_config: RedisConfig) -> None:
+    t0 = 1_800_000_000
+    rows = [{"member_id": "m0000010", "item_id": f"i{j:06d}", "ts": t0 + j} for j in range(25)]
+    rows.append({"member_id": "m0000010", "item_id": "i000020", "ts": t0 + 100, "event_type": "add_to_cart"})
+    live.apply(events(*rows))
+    got = reader.read_request("m0000010").recent_items
+    assert len(got) == store_config.recent_items == 20
+    assert got[:3] == ("i000020", "i000024", "i000023") and len(set(got)) == 20 and got[-1] == "i000005"
+
+
+def test_retried_batch_is_not_double_counted(live: LiveUpdater, reader: FeatureReader, features: BatchFeatures,
+                                             redis_client: redis.Redis, store_config: RedisConfig) -> None:
+    m = "m0000011"
+    batch = events({"member_id": m, "item_id": "i000001", "channel": "web", "ts": int(features.now) + 5},
+                   {"member_id": m, "item_id": "i000002", "channel": "web", "ts": int(features.now) + 6})
+    before = reader.read_request(m).profile
+    assert before is not None
+    assert live.apply(batch).applied == 2
+    again = live.apply(batch)
+    assert (again.applied, again.duplicates) == (0, 2)
+    after = reader.read_request(m).profile
+    assert after is not None and after.activity[Channel.WEB] == before.activity[Channel.WEB] + 2
+    no_dedup = LiveUpdater(redis_client, store_config, TierLadder(), LifecycleRules(), dedup=False)
+    assert no_dedup.apply(batch).applied == 2
+    again_after = reader.read_request(m).profile
+    assert again_after is not None and again_after.activity[Channel.WEB] == before.activity[Channel.WEB] + 4
+    seen = list(redis_client.scan_iter(match=Keys(store_config.namespace).seen("*"), count=1000))
+    assert len(seen) == 2 and 0 < redis_client.ttl(seen[0]) <= store_config.dedup_ttl_s
+
+
+def test_login_links_anonymous_browsing_to_the_member(live: LiveUpdater, reader: FeatureReader,
+                                                      features: BatchFeatures) -> None:
+    t = int(features.now) + 50
+    live.apply(events({"anonymous_id": "anon-live-1", "item_id": "i000101", "ts": t},
+                      {"anonymous_id": "anon-live-1", "item_id": "i000102", "ts": t + 1}))
+    anon = reader.read_request(anonymous_id="anon-live-1")
+    assert anon.member_id is None and anon.recent_items == ("i000102", "i000101")
+    report = live.apply(events({"member_id": "m0000012", "anonymous_id": "anon-live-1", "item_id": "i000103",
+                                "ts": t + 2}))
+    assert report.links == 1
+    got = reader.read_request(anonymous_id="anon-live-1")
+    assert got.member_id == "m0000012" and got.resolved_from_anonymous
+    assert {"i000101", "i000102", "i000103"} <= set(got.recent_items[:3])
+    live.apply(events({"anonymous_id": "anon-live-1", "item_id": "i000104", "ts": t + 3}))
+    assert reader.read_request("m0000012").recent_items[0] == "i000104"  # later anonymous events are credited
+
+
+def test_link_api_credits_items_and_batch_links_resolve(live: LiveUpdater, reader: FeatureReader,
+                                                        small_retail: RetailData) -> None:
+    live.apply(events({"anonymous_id": "anon-live-2", "item_id": "i000201", "ts": 1_800_000_000}))
+    assert live.link("anon-live-2", "m0000013") == 1
+    assert reader.read_request("m0000013").recent_items[0] == "i000201"
+    assert reader.read_request(anonymous_id="anon-live-2").anonymous_recent_items == ()
+    anon, member = small_retail.identity_links.slice(3, 1).to_pylist()[0].values()
+    live.apply(events({"anonymous_id": anon, "item_id": "i000202", "ts": 1_800_000_001}))
+    assert reader.read_request(member).recent_items[0] == "i000202"
+
+
+def test_purchase_decrements_stock_where_it_was_sold(live: LiveUpdater, reader: FeatureReader,
+                                                     small_retail: RetailData) -> None:
+    inv = small_retail.inventory.to_pylist()
+    row = next(r for r in inv if r["store_id"] == "s0000" and r["quantity"] >= 3)
+    live.apply(events({"member_id": "m0000014", "item_id": row["item_id"], "event_type": "purchase",
+                       "channel": "pos", "store_id": "s0000", "quantity": 2, "price": 5.0, "ts": 1_800_000_000}))
+    got = reader.read_request("m0000014", item_ids=[row["item_id"]], store_id="s0000")
+    assert got.stock[row["item_id"]] == row["quantity"] - 2
+    assert row["item_id"] in got.member.purchased_items  # type: ignore[union-attr]
+
+
+def test_live_writes_carry_a_ttl_and_unknown_members_keep_recent_items_only(
+        live: LiveUpdater, reader: FeatureReader, redis_client: redis.Redis, store_config: RedisConfig,
+        loaded: LoadReport) -> None:
+    report = live.apply(events({"member_id": "brand-new", "item_id": "i000001", "ts": 1_800_000_000}))
+    assert report.members_updated == 0
+    got = reader.read_request("brand-new")
+    assert got.profile is None and got.recent_items == ("i000001",)
+    k = Keys(store_config.namespace, loaded.generation)
+    assert 0 < redis_client.ttl(k.recent("brand-new")) <= store_config.feature_ttl_s
+    assert 0 < redis_client.ttl(k.member("m0000001")) <= store_config.feature_ttl_s

@@ -1,0 +1,113 @@
+"""Request reads: explicit misses, identity resolution, and bad data or a dead Redis reported, not served."""
+
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from domain.errors import Unavailable
+from domain.readers import RetailData
+from feature_store.config import RedisConfig
+from feature_store.connection import connect
+from feature_store.errors import FeatureStoreError
+from feature_store.keys import Keys
+from feature_store.materialize import BatchFeatures, LoadReport
+from feature_store.reader import FeatureReader
+
+
+def test_unknown_member_and_item_are_explicit_misses(reader: FeatureReader) -> None:
+    got = reader.read_request("no-such-member", item_ids=["no-such-item"], store_id="no-such-store")
+    assert got.member is not None and got.profile is None
+    assert got.recent_items == () and got.member.purchased_items == frozenset()
+    assert got.items == {"no-such-item": None} and got.stock == {"no-such-item": 0}
+    assert not got.in_stock("no-such-item") and got.store_id == "no-such-store"
+
+
+def test_linked_anonymous_id_resolves_to_the_member(reader: FeatureReader, small_retail: RetailData,
+                                                   features: BatchFeatures) -> None:
+    anon, member = small_retail.identity_links.slice(0, 1).to_pylist()[0].values()
+    got = reader.read_request(anonymous_id=anon, item_ids=["i000001"])
+    assert got.member_id == member and got.resolved_from_anonymous and got.profile is not None
+    assert list(got.recent_items) == features.recent_of(member)
+    assert got.items["i000001"] is not None
+
+
+def test_unlinked_anonymous_id_gets_its_own_recent_items(reader: FeatureReader, features: BatchFeatures) -> None:
+    anon = features.anon_ids[int(features.anon_recent.owner[0])].as_py()
+    got = reader.read_request(anonymous_id=anon)
+    assert got.member_id is None and got.member is None and got.profile is None
+    assert len(got.recent_items) >= 1 and got.recent_items == got.anonymous_recent_items
+
+
+def test_request_needs_an_id(reader: FeatureReader) -> None:
+    with pytest.raises(ValueError, match="member_id or an anonymous_id"):
+        reader.read_request()
+
+
+def test_nothing_materialised_is_reported(redis_client: redis.Redis, store_config: RedisConfig) -> None:
+    with pytest.raises(FeatureStoreError, match="no materialised features"):
+        FeatureReader(redis_client, store_config).read_request("m0000001")
+
+
+def test_schema_mismatch_is_reported(redis_client: redis.Redis, store_config: RedisConfig,
+                                     reader: FeatureReader) -> None:
+    redis_client.hset(Keys(store_config.namespace).pointer(), "schema", 2)
+    with pytest.raises(FeatureStoreError, match="schema v2, this reader expects v1"):
+        reader.read_request("m0000001")
+
+
+@pytest.mark.parametrize(("field", "value"), [("points", "lots"), ("lifecycle_stage", "sleepy"),
+                                              ("consent_app", "yes"), ("recency_score", "9"), ("tier", "")])
+def test_malformed_profile_value_is_reported(redis_client: redis.Redis, store_config: RedisConfig,
+                                             loaded: LoadReport, reader: FeatureReader, field: str,
+                                             value: str) -> None:
+    key = Keys(store_config.namespace, loaded.generation).member("m0000001")
+    redis_client.hset(key, field, value)
+    with pytest.raises(FeatureStoreError, match=f"{key}: field '{field}'"):
+        reader.read_request("m0000001")
+
+
+def test_missing_field_and_wrong_type_are_reported(redis_client: redis.Redis, store_config: RedisConfig,
+                                                   loaded: LoadReport, reader: FeatureReader) -> None:
+    k = Keys(store_config.namespace, loaded.generation)
+    redis_client.hdel(k.member("m0000001"), "points")
+    with pytest.raises(FeatureStoreError, match="missing field"):
+        reader.read_request("m0000001")
+    redis_client.delete(k.recent("m0000002"))
+    redis_client.set(k.recent("m0000002"), "not a list")
+    with pytest.raises(FeatureStoreError, match="wrong type"):
+        reader.read_request("m0000002")
+    redis_client.hset(k.item("i000001"), "price", "-3")
+    with pytest.raises(FeatureStoreError, match="price"):
+        reader.read_request("m0000003", item_ids=["i000001"])
+
+
+def test_closed_port_fails_fast_with_unavailable() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = RedisConfig(url=f"redis://127.0.0.1:{port}/0", socket_timeout_s=0.2, connect_timeout_s=0.2)
+    started = time.perf_counter()
+    with pytest.raises(Unavailable, match="feature store unavailable"):
+        FeatureReader(connect(config), config).read_request("m1")
+    assert time.perf_counter() - started < 1.0
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """Accepts connections and never answers: the hang a timeout must bound."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        yield s.getsockname()[1]
+
+
+def test_silent_server_is_bounded_by_the_socket_timeout(silent_server: int) -> None:
+    config = RedisConfig(url=f"redis://127.0.0.1:{silent_server}/0", socket_timeout_s=0.3, connect_timeout_s=0.3)
+    started = time.perf_counter()
+    with pytest.raises(Unavailable):
+        FeatureReader(connect(config), config).read_request("m1")
+    assert 0.25 < time.perf_counter() - started < 1.5
+    assert Unavailable("x").grpc_status_code() == "UNAVAILABLE"
