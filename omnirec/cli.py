@@ -90,12 +90,27 @@ def serve(
 
 @app.command()
 def demo(config: ConfigOpt = None) -> None:
-    """Run the main job end to end on embedded defaults: simulate a 1,000-member retailer and summarise it."""
+    """Run the main job end to end on embedded defaults: simulate -> train -> publish -> materialize -> serve,
+    then answer a sample request with examples/client.py and shut the server down."""
     cfg = _setup(config)
+    from feature_store.materialize import materialize as load_features
+    from service.demo import serve_demo
     from simulator import SimulationConfig
     from simulator import simulate as run
+    from training.pipeline import print_summary as print_training
+    from training.pipeline import train as run_training
+    from training.publish import publish_version
 
     print_summary(run(SimulationConfig(tiers=cfg.tiers), cfg.data_dir, rules=cfg.lifecycle))
+    result = run_training(cfg.data_dir, cfg.train, publish=False)
+    print_training(result, console)
+    # The demo publishes even a model that does not beat popularity, so the serving step has one to serve.
+    console.print(f"published v{publish_version(cfg.train.bundle_root, result.version, force=True)}")
+    loaded = load_features(cfg.data_dir, cfg.redis, cfg.tiers, cfg.lifecycle, progress=False)
+    console.print(f"materialised {loaded.load.members:,} members into generation {loaded.load.generation}")
+    code = serve_demo(cfg)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()
