@@ -7,6 +7,7 @@ explains (phone + case), where raw co-counts would pair everything with the best
 from __future__ import annotations
 
 import numpy as np
+import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from domain.readers import Interactions
@@ -31,7 +32,8 @@ def purchase_lift(interactions: Interactions, rows: np.ndarray, min_count: int, 
     """Item x item lift over same-member same-day purchase baskets among `rows`; pairs seen < min_count dropped."""
     n_items = len(interactions.items)
     events = interactions.events
-    bought = rows & (events[Col.EVENT_TYPE].to_numpy(zero_copy_only=False).astype(str) == EventType.PURCHASE.value)
+    is_purchase = pc.equal(events[Col.EVENT_TYPE], EventType.PURCHASE.value)
+    bought = rows & pc.fill_null(is_purchase, False).to_numpy(zero_copy_only=False)
     day = events[Col.TS].to_numpy()[bought] // DAY
     member = interactions.member_idx[bought].astype(np.int64)
     day = day - day.min() if len(day) else day

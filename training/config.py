@@ -55,11 +55,11 @@ class TrainConfig(BaseModel):
     eval_members: int = Field(20_000, ge=1, description="members sampled for evaluation (bounds time at scale)")
     collaborative: Literal["als", "bpr"] = "als"
     als: dict[str, Any] = Field(default_factory=lambda: {
-        "factors": 64, "regularization": 0.05, "alpha": 1.0, "iterations": 15})
+        "factors": 32, "regularization": 2.0, "alpha": 3.0, "iterations": 15})
     bpr: dict[str, Any] = Field(default_factory=lambda: {
         "factors": 64, "learning_rate": 0.05, "regularization": 0.01, "iterations": 100})
     lightfm: dict[str, Any] = Field(default_factory=lambda: {
-        "no_components": 32, "loss": "warp", "learning_rate": 0.05, "epochs": 15, "num_threads": 1})
+        "no_components": 32, "loss": "warp", "learning_rate": 0.08, "epochs": 30, "num_threads": 1})
     """`epochs` and `num_threads` go to `fit`, the rest to `LightFM()`; one thread keeps runs reproducible."""
     eval_batch: int = Field(512, ge=1, description="members scored at once (bounds memory: batch x items floats)")
     exact_index_max_items: int = Field(50_000, ge=1, description="above this, HNSW instead of exact search")

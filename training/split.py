@@ -15,7 +15,7 @@ DAY = 86_400
 
 @dataclass(frozen=True)
 class TimeSplit:
-    """Boolean row masks over an `Interactions` table, and the cut-off (unix seconds) between them."""
+    """Boolean row masks over an `Interactions` table; train rows have ts <= cutoff_ts, test rows ts > it."""
 
     train_rows: np.ndarray
     test_rows: np.ndarray
@@ -28,7 +28,7 @@ def time_split(interactions: Interactions, test_days: int) -> TimeSplit:
         raise InvalidArgument("events", "the event log has no member-item events to split")
     ts = interactions.events[Col.TS].to_numpy()
     cutoff = int(ts.max()) - test_days * DAY
-    train = ts < cutoff
+    train = ts <= cutoff
     if not train.any() or train.all():
         raise InvalidArgument("test_days", f"{test_days} days leaves an empty train or test part "
                               f"(history spans {(int(ts.max()) - int(ts.min())) / DAY:.1f} days)")

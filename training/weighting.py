@@ -14,6 +14,7 @@ import scipy.sparse as sp
 from domain.errors import InvalidArgument
 from domain.readers import Interactions
 from domain.vocab import Col, EventType
+from training.columns import lookup
 from training.config import TrainConfig
 
 DAY = 86_400
@@ -21,13 +22,10 @@ DAY = 86_400
 
 def _lookup_weights(column: pa.ChunkedArray, table: dict[str, float], field: str) -> np.ndarray:
     """Per-row weight from a small vocabulary; values missing from `table` weigh 0."""
-    values = column.to_numpy(zero_copy_only=False).astype(str)
-    keys, inverse = np.unique(values, return_inverse=True)
-    per_key = np.array([table.get(k, 0.0) for k in keys.tolist()], dtype=np.float64)
-    bad = ~np.isfinite(per_key)
-    if bad.any():
-        raise InvalidArgument(f"{field}.{keys[bad][0]}", "weight is not a finite number")
-    return per_key[inverse]
+    bad = [k for k, v in table.items() if not np.isfinite(v)]
+    if bad:
+        raise InvalidArgument(f"{field}.{bad[0]}", "weight is not a finite number")
+    return lookup(column, table)
 
 
 def event_weights(interactions: Interactions, config: TrainConfig, now_ts: int | None = None) -> np.ndarray:

@@ -10,17 +10,18 @@ import numpy as np
 import scipy.sparse as sp
 
 from domain.vocab import Col
+from training.columns import encode
 from training.models.base import Recommender, TrainSet
 
 
-def grouped_popularity(groups: np.ndarray, item_idx: np.ndarray, weights: np.ndarray,
+def grouped_popularity(names: np.ndarray, codes: np.ndarray, item_idx: np.ndarray, weights: np.ndarray,
                        n_items: int) -> tuple[np.ndarray, sp.csr_matrix]:
-    """(group names, group x item CSR of summed positive weights); rows with an empty group are skipped."""
-    keep = (groups != "") & (weights > 0)
-    names, code = np.unique(groups[keep], return_inverse=True)
-    table = sp.csr_matrix((weights[keep].astype(np.float32), (code, item_idx[keep])), shape=(len(names), n_items))
+    """(group names, group x item CSR of summed positive weights); rows without a group (code -1) are skipped."""
+    keep = (codes >= 0) & (weights > 0)
+    table = sp.csr_matrix((weights[keep].astype(np.float32), (codes[keep], item_idx[keep])),
+                          shape=(len(names), n_items))
     table.sum_duplicates()
-    return names.astype(str), table
+    return names, table
 
 
 class PopularityRecommender(Recommender):
@@ -35,24 +36,25 @@ class PopularityRecommender(Recommender):
         item_idx = data.interactions.item_idx[rows]
         weights = data.weights[rows]
         n_items = data.matrix.shape[1]
-        channel = events[Col.CHANNEL].to_numpy(zero_copy_only=False).astype(str)[rows]
-        store = events[Col.STORE_ID].fill_null("").to_numpy(zero_copy_only=False).astype(str)[rows]
-        self.by_channel = grouped_popularity(channel, item_idx, weights, n_items)
-        self.by_store = grouped_popularity(store, item_idx, weights, n_items)
+        channels, channel_codes = encode(events[Col.CHANNEL])
+        stores, store_codes = encode(events[Col.STORE_ID])
+        self.by_channel = grouped_popularity(channels, channel_codes[rows], item_idx, weights, n_items)
+        self.by_store = grouped_popularity(stores, store_codes[rows], item_idx, weights, n_items)
 
     def scores(self, member_idx: np.ndarray) -> np.ndarray:
         return np.broadcast_to(self.overall, (len(member_idx), len(self.overall)))
 
 
-def member_segment(member_idx: np.ndarray, groups: np.ndarray, weights: np.ndarray,
-                   n_members: int) -> tuple[np.ndarray, np.ndarray]:
-    """(segment names, each member's segment index or -1): the group carrying most of the member's weight."""
-    keep = (groups != "") & (weights > 0)
-    names, code = np.unique(groups[keep], return_inverse=True)
-    totals = sp.csr_matrix((weights[keep], (member_idx[keep], code)), shape=(n_members, len(names)))
-    best = np.asarray(totals.argmax(axis=1)).ravel() if len(names) else np.zeros(n_members, np.int64)
-    has = np.asarray(totals.max(axis=1).todense()).ravel() > 0 if len(names) else np.zeros(n_members, bool)
-    return names, np.where(has, best, -1)
+def member_segment(member_idx: np.ndarray, codes: np.ndarray, n_groups: int, weights: np.ndarray,
+                   n_members: int) -> np.ndarray:
+    """Each member's group (the one carrying most of the member's positive weight), or -1 if none."""
+    keep = (codes >= 0) & (weights > 0)
+    if n_groups == 0:
+        return np.full(n_members, -1)
+    totals = sp.csr_matrix((weights[keep], (member_idx[keep], codes[keep])), shape=(n_members, n_groups))
+    best = np.asarray(totals.argmax(axis=1)).ravel()
+    has = np.asarray(totals.max(axis=1).todense()).ravel() > 0
+    return np.where(has, best, -1)
 
 
 class SegmentPopularityRecommender(Recommender):
@@ -66,11 +68,11 @@ class SegmentPopularityRecommender(Recommender):
 
     def fit(self, data: TrainSet) -> None:
         rows = data.rows
-        groups = data.interactions.events[self.segment].fill_null("").to_numpy(zero_copy_only=False).astype(str)[rows]
-        weights = data.weights[rows]
+        names, codes = encode(data.interactions.events[self.segment])
+        codes, weights = codes[rows], data.weights[rows]
         n_members, n_items = data.matrix.shape
-        _, self.table = grouped_popularity(groups, data.interactions.item_idx[rows], weights, n_items)
-        _, self.member_group = member_segment(data.interactions.member_idx[rows], groups, weights, n_members)
+        _, self.table = grouped_popularity(names, codes, data.interactions.item_idx[rows], weights, n_items)
+        self.member_group = member_segment(data.interactions.member_idx[rows], codes, len(names), weights, n_members)
         overall = np.asarray(data.matrix.sum(axis=0), dtype=np.float32).ravel()
         self.tie_break = overall / max(float(overall.max()), 1e-12) * 1e-3
 

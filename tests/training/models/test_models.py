@@ -1,0 +1,60 @@
+"""Contract every recommender meets, and the models beating popularity on planted structure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from domain.readers import RetailData
+from domain.vocab import Col
+from training.config import TrainConfig
+from training.models import Recommender, top_k
+from training.pipeline import TrainResult, make_models, train_set
+
+
+@pytest.fixture(scope="module")
+def fitted(small_retail_dir, train_config: TrainConfig) -> tuple[list[Recommender], object]:
+    retail = RetailData.read(small_retail_dir)
+    inter = retail.interactions()
+    data = train_set(retail, inter, train_config, np.ones(len(inter), bool),
+                     int(inter.events[Col.TS].to_numpy().max()))
+    models = make_models(train_config)
+    for model in models:
+        model.fit(data)
+    return models, data
+
+
+def test_every_model_scores_all_items_and_skips_excluded(fitted) -> None:
+    models, data = fitted
+    members = np.arange(5)
+    for model in models:
+        scores = model.scores(members)
+        assert scores.shape == (5, data.matrix.shape[1]), model.name
+        assert np.isfinite(scores).all(), model.name
+        top = model.recommend(members, 10, exclude=data.matrix)
+        assert top.shape == (5, 10)
+        for row, items in zip(members, top, strict=True):
+            seen = set(data.matrix[row].indices.tolist())
+            assert not seen & set(items.tolist()), model.name
+            assert len(set(items.tolist())) == 10
+
+
+def test_top_k_orders_best_first() -> None:
+    scores = np.array([[0.1, 0.9, 0.5, 0.7]])
+    assert top_k(scores, 3).tolist() == [[1, 3, 2]]
+
+
+def test_models_beat_popularity_on_planted_structure(trained: TrainResult) -> None:
+    ndcg = {name: row["ndcg@10"] for name, row in trained.metrics.items()}
+    assert trained.beats_popularity
+    assert ndcg["als"] > ndcg["popularity"]
+    assert ndcg["lightfm"] > ndcg["popularity"]
+    assert trained.metrics["als"]["coverage@10"] > trained.metrics["popularity"]["coverage@10"]
+
+
+def test_same_seed_same_metrics(small_retail_dir, trained: TrainResult, train_config: TrainConfig) -> None:
+    from training.pipeline import train
+
+    again = train(small_retail_dir, train_config, publish=False, progress=False)
+    assert again.metrics == trained.metrics
+    assert again.version == trained.version + 1

@@ -1,0 +1,115 @@
+"""Bundle round trip: what the service loads scores exactly like the models that were trained."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from domain.errors import NotFound
+from training.bundle import ModelBundle
+from training.index import build_index, measure_recall, normalize
+from training.models import top_k
+from training.pipeline import TrainResult
+
+
+@pytest.fixture(scope="module")
+def bundle(trained: TrainResult) -> ModelBundle:
+    return ModelBundle.load(trained.path)
+
+
+def test_manifest_records_what_the_issue_asks(bundle: ModelBundle, trained: TrainResult) -> None:
+    m = json.loads((trained.path / "manifest.json").read_text())
+    for key in ("version", "created_at", "data_fingerprint", "params", "metrics", "library_versions", "indexes"):
+        assert key in m
+    assert m["version"] == bundle.version == trained.version
+    assert m["indexes"]["item_item.faiss"]["kind"] == "exact_ip"
+    assert not list(trained.path.glob("*.pkl"))
+
+
+def test_catalogue_order_is_kept(bundle: ModelBundle, small_retail_dir) -> None:
+    import pyarrow.parquet as pq
+
+    items = pq.read_table(small_retail_dir / "items.parquet")["item_id"].to_pylist()
+    assert bundle.items.external_ids.tolist() == items
+    assert len(bundle.arrays["item_content"]) == len(items)
+
+
+def test_member_scores_round_trip(bundle: ModelBundle) -> None:
+    member = str(bundle.members.external_ids[0])
+    scores = bundle.member_scores(member)
+    direct = bundle.arrays["item_factors"] @ bundle.arrays["member_factors"][0]
+    np.testing.assert_allclose(scores, direct, rtol=1e-5)
+    assert bundle.member_scores("nobody") is None
+    again = ModelBundle.load(bundle.path, mmap=False)
+    assert top_k(again.member_scores(member)[None], 10).tolist() == top_k(scores[None], 10).tolist()
+
+
+def test_member_index_matches_exact_search(bundle: ModelBundle) -> None:
+    queries = np.ascontiguousarray(bundle.arrays["member_factors"][:50])
+    scores, found = bundle.member_index.search(queries, 10)
+    exact_scores = queries @ np.asarray(bundle.arrays["item_factors"]).T
+    exact = top_k(exact_scores, 10)
+    # equal up to float ties: same scores at every rank, and the same items almost everywhere
+    np.testing.assert_allclose(scores, np.take_along_axis(exact_scores, exact, axis=1), rtol=1e-4, atol=1e-6)
+    assert (found == exact).mean() > 0.95
+
+
+def test_similar_items_match_exact_search_and_exclude_the_item(bundle: ModelBundle) -> None:
+    item = str(bundle.items.external_ids[5])
+    idx, scores = bundle.similar_items(item, 5)
+    assert 5 not in idx.tolist() and len(idx) == 5
+    unit = np.asarray(bundle.arrays["item_content_unit"])
+    exact = unit @ unit[5]
+    exact[5] = -np.inf
+    assert idx.tolist() == top_k(exact[None], 5)[0].tolist()
+    np.testing.assert_allclose(scores, exact[idx], rtol=1e-4)
+    with pytest.raises(NotFound):
+        bundle.similar_items("no-such-item", 5)
+
+
+def test_hnsw_recall_is_measured() -> None:
+    rng = np.random.default_rng(0)
+    vectors = normalize(rng.normal(size=(3_000, 16)).astype(np.float32))
+    index = build_index(vectors, exact_max=1_000, hnsw_m=16, ef_search=64)
+    report = measure_recall(index, vectors, vectors[:200], 10)
+    assert report.kind == "hnsw_ip"
+    assert 0.9 <= report.recall_at_k <= 1.0
+    assert measure_recall(build_index(vectors, exact_max=10_000), vectors, vectors[:50], 10).recall_at_k == 1.0
+
+
+def test_cold_start_uses_profile_and_ignores_unknown_values(bundle: ModelBundle) -> None:
+    gold = bundle.cold_start_scores({"tier": "gold", "lifecycle_stage": "active", "channel": "app", "region": "north"})
+    assert gold.shape == (len(bundle.items),) and np.isfinite(gold).all()
+    with_noise = bundle.cold_start_scores({"tier": "gold", "lifecycle_stage": "active", "channel": "app",
+                                           "region": "north", "favourite_colour": "blue", "tier2": "x"})
+    np.testing.assert_allclose(gold, with_noise)
+    nothing = bundle.cold_start_scores({"tier": "unobtainium"})
+    np.testing.assert_allclose(nothing, bundle.arrays["item_content_bias"])
+    assert not np.allclose(gold, nothing)
+
+
+def test_popularity_falls_back_to_overall(bundle: ModelBundle) -> None:
+    overall = bundle.popularity()
+    assert overall.shape == (len(bundle.items),)
+    np.testing.assert_array_equal(bundle.popularity(channel="fax"), overall)
+    np.testing.assert_array_equal(bundle.popularity(store_id="nowhere"), overall)
+    app = bundle.popularity(channel="app")
+    assert not np.array_equal(app, overall)
+    store = str(bundle.arrays["popularity_store_ids"][0])
+    assert not np.array_equal(bundle.popularity(channel="app", store_id=store), app)
+
+
+def test_basket_complements_exclude_the_basket(bundle: ModelBundle) -> None:
+    lift = bundle.sparse["complements"]
+    assert lift.nnz > 0
+    item = int(np.argmax(np.diff(lift.indptr)))
+    basket = [str(bundle.items.external_ids[item])]
+    idx, scores = bundle.basket_complements(basket + ["unknown-item"], 5)
+    assert item not in idx.tolist() and len(idx) == 5
+    assert np.all(np.diff(scores) <= 0)
+    best_partner = int(lift[item].indices[np.argmax(lift[item].data)])
+    assert best_partner in idx.tolist()
+    with pytest.raises(NotFound):
+        bundle.basket_complements(["unknown-item"], 5)
