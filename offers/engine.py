@@ -52,6 +52,10 @@ class AffinityModel(Protocol):
     def member_scores(self, member_id: str) -> np.ndarray | None: ...
 
 
+ModelSource = Callable[[], tuple[AffinityModel | None, str]]
+"""The model serving now and its version (the service's bundle changes on hot reload)."""
+
+
 class ItemCatalogue:
     """Item ids with category and brand, to resolve an offer's target to items; plus stock per store."""
 
@@ -109,6 +113,7 @@ class NextBestOffers:
     catalogue_version: str
     model_version: str
     degraded: bool
+    """No model was serving, so every affinity was neutral."""
 
 
 @dataclass(frozen=True)
@@ -138,7 +143,7 @@ NO_ELIGIBLE_OFFER = "no_eligible_offer"
 class OfferEngine:
     def __init__(self, config: OfferConfig, catalogue: CatalogueSource, store: OfferStore,
                  profiles: Callable[[str], MemberView | None], items: ItemCatalogue, log: DecisionLog,
-                 tiers: TierLadder | None = None, model: AffinityModel | None = None, model_version: str = "",
+                 tiers: TierLadder | None = None, model: ModelSource | None = None,
                  uplift: UpliftScores | None = None, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.catalogue = catalogue
@@ -147,8 +152,7 @@ class OfferEngine:
         self.items = items
         self.log = log
         self.tiers = tiers or TierLadder()
-        self.model = model
-        self.model_version = model_version
+        self.model = model or (lambda: (None, ""))
         self.uplift = uplift
         self.clock = clock
 
@@ -159,13 +163,13 @@ class OfferEngine:
         return member
 
     def _states(self, offers: Sequence[Offer], member_id: str, channel: Channel, store_id: str | None,
-                now: float) -> tuple[dict[str, OfferState], int]:
+                now: float, model: AffinityModel | None) -> tuple[dict[str, OfferState], int]:
         """Per-offer state and the member's contacts on `channel` within the fatigue period."""
         fatigue = self.config.fatigue.get(channel)
         periods = [o.per_member_cap.period_days for o in offers if o.per_member_cap]
         horizon = max([*periods, fatigue.period_days if fatigue else 0.0, 1.0])
         contacts, usages = self.store.read(member_id, offers, now - horizon * DAY)
-        scores = self.model.member_scores(member_id) if self.model is not None else None
+        scores = model.member_scores(member_id) if model is not None else None
         where = store_id if channel.is_physical and store_id else ONLINE_STORE
         states = {}
         for offer, usage in zip(offers, usages, strict=True):
@@ -174,29 +178,29 @@ class OfferEngine:
                 member_contacts=contacts.count(now - cap.period_days * DAY, offer_id=offer.id) if cap else 0,
                 budget_left=budget_left(offer, usage),
                 target_in_stock=self.items.in_stock(offer.target, where),
-                affinity=self._affinity(scores, offer.target),
+                affinity=self._affinity(model, scores, offer.target),
             )
         channel_contacts = contacts.count(now - fatigue.period_days * DAY, channel=channel) if fatigue else 0
         return states, channel_contacts
 
-    def _affinity(self, scores: np.ndarray | None, target: Target) -> float:
-        if scores is None or self.model is None or target.scope == "basket":
+    def _affinity(self, model: AffinityModel | None, scores: np.ndarray | None, target: Target) -> float:
+        if model is None or scores is None or target.scope == "basket":
             return NEUTRAL_AFFINITY
         ids = self.items.ids.to_external(self.items.target_items(target))
-        idx = self.model.items.to_internal(ids, strict=False)
+        idx = model.items.to_internal(ids, strict=False)
         return affinity(scores, idx[idx >= 0])
 
     def _uplift(self, member_id: str) -> UpliftEstimate | None:
         return self.uplift.get(member_id) if self.uplift is not None else None
 
-    def _rank(self, catalogue: Catalogue, offers: Sequence[Offer], member: MemberView, channel: Channel,
-              store_id: str | None, k: int, now: float) -> Ranking:
-        states, channel_contacts = self._states(offers, member.member_id, channel, store_id, now)
+    def _rank(self, offers: Sequence[Offer], member: MemberView, channel: Channel, store_id: str | None, k: int,
+              now: float, model: AffinityModel | None) -> Ranking:
+        states, channel_contacts = self._states(offers, member.member_id, channel, store_id, now, model)
         return rank_offers(offers, member, channel, now, states, self.tiers, k, channel_contacts,
                            self.config.fatigue.get(channel), self._uplift(member.member_id))
 
-    def _versions(self, catalogue: Catalogue) -> dict[str, str]:
-        return {"catalogue_version": catalogue.version, "model_version": self.model_version,
+    def _versions(self, catalogue: Catalogue, model_version: str) -> dict[str, str]:
+        return {"catalogue_version": catalogue.version, "model_version": model_version,
                 "uplift_version": self.uplift.model_version if self.uplift else ""}
 
     def next_best_offer(self, member_id: str, channel: Channel, store_id: str | None, k: int,
@@ -205,19 +209,20 @@ class OfferEngine:
         now = self.clock()
         catalogue = self.catalogue.current()
         member = self._member(member_id)
-        ranking = self._rank(catalogue, catalogue.offers, member, channel, store_id, k, now)
+        model, model_version = self.model()
+        ranking = self._rank(catalogue.offers, member, channel, store_id, k, now, model)
         decision_id = uuid.uuid4().hex
         for s in ranking.chosen:
             self.store.marketing.record_contact(member_id, s.offer.id, channel, decision_id, now)
         self.log.append({
             "ts": now, "type": "next_best_offer", "decision_id": decision_id, "member_id": member_id,
             "channel": channel.value, "store_id": store_id, "basket": list(basket_item_ids),
-            "context": context or {}, **self._versions(catalogue), "member": _member_json(member),
+            "context": context or {}, **self._versions(catalogue, model_version), "member": _member_json(member),
             "scored": [_scored_json(s) for s in ranking.scored],
             "chosen": [s.offer.id for s in ranking.chosen],
             "excluded": [{"offer_id": e.offer_id, "rule": e.rule} for e in ranking.excluded],
         })
-        return NextBestOffers(decision_id, ranking, catalogue.version, self.model_version, self.model is None)
+        return NextBestOffers(decision_id, ranking, catalogue.version, model_version, model is None)
 
     def decide_coupon(self, request_id: str, member_id: str, channel: Channel, store_id: str | None,
                       basket_item_ids: Sequence[str] = (), basket_value: float = 0.0) -> CouponDecision:
@@ -229,7 +234,8 @@ class OfferEngine:
         catalogue = self.catalogue.current()
         member = self._member(member_id)
         coupons = [o for o in catalogue.offers if o.kind.is_coupon]
-        ranking = self._rank(catalogue, coupons, member, channel, store_id, len(coupons), now)
+        model, model_version = self.model()
+        ranking = self._rank(coupons, member, channel, store_id, len(coupons), now, model)
         decision_id = uuid.uuid4().hex
         fatigue = self.config.fatigue.get(channel)
         failures: list[tuple[ScoredOffer, str, str]] = []
@@ -255,7 +261,7 @@ class OfferEngine:
         self.log.append({
             "ts": now, "type": "decide_coupon", "request_id": request_id, "member_id": member_id,
             "channel": channel.value, "store_id": store_id, "basket": list(basket_item_ids),
-            "basket_value": basket_value, **self._versions(catalogue), "member": _member_json(member),
+            "basket_value": basket_value, **self._versions(catalogue, model_version), "member": _member_json(member),
             "scored": [_scored_json(s) for s in ranking.scored],
             "excluded": [{"offer_id": e.offer_id, "rule": e.rule} for e in ranking.excluded],
             **decision.to_json(),

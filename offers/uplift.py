@@ -19,7 +19,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from sklearn.linear_model import LogisticRegression
 
 from domain.idmap import IdMap
 from domain.readers import EXPOSURES_FILE, RetailData
@@ -136,6 +135,8 @@ class UpliftModel:
 
     @classmethod
     def fit(cls, x: np.ndarray, treated: np.ndarray, converted: np.ndarray, c: float = 0.1) -> UpliftModel:
+        from sklearn.linear_model import LogisticRegression  # training only: serving never imports sklearn
+
         mean, std = x.mean(0), x.std(0) + 1e-9
         z = (x - mean) / std
         coefs, intercepts = [], []

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from domain.lifecycle import LifecycleRules
 from domain.tiers import TierLadder
 from feature_store.config import RedisConfig
+from offers.config import OfferConfig
 from service.config import ServiceConfig
 from training.config import TrainConfig
 
@@ -32,6 +33,7 @@ class OmnirecConfig(BaseModel):
     service: ServiceConfig = ServiceConfig()
     train: TrainConfig = TrainConfig()
     redis: RedisConfig = RedisConfig()
+    offers: OfferConfig = OfferConfig()
 
     @classmethod
     def load(cls, path: Path | None = None, env: Mapping[str, str] | None = None) -> OmnirecConfig:

@@ -1,0 +1,126 @@
+"""OfferService through a real grpc.aio server (auth and error interceptors), a real client and real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from domain.vocab import LifecycleStage
+from offers.engine import OfferEngine
+from offers.policy import in_holdout
+from omnirec.v1 import common_pb2, offers_pb2, offers_pb2_grpc
+from service import offer_servicer
+from service.config import Role
+from service.interceptors import AuthInterceptor, ErrorInterceptor
+from tests.offers.conftest import EngineFactory, member
+
+KEYS = {"app-key": Role.APP, "pos-key": Role.POS, "campaign-key": Role.CAMPAIGN}
+MEMBER = next(f"m{i}" for i in range(100) if not in_holdout("winback-15off60", f"m{i}", 0.1))
+
+
+class Server:
+    def __init__(self, engine: OfferEngine) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server, port = asyncio.run_coroutine_threadsafe(self._start(engine), self.loop).result(10)
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.stub = offers_pb2_grpc.OfferServiceStub(self.channel)
+
+    async def _start(self, engine: OfferEngine) -> tuple[grpc.aio.Server, int]:
+        spec = offer_servicer.spec(engine, default_deadline_s=5.0)
+        server = grpc.aio.server(interceptors=[AuthInterceptor(KEYS, spec.method_roles), ErrorInterceptor()])
+        spec.add_to_server(spec.servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        return server, port
+
+    def stop(self) -> None:
+        self.channel.close()
+        asyncio.run_coroutine_threadsafe(self.server.stop(1), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def server(make_engine: EngineFactory) -> Iterator[Server]:
+    running = Server(make_engine({MEMBER: member(MEMBER, "silver", LifecycleStage.AT_RISK)}))
+    yield running
+    running.stop()
+
+
+def key(name: str) -> list[tuple[str, str]]:
+    return [("x-api-key", name)]
+
+
+def test_next_best_offer_decide_and_redeem(server: Server) -> None:
+    nbo = server.stub.NextBestOffer(offers_pb2.NextBestOfferRequest(
+        member_id=MEMBER, channel=common_pb2.CHANNEL_APP, k=3, explain=True, context={"page": "home"}),
+        metadata=key("campaign-key"))
+    assert nbo.decision_id and nbo.catalogue_version and nbo.degraded
+    assert 1 <= len(nbo.offers) <= 3
+    assert "winback-15off60" in [o.offer_id for o in nbo.offers]
+    assert all(o.reasons and o.score > 0 for o in nbo.offers)
+    excluded = {e.offer_id: e.rule for e in nbo.excluded}
+    assert excluded["gold-gift-electronics"] == "not_eligible_tier"
+    assert excluded["welcome-10off50"] == "not_eligible_lifecycle"
+
+    request = offers_pb2.DecideCouponRequest(request_id="checkout-1", member_id=MEMBER, channel=common_pb2.CHANNEL_APP,
+                                             basket_item_ids=["i4"], basket_value=80)
+    decision = server.stub.DecideCoupon(request, metadata=key("pos-key"))
+    assert decision.issued and decision.coupon_id
+    assert decision.offer_id != "winback-15off60"  # shown by NextBestOffer above: its cap of 1 is used
+    assert decision.reason == offers_pb2.COUPON_REASON_ISSUED and not decision.replayed
+    retry = server.stub.DecideCoupon(request, metadata=key("pos-key"))
+    assert retry.replayed and retry.coupon_id == decision.coupon_id and retry.decision_id == decision.decision_id
+
+    redeem = offers_pb2.RedeemCouponRequest(coupon_id=decision.coupon_id, member_id=MEMBER, order_value=90,
+                                            channel=common_pb2.CHANNEL_POS, store_id="s1")
+    first = server.stub.RedeemCoupon(redeem, metadata=key("app-key"))
+    again = server.stub.RedeemCoupon(redeem, metadata=key("app-key"))
+    assert first.newly_redeemed and not again.newly_redeemed
+    assert first.offer_id == again.offer_id == decision.offer_id
+
+
+@pytest.mark.parametrize("request_, field", [
+    (offers_pb2.NextBestOfferRequest(member_id="m1", channel=common_pb2.CHANNEL_APP, k=0), "k"),
+    (offers_pb2.NextBestOfferRequest(member_id="m1", channel=common_pb2.CHANNEL_APP, k=21), "k"),
+    (offers_pb2.NextBestOfferRequest(channel=common_pb2.CHANNEL_APP, k=3), "member_id"),
+    (offers_pb2.NextBestOfferRequest(member_id="m1", k=3), "channel"),
+    (offers_pb2.DecideCouponRequest(member_id="m1", channel=common_pb2.CHANNEL_APP), "request_id"),
+    (offers_pb2.DecideCouponRequest(request_id="r", member_id="m1", channel=common_pb2.CHANNEL_POS), "store_id"),
+    (offers_pb2.DecideCouponRequest(request_id="r", member_id="m1", channel=common_pb2.CHANNEL_APP,
+                                    basket_value=-1), "basket_value"),
+    (offers_pb2.RedeemCouponRequest(member_id="m1"), "coupon_id"),
+])
+def test_invalid_argument_names_the_field(server: Server, request_: object, field: str) -> None:
+    method = {offers_pb2.NextBestOfferRequest: server.stub.NextBestOffer,
+              offers_pb2.DecideCouponRequest: server.stub.DecideCoupon,
+              offers_pb2.RedeemCouponRequest: server.stub.RedeemCoupon}[type(request_)]
+    with pytest.raises(grpc.RpcError) as info:
+        method(request_, metadata=key("app-key"))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith(f"{field}:")
+
+
+def test_roles_and_unknown_ids(server: Server) -> None:
+    decide = offers_pb2.DecideCouponRequest(request_id="r", member_id=MEMBER, channel=common_pb2.CHANNEL_APP)
+    with pytest.raises(grpc.RpcError) as info:
+        server.stub.DecideCoupon(decide, metadata=key("campaign-key"))
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.RpcError) as info:
+        server.stub.DecideCoupon(decide)
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as info:
+        server.stub.NextBestOffer(offers_pb2.NextBestOfferRequest(member_id="ghost", channel=common_pb2.CHANNEL_WEB,
+                                                                  k=2), metadata=key("app-key"))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as info:
+        server.stub.RedeemCoupon(offers_pb2.RedeemCouponRequest(coupon_id="nope", member_id=MEMBER),
+                                 metadata=key("pos-key"))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
