@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from domain.errors import OmnirecError
 from omnirec.config import OmnirecConfig
-from service import admin_servicer, event_servicer, recommendation_servicer
+from service import admin_servicer, event_servicer, offer_servicer, recommendation_servicer
 from service.bundles import holder_for
 from service.event_log import EventLog
 from service.features import Features
@@ -79,6 +79,7 @@ def service_specs(state: ServingState) -> list[ServiceSpec]:
         recommendation_servicer.spec(state.models, state.features, deadline),
         event_servicer.spec(state.features, state.event_log, deadline),
         admin_servicer.spec(state.models),
+        offer_servicer.spec(offer_servicer.build_engine(state.config, state.models), deadline),
     ]
 
 
