@@ -182,5 +182,24 @@ def materialize(
     console.print(table)
 
 
+@app.command("train-uplift")
+def train_uplift(
+    data: Annotated[Path | None, typer.Option(help="Folder with the retail and coupon exposure Parquet files.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where to write uplift_model.npz and uplift_scores.npz "
+                                                  "(default: beside offers.uplift_path, else data_dir).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Train the coupon uplift model (T-learner) on logged exposures and score every member for the service."""
+    from offers.uplift import train_uplift as run
+
+    cfg = _setup(config)
+    dest = out or (cfg.offers.uplift_path.parent if cfg.offers.uplift_path else cfg.data_dir)
+    scores = run(data or cfg.data_dir, dest, cfg.tiers)
+    lift = scores.p_treated - scores.p_control
+    console.print(f"uplift model {scores.model_version}: {len(lift):,} members scored into {dest}; "
+                  f"mean estimated uplift {lift.mean():+.3f}, share positive {(lift > 0).mean():.0%}. "
+                  f"Set offers.uplift_path = {dest / 'uplift_scores.npz'} to use it.")
+
+
 if __name__ == "__main__":
     app()

@@ -6,13 +6,22 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
+import redis
 
-from domain.errors import FailedPrecondition, NotFound
+from domain.errors import FailedPrecondition, NotFound, Unavailable
+from domain.idmap import IdMap
 from domain.vocab import Channel, LifecycleStage
+from feature_store.config import RedisConfig
 from feature_store.marketing import CouponStatus
-from offers.engine import OfferEngine
+from offers.budget import OfferStore
+from offers.catalogue import CatalogueSource
+from offers.config import OfferConfig
+from offers.decision_log import DecisionLog
+from offers.engine import ItemCatalogue, OfferEngine
 from offers.policy import Rule, in_holdout
+from offers.uplift import UpliftScores
 from tests.offers.conftest import EXAMPLE, NOW, EngineFactory, member
 
 ONE_OFFER = """
@@ -166,3 +175,48 @@ def test_catalogue_reload_takes_effect_in_the_engine(make_engine: EngineFactory,
     after = engine.next_best_offer("m", Channel.APP, None, k=10)
     assert after.catalogue_version != before
     assert {e.offer_id: e.rule for e in after.ranking.excluded}["double-points-platinum"] == Rule.NOT_ELIGIBLE_TIER
+
+
+class FakeModel:
+    """A model whose member likes skincare (i1) most and kitchen (i4) least."""
+
+    items = IdMap.from_ids(["i1", "i2", "i3", "i4", "i5"])
+
+    def member_scores(self, member_id: str) -> np.ndarray | None:
+        return np.array([0.9, 0.5, 0.3, 0.0, 0.2]) if member_id == "fan" else None
+
+
+def test_affinity_from_the_serving_model_ranks_targets(make_engine: EngineFactory) -> None:
+    engine = make_engine({"fan": member("fan", "silver"), "stranger": member("stranger", "silver")})
+    engine.model = lambda: (FakeModel(), "model-7")
+    fan = engine.next_best_offer("fan", Channel.APP, None, k=10)
+    assert not fan.degraded and fan.model_version == "model-7"
+    scored = {s.offer.id: s for s in fan.ranking.scored}
+    assert "score:affinity=0.800" in scored["beauty-20pct"].reasons
+    assert "score:affinity=0.000" in scored["kitchen-5off25"].reasons
+    stranger = engine.next_best_offer("stranger", Channel.APP, None, k=10)
+    assert "score:affinity=0.500" in {s.offer.id: s for s in stranger.ranking.scored}["beauty-20pct"].reasons
+    assert [r["model_version"] for r in engine.log.records()] == ["model-7", "model-7"]
+
+
+def test_uplift_scores_keep_coupons_from_sure_things(make_engine: EngineFactory, tmp_path: Path) -> None:
+    members = {"sure": member("sure"), "persuadable": member("persuadable")}
+    engine = make_engine(members, single_offer(tmp_path, "max_count = 100"))
+    engine.uplift = UpliftScores(IdMap.from_ids(["sure", "persuadable"]), np.array([0.6, 0.04]),
+                                 np.array([0.62, 0.45]), "uplift-1")
+    sure = engine.decide_coupon("a", "sure", Channel.APP, None)
+    assert not sure.issued and sure.reason == Rule.NOT_WORTH_IT
+    persuadable = engine.decide_coupon("b", "persuadable", Channel.APP, None)
+    assert persuadable.issued and "score:uplift=0.4100" in persuadable.detail
+    assert {r["uplift_version"] for r in engine.log.records()} == {"uplift-1"}
+
+
+def test_redis_down_is_unavailable(tmp_path: Path, catalogue_path: Path, items: ItemCatalogue) -> None:
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, socket_timeout=0.2)
+    cfg = OfferConfig(catalogue_path=catalogue_path, decision_log_dir=tmp_path / "d")
+    engine = OfferEngine(cfg, CatalogueSource(catalogue_path), OfferStore(dead, RedisConfig(namespace="x")),
+                         {"m": member("m")}.get, items, DecisionLog(cfg.decision_log_dir))
+    with pytest.raises(Unavailable):
+        engine.decide_coupon("r", "m", Channel.APP, None)
+    with pytest.raises(Unavailable):
+        engine.next_best_offer("m", Channel.APP, None, k=3)
