@@ -12,6 +12,8 @@ from service.config import Role
 from service.model import ModelHolder, ServingModel
 from service.registry import ServiceSpec
 
+SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+
 
 def _flatten(metrics: Mapping[str, object], prefix: str = "") -> dict[str, float]:
     """Nested manifest metrics ({"als": {"ndcg@10": 0.3}}) as the flat map of the contract ("als.ndcg@10")."""

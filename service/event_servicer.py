@@ -20,6 +20,8 @@ MAX_BATCH = 1000
 
 _EVENT_TYPES: dict[int, EventType] = {events_pb2.EventType.Value(f"EVENT_TYPE_{e.name}"): e for e in EventType}
 
+SERVICE = events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name
+
 
 def events_table(events: list[events_pb2.Event], now: int) -> tuple[pa.Table, list[str]]:
     """The batch as an EVENT_SCHEMA table plus the event ids; the first bad event names `events[i].field`."""

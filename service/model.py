@@ -38,6 +38,8 @@ class ModelHolder:
         self._load = load
         self._lock = asyncio.Lock()
         self.current: ServingModel | None = None
+        self.loaded = asyncio.Event()
+        """Set once the first bundle is serving (health checks report NOT_SERVING until then)."""
 
     def get(self) -> ServingModel:
         model = self.current
@@ -55,6 +57,7 @@ class ModelHolder:
                 return self.current
             model = await asyncio.to_thread(self._load, path)
             old, self.current = self.current, model
+            self.loaded.set()
             log.info("model bundle %s loaded from %s (was %s)", model.version, path, old and old.version)
             return model
 

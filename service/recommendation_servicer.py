@@ -25,6 +25,8 @@ from service.registry import ALL_ROLES, ServiceSpec
 
 _REASONS: dict[Reason, int] = {r: common_pb2.ReasonCode.Value(f"REASON_{r.name}") for r in Reason}
 
+SERVICE = recommendation_pb2.DESCRIPTOR.services_by_name["RecommendationService"].full_name
+
 
 def _filters(f: common_pb2.ItemFilter, exclude_purchased: bool = False) -> Filters:
     return Filters(category=f.category, in_stock_only=f.in_stock_only, exclude_purchased=exclude_purchased)

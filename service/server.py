@@ -32,6 +32,10 @@ from service.registry import ServiceSpec
 log = logging.getLogger(__name__)
 
 
+NEEDS_MODEL = ("", recommendation_servicer.SERVICE)
+"""Health-check names that report NOT_SERVING until a bundle is loaded; other services work without one."""
+
+
 @dataclass
 class ServingState:
     """Everything the servicers share inside one worker process: the model, the features, the event log."""
@@ -40,6 +44,7 @@ class ServingState:
     models: ModelHolder
     features: Features
     event_log: EventLog
+    health: health.aio.HealthServicer = field(default_factory=health.aio.HealthServicer)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -57,7 +62,16 @@ class ServingState:
             log.warning("starting without a model: %s", exc)
         interval = self.config.service.poll_interval_s
         self._tasks = [asyncio.create_task(self.models.poll(interval)),
-                       asyncio.create_task(self._flush_events(interval))]
+                       asyncio.create_task(self._flush_events(interval)),
+                       asyncio.create_task(self._report_health())]
+
+    async def _report_health(self) -> None:
+        """Recommendations, and so the server as a whole (""), are NOT_SERVING until a model is loaded."""
+        for name in NEEDS_MODEL:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.models.loaded.wait()
+        for name in NEEDS_MODEL:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def _flush_events(self, interval_s: float) -> None:
         while True:
@@ -94,12 +108,12 @@ async def serve(state: ServingState, port: int | None = None) -> tuple[grpc.aio.
     )
     for s in specs:
         s.add_to_server(s.servicer, server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(state.health, server)
     names = [s.full_name for s in specs]
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    for name in ["", *names]:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    for name in names:
+        if name not in NEEDS_MODEL:
+            await state.health.set(name, health_pb2.HealthCheckResponse.SERVING)
     bound = server.add_insecure_port(f"{svc.host}:{svc.port if port is None else port}")
     return server, bound
 

@@ -162,3 +162,30 @@ def test_health_and_reflection_need_no_key(server: RunningServer) -> None:
     services = set(ProtoReflectionDescriptorDatabase(server.channel).get_services())
     assert {"omnirec.v1.RecommendationService", "omnirec.v1.EventService", "omnirec.v1.AdminService",
             "grpc.health.v1.Health"} <= services
+
+
+def test_no_model_yet_is_unavailable_until_one_is_published(small_retail_dir: Path, bundle_root: Path,
+                                                            retail: RetailData, redis_config: RedisConfig,
+                                                            tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    root.mkdir()
+    server = RunningServer(service_config(small_retail_dir, root, redis_config, tmp_path / "events",
+                                          poll_interval_s=0.1), retail)
+    try:
+        health = health_pb2_grpc.HealthStub(server.channel)
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == \
+            health_pb2.HealthCheckResponse.NOT_SERVING
+        stub = rec_grpc.RecommendationServiceStub(server.channel)
+        request = rec.RecommendRequest(member_id="m", channel=common_pb2.CHANNEL_APP, k=5)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Recommend(request, metadata=MD, timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        shutil.copytree(BundleRegistry(bundle_root).current_path(), root / "v1")  # type: ignore[arg-type]
+        BundleRegistry(root).publish(1)
+        deadline = time.time() + 10
+        while health.Check(health_pb2.HealthCheckRequest(), timeout=5).status != \
+                health_pb2.HealthCheckResponse.SERVING and time.time() < deadline:
+            time.sleep(0.05)
+        assert len(stub.Recommend(request, metadata=MD, timeout=5).items.item_ids) == 5
+    finally:
+        server.stop()

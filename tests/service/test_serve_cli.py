@@ -1,0 +1,75 @@
+"""`omnirec serve`: worker processes sharing one port, answering, and draining on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from service_harness import API_KEYS
+
+from feature_store.config import RedisConfig
+from omnirec.v1 import common_pb2
+from omnirec.v1 import recommendation_pb2 as rec
+from omnirec.v1 import recommendation_pb2_grpc as rec_grpc
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_two_workers_serve_one_port_and_stop_on_sigterm(small_retail_dir: Path, bundle_root: Path,
+                                                        redis_config: RedisConfig, tmp_path: Path,
+                                                        known_member: str) -> None:
+    port = _free_port()
+    keys = "\n".join(f'"{key}" = "{role}"' for role, key in API_KEYS.items())
+    config = tmp_path / "omnirec.toml"
+    config.write_text(f"""data_dir = "{small_retail_dir}"
+[train]
+bundle_root = "{bundle_root}"
+[redis]
+url = "{redis_config.url}"
+namespace = "{redis_config.namespace}"
+[service]
+host = "127.0.0.1"
+port = {port}
+workers = 2
+event_log_dir = "{tmp_path / 'events'}"
+[service.api_keys]
+{keys}
+""")
+    env = {**os.environ, "OMNIREC_CONFIG": str(config)}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "omnirec"), "serve"], env=env)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            deadline = time.time() + 60
+            while True:
+                try:
+                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
+                            health_pb2.HealthCheckResponse.SERVING:
+                        break
+                except grpc.RpcError:
+                    pass
+                assert time.time() < deadline and proc.poll() is None, "omnirec serve did not become healthy"
+                time.sleep(0.2)
+            workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            assert len(workers) == 2
+            reply = rec_grpc.RecommendationServiceStub(channel).Recommend(
+                rec.RecommendRequest(member_id=known_member, channel=common_pb2.CHANNEL_APP, k=5),
+                metadata=(("x-api-key", API_KEYS["app"]),), timeout=5)
+            assert len(reply.items.item_ids) == 5
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
