@@ -65,6 +65,17 @@ return {'issued', ''}
 12 channel, 13 contact entry, 14 contact ttl, 15 coupon id, 16 coupon json, 17 wallet ttl.
 Negative limits mean "no limit"."""
 
+_RESERVE = """
+local max_count, max_cents, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local count = tonumber(redis.call('HGET', KEYS[1], 'issued') or '0')
+local cents = tonumber(redis.call('HGET', KEYS[1], 'reserved_cents') or '0')
+if (max_count >= 0 and count + 1 > max_count) or (max_cents >= 0 and cents + cost > max_cents) then return 0 end
+redis.call('HINCRBY', KEYS[1], 'issued', 1)
+redis.call('HINCRBY', KEYS[1], 'reserved_cents', cost)
+return 1
+"""
+"""KEYS: budget. ARGV: 1 max count, 2 max cents, 3 cost cents. Budget only: invitations shown by NextBestOffer."""
+
 _REDEEM = """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if not raw then return {0, ''} end
@@ -118,6 +129,7 @@ class OfferStore:
         self.idempotency_ttl = int(idempotency_days * DAY)
         self._issue = client.register_script(_ISSUE)
         self._redeem = client.register_script(_REDEEM)
+        self._reserve = client.register_script(_RESERVE)
 
     def stored_decision(self, request_id: str) -> dict[str, Any] | None:
         with redis_unavailable("stored_decision"):
@@ -163,6 +175,15 @@ class OfferStore:
                 pipe.hgetall(self.keys.offer_budget(o.id))
             raw, *budgets = pipe.execute()
         return parse_contacts(self.keys, member_id, raw, since), [_usage(b) for b in budgets]
+
+    def reserve(self, offer: Offer) -> bool:
+        """Charge one showing of a non-coupon offer (an event invitation) to its budget, if any is left."""
+        b = offer.budget
+        with redis_unavailable("reserve budget"):
+            ok = self._reserve(keys=[self.keys.offer_budget(offer.id)], args=[
+                -1 if b.max_count is None else b.max_count, -1 if b.max_money is None else cents(b.max_money),
+                cents(offer.redemption_cost)])
+        return bool(ok)
 
     def usage(self, offer_id: str) -> BudgetUsage:
         with redis_unavailable("budget usage"):

@@ -26,6 +26,7 @@ from offers.config import OfferConfig
 from offers.decision_log import DecisionLog
 from offers.policy import (
     NEUTRAL_AFFINITY,
+    Exclusion,
     MemberView,
     OfferState,
     Ranking,
@@ -210,7 +211,7 @@ class OfferEngine:
         catalogue = self.catalogue.current()
         member = self._member(member_id)
         model, model_version = self.model()
-        ranking = self._rank(catalogue.offers, member, channel, store_id, k, now, model)
+        ranking = self._charge_invitations(self._rank(catalogue.offers, member, channel, store_id, k, now, model))
         decision_id = uuid.uuid4().hex
         for s in ranking.chosen:
             self.store.marketing.record_contact(member_id, s.offer.id, channel, decision_id, now)
@@ -223,6 +224,20 @@ class OfferEngine:
             "excluded": [{"offer_id": e.offer_id, "rule": e.rule} for e in ranking.excluded],
         })
         return NextBestOffers(decision_id, ranking, catalogue.version, model_version, model is None)
+
+    def _charge_invitations(self, ranking: Ranking) -> Ranking:
+        """Offers that are shown, not issued (event invitations), spend their budget when shown.
+
+        A showing the budget cannot cover is dropped with `budget_exhausted`; the list is not back-filled.
+        """
+        chosen, excluded = [], list(ranking.excluded)
+        for s in ranking.chosen:
+            b = s.offer.budget
+            if s.offer.kind.is_coupon or (b.max_count is None and b.max_money is None) or self.store.reserve(s.offer):
+                chosen.append(s)
+            else:
+                excluded.append(Exclusion(s.offer.id, Rule.BUDGET_EXHAUSTED, "invitation budget spent"))
+        return Ranking(chosen, excluded, ranking.scored)
 
     def decide_coupon(self, request_id: str, member_id: str, channel: Channel, store_id: str | None,
                       basket_item_ids: Sequence[str] = (), basket_value: float = 0.0) -> CouponDecision:

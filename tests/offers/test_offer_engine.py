@@ -220,3 +220,27 @@ def test_redis_down_is_unavailable(tmp_path: Path, catalogue_path: Path, items: 
         engine.decide_coupon("r", "m", Channel.APP, None)
     with pytest.raises(Unavailable):
         engine.next_best_offer("m", Channel.APP, None, k=3)
+
+
+def test_event_invitations_spend_their_budget_when_shown(make_engine: EngineFactory, tmp_path: Path) -> None:
+    path = tmp_path / "event.toml"
+    path.write_text("""
+[[offers]]
+id = "evening"
+kind = "store_event"
+amount = 4
+target = { scope = "basket" }
+channels = ["app"]
+valid_from = 2025-01-01T00:00:00Z
+valid_until = 2030-01-01T00:00:00Z
+budget = { max_count = 3 }
+value = 25
+base_response = 0.2
+""")
+    members = many_members(6)
+    engine = make_engine(members, path)
+    shown = [bool(engine.next_best_offer(m, Channel.APP, None, k=1).ranking.chosen) for m in members]
+    assert shown == [True, True, True, False, False, False]
+    last = engine.next_best_offer("m005", Channel.APP, None, k=1).ranking.excluded
+    assert [e.rule for e in last] == [Rule.BUDGET_EXHAUSTED]
+    assert engine.store.usage("evening").issued == 3
