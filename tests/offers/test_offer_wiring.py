@@ -1,0 +1,42 @@
+"""The service's engine wiring: member profiles from the materialised feature store, items from data_dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import redis
+
+from domain.readers import MEMBERS_FILE
+from domain.vocab import Channel
+from feature_store.config import RedisConfig
+from feature_store.materialize import materialize
+from offers.config import OfferConfig
+from offers.policy import Rule
+from omnirec.config import OmnirecConfig
+from service.offer_servicer import build_engine
+from tests.offers.conftest import EXAMPLE
+
+
+def test_engine_reads_tier_stage_and_consent_from_the_feature_store(small_retail_dir: Path, redis_client: redis.Redis,
+                                                                     redis_prefix: str, tmp_path: Path) -> None:
+    kw = redis_client.connection_pool.connection_kwargs
+    redis_cfg = RedisConfig(url=f"redis://{kw['host']}:{kw['port']}/{kw.get('db', 0)}", namespace=redis_prefix)
+    config = OmnirecConfig(data_dir=small_retail_dir, redis=redis_cfg,
+                           offers=OfferConfig(catalogue_path=EXAMPLE, decision_log_dir=tmp_path / "decisions"))
+    materialize(small_retail_dir, redis_cfg, config.tiers, config.lifecycle)
+    engine = build_engine(config, SimpleNamespace(current=None))  # type: ignore[arg-type]
+    members = pq.read_table(small_retail_dir / MEMBERS_FILE)
+    basic = members.filter(pc.and_(pc.equal(members["tier"], "basic"), members["consent_web"]))
+    member_id = basic["member_id"][0].as_py()
+    result = engine.next_best_offer(member_id, Channel.WEB, None, k=5)
+    rules = {e.offer_id: e.rule for e in result.ranking.excluded}
+    assert rules["gold-gift-electronics"] == Rule.NOT_ELIGIBLE_TIER
+    assert result.degraded and result.catalogue_version
+    record = next(engine.log.records())
+    assert record["member"]["tier"] == "basic" and "web" in record["member"]["consent"]
+    no_consent = members.filter(pc.invert(members["consent_app"]))["member_id"][0].as_py()
+    excluded = engine.next_best_offer(no_consent, Channel.APP, None, k=5).ranking.excluded
+    assert {e.rule for e in excluded} <= {Rule.NO_CONSENT, Rule.WRONG_CHANNEL}
