@@ -21,7 +21,9 @@ class RedisConfig(BaseModel):
     connect_timeout_s: float = Field(0.5, gt=0, description="TCP connect timeout")
     retries: int = Field(0, ge=0, description="retries after a connection error (0: fail on the first)")
     bulk_timeout_s: float = Field(60.0, gt=0, description="socket timeout while bulk-loading a materialisation")
-    feature_ttl_s: int = Field(30 * DAY_S, gt=0, description="TTL of materialised and live-updated feature keys")
+    feature_ttl_s: int | None = Field(
+        None, gt=0, description="TTL of materialised and live-updated feature keys; None (as Feast's default): "
+                                "they live until the next switch expires their generation")
     old_generation_ttl_s: int = Field(600, gt=0,
                                       description="grace TTL of the previous generation after a switch")
     identity_ttl_s: int = Field(365 * DAY_S, gt=0, description="retention of an anonymous id -> member link")

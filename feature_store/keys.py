@@ -76,9 +76,9 @@ class Keys:
         """
         return f"{self.namespace}:v{self.schema}:{entity}:{entity_id}"
 
-    def generation_pattern(self, generation: int) -> str:
-        """SCAN pattern that matches every key of one materialisation (used to expire old ones)."""
-        return f"{self.namespace}@{generation}:*"
+    def all_generations_pattern(self) -> str:
+        """SCAN pattern matching the feature keys of every generation (used to expire old ones)."""
+        return f"{self.namespace}@*"
 
     # --- generation-scoped features -------------------------------------------------------------
     def member(self, member_id: str) -> str:

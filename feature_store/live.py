@@ -162,6 +162,7 @@ class LiveUpdater:
             channel = Channel(row["channel"])
             store = row["store_id"] if channel.is_physical else ONLINE_STORE
             pipe.hincrby(k.stock(store), item, -int(row["quantity"]))
+            self._expire(pipe, k.stock(store))
             if member_id:
                 self._push(pipe, k.purchased(member_id), [item], self.config.purchased_items)
         if state is None:
@@ -180,7 +181,12 @@ class LiveUpdater:
             pipe.lrem(key, 0, item)
             pipe.lpush(key, item)
         pipe.ltrim(key, 0, limit - 1)
-        pipe.expire(key, self.config.feature_ttl_s)
+        self._expire(pipe, key)
+
+    def _expire(self, pipe: Any, key: str) -> None:
+        """Feature keys expire with their generation, or after `feature_ttl_s` when one is configured."""
+        if self.config.feature_ttl_s is not None:
+            pipe.expire(key, self.config.feature_ttl_s)
 
     def _queue_state(self, pipe: Any, k: Keys, member_id: str, state: _MemberState) -> None:
         """Write the advanced state; the stage comes from the shared rule at the member's latest event."""
@@ -193,7 +199,7 @@ class LiveUpdater:
             "lifecycle_stage": stage.value, TS: int(time.time())})
         for channel, n in state.activity.items():
             pipe.hincrby(key, f"act_{channel}", n)
-        pipe.expire(key, self.config.feature_ttl_s)
+        self._expire(pipe, key)
 
     def link(self, anonymous_id: str, member_id: str) -> int:
         """Record that `anonymous_id` is `member_id` (a login) and credit its recent items to the member.

@@ -255,16 +255,19 @@ _EXPIRE_OLD = """
 local reply = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])
 local expired = 0
 for _, key in ipairs(reply[2]) do
-  local ttl = redis.call('TTL', key)
-  if ttl < 0 or ttl > tonumber(ARGV[4]) then
-    redis.call('EXPIRE', key, ARGV[4])
-    expired = expired + 1
+  if string.match(key, '^[^:@]*@(%d+):') ~= ARGV[4] then
+    local ttl = redis.call('TTL', key)
+    if ttl < 0 or ttl > tonumber(ARGV[5]) then
+      redis.call('EXPIRE', key, ARGV[5])
+      expired = expired + 1
+    end
   end
 end
 return {reply[1], expired}
 """
-"""One SCAN step run inside Redis, so old keys never travel to Python; a TTL is only ever shortened.
-Keys are not declared, so on a cluster it runs on each primary against that primary's own keys."""
+"""One SCAN step run inside Redis, so old keys never travel to Python: keys of every generation but the
+current one get the grace TTL, which is only ever shortened. Keys are not declared, so on a cluster it
+runs on each primary against that primary's own keys."""
 
 
 class Materializer:
@@ -284,7 +287,6 @@ class Materializer:
         generation = int(self.client.incr(self.keys.generation_counter()))
         k = self.keys.at(generation)
         stamp = str(int(time.time()))
-        ttl = self.config.feature_ttl_s
         n = len(f.member_ids)
         step = self.config.batch_members
         with resp.BulkSender(self.client) as sender, tqdm(
@@ -293,22 +295,19 @@ class Materializer:
                 hi = min(lo + step, n)
                 keys = _prefixed(k.member(""), f.member_ids.slice(lo, hi - lo))
                 fields: dict[str, pa.Array | str] = {name: col.slice(lo, hi - lo) for name, col in f.profile.items()}
-                batch = [resp.hset(keys, fields | {TS: stamp}), resp.expire(keys, ttl)]
-                key_parts = [keys, keys]
+                writes = [(keys, resp.hset(keys, fields | {TS: stamp}))]
                 for ranked, prefix in ((f.recent, k.recent("")), (f.purchased, k.purchased(""))):
-                    list_keys, rpush = _rpush(ranked, f.member_ids, f.item_ids, prefix, lo, hi)
-                    batch += [rpush, resp.expire(list_keys, ttl)]
-                    key_parts += [list_keys, list_keys]
-                sender.send(pa.concat_arrays(key_parts), batch)
+                    writes.append(_rpush(ranked, f.member_ids, f.item_ids, prefix, lo, hi))
+                self._send(sender, writes, self.config.feature_ttl_s)
                 bar.update(hi - lo)
             for lo in range(0, len(f.anon_ids), step):
-                list_keys, rpush = _rpush(f.anon_recent, f.anon_ids, f.item_ids, k.anon_recent(""), lo, lo + step)
-                sender.send(pa.concat_arrays([list_keys, list_keys]), [rpush, resp.expire(list_keys, ttl)])
+                rpush = _rpush(f.anon_recent, f.anon_ids, f.item_ids, k.anon_recent(""), lo, lo + step)
+                self._send(sender, [rpush], self.config.feature_ttl_s)
             self._load_items(f, k, sender, stamp)
             self._load_links(f, sender, stamp)
         previous = self._switch(generation, n, len(f.item_ids))
         loaded = time.perf_counter()
-        expired = 0 if previous is None else self.expire_generation(previous)
+        expired = self.expire_other_generations(generation)
         report = LoadReport(generation, previous, n, len(f.item_ids), sender.commands_sent, loaded - started,
                             expired, time.perf_counter() - loaded)
         log.info("materialised generation %d: %d members, %d items, %d commands in %.2fs (%.0f members/s); "
@@ -316,20 +315,26 @@ class Materializer:
                  report.members_per_s, expired, report.cleanup_seconds)
         return report
 
+    @staticmethod
+    def _send(sender: resp.BulkSender, writes: list[tuple[pa.Array, pa.Array]], ttl_s: int | None) -> None:
+        """Send (keys, commands) pairs, each followed by an EXPIRE of its keys when `ttl_s` is set."""
+        if ttl_s is not None:
+            writes = writes + [(keys, resp.expire(keys, ttl_s)) for keys, _ in writes]
+        sender.send(pa.concat_arrays([keys for keys, _ in writes]), [cmds for _, cmds in writes])
+
     def _load_items(self, f: BatchFeatures, k: Keys, sender: resp.BulkSender, stamp: str) -> None:
         ttl = self.config.feature_ttl_s
         for lo in range(0, len(f.item_ids), self.config.batch_members):
             ids = f.item_ids.slice(lo, self.config.batch_members)
             keys = _prefixed(k.item(""), ids)
             fields: dict[str, pa.Array | str] = {name: col.slice(lo, len(ids)) for name, col in f.items.items()}
-            sender.send(pa.concat_arrays([keys, keys]), [resp.hset(keys, fields | {TS: stamp}), resp.expire(keys, ttl)])
+            self._send(sender, [(keys, resp.hset(keys, fields | {TS: stamp}))], ttl)
         order = np.argsort(f.stock_store.to_numpy(zero_copy_only=False), kind="stable")
         store = f.stock_store.take(pa.array(order))
         starts = resp.split_groups(store.to_numpy(zero_copy_only=False), STOCK_FIELDS_PER_COMMAND)
         keys = _prefixed(k.stock(""), store.take(pa.array(starts[:-1])))
         rows = resp.join(resp.bulk(f.stock_item.take(pa.array(order))), resp.bulk(f.stock_qty.take(pa.array(order))))
-        sender.send(pa.concat_arrays([keys, keys]), [resp.grouped("HSET", keys, starts, rows, 2),
-                                                     resp.expire(keys, ttl)])
+        self._send(sender, [(keys, resp.grouped("HSET", keys, starts, rows, 2))], ttl)
 
     def _load_links(self, f: BatchFeatures, sender: resp.BulkSender, stamp: str) -> None:
         """Batch identity links are durable (they survive re-materialisation), like links made live."""
@@ -337,7 +342,7 @@ class Materializer:
             links = f.links.slice(lo, self.config.batch_members)
             keys = _prefixed(self.keys.identity(""), links["anonymous_id"].combine_chunks())
             cmds = resp.hset(keys, {"member_id": links["member_id"].combine_chunks(), TS: stamp})
-            sender.send(pa.concat_arrays([keys, keys]), [cmds, resp.expire(keys, self.config.identity_ttl_s)])
+            self._send(sender, [(keys, cmds)], self.config.identity_ttl_s)
 
     def _switch(self, generation: int, members: int, items: int) -> int | None:
         """Point readers at `generation` in one HSET; returns the generation they were reading."""
@@ -347,8 +352,8 @@ class Materializer:
                                            "items": items, TS: int(time.time())})
         return None if old is None else int(old)
 
-    def expire_generation(self, generation: int) -> int:
-        """Give every key of `generation` the grace TTL (keys of aborted loads expire by `feature_ttl_s`).
+    def expire_other_generations(self, current: int) -> int:
+        """Give the keys of every generation but `current` (the replaced one, aborted loads) the grace TTL.
 
         Steps of 1,000 scanned keys keep each script call to a few milliseconds, so readers are not stalled.
         """
@@ -356,8 +361,8 @@ class Materializer:
         for node in resp.node_clients(self.client):
             cursor = -1
             while cursor != 0:
-                reply_cursor, n = node.eval(_EXPIRE_OLD, 0, max(cursor, 0), self.keys.generation_pattern(generation),
-                                            1_000, self.config.old_generation_ttl_s)
+                reply_cursor, n = node.eval(_EXPIRE_OLD, 0, max(cursor, 0), self.keys.all_generations_pattern(), 1_000,
+                                            current, self.config.old_generation_ttl_s)
                 cursor, expired = int(reply_cursor), expired + int(n)
         return expired
 

@@ -168,7 +168,7 @@ class _NodeStream:
             if (self._line_start and chunk.startswith(b"-")) or b"\n-" in chunk:
                 start = 0 if self._line_start and chunk.startswith(b"-") else chunk.index(b"\n-") + 1
                 raise FeatureStoreError(f"Redis rejected a bulk command: {chunk[start:start + 200]!r}")
-            self.outstanding -= chunk.count(b"\r\n")
+            self.outstanding -= chunk.count(b"\n")  # not b"\r\n": a chunk may end between \r and \n
             self._line_start = chunk.endswith(b"\n")
 
     def close(self, broken: bool) -> None:

@@ -20,7 +20,7 @@ def test_generation_scoped_keys() -> None:
     assert k.anon_recent("anon-0-1") == "omnirec@7:v1:anon_recent:anon-0-1"
     assert k.item("i000001") == "omnirec@7:v1:item:i000001"
     assert k.stock("online") == "omnirec@7:v1:stock:online"
-    assert k.generation_pattern(6) == "omnirec@6:*"
+    assert k.all_generations_pattern() == "omnirec@*"
 
 
 def test_durable_keys_ignore_the_generation() -> None:

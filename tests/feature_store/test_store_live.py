@@ -143,5 +143,8 @@ def test_live_writes_carry_a_ttl_and_unknown_members_keep_recent_items_only(
     got = reader.read_request("brand-new")
     assert got.profile is None and got.recent_items == ("i000001",)
     k = Keys(store_config.namespace, loaded.generation)
-    assert 0 < redis_client.ttl(k.recent("brand-new")) <= store_config.feature_ttl_s
-    assert 0 < redis_client.ttl(k.member("m0000001")) <= store_config.feature_ttl_s
+    assert redis_client.ttl(k.recent("brand-new")) == -1  # no feature TTL configured: lives with its generation
+    with_ttl = LiveUpdater(redis_client, store_config.model_copy(update={"feature_ttl_s": 600}), TierLadder(),
+                           LifecycleRules())
+    with_ttl.apply(events({"member_id": "m0000001", "item_id": "i000002", "ts": 1_800_000_000}))
+    assert 0 < redis_client.ttl(k.recent("m0000001")) <= 600 and 0 < redis_client.ttl(k.member("m0000001")) <= 600

@@ -64,14 +64,18 @@ def test_readers_never_see_a_partial_or_mixed_load(redis_client: redis.Redis, st
 def test_old_generation_gets_the_grace_ttl(redis_client: redis.Redis, store_config: RedisConfig,
                                            features: BatchFeatures, loaded: LoadReport) -> None:
     config = store_config.model_copy(update={"old_generation_ttl_s": 1})
+    aborted = Keys(config.namespace, int(redis_client.incr(Keys(config.namespace).generation_counter())))
+    redis_client.hset(aborted.member("half-written"), "tier", "basic")  # a load that died before its switch
     report = Materializer(redis_client, config).load(features)
-    assert report.previous_generation == loaded.generation and report.generation == loaded.generation + 1
+    assert report.previous_generation == loaded.generation and report.generation == aborted.generation + 1
     old, new = Keys(config.namespace, loaded.generation), Keys(config.namespace, report.generation)
-    assert report.old_keys_expired >= len(features.member_ids)
+    assert report.old_keys_expired >= len(features.member_ids) + 1
     assert 0 < redis_client.ttl(old.member("m0000001")) <= 1
-    assert redis_client.ttl(new.member("m0000001")) > 1
+    assert 0 < redis_client.ttl(aborted.member("half-written")) <= 1
+    assert redis_client.ttl(new.member("m0000001")) == -1  # current features live until the next switch
     time.sleep(1.1)
-    assert not redis_client.exists(old.member("m0000001"), old.stock("online"), old.item("i000001"))
+    assert not redis_client.exists(old.member("m0000001"), old.stock("online"), old.item("i000001"),
+                                   aborted.member("half-written"))
     assert FeatureReader(redis_client, config).read_request("m0000001").profile is not None
 
 
