@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from domain.readers import ITEMS_FILE
 from service.model import ModelHolder, ServingModel
-from service.ranking import CategoryIndex
+from service.ranking import CategoryIndex, MemberTop
 from training.bundle import ModelBundle
 from training.registry import BundleRegistry
 
@@ -35,10 +35,26 @@ def item_categories(bundle: ModelBundle, data_dir: Path) -> np.ndarray:
     return categories.astype(str)
 
 
+def member_top(bundle: ModelBundle) -> MemberTop:
+    """Top-n items of a member from the bundle's member->item index (exact or HNSW, per the manifest)."""
+    factors = bundle.arrays["member_factors"]
+
+    def top(member_id: str, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+        row = bundle.members.get(member_id)
+        if row is None:
+            return None
+        query = np.ascontiguousarray(factors[row:row + 1], dtype=np.float32)
+        scores, found = bundle.member_index.search(query, min(n, len(bundle.items)))
+        keep = found[0] >= 0
+        return found[0][keep].astype(np.int64), scores[0][keep]
+
+    return top
+
+
 def load_serving_model(path: Path, data_dir: Path) -> ServingModel:
     bundle = ModelBundle.load(path, mmap=True)
     return ServingModel(bundle, CategoryIndex.from_categories(item_categories(bundle, data_dir)),
-                        str(bundle.version), path)
+                        str(bundle.version), path, member_top(bundle))
 
 
 def holder_for(bundle_root: Path, data_dir: Path) -> ModelHolder:

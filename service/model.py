@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from domain.errors import OmnirecError, Unavailable
-from service.ranking import Bundle, CategoryIndex
+from service.ranking import Bundle, CategoryIndex, MemberTop
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ class ServingModel:
     categories: CategoryIndex
     version: str
     path: Path
+    member_top: MemberTop | None = None
 
 
 BundleLoader = Callable[[Path], ServingModel]

@@ -6,7 +6,7 @@ vectorised over the catalogue (argpartition, boolean masks), never a Python loop
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -155,16 +155,30 @@ def _exclusions(bundle: Bundle, categories: CategoryIndex, scores: np.ndarray, f
     return out, applied
 
 
+MemberTop = Callable[[MemberId, int], "tuple[np.ndarray, np.ndarray] | None"]
+"""A member's n best items from the bundle's member->item FAISS index (None: the model does not know them)."""
+
+
 def recommend(bundle: Bundle, categories: CategoryIndex, member: MemberContext, channel: Channel,
-              store_id: StoreId | None, n: int, filters: Filters) -> Ranked:
-    """The member's best `n` candidates after category and purchase filters (stock is checked later)."""
-    scores, reason = personal_scores(bundle, member, channel, store_id)
+              store_id: StoreId | None, n: int, filters: Filters, member_top: MemberTop | None = None) -> Ranked:
+    """The member's best `n` candidates after category and purchase filters (stock is checked later).
+
+    Without a category filter a known member's candidates come from `member_top` (an index search, well
+    under a millisecond on 100k items) instead of scoring the whole catalogue.
+    """
     excluded = list(member.purchased) if filters.exclude_purchased else []
-    masked, applied = _exclusions(bundle, categories, scores, filters, excluded)
-    if filters.exclude_purchased and member.member_id is not None:
-        applied.append(Reason.EXCLUDED_PURCHASED)
+    applied = [Reason.EXCLUDED_PURCHASED] if filters.exclude_purchased and member.member_id is not None else []
+    if member_top is not None and member.member_id and not filters.category:
+        found = member_top(member.member_id, n + len(excluded))
+        if found is not None:
+            idx, scores = found
+            drop = bundle.items.to_internal(excluded, strict=False)
+            keep = np.flatnonzero(~np.isin(idx, drop))[:n]
+            return Ranked(idx[keep], scores[keep], [Reason.COLLABORATIVE] * len(keep), applied)
+    scores, reason = personal_scores(bundle, member, channel, store_id)
+    masked, filtered = _exclusions(bundle, categories, scores, filters, excluded)
     best = _top(masked, n)
-    return Ranked(best, masked[best], [reason] * len(best), applied)
+    return Ranked(best, masked[best], [reason] * len(best), filtered + applied)
 
 
 def _filter_list(idx: np.ndarray, scores: np.ndarray, reason: Reason, categories: CategoryIndex,

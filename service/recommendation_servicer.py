@@ -76,7 +76,8 @@ class RecommendationServicer(recommendation_pb2_grpc.RecommendationServiceServic
         except Unavailable as exc:
             degraded.append(f"member features unavailable: {exc}")
             member = MemberContext(member_id=request.member_id or None)
-        ranked = recommend(model.bundle, model.categories, member, channel, store_id, overfetch(k, filters), filters)
+        ranked = recommend(model.bundle, model.categories, member, channel, store_id, overfetch(k, filters), filters,
+                           model.member_top)
         items, info = await self._finish(context, model, ranked, k, channel, store_id, filters, degraded)
         return recommendation_pb2.RecommendResponse(items=items, info=info, member_id=member.member_id or "")
 

@@ -15,9 +15,11 @@ import os
 import signal
 from dataclasses import dataclass, field
 
+import faiss
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from threadpoolctl import threadpool_limits
 
 from domain.errors import OmnirecError
 from omnirec.config import OmnirecConfig
@@ -136,7 +138,10 @@ async def _worker(config: OmnirecConfig) -> None:
 
 
 def _worker_process(config: OmnirecConfig) -> None:
-    asyncio.run(_worker(config))
+    # Workers are the parallelism: one BLAS/OpenMP thread each, so N workers do not oversubscribe N cores.
+    faiss.omp_set_num_threads(1)
+    with threadpool_limits(1):
+        asyncio.run(_worker(config))
 
 
 def run(config: OmnirecConfig) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,9 @@ import pytest
 from domain.errors import NotFound
 from domain.idmap import IdMap
 from domain.vocab import Channel
+from service.bundles import load_serving_model
 from service.ranking import CategoryIndex, Filters, MemberContext, Reason, basket, recommend, similar
+from training.registry import BundleRegistry
 
 ITEMS = IdMap.from_ids([f"i{i}" for i in range(6)])
 CATEGORIES = np.array(["home/kitchen", "home/bath", "toys", "home/kitchen", "toys/lego", "garden"])
@@ -78,3 +81,25 @@ def test_basket_drops_its_items_and_blends_taste() -> None:
     assert personal.idx.tolist()[0] == 1
     with pytest.raises(NotFound, match="basket_item_ids"):
         basket(TinyBundle(), CATS, ["x", "y"], None, 3, Filters())
+
+
+def test_index_fast_path_drops_purchased() -> None:
+    def top(member_id: str, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+        return (np.array([1, 3, 2, 5, 0, 4])[:n], np.linspace(1, 0, 6, dtype=np.float32)[:n]) if member_id == "m1" \
+            else None
+
+    member = MemberContext("m1", purchased=("i3",))
+    ranked = recommend(TinyBundle(), CATS, member, Channel.APP, None, 3, Filters(exclude_purchased=True), top)
+    assert ranked.idx.tolist() == [1, 2, 5] and ranked.applied == [Reason.EXCLUDED_PURCHASED]
+    cold = recommend(TinyBundle(), CATS, MemberContext("new"), Channel.APP, None, 2, Filters(), top)
+    assert cold.reasons == [Reason.POPULAR_IN_CHANNEL] * 2
+
+
+def test_index_search_matches_full_scoring_on_a_real_bundle(bundle_root: Path, small_retail_dir: Path) -> None:
+    model = load_serving_model(BundleRegistry(bundle_root).current_path(), small_retail_dir)  # type: ignore[arg-type]
+    for member_id in model.bundle.members.external_ids[:20].tolist():
+        fast = recommend(model.bundle, model.categories, MemberContext(member_id), Channel.APP, None, 10, Filters(),
+                         model.member_top)
+        full = recommend(model.bundle, model.categories, MemberContext(member_id), Channel.APP, None, 10, Filters())
+        assert fast.idx.tolist() == full.idx.tolist()
+        np.testing.assert_allclose(fast.scores, full.scores, rtol=1e-4, atol=1e-5)
