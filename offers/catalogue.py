@@ -216,11 +216,8 @@ def parse_catalogue(raw: bytes, path: Path, tiers: TierLadder) -> Catalogue:
             for e in exc.errors():
                 where = ".".join(str(p) for p in e["loc"])
                 errors.append(f"{label}{'.' + where if where else ''}: {e['msg']}")
-    seen: set[str] = set()
-    for o in offers:
-        if o.id in seen:
-            errors.append(f"offers ({o.id}): duplicate offer id")
-        seen.add(o.id)
+    ids = [e["id"] for e in raw_offers if isinstance(e, dict) and isinstance(e.get("id"), str)]
+    errors += [f"offers ({i}): duplicate offer id" for i in sorted({i for i in ids if ids.count(i) > 1})]
     if errors:
         raise CatalogueError(path, errors)
     return Catalogue(version=hashlib.sha256(raw).hexdigest()[:12], offers=tuple(offers))

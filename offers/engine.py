@@ -332,7 +332,8 @@ def profiles_from_table(members: pa.Table) -> Callable[[str], MemberView | None]
 
 
 def _member_json(member: MemberView) -> dict[str, object]:
-    return {"tier": member.tier, "stage": member.stage.value, "consent": sorted(c.value for c in member.consent)}
+    return {"tier": member.tier, "stage": member.stage.value, "consent": sorted(c.value for c in member.consent),
+            "feature_version": member.feature_version}
 
 
 def _scored_json(s: ScoredOffer) -> dict[str, object]:

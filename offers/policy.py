@@ -47,6 +47,8 @@ class MemberView:
     stage: LifecycleStage
     consent: frozenset[Channel]
     """Channels on which the member accepts marketing."""
+    feature_version: str = ""
+    """Feature-store generation the profile was read from (logged with every decision)."""
 
 
 @dataclass(frozen=True)

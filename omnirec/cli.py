@@ -201,5 +201,23 @@ def train_uplift(
                   f"Set offers.uplift_path = {dest / 'uplift_scores.npz'} to use it.")
 
 
+
+@app.command("check-catalogue")
+def check_catalogue(
+    path: Annotated[Path | None, typer.Argument(help="Offer catalogue (default: the config's offers.catalogue_path).")]
+        = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Validate an offer catalogue; lists every error and exits 1 if it would be rejected."""
+    from offers.catalogue import CatalogueError, load_catalogue
+
+    cfg = _setup(config)
+    try:
+        catalogue = load_catalogue(path or cfg.offers.catalogue_path, cfg.tiers)
+    except CatalogueError as exc:
+        typer.echo(str(exc))
+        raise typer.Exit(code=1) from None
+    console.print(f"catalogue {catalogue.version}: {len(catalogue.offers)} offers OK")
+
 if __name__ == "__main__":
     app()

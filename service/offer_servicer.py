@@ -127,11 +127,12 @@ def build_engine(config: OmnirecConfig, models: ModelHolder) -> OfferEngine:
     cfg = config.offers
 
     def profile(member_id: str) -> MemberView | None:
-        p = reader.read_request(member_id).profile
+        features = reader.read_request(member_id)
+        p = features.profile
         if p is None:
             return None
         return MemberView(member_id, p.tier, p.stage_at(config.lifecycle, time.time()),
-                          frozenset(c for c, ok in p.consent.items() if ok))
+                          frozenset(c for c, ok in p.consent.items() if ok), f"generation-{features.generation}")
 
     def model() -> tuple[AffinityModel | None, str]:
         current = models.current

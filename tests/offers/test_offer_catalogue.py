@@ -109,3 +109,18 @@ def test_hot_reload_keeps_previous_catalogue_on_error(catalogue_path: Path) -> N
     assert reloaded.version != first.version
     assert reloaded.get("welcome-10off50").value == 19  # type: ignore[union-attr]
     assert source.last_error is None
+
+
+def test_check_catalogue_command(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from omnirec.cli import app
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(BAD)
+    runner = CliRunner()
+    ok = runner.invoke(app, ["check-catalogue", str(EXAMPLE)])
+    assert ok.exit_code == 0 and "offers OK" in ok.output
+    failed = runner.invoke(app, ["check-catalogue", str(bad)])
+    assert failed.exit_code == 1
+    assert "unknown tier 'diamond'" in failed.output and "duplicate offer id" in failed.output

@@ -37,6 +37,7 @@ def test_engine_reads_tier_stage_and_consent_from_the_feature_store(small_retail
     assert result.degraded and result.catalogue_version
     record = next(engine.log.records())
     assert record["member"]["tier"] == "basic" and "web" in record["member"]["consent"]
+    assert record["member"]["feature_version"].startswith("generation-")
     no_consent = members.filter(pc.invert(members["consent_app"]))["member_id"][0].as_py()
     excluded = engine.next_best_offer(no_consent, Channel.APP, None, k=5).ranking.excluded
     assert {e.rule for e in excluded} <= {Rule.NO_CONSENT, Rule.WRONG_CHANNEL}
