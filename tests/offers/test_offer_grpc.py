@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -16,7 +17,7 @@ from omnirec.v1 import common_pb2, offers_pb2, offers_pb2_grpc
 from service import offer_servicer
 from service.config import Role
 from service.interceptors import AuthInterceptor, ErrorInterceptor
-from tests.offers.conftest import EngineFactory, member
+from tests.offers.conftest import EXAMPLE, EngineFactory, member
 
 KEYS = {"app-key": Role.APP, "pos-key": Role.POS, "campaign-key": Role.CAMPAIGN}
 MEMBER = next(f"m{i}" for i in range(100) if not in_holdout("winback-15off60", f"m{i}", 0.1))
@@ -124,3 +125,24 @@ def test_roles_and_unknown_ids(server: Server) -> None:
         server.stub.RedeemCoupon(offers_pb2.RedeemCouponRequest(coupon_id="nope", member_id=MEMBER),
                                  metadata=key("pos-key"))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_64_concurrent_decide_coupon_calls_stay_within_budget(make_engine: EngineFactory, tmp_path: Path) -> None:
+    path = tmp_path / "tight.toml"
+    path.write_text(EXAMPLE.read_text().replace("budget = { max_count = 10000, max_money = 50000 }",
+                                                "budget = { max_count = 5 }"))
+    members = {f"c{i}": member(f"c{i}", "basic", LifecycleStage.ACTIVE) for i in range(64)}
+    running = Server(make_engine(members, path))
+    try:
+        calls = [running.stub.DecideCoupon.future(offers_pb2.DecideCouponRequest(
+            request_id=f"r-{m}", member_id=m, channel=common_pb2.CHANNEL_APP), metadata=key("app-key"))
+            for m in members]
+        decisions = [c.result(timeout=30) for c in calls]
+    finally:
+        running.stop()
+    issued = [d for d in decisions if d.issued]
+    held = [m for m in members if in_holdout("kitchen-5off25", m, 0.1)]
+    assert len(issued) == 5 and {d.offer_id for d in issued} == {"kitchen-5off25"}
+    reasons = {d.reason for d in decisions if not d.issued}
+    assert reasons <= {offers_pb2.COUPON_REASON_BUDGET_EXHAUSTED, offers_pb2.COUPON_REASON_HOLDOUT}
+    assert sum(d.reason == offers_pb2.COUPON_REASON_HOLDOUT for d in decisions) == len(held)
