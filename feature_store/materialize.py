@@ -155,9 +155,9 @@ def compute_features(data: RetailData, tiers: TierLadder, rules: LifecycleRules,
     ts = ev[Col.TS].to_numpy().astype(np.int64)
     now = float(ts.max()) if now is None and len(ts) else float(now or time.time())
     known = m >= 0
-    if (~known & pc.is_valid(ev[Col.MEMBER_ID]).to_numpy(zero_copy_only=False)).any():
-        log.warning("materialize: %d events name members missing from the member table; ignored",
-                    int((~known & pc.is_valid(ev[Col.MEMBER_ID]).to_numpy(zero_copy_only=False)).sum()))
+    strangers = int((~known & pc.is_valid(ev[Col.MEMBER_ID]).to_numpy(zero_copy_only=False)).sum())
+    if strangers:
+        log.warning("materialize: %d events name members missing from the member table; ignored", strangers)
 
     last_seen = np.full(n, np.nan)
     np.fmax.at(last_seen, m[known], ts[known].astype(np.float64))
