@@ -156,6 +156,8 @@ class OfferEngine:
         self.model = model or (lambda: (None, ""))
         self.uplift = uplift
         self.clock = clock
+        self._model_targets: tuple[str, dict[str, np.ndarray]] = ("", {})
+        """Target -> the serving model's item indexes, for one model version (mapping ids per request is slow)."""
 
     def _member(self, member_id: str) -> MemberView:
         member = self.profiles(member_id)
@@ -164,7 +166,7 @@ class OfferEngine:
         return member
 
     def _states(self, offers: Sequence[Offer], member_id: str, channel: Channel, store_id: str | None,
-                now: float, model: AffinityModel | None) -> tuple[dict[str, OfferState], int]:
+                now: float, model: AffinityModel | None, model_version: str) -> tuple[dict[str, OfferState], int]:
         """Per-offer state and the member's contacts on `channel` within the fatigue period."""
         fatigue = self.config.fatigue.get(channel)
         periods = [o.per_member_cap.period_days for o in offers if o.per_member_cap]
@@ -179,24 +181,32 @@ class OfferEngine:
                 member_contacts=contacts.count(now - cap.period_days * DAY, offer_id=offer.id) if cap else 0,
                 budget_left=budget_left(offer, usage),
                 target_in_stock=self.items.in_stock(offer.target, where),
-                affinity=self._affinity(model, scores, offer.target),
+                affinity=self._affinity(model, model_version, scores, offer.target),
             )
         channel_contacts = contacts.count(now - fatigue.period_days * DAY, channel=channel) if fatigue else 0
         return states, channel_contacts
 
-    def _affinity(self, model: AffinityModel | None, scores: np.ndarray | None, target: Target) -> float:
+    def _affinity(self, model: AffinityModel | None, model_version: str, scores: np.ndarray | None,
+                  target: Target) -> float:
         if model is None or scores is None or target.scope == "basket":
             return NEUTRAL_AFFINITY
-        ids = self.items.ids.to_external(self.items.target_items(target))
-        idx = model.items.to_internal(ids, strict=False)
-        return affinity(scores, idx[idx >= 0])
+        version, cache = self._model_targets
+        if version != model_version:
+            cache = {}
+            self._model_targets = (model_version, cache)
+        idx = cache.get(target.key)
+        if idx is None:
+            idx = model.items.to_internal(self.items.ids.to_external(self.items.target_items(target)), strict=False)
+            idx = cache[target.key] = idx[idx >= 0]
+        return affinity(scores, idx)
 
     def _uplift(self, member_id: str) -> UpliftEstimate | None:
         return self.uplift.get(member_id) if self.uplift is not None else None
 
     def _rank(self, offers: Sequence[Offer], member: MemberView, channel: Channel, store_id: str | None, k: int,
-              now: float, model: AffinityModel | None) -> Ranking:
-        states, channel_contacts = self._states(offers, member.member_id, channel, store_id, now, model)
+              now: float, model: AffinityModel | None, model_version: str) -> Ranking:
+        states, channel_contacts = self._states(offers, member.member_id, channel, store_id, now, model,
+                                                model_version)
         return rank_offers(offers, member, channel, now, states, self.tiers, k, channel_contacts,
                            self.config.fatigue.get(channel), self._uplift(member.member_id))
 
@@ -211,7 +221,8 @@ class OfferEngine:
         catalogue = self.catalogue.current()
         member = self._member(member_id)
         model, model_version = self.model()
-        ranking = self._charge_invitations(self._rank(catalogue.offers, member, channel, store_id, k, now, model))
+        ranking = self._charge_invitations(self._rank(catalogue.offers, member, channel, store_id, k, now, model,
+                                                         model_version))
         decision_id = uuid.uuid4().hex
         for s in ranking.chosen:
             self.store.marketing.record_contact(member_id, s.offer.id, channel, decision_id, now)
@@ -250,7 +261,7 @@ class OfferEngine:
         member = self._member(member_id)
         coupons = [o for o in catalogue.offers if o.kind.is_coupon]
         model, model_version = self.model()
-        ranking = self._rank(coupons, member, channel, store_id, len(coupons), now, model)
+        ranking = self._rank(coupons, member, channel, store_id, len(coupons), now, model, model_version)
         decision_id = uuid.uuid4().hex
         fatigue = self.config.fatigue.get(channel)
         failures: list[tuple[ScoredOffer, str, str]] = []
