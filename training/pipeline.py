@@ -31,6 +31,7 @@ from training.index import build_index, measure_recall, normalize
 from training.models import (
     ALSRecommender,
     BPRRecommender,
+    FactorizationRecommender,
     LightFMRecommender,
     PopularityRecommender,
     Recommender,
@@ -138,8 +139,7 @@ def train_retail(retail: RetailData, config: TrainConfig, force: bool = False, p
     relevant = relevant_items(test, evaluation_set.matrix)
     members = eval_members(relevant, evaluation_set.matrix, config.eval_members, config.seed)
     metrics = evaluate(models, evaluation_set.matrix, relevant, members, config.eval_k, config.eval_batch, progress)
-    collaborative = models[3].name
-    better = beats_popularity(metrics, collaborative, config.eval_k)
+    better = beats_popularity(metrics, config.collaborative, config.eval_k)
     timings["evaluate_total"] = time.perf_counter() - start
     if config.refit_full:
         all_rows = np.ones(len(interactions), bool)
@@ -164,10 +164,12 @@ def train_retail(retail: RetailData, config: TrainConfig, force: bool = False, p
 def bundle_artifacts(models: list[Recommender], data: TrainSet, config: TrainConfig, version: int,
                      metrics: dict[str, dict[str, float]], better: bool, fingerprint: str) -> BundleArtifacts:
     """Arrays, sparse tables, FAISS indexes and the manifest of one bundle."""
-    popularity, collaborative, hybrid = models[0], models[3], models[4]
-    assert isinstance(popularity, PopularityRecommender) and isinstance(hybrid, LightFMRecommender)
-    item_factors = collaborative.item_factors  # type: ignore[attr-defined]
-    member_factors = collaborative.member_factors  # type: ignore[attr-defined]
+    by_name = {model.name: model for model in models}
+    popularity, collaborative, hybrid = by_name["popularity"], by_name[config.collaborative], by_name["lightfm"]
+    if not (isinstance(popularity, PopularityRecommender) and isinstance(hybrid, LightFMRecommender)
+            and isinstance(collaborative, FactorizationRecommender)):
+        raise TypeError("bundle_artifacts needs the models of make_models()")
+    item_factors, member_factors = collaborative.item_factors, collaborative.member_factors
     content_unit = normalize(hybrid.item_vectors)
     rng = np.random.default_rng(config.seed)
     item_index = build_index(content_unit, config.exact_index_max_items, config.hnsw_m, config.hnsw_ef_search)
