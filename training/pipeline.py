@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import platform
 import time
 from dataclasses import dataclass, field
@@ -184,12 +185,14 @@ def bundle_artifacts(models: list[Recommender], data: TrainSet, config: TrainCon
     names, embeddings, _ = hybrid.feature_embeddings()
     channel_names, channel_table = popularity.by_channel
     store_ids, store_table = popularity.by_store
+    params = config.model_dump(mode="json")
     manifest = {
         "version": version,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "data_fingerprint": fingerprint,
         "collaborative": collaborative.name,
-        "params": config.model_dump(mode="json"),
+        "params": params,
+        "params_digest": hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest(),
         "metrics": metrics,
         "beats_popularity": better,
         "indexes": reports,
