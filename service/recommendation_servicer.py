@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import grpc
 
 from domain.errors import InvalidArgument, Unavailable
@@ -74,8 +76,9 @@ class RecommendationServicer(recommendation_pb2_grpc.RecommendationServiceServic
         try:
             member = await self._features.member(request.member_id or None, request.anonymous_id or None, budget)
         except Unavailable as exc:
-            degraded.append(f"member features unavailable: {exc}")
+            degraded.append(f"member features unavailable (purchases not excluded): {exc}")
             member = MemberContext(member_id=request.member_id or None)
+            filters = replace(filters, exclude_purchased=False)
         ranked = recommend(model.bundle, model.categories, member, channel, store_id, overfetch(k, filters), filters,
                            model.member_top)
         items, info = await self._finish(context, model, ranked, k, channel, store_id, filters, degraded)

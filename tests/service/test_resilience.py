@@ -53,9 +53,10 @@ def test_degraded_when_redis_is_down(small_retail_dir: Path, bundle_root: Path, 
     try:
         stub = rec_grpc.RecommendationServiceStub(server.channel)
         reply = stub.Recommend(rec.RecommendRequest(member_id=known_member, channel=common_pb2.CHANNEL_APP, k=5,
-                                                    filter=common_pb2.ItemFilter(in_stock_only=True)),
-                               metadata=MD, timeout=5)
+                                                    filter=common_pb2.ItemFilter(in_stock_only=True),
+                                                    exclude_purchased=True), metadata=MD, timeout=5)
         assert len(reply.items.item_ids) == 5 and reply.info.degraded and reply.info.degraded_reason
+        assert not reply.info.applied_filters  # neither stock nor purchases could be checked
         assert set(reply.items.reasons) == {common_pb2.REASON_COLLABORATIVE}
         cold = stub.Recommend(rec.RecommendRequest(member_id="nobody", channel=common_pb2.CHANNEL_POS,
                                                    store_id="s0", k=5), metadata=MD, timeout=5)

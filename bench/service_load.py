@@ -1,0 +1,202 @@
+"""Closed-loop load on loopback: Recommend on `omnirec serve` next to an empty grpc.aio echo server.
+
+    .venv/bin/python -P bench/service_load.py --config var/bench/omnirec.toml --data-dir var/bench/data
+
+(`-P`: bench/ is not put first on sys.path, where bench/feature_store.py would hide the package.)
+
+Both servers run as separate processes with the same number of workers; the load generator is one
+grpc.aio client process that keeps 1, 8 and 64 requests in flight for `--seconds` each. Prints a table,
+writes bench/results/service_load.json, and reports resident (RSS) and proportional (PSS: shared pages
+split between the processes mapping them) memory per serving worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pyarrow.parquet as pq
+
+from omnirec.config import OmnirecConfig
+from omnirec.v1 import common_pb2, recommendation_pb2, recommendation_pb2_grpc
+
+ECHO_METHOD = "/bench.Echo/Echo"
+RESULTS = Path(__file__).parent / "results" / "service_load.json"
+
+
+async def _echo_worker(port: int) -> None:
+    async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return request
+
+    handler = grpc.method_handlers_generic_handler("bench.Echo", {
+        "Echo": grpc.unary_unary_rpc_method_handler(echo)})
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await server.stop(0)
+
+
+def echo_server(port: int, workers: int) -> None:
+    """The ceiling: grpc.aio with nothing behind it, forked into `workers` processes like `omnirec serve`."""
+    pids = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            asyncio.run(_echo_worker(port))
+            os._exit(0)
+        pids.append(pid)
+    signal.signal(signal.SIGTERM, lambda *_: [os.kill(p, signal.SIGTERM) for p in pids])
+    for pid in pids:
+        os.waitpid(pid, 0)
+
+
+async def _closed_loop(call, make_request, in_flight: int, seconds: float) -> dict[str, float]:
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+
+    async def user(seed: int) -> None:
+        nonlocal errors
+        rng = np.random.default_rng(seed)
+        while time.perf_counter() < deadline:
+            request = make_request(rng)
+            t0 = time.perf_counter()
+            try:
+                await call(request, timeout=5)
+            except grpc.aio.AioRpcError:
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(user(i) for i in range(in_flight)))
+    elapsed = time.perf_counter() - t0
+    lat = np.array(latencies) * 1000
+    return {"in_flight": in_flight, "requests": len(lat), "errors": errors, "qps": len(lat) / elapsed,
+            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
+
+
+async def measure(target: str, kind: str, levels: list[int], seconds: float, api_key: str,
+                  member_ids: np.ndarray) -> list[dict[str, float]]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        if kind == "echo":
+            call = channel.unary_unary(ECHO_METHOD)
+            payload = recommendation_pb2.RecommendRequest(member_id="m0000000", channel=common_pb2.CHANNEL_APP,
+                                                          k=10).SerializeToString()
+
+            def make(rng: np.random.Generator) -> bytes:
+                return payload
+        else:
+            stub = recommendation_pb2_grpc.RecommendationServiceStub(channel)
+            metadata = (("x-api-key", api_key),)
+
+            def call(request: recommendation_pb2.RecommendRequest, timeout: float):  # type: ignore[no-untyped-def]
+                return stub.Recommend(request, timeout=timeout, metadata=metadata)
+
+            def make(rng: np.random.Generator) -> recommendation_pb2.RecommendRequest:
+                return recommendation_pb2.RecommendRequest(
+                    member_id=str(member_ids[rng.integers(len(member_ids))]), channel=common_pb2.CHANNEL_APP,
+                    k=10, exclude_purchased=True)
+        await channel.channel_ready()
+        await _closed_loop(call, make, 8, min(seconds, 2.0))  # warm-up: connections, page cache, JIT-free paths
+        return [await _closed_loop(call, make, level, seconds) for level in levels]
+
+
+def memory(pid: int) -> dict[str, float]:
+    """RSS and PSS (MiB) of one process: PSS counts shared (memory-mapped bundle) pages once overall."""
+    out = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        if name in ("Rss", "Pss"):
+            out[name.lower() + "_mib"] = int(rest.split()[0]) / 1024
+    return out
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def wait_ready(target: str, timeout_s: float = 120) -> None:
+    deadline = time.time() + timeout_s
+    with grpc.insecure_channel(target) as channel:
+        grpc.channel_ready_future(channel).result(timeout=max(1.0, deadline - time.time()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, required=True, help="omnirec config (bundle root, redis, api key)")
+    parser.add_argument("--data-dir", type=Path, required=True, help="simulated data: member ids to ask for")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--levels", default="1,8,64")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--echo-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.echo_server:
+        echo_server(args.echo_server, args.workers)
+        return
+
+    config = OmnirecConfig.load(args.config)
+    api_key = next(k for k, role in config.service.api_keys.items() if role == "app")
+    port = config.service.port
+    members = pq.read_table(args.data_dir / "members.parquet", columns=["member_id"])["member_id"]
+    member_ids = members.to_numpy(zero_copy_only=False).astype(str)
+    levels = [int(x) for x in args.levels.split(",")]
+    env = {**os.environ, "OMNIREC_CONFIG": str(args.config)}
+    results: dict[str, object] = {"workers": args.workers, "seconds_per_level": args.seconds,
+                                  "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
+                                  "members": len(member_ids)}
+
+    echo_port = port + 1
+    echo = subprocess.Popen([sys.executable, "-P", __file__, "--config", str(args.config), "--data-dir", str(args.data_dir),
+                             "--workers", str(args.workers), "--echo-server", str(echo_port)])
+    try:
+        wait_ready(f"127.0.0.1:{echo_port}")
+        results["echo"] = asyncio.run(measure(f"127.0.0.1:{echo_port}", "echo", levels, args.seconds, api_key,
+                                              member_ids))
+    finally:
+        echo.send_signal(signal.SIGTERM)
+        echo.wait(30)
+
+    serve = subprocess.Popen([str(Path(sys.executable).parent / "omnirec"), "serve", "--workers", str(args.workers)],
+                             env=env)
+    try:
+        wait_ready(f"127.0.0.1:{port}")
+        t0 = time.time()
+        results["recommend"] = asyncio.run(measure(f"127.0.0.1:{port}", "recommend", levels, args.seconds, api_key,
+                                                   member_ids))
+        results["worker_memory"] = [memory(pid) for pid in children(serve.pid)]
+        results["recommend_wall_s"] = time.time() - t0
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(60)
+
+    print(f"{'server':<10} {'in flight':>9} {'QPS':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'vs echo':>8}")
+    for echo_row, rec_row in zip(results["echo"], results["recommend"], strict=True):  # type: ignore[call-overload]
+        for name, row in (("echo", echo_row), ("recommend", rec_row)):
+            ratio = f"{row['qps'] / echo_row['qps']:.0%}" if name == "recommend" else ""
+            print(f"{name:<10} {row['in_flight']:>9} {row['qps']:>9,.0f} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} "
+                  f"{row['errors']:>7} {ratio:>8}")
+    for i, mem in enumerate(results["worker_memory"]):  # type: ignore[arg-type]
+        print(f"worker {i}: RSS {mem['rss_mib']:.0f} MiB, PSS {mem['pss_mib']:.0f} MiB")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2))
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
