@@ -88,7 +88,7 @@ def test_next_best_offer_decide_and_redeem(server: Server) -> None:
     assert first.offer_id == again.offer_id == decision.offer_id
 
 
-@pytest.mark.parametrize("request_, field", [
+INVALID = [
     (offers_pb2.NextBestOfferRequest(member_id="m1", channel=common_pb2.CHANNEL_APP, k=0), "k"),
     (offers_pb2.NextBestOfferRequest(member_id="m1", channel=common_pb2.CHANNEL_APP, k=21), "k"),
     (offers_pb2.NextBestOfferRequest(channel=common_pb2.CHANNEL_APP, k=3), "member_id"),
@@ -98,15 +98,18 @@ def test_next_best_offer_decide_and_redeem(server: Server) -> None:
     (offers_pb2.DecideCouponRequest(request_id="r", member_id="m1", channel=common_pb2.CHANNEL_APP,
                                     basket_value=-1), "basket_value"),
     (offers_pb2.RedeemCouponRequest(member_id="m1"), "coupon_id"),
-])
-def test_invalid_argument_names_the_field(server: Server, request_: object, field: str) -> None:
-    method = {offers_pb2.NextBestOfferRequest: server.stub.NextBestOffer,
-              offers_pb2.DecideCouponRequest: server.stub.DecideCoupon,
-              offers_pb2.RedeemCouponRequest: server.stub.RedeemCoupon}[type(request_)]
-    with pytest.raises(grpc.RpcError) as info:
-        method(request_, metadata=key("app-key"))
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert info.value.details().startswith(f"{field}:")
+]
+
+
+def test_invalid_argument_names_the_field(server: Server) -> None:
+    methods = {offers_pb2.NextBestOfferRequest: server.stub.NextBestOffer,
+               offers_pb2.DecideCouponRequest: server.stub.DecideCoupon,
+               offers_pb2.RedeemCouponRequest: server.stub.RedeemCoupon}
+    for request, field in INVALID:
+        with pytest.raises(grpc.RpcError) as info:
+            methods[type(request)](request, metadata=key("app-key"))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, field
+        assert info.value.details().startswith(f"{field}:"), info.value.details()
 
 
 def test_roles_and_unknown_ids(server: Server) -> None:
