@@ -266,7 +266,7 @@ class OfferEngine:
         fatigue = self.config.fatigue.get(channel)
         failures: list[tuple[ScoredOffer, str, str]] = []
         decision: CouponDecision | None = None
-        for cand in ranking.chosen:
+        for cand in (s for s in ranking.scored if s.score > 0):  # best first; a same-target runner-up too
             coupon_id = f"cpn-{uuid.uuid4().hex[:20]}"
             issued = CouponDecision(decision_id, True, coupon_id, cand.offer.id, ISSUED,
                                     f"issued {cand.offer.id}: {', '.join(cand.reasons)}", cand.score)
