@@ -10,9 +10,12 @@ from __future__ import annotations
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
+from domain.errors import Unavailable
 from feature_store.config import RedisConfig
+from feature_store.errors import redis_unavailable
 
 _CLUSTER_SCHEMES = {"redis+cluster://": "redis://", "rediss+cluster://": "rediss://"}
 
@@ -35,7 +38,11 @@ def connect(config: RedisConfig, socket_timeout_s: float | None = None) -> redis
         for scheme, plain in _CLUSTER_SCHEMES.items():
             if url.startswith(scheme):
                 url = plain + url[len(scheme):]
-        return RedisCluster.from_url(url, socket_timeout=timeout, socket_connect_timeout=config.connect_timeout_s,
-                                     retry=retry)
+        with redis_unavailable("cluster discovery"):
+            try:  # the cluster client asks a node for the slot map while it is built
+                return RedisCluster.from_url(url, socket_timeout=timeout,
+                                             socket_connect_timeout=config.connect_timeout_s, retry=retry)
+            except RedisClusterException as exc:
+                raise Unavailable(f"Redis Cluster at {config.url} cannot be reached: {exc}") from exc
     return redis.Redis.from_url(config.url, socket_timeout=timeout, socket_connect_timeout=config.connect_timeout_s,
                                 retry=retry)

@@ -19,5 +19,5 @@ def redis_unavailable(what: str) -> Iterator[None]:
     """Turn connection failures and timeouts into `Unavailable`, which the service answers degraded."""
     try:
         yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterDownError) as exc:
         raise Unavailable(f"feature store unavailable during {what}: {exc}") from exc

@@ -307,7 +307,7 @@ class Materializer:
             self._load_links(f, sender, stamp)
         previous = self._switch(generation, n, len(f.item_ids))
         loaded = time.perf_counter()
-        expired = self.expire_other_generations(generation)
+        expired = self.expire_other_generations(generation) if generation > 1 else 0  # first load: nothing older
         report = LoadReport(generation, previous, n, len(f.item_ids), sender.commands_sent, loaded - started,
                             expired, time.perf_counter() - loaded)
         log.info("materialised generation %d: %d members, %d items, %d commands in %.2fs (%.0f members/s); "

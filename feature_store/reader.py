@@ -178,9 +178,13 @@ class FeatureReader:
         resolved = None
         if not member_id and out["linked"] is not None:
             resolved = out["linked"].decode()
-            items, stock = out["items"], out["stock"]
-            generation = self._consistent(lambda b, k: self._queue_member(b, k, resolved, now, out), "read_request")
-            out.update(items=items, stock=stock, anon_recent=())
+
+            def queue_linked(batch: _Batch, k: Keys) -> None:
+                out.update(anon_recent=())
+                self._queue_member(batch, k, resolved, now, out)
+                self._queue_items(batch, k, list(item_ids), store, out)  # again: one generation per answer
+
+            generation = self._consistent(queue_linked, "read_request")
         who = member_id or resolved
         return RequestFeatures(
             generation=generation, member_id=who, anonymous_id=anonymous_id,

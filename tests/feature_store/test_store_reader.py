@@ -111,3 +111,14 @@ def test_silent_server_is_bounded_by_the_socket_timeout(silent_server: int) -> N
         FeatureReader(connect(config), config).read_request("m1")
     assert 0.25 < time.perf_counter() - started < 1.5
     assert Unavailable("x").grpc_status_code() == "UNAVAILABLE"
+
+
+def test_unreachable_cluster_is_unavailable() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = RedisConfig(url=f"redis+cluster://127.0.0.1:{port}", socket_timeout_s=0.2, connect_timeout_s=0.2)
+    started = time.perf_counter()
+    with pytest.raises(Unavailable):
+        connect(config)
+    assert time.perf_counter() - started < 3.0
