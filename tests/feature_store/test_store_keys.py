@@ -32,6 +32,9 @@ def test_durable_keys_ignore_the_generation() -> None:
         assert k.contacts("m1") == "omnirec:v1:contacts:m1"
         assert k.seen("abc") == "omnirec:v1:seen:abc"
         assert k.durable("budget", "offer-9") == "omnirec:v1:budget:offer-9"
+        assert k.offer_budget("o-1") == "omnirec:v1:offer_budget:o-1"
+        assert k.offer_decision("req-1") == "omnirec:v1:offer_decision:req-1"
+        assert k.offer_stats("m1") == "omnirec:v1:offer_stats:m1"
 
 
 def test_at_switches_generation_only() -> None:
