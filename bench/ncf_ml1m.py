@@ -39,7 +39,7 @@ CONFIG = TrainConfig(
     event_weights={"purchase": 1.0},
     half_life_days=None,
     log_scale=False,
-    als={"factors": 128, "regularization": 50.0, "alpha": 5.0, "iterations": 15},
+    als={"factors": 128, "regularization": 50.0, "alpha": 5.0, "iterations": 10},
 )
 """Every rating is one positive; no recency decay (the rebuilt split has placeholder timestamps).
 
