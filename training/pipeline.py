@@ -141,7 +141,7 @@ def train_retail(retail: RetailData, config: TrainConfig, force: bool = False, p
     members = eval_members(relevant, evaluation_set.matrix, config.eval_members, config.seed)
     metrics = evaluate(models, evaluation_set.matrix, relevant, members, config.eval_k, config.eval_batch, progress)
     better = beats_popularity(metrics, config.collaborative, config.eval_k)
-    timings["evaluate_total"] = time.perf_counter() - start
+    timings["read_fit_evaluate"] = time.perf_counter() - start
     if config.refit_full:
         all_rows = np.ones(len(interactions), bool)
         full = train_set(retail, interactions, config, all_rows, int(interactions.events[Col.TS].to_numpy().max()))
