@@ -57,7 +57,7 @@ class TrainConfig(BaseModel):
     als: dict[str, Any] = Field(default_factory=lambda: {
         "factors": 32, "regularization": 2.0, "alpha": 3.0, "iterations": 15})
     bpr: dict[str, Any] = Field(default_factory=lambda: {
-        "factors": 64, "learning_rate": 0.05, "regularization": 0.01, "iterations": 100})
+        "factors": 64, "learning_rate": 0.05, "regularization": 0.01, "iterations": 100, "num_threads": 1})
     lightfm: dict[str, Any] = Field(default_factory=lambda: {
         "no_components": 32, "loss": "warp", "learning_rate": 0.08, "epochs": 30, "num_threads": 1})
     """`epochs` and `num_threads` go to `fit`, the rest to `LightFM()`; one thread keeps runs reproducible."""

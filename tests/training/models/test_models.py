@@ -58,3 +58,15 @@ def test_same_seed_same_metrics(small_retail_dir, trained: TrainResult, train_co
     again = train(small_retail_dir, train_config, publish=False, progress=False)
     assert again.metrics == trained.metrics
     assert again.version == trained.version + 1
+
+
+def test_bpr_option_meets_the_contract(fitted, train_config: TrainConfig) -> None:
+    from training.pipeline import collaborative_model
+
+    _, data = fitted
+    model = collaborative_model(train_config.model_copy(update={"collaborative": "bpr"}))
+    assert model.name == "bpr"
+    model.fit(data)
+    top = model.recommend(np.arange(3), 5, exclude=data.matrix)
+    assert top.shape == (3, 5)
+    assert not set(data.matrix[0].indices.tolist()) & set(top[0].tolist())
