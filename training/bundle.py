@@ -8,13 +8,13 @@ Layout of one bundle folder (all arrays `.npy`/`.npz` without pickles, indexes v
 | `members.npy`, `items.npy` | `IdMap`s: row i of every member / item array belongs to that id |
 | `member_factors.npy`, `item_factors.npy` | collaborative (ALS or BPR) factors; score = inner product |
 | `item_content.npy`, `item_content_bias.npy` | LightFM item representations (identity + metadata): cover cold items |
-| `item_content_unit.npy` | `item_content` scaled to unit rows (what the item index holds) |
+| `item_content_unit.npy` | LightFM [metadata part, identity part (0 for cold items)] as unit rows: the item index |
 | `profile_names.npy`, `profile_embeddings.npy` | LightFM member-feature embeddings, sorted by name (`tier=gold`, ...) |
 | `popularity.npy` | overall popularity per item |
 | `popularity_channels.npz`, `popularity_channel_names.npy` | channel x item popularity, rows in name order |
 | `popularity_stores.npz`, `popularity_store_ids.npy` | store x item popularity, rows in store-id order |
 | `complements.npz` | item x item purchase lift (top partners per item) |
-| `item_item.faiss` | normalised `item_content` (cosine), for similar items |
+| `item_item.faiss` | `item_content_unit` (cosine), for similar items |
 | `member_item.faiss` | `item_factors` (inner product), queried with a member's factors |
 
 Serving API (the service codes against exactly this)::

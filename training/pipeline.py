@@ -171,7 +171,7 @@ def bundle_artifacts(models: list[Recommender], data: TrainSet, config: TrainCon
             and isinstance(collaborative, FactorizationRecommender)):
         raise TypeError("bundle_artifacts needs the models of make_models()")
     item_factors, member_factors = collaborative.item_factors, collaborative.member_factors
-    content_unit = normalize(hybrid.item_vectors)
+    content_unit = normalize(hybrid.similarity_vectors)
     rng = np.random.default_rng(config.seed)
     item_index = build_index(content_unit, config.exact_index_max_items, config.hnsw_m, config.hnsw_ef_search)
     member_index = build_index(item_factors, config.exact_index_max_items, config.hnsw_m, config.hnsw_ef_search)

@@ -50,6 +50,21 @@ class LightFMRecommender(Recommender):
         self.item_bias, self.item_vectors = self.model.get_item_representations(item_x)
         self.item_bias = self.item_bias.astype(np.float32)
         self.item_vectors = self.item_vectors.astype(np.float32)
+        self.similarity_vectors = self._similarity_vectors(item_x, np.diff(data.matrix.tocsc().indptr) > 0)
+
+    def _similarity_vectors(self, item_x: sp.csr_matrix, warm: np.ndarray) -> np.ndarray:
+        """[metadata part | identity part] per item, identity zeroed for items without interactions.
+
+        A cold item's identity embedding is untrained noise; summed into its vector (as scoring does) it
+        hides the metadata, so similarity uses the parts side by side: cold-warm pairs compare on
+        metadata alone, warm-warm pairs on both.
+        """
+        n_items = len(warm)
+        embeddings = self.model.item_embeddings
+        identity = np.asarray(item_x[:, :n_items] @ embeddings[:n_items], dtype=np.float32)
+        identity[~warm] = 0.0
+        metadata = np.asarray(item_x[:, n_items:] @ embeddings[n_items:], dtype=np.float32)
+        return np.hstack([metadata, identity])
 
     def member_vectors(self, member_idx: np.ndarray) -> np.ndarray:
         """Learned member representations (identity + profile features) for known members."""

@@ -70,3 +70,23 @@ def test_bpr_option_meets_the_contract(fitted, train_config: TrainConfig) -> Non
     top = model.recommend(np.arange(3), 5, exclude=data.matrix)
     assert top.shape == (3, 5)
     assert not set(data.matrix[0].indices.tolist()) & set(top[0].tolist())
+
+
+def test_lightfm_gives_cold_items_content_vectors(small_retail_dir, train_config: TrainConfig) -> None:
+    from training.index import normalize
+    from training.models import LightFMRecommender
+
+    retail = RetailData.read(small_retail_dir)
+    inter = retail.interactions()
+    cold = 0
+    rows = inter.item_idx != cold
+    data = train_set(retail, inter, train_config, rows, int(inter.events[Col.TS].to_numpy().max()))
+    assert data.matrix[:, cold].nnz == 0
+    model = LightFMRecommender(seed=0, **train_config.lightfm)
+    model.fit(data)
+    unit = normalize(model.similarity_vectors)
+    neighbours = top_k((unit @ unit[cold])[None], 11)[0][1:]
+    category = retail.items["category"].to_numpy(zero_copy_only=False)
+    same = np.mean(category[neighbours] == category[cold])
+    base_rate = np.mean(category == category[cold])
+    assert same > 3 * base_rate
