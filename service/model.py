@@ -42,6 +42,11 @@ class ModelHolder:
         self.loaded = asyncio.Event()
         """Set once the first bundle is serving (health checks report NOT_SERVING until then)."""
 
+    def adopt(self, model: ServingModel) -> None:
+        """Serve a bundle loaded elsewhere (by the parent process before it forked the workers)."""
+        self.current = model
+        self.loaded.set()
+
     def get(self) -> ServingModel:
         model = self.current
         if model is None:

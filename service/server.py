@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
@@ -24,12 +25,13 @@ from threadpoolctl import threadpool_limits
 from domain.errors import OmnirecError
 from omnirec.config import OmnirecConfig
 from service import admin_servicer, event_servicer, offer_servicer, recommendation_servicer
-from service.bundles import holder_for
+from service.bundles import holder_for, load_serving_model
 from service.event_log import EventLog
 from service.features import Features
 from service.interceptors import AuthInterceptor, ErrorInterceptor
-from service.model import ModelHolder
+from service.model import ModelHolder, ServingModel
 from service.registry import ServiceSpec
+from training.registry import BundleRegistry
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +52,13 @@ class ServingState:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
-    def create(cls, config: OmnirecConfig) -> ServingState:
+    def create(cls, config: OmnirecConfig, preloaded: ServingModel | None = None) -> ServingState:
+        """`preloaded`: a bundle the parent loaded before forking, so workers share its pages."""
         svc = config.service
-        return cls(config, holder_for(config.train.bundle_root, config.data_dir),
-                   Features.connect(config.redis, config.tiers, config.lifecycle),
+        models = holder_for(config.train.bundle_root, config.data_dir)
+        if preloaded is not None:
+            models.adopt(preloaded)
+        return cls(config, models, Features.connect(config.redis, config.tiers, config.lifecycle),
                    EventLog(svc.event_log_dir, svc.event_log_flush_rows))
 
     async def start(self) -> None:
@@ -120,9 +125,9 @@ async def serve(state: ServingState, port: int | None = None) -> tuple[grpc.aio.
     return server, bound
 
 
-async def _worker(config: OmnirecConfig) -> None:
+async def _worker(config: OmnirecConfig, preloaded: ServingModel | None) -> None:
     """One serving process: load the model, serve until SIGTERM/SIGINT, then drain and flush."""
-    state = ServingState.create(config)
+    state = ServingState.create(config, preloaded)
     await state.start()
     server, port = await serve(state)
     await server.start()
@@ -137,11 +142,24 @@ async def _worker(config: OmnirecConfig) -> None:
     await state.close()
 
 
-def _worker_process(config: OmnirecConfig) -> None:
+def _worker_process(config: OmnirecConfig, preloaded: ServingModel | None = None) -> None:
     # Workers are the parallelism: one BLAS/OpenMP thread each, so N workers do not oversubscribe N cores.
     faiss.omp_set_num_threads(1)
     with threadpool_limits(1):
-        asyncio.run(_worker(config))
+        asyncio.run(_worker(config, preloaded))
+
+
+def _preload(config: OmnirecConfig) -> ServingModel | None:
+    """The published bundle, loaded in the parent so the forked workers share it copy-on-write.
+
+    The arrays are memory-mapped (shared anyway); this also shares what loading builds in memory (the
+    id maps' dictionaries, the FAISS graphs). `gc.freeze` keeps the collector from writing to those
+    objects' headers, which would copy their pages into each worker. Later hot reloads load per worker.
+    """
+    path = BundleRegistry(config.train.bundle_root).current_path()
+    model = load_serving_model(path, config.data_dir) if path is not None else None
+    gc.freeze()
+    return model
 
 
 def run(config: OmnirecConfig) -> None:
@@ -155,8 +173,10 @@ def run(config: OmnirecConfig) -> None:
         return
     if config.service.port == 0:
         raise ValueError("service.port: several workers must share a fixed port, not 0")
+    preloaded = _preload(config)
     ctx = multiprocessing.get_context("fork")
-    workers = [ctx.Process(target=_worker_process, args=(config,), name=f"omnirec-worker-{i}") for i in range(n)]
+    workers = [ctx.Process(target=_worker_process, args=(config, preloaded), name=f"omnirec-worker-{i}")
+               for i in range(n)]
     for w in workers:
         w.start()
 
