@@ -4,6 +4,12 @@
 
 (`-P`: bench/ is not put first on sys.path, where bench/feature_store.py would hide the package.)
 
+Set-up used for the README figures: `omnirec simulate --members 1000000 --items 100000`, `omnirec train`,
+`omnirec materialize` with a config whose `[redis]` points at a database of its own (e.g.
+`redis://127.0.0.1:6379/1`): millions of bench keys in the tests' database slow their key scans. The
+config needs `[service] port`, `workers` and an `app` key in `[service.api_keys]`; the echo server
+listens on port + 1.
+
 Both servers run as separate processes with the same number of workers; the load generator is one
 grpc.aio client process that keeps 1, 8 and 64 requests in flight for `--seconds` each. Prints a table,
 writes bench/results/service_load.json, and reports resident (RSS) and proportional (PSS: shared pages
@@ -162,8 +168,9 @@ def main() -> None:
                                   "members": len(member_ids)}
 
     echo_port = port + 1
-    echo = subprocess.Popen([sys.executable, "-P", __file__, "--config", str(args.config), "--data-dir", str(args.data_dir),
-                             "--workers", str(args.workers), "--echo-server", str(echo_port)])
+    echo = subprocess.Popen([sys.executable, "-P", __file__, "--config", str(args.config),
+                             "--data-dir", str(args.data_dir), "--workers", str(args.workers),
+                             "--echo-server", str(echo_port)])
     try:
         wait_ready(f"127.0.0.1:{echo_port}")
         results["echo"] = asyncio.run(measure(f"127.0.0.1:{echo_port}", "echo", levels, args.seconds, api_key,
