@@ -6,8 +6,8 @@
 
 Set-up used for the README figures: `omnirec simulate --members 1000000 --items 100000`, `omnirec train`,
 `omnirec materialize` with a config whose `[redis]` points at a database of its own (e.g.
-`redis://127.0.0.1:6379/1`): millions of bench keys in the tests' database slow their key scans. The
-config needs `[service] port`, `workers` and an `app` key in `[service.api_keys]`; the echo server
+`redis://127.0.0.1:6379/7`; the tests use 0 and 1): millions of bench keys in a tests' database slow
+their key scans. The config needs `[service] port`, `workers` and an `app` key in `[service.api_keys]`; the echo server
 listens on port + 1.
 
 Both servers run as separate processes with the same number of workers; the load generator is one
