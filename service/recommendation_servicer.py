@@ -71,14 +71,19 @@ class RecommendationServicer(recommendation_pb2_grpc.RecommendationServiceServic
         k = v.k(request.k)
         filters = _filters(request.filter, request.exclude_purchased)
         model = self._models.get()
-        budget = v.time_budget(context, self._default_deadline_s)
         degraded: list[str] = []
-        try:
-            member = await self._features.member(request.member_id or None, request.anonymous_id or None, budget)
-        except Unavailable as exc:
-            degraded.append(f"member features unavailable (purchases not excluded): {exc}")
-            member = MemberContext(member_id=request.member_id or None)
-            filters = replace(filters, exclude_purchased=False)
+        if request.member_id in model.bundle.members and not filters.exclude_purchased:
+            # The model alone answers a member it knows when no purchase filter is asked: skip the round trip.
+            member = MemberContext(member_id=request.member_id)
+        else:
+            try:
+                budget = v.time_budget(context, self._default_deadline_s)
+                member = await self._features.member(request.member_id or None, request.anonymous_id or None,
+                                                     budget)
+            except Unavailable as exc:
+                degraded.append(f"member features unavailable (purchases not excluded): {exc}")
+                member = MemberContext(member_id=request.member_id or None)
+                filters = replace(filters, exclude_purchased=False)
         ranked = recommend(model.bundle, model.categories, member, channel, store_id, overfetch(k, filters), filters,
                            model.member_top)
         items, info = await self._finish(context, model, ranked, k, channel, store_id, filters, degraded)
