@@ -11,7 +11,8 @@ their key scans. The config needs `[service] port`, `workers` and an `app` key i
 listens on port + 1.
 
 Both servers run as separate processes with the same number of workers; the load generator is one
-grpc.aio client process that keeps 1, 8 and 64 requests in flight for `--seconds` each. Prints a table,
+grpc.aio client process that keeps 1, 8 and 64 requests in flight for `--seconds` each (Recommend for a
+random member, k=10, with and without the purchase filter). Prints a table,
 writes bench/results/service_load.json, and reports resident (RSS) and proportional (PSS: shared pages
 split between the processes mapping them) memory per serving worker.
 """
@@ -37,6 +38,9 @@ from omnirec.config import OmnirecConfig
 from omnirec.v1 import common_pb2, recommendation_pb2, recommendation_pb2_grpc
 
 ECHO_METHOD = "/bench.Echo/Echo"
+KINDS = ("recommend", "recommend_model_only")
+"""`recommend`: exclude_purchased (one feature-store read per call); `recommend_model_only`: without it,
+so a member the model knows is answered from the bundle alone."""
 RESULTS = Path(__file__).parent / "results" / "service_load.json"
 
 
@@ -116,7 +120,7 @@ async def measure(target: str, kind: str, levels: list[int], seconds: float, api
             def make(rng: np.random.Generator) -> recommendation_pb2.RecommendRequest:
                 return recommendation_pb2.RecommendRequest(
                     member_id=str(member_ids[rng.integers(len(member_ids))]), channel=common_pb2.CHANNEL_APP,
-                    k=10, exclude_purchased=True)
+                    k=10, exclude_purchased=kind == "recommend")
         await channel.channel_ready()
         await _closed_loop(call, make, 8, min(seconds, 2.0))  # warm-up: connections, page cache, JIT-free paths
         return [await _closed_loop(call, make, level, seconds) for level in levels]
@@ -184,19 +188,20 @@ def main() -> None:
     try:
         wait_ready(f"127.0.0.1:{port}")
         t0 = time.time()
-        results["recommend"] = asyncio.run(measure(f"127.0.0.1:{port}", "recommend", levels, args.seconds, api_key,
-                                                   member_ids))
+        for kind in KINDS:
+            results[kind] = asyncio.run(measure(f"127.0.0.1:{port}", kind, levels, args.seconds, api_key, member_ids))
         results["worker_memory"] = [memory(pid) for pid in children(serve.pid)]
         results["recommend_wall_s"] = time.time() - t0
     finally:
         serve.send_signal(signal.SIGTERM)
         serve.wait(60)
 
-    print(f"{'server':<10} {'in flight':>9} {'QPS':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'vs echo':>8}")
-    for echo_row, rec_row in zip(results["echo"], results["recommend"], strict=True):  # type: ignore[call-overload]
-        for name, row in (("echo", echo_row), ("recommend", rec_row)):
-            ratio = f"{row['qps'] / echo_row['qps']:.0%}" if name == "recommend" else ""
-            print(f"{name:<10} {row['in_flight']:>9} {row['qps']:>9,.0f} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} "
+    print(f"{'server':<22} {'in flight':>9} {'QPS':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'vs echo':>8}")
+    for i, echo_row in enumerate(results["echo"]):  # type: ignore[arg-type]
+        for name in ("echo", *KINDS):
+            row = results[name][i]  # type: ignore[index]
+            ratio = f"{row['qps'] / echo_row['qps']:.0%}" if name != "echo" else ""
+            print(f"{name:<22} {row['in_flight']:>9} {row['qps']:>9,.0f} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} "
                   f"{row['errors']:>7} {ratio:>8}")
     for i, mem in enumerate(results["worker_memory"]):  # type: ignore[arg-type]
         print(f"worker {i}: RSS {mem['rss_mib']:.0f} MiB, PSS {mem['pss_mib']:.0f} MiB")
