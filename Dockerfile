@@ -27,6 +27,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 && rm 
  && useradd --create-home --uid 10001 omnirec
 WORKDIR /app
 COPY --from=build /app/.venv /app/.venv
+# The default offer catalogue path (offers.catalogue_path) is relative to the working directory.
+COPY --from=build /app/offers/examples /app/offers/examples
 RUN mkdir -p /app/var && chown omnirec /app/var
 USER omnirec
 ENV PATH=/app/.venv/bin:$PATH PYTHONUNBUFFERED=1
