@@ -167,6 +167,8 @@ def run(config: OmnirecConfig) -> None:
 
     The parent only forwards SIGTERM/SIGINT to the workers and waits for them to drain.
     """
+    if not config.service.api_keys:
+        log.warning("no [service.api_keys] configured: every RPC but health and reflection will be refused")
     n = config.service.workers
     if n == 1:
         _worker_process(config)
