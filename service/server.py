@@ -138,6 +138,7 @@ async def _worker(config: OmnirecConfig, preloaded: ServingModel | None) -> None
     log.info("worker %d serving on port %d", os.getpid(), port)
     await stop.wait()
     log.info("worker %d stopping (grace %.1fs)", os.getpid(), config.service.shutdown_grace_s)
+    await state.health.enter_graceful_shutdown()  # health checks answer NOT_SERVING while calls drain
     await server.stop(config.service.shutdown_grace_s)
     await state.close()
 
