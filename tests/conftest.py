@@ -13,7 +13,8 @@ import redis
 from simulator import SimulationConfig, simulate
 
 SHARED_DATA = Path(os.environ.get("OMNIREC_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-TEST_REDIS_URL = os.environ.get("OMNIREC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+TEST_REDIS_URL = os.environ.get("OMNIREC_TEST_REDIS_URL", "redis://127.0.0.1:6379/1")
+"""Tests own logical database 1, so the per-test cleanup scan never wades through demo or benchmark keys (db 0)."""
 
 
 @pytest.fixture(scope="session")

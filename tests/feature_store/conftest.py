@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,30 +22,6 @@ def small_retail(small_retail_dir: Path) -> RetailData:
 @pytest.fixture(scope="session")
 def features(small_retail: RetailData) -> BatchFeatures:
     return compute_features(small_retail, TierLadder(), LifecycleRules(), recent_items=20, purchased_items=50)
-
-
-FS_TEST_DB = int(os.environ.get("OMNIREC_TEST_REDIS_FS_DB", "1"))
-"""Logical database of the feature-store tests (override with $OMNIREC_TEST_REDIS_FS_DB)."""
-
-
-@pytest.fixture
-def redis_client() -> Iterator[redis.Redis]:
-    """The shared fixture's contract (real Redis, private prefix, cleanup), on database `FS_TEST_DB`.
-
-    These tests load and scan thousands of keys per test; on their own database the per-test SCAN costs
-    what the test wrote, not the millions of keys a benchmark may have left in database 0.
-    """
-    client = redis.Redis.from_url(os.environ.get("OMNIREC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
-                                  socket_timeout=5)
-    client.connection_pool.connection_kwargs["db"] = FS_TEST_DB  # before the pool opens its first connection
-    client.ping()
-    prefix = f"test-{uuid.uuid4().hex[:12]}"
-    client.test_prefix = prefix  # type: ignore[attr-defined]
-    yield client
-    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 @pytest.fixture
