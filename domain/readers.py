@@ -38,6 +38,8 @@ INVENTORY_FILE = "inventory.parquet"
 IDENTITY_FILE = "identity_links.parquet"
 EXPOSURES_FILE = "coupon_exposures.parquet"
 GROUND_TRUTH_FILE = "coupon_ground_truth.parquet"
+LIVE_EVENTS_DIR = "events_live"
+"""Folder in the data dir where the service appends the events it accepted (`events-<pid>-<ns>.parquet`)."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,14 @@ def read_events(path: Path) -> pa.Table:
     return check_events(pq.read_table(path), str(path))
 
 
+def read_event_log(directory: Path) -> pa.Table:
+    """Every event the service logged in `directory`, oldest file first (an empty table if none)."""
+    files = sorted(Path(directory).glob("events-*.parquet"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+    if not files:
+        return EVENT_SCHEMA.empty_table()
+    return pa.concat_tables(check_events(pq.read_table(f), str(f)) for f in files)
+
+
 def resolve_identities(events: pa.Table, links: pa.Table) -> pa.Table:
     """Credit anonymous events to the member the anonymous id was later linked to."""
     if links.num_rows == 0:
@@ -131,6 +141,7 @@ class RetailData:
 
     @classmethod
     def read(cls, data_dir: Path) -> RetailData:
+        """The offline export plus the events the service logged since (`LIVE_EVENTS_DIR`)."""
         d = Path(data_dir)
         if not (d / EVENTS_FILE).exists():
             raise FileNotFoundError(f"{d / EVENTS_FILE} not found; run `omnirec simulate --out {d}` first")
@@ -141,7 +152,8 @@ class RetailData:
             items=check_required(pq.read_table(d / ITEMS_FILE), ITEM_SCHEMA, str(d / ITEMS_FILE)),
             stores=check_required(pq.read_table(d / STORES_FILE), STORE_SCHEMA, str(d / STORES_FILE)),
             inventory=check_required(pq.read_table(d / INVENTORY_FILE), INVENTORY_SCHEMA, str(d / INVENTORY_FILE)),
-            events=resolve_identities(read_events(d / EVENTS_FILE), links),
+            events=resolve_identities(
+                pa.concat_tables([read_events(d / EVENTS_FILE), read_event_log(d / LIVE_EVENTS_DIR)]), links),
             identity_links=links,
         )
 

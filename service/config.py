@@ -27,8 +27,9 @@ class ServiceConfig(BaseModel):
     """Processes sharing the port (SO_REUSEPORT); each holds the bundle memory-mapped, so they share its pages."""
     poll_interval_s: float = Field(5.0, gt=0)
     """How often each worker checks whether a newer bundle was published."""
-    event_log_dir: Path = Path("var/data/events_live")
-    """Where TrackEvents appends accepted events (Parquet, `domain.schema.EVENT_SCHEMA`) for the next training."""
+    event_log_dir: Path | None = None
+    """Where TrackEvents appends accepted events (Parquet, `domain.schema.EVENT_SCHEMA`); by default
+    `<data_dir>/events_live`, which the next `omnirec train` and `omnirec materialize` read with the export."""
     event_log_flush_rows: int = Field(10_000, ge=1)
     """Buffered events are written as one Parquet file when this many have accumulated (and on shutdown)."""
     api_keys: dict[str, Role] = {}

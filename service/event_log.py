@@ -57,11 +57,3 @@ def write_events(directory: Path, table: pa.Table) -> Path:
     pq.write_table(table.cast(EVENT_SCHEMA), tmp)
     tmp.rename(path)
     return path
-
-
-def read_event_log(directory: Path) -> pa.Table:
-    """Every event the service logged in `directory`, oldest file first (an empty table if none)."""
-    files = sorted(directory.glob("events-*.parquet"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
-    if not files:
-        return EVENT_SCHEMA.empty_table()
-    return pa.concat_tables(pq.read_table(f).cast(EVENT_SCHEMA) for f in files)

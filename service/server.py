@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from threadpoolctl import threadpool_limits
 
 from domain.errors import OmnirecError
+from domain.readers import LIVE_EVENTS_DIR
 from omnirec.config import OmnirecConfig
 from service import admin_servicer, event_servicer, offer_servicer, recommendation_servicer
 from service.bundles import holder_for, load_serving_model
@@ -59,7 +60,7 @@ class ServingState:
         if preloaded is not None:
             models.adopt(preloaded)
         return cls(config, models, Features.connect(config.redis, config.tiers, config.lifecycle),
-                   EventLog(svc.event_log_dir, svc.event_log_flush_rows))
+                   EventLog(svc.event_log_dir or config.data_dir / LIVE_EVENTS_DIR, svc.event_log_flush_rows))
 
     async def start(self) -> None:
         """Load the published bundle if there is one, then poll for newer ones and flush the event log."""

@@ -106,3 +106,22 @@ def test_idmap_round_trip(tmp_path: Path) -> None:
     assert loaded.external_ids.tolist() == ["a", "b", "c"] and loaded.get("c") == 2
     with pytest.raises(KeyError):
         loaded.to_internal(["zz"])
+
+
+def test_live_event_log_joins_the_export(small_retail_dir: Path, tmp_path: Path) -> None:
+    """Events the service logged under `events_live/` are read with the export by the next training run."""
+    import shutil
+
+    from domain.readers import LIVE_EVENTS_DIR
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(small_retail_dir, data_dir)
+    before = RetailData.read(data_dir).events.num_rows
+    live = data_dir / LIVE_EVENTS_DIR
+    live.mkdir()
+    pq.write_table(pa.table(GOOD, schema=EVENT_SCHEMA), live / "events-1-100.parquet")
+    assert RetailData.read(data_dir).events.num_rows == before + 3
+    pq.write_table(pa.table({**GOOD, "channel": ["app", "fax", "store"]}, schema=EVENT_SCHEMA),
+                   live / "events-1-200.parquet")
+    with pytest.raises(DataError, match=r"events-1-200.parquet:2: field 'channel'"):
+        RetailData.read(data_dir)
