@@ -61,33 +61,29 @@ class Interactions:
         """
         keep = pc.and_(pc.is_valid(events[Col.MEMBER_ID]), pc.is_valid(events[Col.ITEM_ID]))
         events = events.filter(keep)
-        member_col = events[Col.MEMBER_ID].to_numpy(zero_copy_only=False).astype(str)
-        item_col = events[Col.ITEM_ID].to_numpy(zero_copy_only=False).astype(str)
-        members = members or IdMap.from_values(member_col)
-        items = items or IdMap.from_values(item_col)
+        members = members or IdMap.from_ids(pc.unique(events[Col.MEMBER_ID]).sort().to_numpy(zero_copy_only=False))
+        items = items or IdMap.from_ids(pc.unique(events[Col.ITEM_ID]).sort().to_numpy(zero_copy_only=False))
         return cls(
             events=events,
             members=members,
             items=items,
-            member_idx=_lookup(members, member_col, "member_id"),
-            item_idx=_lookup(items, item_col, "item_id"),
+            member_idx=_lookup(members, events[Col.MEMBER_ID], "member_id"),
+            item_idx=_lookup(items, events[Col.ITEM_ID], "item_id"),
         )
 
     def __len__(self) -> int:
         return self.events.num_rows
 
 
-def _lookup(idmap: IdMap, values: np.ndarray, field: str) -> np.ndarray:
-    """Vectorised id -> index through the sorted external ids (a dict lookup per row is 10x slower)."""
-    order = np.argsort(idmap.external_ids, kind="stable")
-    ordered = idmap.external_ids[order]
-    pos = np.searchsorted(ordered, values)
-    pos = np.clip(pos, 0, max(len(ordered) - 1, 0))
-    found = len(ordered) > 0 and ordered[pos] == values if len(values) else np.ones(0, bool)
-    if len(values) and not np.all(found):
-        row = int(np.flatnonzero(~found)[0])
-        raise DataError("<events>", row + 1, field, f"id {values[row]!r} is not in the catalogue")
-    return order[pos].astype(np.int32) if len(values) else np.zeros(0, np.int32)
+def _lookup(idmap: IdMap, values: pa.ChunkedArray | pa.Array | np.ndarray, field: str) -> np.ndarray:
+    """Vectorised id -> index with Arrow's hash lookup (a Python dict lookup per row is 20x slower at 20M rows)."""
+    values = pa.chunked_array([pa.array(values, pa.string())]) if isinstance(values, np.ndarray) else values
+    idx = pc.index_in(values, value_set=pa.array(idmap.external_ids, pa.string()))
+    missing = idx.is_null()
+    if pc.any(missing).as_py():
+        row = int(np.flatnonzero(missing.to_numpy(zero_copy_only=False))[0])
+        raise DataError("<events>", row + 1, field, f"id {values[row].as_py()!r} is not in the catalogue")
+    return idx.to_numpy(zero_copy_only=False).astype(np.int32)
 
 
 def read_events(path: Path) -> pa.Table:
