@@ -1,12 +1,10 @@
 """Closed-loop load on loopback: Recommend on `omnirec serve` next to an empty grpc.aio echo server.
 
-    .venv/bin/python -P bench/service_load.py --config var/bench/omnirec.toml --data-dir var/bench/data
-
-(`-P`: bench/ is not put first on sys.path, where bench/feature_store.py would hide the package.)
+    .venv/bin/python bench/service_load.py --config var/bench/omnirec.toml --data-dir var/bench/data
 
 Set-up used for the README figures: `omnirec simulate --members 1000000 --items 100000`, `omnirec train`,
 `omnirec materialize` with a config whose `[redis]` points at a database of its own (e.g.
-`redis://127.0.0.1:6379/7`; the tests use 0 and 1): millions of bench keys in a tests' database slow
+`redis://127.0.0.1:6379/7`; the tests use database 1): millions of bench keys in a tests' database slow
 their key scans. The config needs `[service] port`, `workers` and an `app` key in `[service.api_keys]`; the echo server
 listens on port + 1.
 

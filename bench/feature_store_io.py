@@ -7,19 +7,14 @@ server work. Everything it writes lives under a private namespace that is delete
 
 Run by hand: `.venv/bin/python bench/feature_store.py [--members 100000] [--reads 2000]`.
 """
-# ruff: noqa: E402 - the project imports must follow the sys.path fix below
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Annotated
-
-# Run as a script, this file's folder comes first on sys.path and its name would shadow the package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import numpy as np
 import redis
@@ -36,7 +31,7 @@ from feature_store.materialize import Materializer, compute_features
 from feature_store.reader import FeatureReader
 from simulator import SimulationConfig, simulate
 
-RESULTS = Path(__file__).parent / "results" / "feature_store.json"
+RESULTS = Path(__file__).parent / "results" / "feature_store_io.json"
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
@@ -58,7 +53,7 @@ def main(
     url: Annotated[str, typer.Option(help="Redis to load into.")] = "redis://127.0.0.1:6379/0",
     data: Annotated[Path | None, typer.Option(help="Retail files (default: simulate into /tmp).")] = None,
 ) -> None:
-    """Benchmark materialisation and request reads; prints a table and writes bench/results/feature_store.json."""
+    """Benchmark materialisation and request reads; prints a table and writes bench/results/feature_store_io.json."""
     data = data or Path(f"/tmp/omnirec-bench-fs-{members}")
     if not (data / "events.parquet").exists():
         simulate(SimulationConfig(n_members=members, n_items=items), data, progress=False)
