@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from omnirec.config import OmnirecConfig
+from simulator.run import SimulationSummary
 
 app = typer.Typer(help="omnirec: recommendations and personalised offers for omnichannel retailers.",
                   no_args_is_help=True, add_completion=False)
@@ -56,16 +57,15 @@ def _first_error(exc: Exception) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
 
 
-def print_summary(summary: object) -> None:
-    s = summary
-    table = Table(title=f"Simulated retailer in {s.out_dir} ({s.seconds:.1f}s)")  # type: ignore[attr-defined]
+def print_summary(s: SimulationSummary) -> None:
+    table = Table(title=f"Simulated retailer in {s.out_dir} ({s.seconds:.1f}s)")
     table.add_column("what")
     table.add_column("count", justify="right")
-    for label, value in [("members", s.members), ("items", s.items), ("stores", s.stores),  # type: ignore
-                         ("events", s.events), ("coupon exposures", s.exposures)]:  # type: ignore
+    for label, value in [("members", s.members), ("items", s.items), ("stores", s.stores),
+                         ("events", s.events), ("coupon exposures", s.exposures)]:
         table.add_row(label, f"{value:,}")
-    for title, counter in [("event", s.by_event_type), ("channel", s.by_channel), ("tier", s.tiers),  # type: ignore
-                           ("stage", s.stages)]:  # type: ignore
+    for title, counter in [("event", s.by_event_type), ("channel", s.by_channel), ("tier", s.tiers),
+                           ("stage", s.stages)]:
         for key, value in counter.most_common():
             table.add_row(f"{title}: {key}", f"{value:,}")
     console.print(table)
