@@ -71,6 +71,12 @@ INVENTORY_SCHEMA = pa.schema(
 """Stock on hand; store id "online" holds the stock that app, mini-program and web sell from."""
 
 
+ID_COLUMNS = (Col.MEMBER_ID, Col.ANONYMOUS_ID, Col.ITEM_ID, Col.STORE_ID, "home_store")
+"""Identifier columns: printable text only, because the feature store packs ids with ASCII control
+characters as separators (`feature_store/FORMAT.md`)."""
+_CONTROL = r"[\x00-\x1f\x7f]"
+
+
 def _first_bad(mask: pa.Array | np.ndarray) -> int | None:
     arr = np.asarray(mask.to_numpy(zero_copy_only=False) if isinstance(mask, pa.Array | pa.ChunkedArray) else mask)
     bad = np.flatnonzero(arr)
@@ -114,6 +120,9 @@ def check_events(table: pa.Table, path: str, first_line: int = 1) -> pa.Table:
     price = table[Col.PRICE]
     fail(pc.or_kleene(pc.less(price, 0), pc.invert(pc.is_finite(price))), Col.PRICE, "must be a finite number >= 0")
     fail(pc.less(table[Col.TS], 0), Col.TS, "must be unix seconds >= 0")
+    for col in (Col.MEMBER_ID, Col.ANONYMOUS_ID, Col.ITEM_ID, Col.STORE_ID):
+        fail(pc.fill_null(pc.match_substring_regex(table[col], _CONTROL), False), col,
+             "ids must not contain control characters")
     return table
 
 
@@ -126,4 +135,9 @@ def check_required(table: pa.Table, schema: pa.Schema, path: str) -> pa.Table:
             row = _first_bad(table[f.name].is_null())
             if row is not None:
                 raise DataError(path, row + 1, f.name, "required value is empty")
-    return table.select(schema.names).cast(schema)
+    table = table.select(schema.names).cast(schema)
+    for name in set(ID_COLUMNS) & set(schema.names):
+        row = _first_bad(pc.fill_null(pc.match_substring_regex(table[name], _CONTROL), False))
+        if row is not None:
+            raise DataError(path, row + 1, name, "ids must not contain control characters")
+    return table

@@ -21,3 +21,14 @@ def redis_unavailable(what: str) -> Iterator[None]:
         yield
     except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterDownError) as exc:
         raise Unavailable(f"feature store unavailable during {what}: {exc}") from exc
+
+
+@contextmanager
+def redis_call(what: str) -> Iterator[None]:
+    """`redis_unavailable`, and a command Redis refused (a key of the wrong type, a malformed packed value
+    found by a script) as `FeatureStoreError`: stored data that cannot be served."""
+    with redis_unavailable(what):
+        try:
+            yield
+        except redis.ResponseError as exc:
+            raise FeatureStoreError(f"{what}: stored data is malformed or of the wrong type: {exc}") from exc

@@ -18,7 +18,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Bump when a field's meaning or encoding changes; readers refuse data written under another version."""
 
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_.-]+$")

@@ -11,10 +11,11 @@ Dedup claims are taken before writing, so a retried batch is never double-counte
 race. If Redis fails between claim and write, those events are missing from the live store until the
 next materialisation, which recomputes everything from the event log.
 
-Counters use HINCRBY (atomic); stage, tier and timestamps are computed in Python from the state read in
-step 2, so two concurrent batches for the same member may interleave: the later write wins until the
-next event or materialisation. Lists (recent, purchased) are kept distinct and newest first with
-LREM + LPUSH + LTRIM. Returns do not lower points or tiers live: downgrades wait for the batch job.
+Member records and item lists are packed values (`feature_store.packed`), edited in place by Lua
+scripts: activity counters are added atomically; stage, tier and timestamps are computed in Python from
+the state read in step 2, so two concurrent batches for the same member may interleave: the later write
+wins until the next event or materialisation. Lists (recent, purchased) stay distinct, newest first and
+bounded. Returns do not lower points or tiers live: downgrades wait for the batch job.
 """
 
 from __future__ import annotations
@@ -33,13 +34,12 @@ from domain.lifecycle import LifecycleRules, lifecycle_stage
 from domain.schema import check_events
 from domain.tiers import TierLadder
 from domain.vocab import ONLINE_STORE, Channel, EventType
+from feature_store import packed
 from feature_store.config import RedisConfig
-from feature_store.errors import FeatureStoreError, redis_unavailable
+from feature_store.errors import redis_call
 from feature_store.keys import Keys, event_digest
-from feature_store.model import TS
+from feature_store.model import PROFILE_FIELDS, PROFILE_POSITION, TS, MemberProfile
 from feature_store.reader import parse_pointer
-
-STATE_FIELDS = ("signup_ts", "last_seen_ts", "last_purchase_ts", "prev_purchase_ts", "points", "tier")
 
 
 @dataclass
@@ -55,19 +55,9 @@ class _MemberState:
     activity: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     @classmethod
-    def parse(cls, key: str, raw: list[bytes | None]) -> _MemberState | None:
-        if all(v is None for v in raw):
-            return None
-        if any(v is None for v in raw):
-            raise FeatureStoreError(f"{key}: malformed hash, missing one of {STATE_FIELDS}")
-        text = [v.decode() for v in raw]  # type: ignore[union-attr]
-        try:
-            ts = [None if t == "" else float(t) for t in text[:4]]
-            if ts[0] is None:
-                raise ValueError("signup_ts is empty")
-            return cls(ts[0], ts[1], ts[2], ts[3], int(text[4]), text[5])
-        except ValueError as exc:
-            raise FeatureStoreError(f"{key}: malformed member state {text}: {exc}") from None
+    def of(cls, profile: MemberProfile) -> _MemberState:
+        return cls(profile.signup_ts, profile.last_seen_ts, profile.last_purchase_ts, profile.prev_purchase_ts,
+                   profile.points, profile.tier)
 
 
 @dataclass(frozen=True)
@@ -99,11 +89,8 @@ class LiveUpdater:
         self.base = Keys(config.namespace)
 
     def _execute(self, pipe: Any, what: str) -> list[Any]:
-        with redis_unavailable(what):
-            try:
-                return pipe.execute()  # type: ignore[no-any-return]
-            except redis.ResponseError as exc:
-                raise FeatureStoreError(f"{what}: a stored value has the wrong type: {exc}") from exc
+        with redis_call(what):
+            return pipe.execute()  # type: ignore[no-any-return]
 
     def apply(self, events: pa.Table) -> LiveReport:
         """Apply a batch of event rows (`domain.schema.EVENT_SCHEMA`; validated here)."""
@@ -148,9 +135,10 @@ class LiveUpdater:
             return {}
         pipe = self.client.pipeline(transaction=False)
         for m in members:
-            pipe.hmget(k.member(m), list(STATE_FIELDS))
+            pipe.get(k.member(m))
         raw = self._execute(pipe, "live state")
-        return {m: _MemberState.parse(k.member(m), r) for m, r in zip(members, raw, strict=True)}
+        return {m: None if r is None else _MemberState.of(MemberProfile.from_packed(m, k.member(m), r))
+                for m, r in zip(members, raw, strict=True)}
 
     def _queue_event(self, pipe: Any, k: Keys, row: dict[str, Any], state: _MemberState | None) -> None:
         ts, item, kind = float(row["ts"]), row["item_id"], EventType(row["event_type"])
@@ -162,7 +150,8 @@ class LiveUpdater:
             channel = Channel(row["channel"])
             store = row["store_id"] if channel.is_physical else ONLINE_STORE
             pipe.hincrby(k.stock(store), item, -int(row["quantity"]))
-            self._expire(pipe, k.stock(store))
+            if self.config.feature_ttl_s is not None:
+                pipe.expire(k.stock(store), self.config.feature_ttl_s)
             if member_id:
                 self._push(pipe, k.purchased(member_id), [item], self.config.purchased_items)
         if state is None:
@@ -175,31 +164,28 @@ class LiveUpdater:
             state.points += math.floor(row["price"] * row["quantity"] * self.points_per_unit)
             state.tier = self.tiers.upgraded(state.tier, state.points)
 
+    @property
+    def _ttl(self) -> int:
+        """Feature keys expire with their generation (0: keep the key's TTL), or after `feature_ttl_s`."""
+        return self.config.feature_ttl_s or 0
+
     def _push(self, pipe: Any, key: str, items_oldest_first: list[str], limit: int) -> None:
         """Make `items` the newest entries of a distinct, bounded, newest-first list."""
-        for item in items_oldest_first:
-            pipe.lrem(key, 0, item)
-            pipe.lpush(key, item)
-        pipe.ltrim(key, 0, limit - 1)
-        self._expire(pipe, key)
-
-    def _expire(self, pipe: Any, key: str) -> None:
-        """Feature keys expire with their generation, or after `feature_ttl_s` when one is configured."""
-        if self.config.feature_ttl_s is not None:
-            pipe.expire(key, self.config.feature_ttl_s)
+        pipe.eval(packed.PUSH_DISTINCT, 1, key, limit, self._ttl, *items_oldest_first)
 
     def _queue_state(self, pipe: Any, k: Keys, member_id: str, state: _MemberState) -> None:
         """Write the advanced state; the stage comes from the shared rule at the member's latest event."""
         now = state.last_seen_ts or time.time()
         stage = lifecycle_stage(self.rules, now, state.signup_ts, state.last_purchase_ts, state.prev_purchase_ts)
-        key = k.member(member_id)
-        pipe.hset(key, mapping={
-            "last_seen_ts": _fmt_ts(state.last_seen_ts), "last_purchase_ts": _fmt_ts(state.last_purchase_ts),
-            "prev_purchase_ts": _fmt_ts(state.prev_purchase_ts), "points": state.points, "tier": state.tier,
-            "lifecycle_stage": stage.value, TS: int(time.time())})
+        values = {"last_seen_ts": _fmt_ts(state.last_seen_ts), "last_purchase_ts": _fmt_ts(state.last_purchase_ts),
+                  "prev_purchase_ts": _fmt_ts(state.prev_purchase_ts), "points": state.points, "tier": state.tier,
+                  "lifecycle_stage": stage.value, TS: int(time.time())}
+        args: list[object] = [len(PROFILE_FIELDS), self._ttl, len(values)]
+        for name, value in values.items():
+            args += [PROFILE_POSITION[name] + 1, value]
         for channel, n in state.activity.items():
-            pipe.hincrby(key, f"act_{channel}", n)
-        self._expire(pipe, key)
+            args += [PROFILE_POSITION[f"act_{channel}"] + 1, n]
+        pipe.eval(packed.PATCH_RECORD, 1, k.member(member_id), *args)
 
     def link(self, anonymous_id: str, member_id: str) -> int:
         """Record that `anonymous_id` is `member_id` (a login) and credit its recent items to the member.
@@ -213,14 +199,15 @@ class LiveUpdater:
         (raw_pointer,) = self._execute(pipe, "link")
         k = self.base.at(parse_pointer(self.base, raw_pointer))
         pipe = self.client.pipeline(transaction=False)
-        pipe.lrange(k.anon_recent(anonymous_id), 0, -1)
-        (items,) = self._execute(pipe, "link")
+        pipe.get(k.anon_recent(anonymous_id))
+        (raw_items,) = self._execute(pipe, "link")
+        items = packed.unpack(raw_items)
         pipe = self.client.pipeline(transaction=False)
         identity = k.identity(anonymous_id)
         pipe.hset(identity, mapping={"member_id": member_id, TS: int(time.time())})
         pipe.expire(identity, self.config.identity_ttl_s)
         if items:
-            self._push(pipe, k.recent(member_id), [i.decode() for i in reversed(items)], self.config.recent_items)
+            self._push(pipe, k.recent(member_id), items[::-1], self.config.recent_items)
             pipe.delete(k.anon_recent(anonymous_id))
         self._execute(pipe, "link")
         return len(items)

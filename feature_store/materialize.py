@@ -2,7 +2,8 @@
 
 Features are computed column-wise with numpy/Arrow (no per-member Python objects), encoded to the Redis
 protocol with Arrow string kernels (`feature_store.resp`) and sent in pipelined batches of
-`batch_members` members (about six commands each). Readers keep serving the previous generation until
+`batch_members` members (three `SET`s of packed values each, `feature_store.packed`). Readers keep
+serving the previous generation until
 the pointer hash is rewritten in one HSET at the very end; the previous generation then gets a short
 EXPIRE so in-flight readers can finish.
 """
@@ -25,7 +26,7 @@ from domain.lifecycle import DAY, STAGES, LifecycleRules, lifecycle_stages
 from domain.readers import RetailData
 from domain.tiers import TierLadder
 from domain.vocab import Col, EventType
-from feature_store import resp
+from feature_store import packed, resp
 from feature_store.config import RedisConfig
 from feature_store.connection import connect
 from feature_store.errors import redis_unavailable
@@ -289,20 +290,22 @@ class Materializer:
         stamp = str(int(time.time()))
         n = len(f.member_ids)
         step = self.config.batch_members
+        ttl = self.config.feature_ttl_s
         with resp.BulkSender(self.client) as sender, tqdm(
                 total=n, desc=f"materialise generation {generation}", unit="member", disable=not progress) as bar:
             for lo in range(0, n, step):
                 hi = min(lo + step, n)
                 keys = _prefixed(k.member(""), f.member_ids.slice(lo, hi - lo))
-                fields: dict[str, pa.Array | str] = {name: col.slice(lo, hi - lo) for name, col in f.profile.items()}
-                writes = [(keys, resp.hset(keys, fields | {TS: stamp}))]
+                profiles = pc.binary_join_element_wise(*(col.slice(lo, hi - lo) for col in f.profile.values()),
+                                                       stamp, packed.SEP)
+                writes = [(keys, resp.set_values(keys, profiles, ttl))]
                 for ranked, prefix in ((f.recent, k.recent("")), (f.purchased, k.purchased(""))):
-                    writes.append(_rpush(ranked, f.member_ids, f.item_ids, prefix, lo, hi))
-                self._send(sender, writes, self.config.feature_ttl_s)
+                    writes.append(_packed_lists(ranked, f.member_ids, f.item_ids, prefix, lo, hi, ttl))
+                self._send(sender, writes, None)
                 bar.update(hi - lo)
             for lo in range(0, len(f.anon_ids), step):
-                rpush = _rpush(f.anon_recent, f.anon_ids, f.item_ids, k.anon_recent(""), lo, lo + step)
-                self._send(sender, [rpush], self.config.feature_ttl_s)
+                self._send(sender, [_packed_lists(f.anon_recent, f.anon_ids, f.item_ids, k.anon_recent(""), lo,
+                                                  lo + step, ttl)], None)
             self._load_items(f, k, sender, stamp)
             self._load_links(f, sender, stamp)
         previous = self._switch(generation, n, len(f.item_ids))
@@ -371,14 +374,15 @@ def _prefixed(prefix: str, ids: pa.Array) -> pa.Array:
     return pc.binary_join_element_wise(prefix, ids, "")
 
 
-def _rpush(ranked: Ranked, owner_ids: pa.Array, item_ids: pa.Array, prefix: str, lo: int,
-           hi: int) -> tuple[pa.Array, pa.Array]:
-    """RPUSH commands (item ids, newest first) for owners lo..hi-1 that have rows, and their keys."""
+def _packed_lists(ranked: Ranked, owner_ids: pa.Array, item_ids: pa.Array, prefix: str, lo: int, hi: int,
+                  ttl_s: int | None) -> tuple[pa.Array, pa.Array]:
+    """SET commands of the packed item lists (newest first) of owners lo..hi-1 that have rows, and their keys."""
     a, b = np.searchsorted(ranked.owner, [lo, hi])
     owner = ranked.owner[a:b]
     starts = resp.split_groups(owner, 10**9)
     keys = _prefixed(prefix, owner_ids.take(pa.array(owner[starts[:-1]])))
-    return keys, resp.grouped("RPUSH", keys, starts, resp.bulk(item_ids.take(pa.array(ranked.item[a:b]))), 1)
+    lists = pa.ListArray.from_arrays(pa.array(starts, pa.int32()), item_ids.take(pa.array(ranked.item[a:b])))
+    return keys, resp.set_values(keys, pc.binary_join(lists, packed.SEP), ttl_s)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Typed views of what the store holds, and their strict decoding from Redis hashes.
+"""Typed views of what the store holds, and their strict decoding from Redis values.
 
 Decoding is strict on purpose: a malformed value or a missing field raises `FeatureStoreError` naming the
 key and field, so bad data is reported instead of being served.
@@ -14,6 +14,7 @@ from typing import TypeVar
 from domain.lifecycle import LifecycleRules, lifecycle_stage
 from domain.vocab import Channel, LifecycleStage
 from feature_store.errors import FeatureStoreError
+from feature_store.packed import unpack
 
 TS = "_ts"
 """Every hash carries `_ts`: unix seconds at which it was written."""
@@ -26,7 +27,8 @@ PROFILE_FIELDS: tuple[str, ...] = (
     "preferred_channel", *ACTIVITY_FIELDS, *CONSENT_FIELDS, "signup_ts", "last_seen_ts", "last_purchase_ts",
     "prev_purchase_ts", TS,
 )
-"""Fields of a member hash, in the order the loader writes them. Empty string = no value."""
+"""Fields of a packed member record, in order (`feature_store.packed`). Empty string = no value."""
+PROFILE_POSITION = {f: i for i, f in enumerate(PROFILE_FIELDS)}
 ITEM_FIELDS: tuple[str, ...] = ("price", "category", "brand", "price_band", TS)
 
 T = TypeVar("T")
@@ -92,8 +94,12 @@ class MemberProfile:
     written_ts: float
 
     @classmethod
-    def from_hash(cls, member_id: str, key: str, raw: Mapping[bytes, bytes]) -> MemberProfile:
-        v = _decode(raw, key, PROFILE_FIELDS)
+    def from_packed(cls, member_id: str, key: str, raw: bytes) -> MemberProfile:
+        fields = unpack(raw)
+        if len(fields) != len(PROFILE_FIELDS):
+            raise FeatureStoreError(f"{key}: malformed member record, {len(fields)} fields instead of "
+                                    f"{len(PROFILE_FIELDS)} ({', '.join(PROFILE_FIELDS)})")
+        v = dict(zip(PROFILE_FIELDS, fields, strict=True))
 
         def num(field: str, convert: Callable[[str], T]) -> T:
             return _parse(key, field, v[field], convert)

@@ -1,5 +1,8 @@
 """`FeatureReader`: everything one request needs in one pipelined round trip, with explicit misses.
 
+Each read is planned once (`ReadPlans`, no I/O) and executed by a synchronous `FeatureReader` (jobs, the
+offers engine) or an `AsyncFeatureReader` (the service's event loop), so the two never drift apart.
+
 Each request pipeline starts with `HMGET pointer generation schema` and reads the features under the
 generation the reader last saw. When the pointer names another generation (a load just switched), the
 request is read again under the new one: one extra round trip per switch, never a mix of generations.
@@ -13,17 +16,19 @@ member's features need a second round trip (only then).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
 from domain.vocab import ONLINE_STORE
 from feature_store.config import RedisConfig
-from feature_store.errors import FeatureStoreError, redis_unavailable
+from feature_store.errors import FeatureStoreError, redis_call
 from feature_store.keys import SCHEMA_VERSION, Keys
 from feature_store.marketing import (
     ContactHistory,
@@ -34,8 +39,11 @@ from feature_store.marketing import (
     queue_wallet,
 )
 from feature_store.model import ItemFeatures, MemberProfile, parse_stock
+from feature_store.packed import unpack
 
-Pipeline = redis.client.Pipeline
+Pipeline = Any
+"""A redis-py pipeline, synchronous or asyncio: both queue commands through the same methods."""
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -81,26 +89,45 @@ class RequestFeatures:
         return self.stock.get(item_id, 0) > 0
 
 
-class _Batch:
-    """A pipeline whose parse step runs after the one `execute`, in queueing order."""
+class _Recorder:
+    """Stands in for a pipeline while reads are planned: records each command to replay on a real one."""
 
-    def __init__(self, client: redis.Redis | RedisCluster) -> None:
-        self.pipe = client.pipeline(transaction=False)
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    def __getattr__(self, command: str) -> Callable[..., None]:
+        def record(*args: Any, **kwargs: Any) -> None:
+            self.calls.append((command, args, kwargs))
+
+        return record
+
+    def replay(self, pipe: Pipeline) -> Pipeline:
+        for command, args, kwargs in self.calls:
+            getattr(pipe, command)(*args, **kwargs)
+        return pipe
+
+
+class _Batch:
+    """The reads of one round trip and their parsers, run in queueing order; no I/O of its own, so the
+    synchronous and the asyncio reader execute the same plans."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.pipe = _Recorder()
         self.parsers: list[tuple[int, Callable[[list[Any]], None]]] = []
 
     def add(self, n_commands: int, parse: Callable[[list[Any]], None]) -> None:
         self.parsers.append((n_commands, parse))
 
-    def execute(self, what: str) -> None:
-        with redis_unavailable(what):
-            try:
-                replies = self.pipe.execute()
-            except redis.ResponseError as exc:
-                raise FeatureStoreError(f"{what}: a stored value has the wrong type: {exc}") from exc
+    def parse(self, replies: list[Any]) -> None:
         at = 0
         for n, parse in self.parsers:
             parse(replies[at:at + n])
             at += n
+
+
+Plan = Generator[_Batch, None, T]
+"""A read as a generator: it yields each round trip's batch and returns the result once all are parsed."""
 
 
 def parse_pointer(keys: Keys, raw: Sequence[bytes | None]) -> int:
@@ -117,38 +144,36 @@ def parse_pointer(keys: Keys, raw: Sequence[bytes | None]) -> int:
     return gen
 
 
-class FeatureReader:
-    """Request-time reads for the service. Thread-safe: one pipeline per call, shared connection pool."""
+class ReadPlans:
+    """What each request-time read sends and how it parses the replies, shared by both readers."""
 
-    def __init__(self, client: redis.Redis | RedisCluster, config: RedisConfig) -> None:
-        self.client = client
+    def __init__(self, config: RedisConfig) -> None:
         self.config = config
         self.base = Keys(config.namespace, schema=SCHEMA_VERSION)
         self._generation: int | None = None
 
-    def generation(self) -> int:
-        """The generation readers are pointed at now (one round trip)."""
-        batch = _Batch(self.client)
+    def generation(self) -> Plan[int]:
+        batch = _Batch("read pointer")
         found: list[int] = []
         self._queue_pointer(batch, found)
-        batch.execute("read pointer")
+        yield batch
         return found[0]
 
     def _queue_pointer(self, batch: _Batch, found: list[int]) -> None:
         batch.pipe.hmget(self.base.pointer(), ["generation", "schema"])
         batch.add(1, lambda r: found.append(parse_pointer(self.base, r[0])))
 
-    def _consistent(self, queue: Callable[[_Batch, Keys], None], what: str) -> int:
+    def _consistent(self, queue: Callable[[_Batch, Keys], None], what: str) -> Plan[int]:
         """Run `queue`'s reads plus the pointer in one pipeline; re-run once under a newer generation."""
         if self._generation is None:
-            self._generation = self.generation()
+            self._generation = yield from self.generation()
         for _ in range(3):
             generation = self._generation
-            batch = _Batch(self.client)
+            batch = _Batch(what)
             found: list[int] = []
             self._queue_pointer(batch, found)
             queue(batch, self.base.at(generation))
-            batch.execute(what)
+            yield batch
             self._generation = found[0]
             if found[0] == generation:
                 return generation
@@ -156,8 +181,7 @@ class FeatureReader:
 
     def read_request(self, member_id: str | None = None, anonymous_id: str | None = None,
                      item_ids: Sequence[str] = (), store_id: str | None = None,
-                     now: float | None = None) -> RequestFeatures:
-        """All features of one request. `store_id` None reads online stock (app, mini-program, web)."""
+                     now: float | None = None) -> Plan[RequestFeatures]:
         if not member_id and not anonymous_id:
             raise ValueError("read_request needs a member_id or an anonymous_id")
         now = time.time() if now is None else now
@@ -170,11 +194,11 @@ class FeatureReader:
                 self._queue_member(batch, k, member_id, now, out)
             else:
                 batch.pipe.hget(k.identity(anonymous_id), "member_id")
-                batch.pipe.lrange(k.anon_recent(anonymous_id), 0, -1)
-                batch.add(2, lambda r: out.update(linked=r[0], anon_recent=_strings(r[1])))
+                batch.pipe.get(k.anon_recent(anonymous_id))
+                batch.add(2, lambda r: out.update(linked=r[0], anon_recent=tuple(unpack(r[1]))))
             self._queue_items(batch, k, list(item_ids), store, out)
 
-        generation = self._consistent(queue, "read_request")
+        generation = yield from self._consistent(queue, "read_request")
         resolved = None
         if not member_id and out["linked"] is not None:
             resolved = out["linked"].decode()
@@ -184,7 +208,7 @@ class FeatureReader:
                 self._queue_member(batch, k, resolved, now, out)
                 self._queue_items(batch, k, list(item_ids), store, out)  # again: one generation per answer
 
-            generation = self._consistent(queue_linked, "read_request")
+            generation = yield from self._consistent(queue_linked, "read_request")
         who = member_id or resolved
         return RequestFeatures(
             generation=generation, member_id=who, anonymous_id=anonymous_id,
@@ -194,17 +218,17 @@ class FeatureReader:
 
     def _queue_member(self, batch: _Batch, k: Keys, member_id: str, now: float, out: dict[str, Any]) -> None:
         since = now - self.config.contact_window_s
-        batch.pipe.hgetall(k.member(member_id))
-        batch.pipe.lrange(k.recent(member_id), 0, -1)
-        batch.pipe.lrange(k.purchased(member_id), 0, -1)
+        batch.pipe.get(k.member(member_id))
+        batch.pipe.get(k.recent(member_id))
+        batch.pipe.get(k.purchased(member_id))
         queue_wallet(batch.pipe, k, member_id)
         queue_contacts(batch.pipe, k, member_id, since)
 
         def parse(r: list[Any]) -> None:
-            profile = MemberProfile.from_hash(member_id, k.member(member_id), r[0]) if r[0] else None
+            profile = MemberProfile.from_packed(member_id, k.member(member_id), r[0]) if r[0] is not None else None
             out["member"] = MemberFeatures(
-                member_id=member_id, profile=profile, recent_items=_strings(r[1]),
-                purchased_items=frozenset(_strings(r[2])), wallet=parse_wallet(k, member_id, r[3], now),
+                member_id=member_id, profile=profile, recent_items=tuple(unpack(r[1])),
+                purchased_items=frozenset(unpack(r[2])), wallet=parse_wallet(k, member_id, r[3], now),
                 contacts=parse_contacts(k, member_id, r[4], since))
 
         batch.add(5, parse)
@@ -224,24 +248,23 @@ class FeatureReader:
 
         batch.add(len(item_ids) + (1 if item_ids else 0), parse)
 
-    def in_stock(self, item_ids: Sequence[str], store_id: str | None = None) -> np.ndarray:
-        """Boolean mask over `item_ids`: units on hand > 0 at `store_id` (online when None); one round trip."""
+    def in_stock(self, item_ids: Sequence[str], store_id: str | None = None) -> Plan[np.ndarray]:
         ids = list(item_ids)
         key_store = store_id or ONLINE_STORE
         if not ids:
             return np.zeros(0, bool)
+            yield  # a plan with no round trip
         out: dict[str, Any] = {}
 
         def queue(batch: _Batch, k: Keys) -> None:
             batch.pipe.hmget(k.stock(key_store), ids)
             batch.add(1, lambda r: out.update(keys=k, stock=r[0]))
 
-        self._consistent(queue, "in_stock")
+        yield from self._consistent(queue, "in_stock")
         k, quantities = out["keys"], out["stock"]
         return np.array([parse_stock(k.stock(key_store), i, q) > 0 for i, q in zip(ids, quantities, strict=True)])
 
-    def available_items(self, store_id: str | None = None) -> set[str]:
-        """Every item with units on hand at `store_id` (online when None), for filtering candidates."""
+    def available_items(self, store_id: str | None = None) -> Plan[set[str]]:
         key_store = store_id or ONLINE_STORE
         out: dict[str, Any] = {}
 
@@ -249,11 +272,74 @@ class FeatureReader:
             batch.pipe.hgetall(k.stock(key_store))
             batch.add(1, lambda r: out.update(keys=k, stock=r[0]))
 
-        self._consistent(queue, "available_items")
+        yield from self._consistent(queue, "available_items")
         k, stock = out["keys"], out["stock"]
         return {i.decode() for i, q in stock.items() if parse_stock(k.stock(key_store), i.decode(), q) > 0}
 
 
-def _strings(values: list[bytes]) -> tuple[str, ...]:
-    return tuple(v.decode() for v in values)
+class FeatureReader:
+    """Request-time reads on a synchronous client. Thread-safe: one pipeline per round trip, shared pool."""
+
+    def __init__(self, client: redis.Redis | RedisCluster, config: RedisConfig) -> None:
+        self.client = client
+        self.plans = ReadPlans(config)
+
+    def _run(self, plan: Plan[T]) -> T:
+        try:
+            batch = next(plan)
+            while True:
+                with redis_call(batch.what):
+                    replies = batch.pipe.replay(self.client.pipeline(transaction=False)).execute()
+                batch.parse(replies)
+                batch = next(plan)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    def generation(self) -> int:
+        """The generation readers are pointed at now (one round trip)."""
+        return self._run(self.plans.generation())
+
+    def read_request(self, member_id: str | None = None, anonymous_id: str | None = None,
+                     item_ids: Sequence[str] = (), store_id: str | None = None,
+                     now: float | None = None) -> RequestFeatures:
+        """All features of one request. `store_id` None reads online stock (app, mini-program, web)."""
+        return self._run(self.plans.read_request(member_id, anonymous_id, item_ids, store_id, now))
+
+    def in_stock(self, item_ids: Sequence[str], store_id: str | None = None) -> np.ndarray:
+        """Boolean mask over `item_ids`: units on hand > 0 at `store_id` (online when None); one round trip."""
+        return self._run(self.plans.in_stock(item_ids, store_id))
+
+    def available_items(self, store_id: str | None = None) -> set[str]:
+        """Every item with units on hand at `store_id` (online when None), for filtering candidates."""
+        return self._run(self.plans.available_items(store_id))
+
+
+class AsyncFeatureReader:
+    """The same reads on an asyncio client, for the service's event loop (no thread hop per request).
+
+    Bound the wait with `asyncio.timeout`: a cancelled read drops its connection, never reuses it half-read.
+    """
+
+    def __init__(self, client: AsyncRedis | AsyncRedisCluster, config: RedisConfig) -> None:
+        self.client = client
+        self.plans = ReadPlans(config)
+
+    async def _run(self, plan: Plan[T]) -> T:
+        try:
+            batch = next(plan)
+            while True:
+                with redis_call(batch.what):
+                    replies = await batch.pipe.replay(self.client.pipeline(transaction=False)).execute()
+                batch.parse(replies)
+                batch = next(plan)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    async def read_request(self, member_id: str | None = None, anonymous_id: str | None = None,
+                           item_ids: Sequence[str] = (), store_id: str | None = None,
+                           now: float | None = None) -> RequestFeatures:
+        return await self._run(self.plans.read_request(member_id, anonymous_id, item_ids, store_id, now))
+
+    async def in_stock(self, item_ids: Sequence[str], store_id: str | None = None) -> np.ndarray:
+        return await self._run(self.plans.in_stock(item_ids, store_id))
 

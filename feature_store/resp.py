@@ -52,6 +52,13 @@ def hset(key: pa.Array, fields: dict[str, pa.Array | str]) -> pa.Array:
     return command("HSET", key, *parts)
 
 
+def set_values(key: pa.Array, values: pa.Array, ttl_s: int | None) -> pa.Array:
+    """`SET key value [EX ttl]`, one per row: the TTL travels in the write itself."""
+    if ttl_s is None:
+        return command("SET", key, bulk(values))
+    return command("SET", key, bulk(values), const("EX"), const(str(ttl_s)))
+
+
 def expire(key: pa.Array, ttl_s: int) -> pa.Array:
     return command("EXPIRE", key, const(str(ttl_s)))
 

@@ -35,6 +35,8 @@ def test_good_event_log_reads(tmp_path: Path) -> None:
     ({"price": [0.0, float("nan"), 0.0]}, 2, "price"),
     ({"quantity": [1, -2, 1]}, 2, "quantity"),
     ({"ts": [1, 2, -3]}, 3, "ts"),
+    ({"item_id": ["i1", "i\x1f2", None]}, 2, "item_id"),
+    ({"member_id": ["m1", None, "m\n2"]}, 3, "member_id"),
 ])
 def test_malformed_rows_name_file_line_and_field(tmp_path: Path, change: dict, line: int, field: str) -> None:
     path = write_events(tmp_path, **change)

@@ -1,5 +1,6 @@
 """Live updates: the batch job's rules applied event by event, deduplicated, identity-aware."""
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
@@ -12,6 +13,7 @@ from domain.readers import RetailData
 from domain.schema import EVENT_SCHEMA
 from domain.vocab import Channel
 from feature_store.config import RedisConfig
+from feature_store.errors import FeatureStoreError
 from feature_store.keys import Keys
 from feature_store.live import LiveUpdater
 from feature_store.materialize import BatchFeatures, LoadReport
@@ -148,3 +150,36 @@ def test_live_writes_carry_a_ttl_and_unknown_members_keep_recent_items_only(
                            LifecycleRules())
     with_ttl.apply(events({"member_id": "m0000001", "item_id": "i000002", "ts": 1_800_000_000}))
     assert 0 < redis_client.ttl(k.recent("m0000001")) <= 600 and 0 < redis_client.ttl(k.member("m0000001")) <= 600
+
+
+def test_live_write_keeps_the_grace_ttl_of_a_replaced_generation(
+        live: LiveUpdater, reader: FeatureReader, redis_client: redis.Redis, store_config: RedisConfig,
+        loaded: LoadReport) -> None:
+    # A batch that read the pointer just before a switch writes into the old generation: the write must not
+    # clear the grace TTL the switch gave that generation, or its keys would never expire.
+    k = Keys(store_config.namespace, loaded.generation)
+    for key in (k.member("m0000001"), k.recent("m0000001")):
+        redis_client.expire(key, 500)
+    live.apply(events({"member_id": "m0000001", "item_id": "i000003", "ts": 1_800_000_000}))
+    assert reader.read_request("m0000001").recent_items[0] == "i000003"
+    assert 0 < redis_client.ttl(k.member("m0000001")) <= 500 and 0 < redis_client.ttl(k.recent("m0000001")) <= 500
+
+
+def test_activity_counters_add_up_across_concurrent_batches(
+        live: LiveUpdater, reader: FeatureReader, redis_client: redis.Redis, store_config: RedisConfig) -> None:
+    before = reader.read_request("m0000002").profile.activity[Channel.WEB]  # type: ignore[union-attr]
+    batches = [events({"member_id": "m0000002", "item_id": f"i00000{j % 9 + 1}", "channel": "web",
+                       "ts": 1_800_000_000 + j}) for j in range(40)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(live.apply, batches))
+    after = reader.read_request("m0000002").profile.activity[Channel.WEB]  # type: ignore[union-attr]
+    assert after == before + 40
+
+
+def test_malformed_member_record_is_refused_not_rewritten(
+        live: LiveUpdater, redis_client: redis.Redis, store_config: RedisConfig, loaded: LoadReport) -> None:
+    key = Keys(store_config.namespace, loaded.generation).member("m0000003")
+    redis_client.set(key, "gold\x1factive")
+    with pytest.raises(FeatureStoreError, match="malformed member record"):
+        live.apply(events({"member_id": "m0000003", "item_id": "i000001", "ts": 1_800_000_000}))
+    assert redis_client.get(key) == b"gold\x1factive"

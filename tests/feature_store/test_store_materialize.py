@@ -38,16 +38,20 @@ def test_profile_round_trip_every_member(redis_client: redis.Redis, features: Ba
     ids = features.member_ids.to_pylist()
     pipe = redis_client.pipeline(transaction=False)
     for m in ids:
-        pipe.hgetall(k.member(m))
-        pipe.lrange(k.recent(m), 0, -1)
-        pipe.lrange(k.purchased(m), 0, -1)
+        pipe.get(k.member(m))
+        pipe.get(k.recent(m))
+        pipe.get(k.purchased(m))
     replies = pipe.execute()
     for j, m in enumerate(ids):
-        stored = {f.decode(): v.decode() for f, v in replies[3 * j].items()}
-        assert set(stored) == set(PROFILE_FIELDS)
+        fields = replies[3 * j].decode().split("\x1f")  # the packed layout of FORMAT.md, spelled out
+        assert len(fields) == len(PROFILE_FIELDS)
+        stored = dict(zip(PROFILE_FIELDS, fields, strict=True))
         assert {f: v for f, v in stored.items() if f != TS} == features.profile_of(m)
-        assert [i.decode() for i in replies[3 * j + 1]] == features.recent_of(m)
-        assert {i.decode() for i in replies[3 * j + 2]} == features.purchased_of(m)
+        assert int(stored[TS]) > 0
+        recent = replies[3 * j + 1]
+        assert (recent.decode().split("\x1f") if recent else []) == features.recent_of(m)
+        purchased = replies[3 * j + 2]
+        assert (set(purchased.decode().split("\x1f")) if purchased else set()) == features.purchased_of(m)
 
 
 def test_reader_returns_what_the_batch_computed(reader: FeatureReader, features: BatchFeatures,

@@ -14,6 +14,7 @@ from feature_store.connection import connect
 from feature_store.errors import FeatureStoreError
 from feature_store.keys import Keys
 from feature_store.materialize import BatchFeatures, LoadReport
+from feature_store.model import PROFILE_FIELDS
 from feature_store.reader import FeatureReader
 
 
@@ -53,8 +54,8 @@ def test_nothing_materialised_is_reported(redis_client: redis.Redis, store_confi
 
 def test_schema_mismatch_is_reported(redis_client: redis.Redis, store_config: RedisConfig,
                                      reader: FeatureReader) -> None:
-    redis_client.hset(Keys(store_config.namespace).pointer(), "schema", 2)
-    with pytest.raises(FeatureStoreError, match="schema v2, this reader expects v1"):
+    redis_client.hset(Keys(store_config.namespace).pointer(), "schema", 1)
+    with pytest.raises(FeatureStoreError, match="schema v1, this reader expects v2"):
         reader.read_request("m0000001")
 
 
@@ -64,7 +65,9 @@ def test_malformed_profile_value_is_reported(redis_client: redis.Redis, store_co
                                              loaded: LoadReport, reader: FeatureReader, field: str,
                                              value: str) -> None:
     key = Keys(store_config.namespace, loaded.generation).member("m0000001")
-    redis_client.hset(key, field, value)
+    fields = redis_client.get(key).decode().split("\x1f")
+    fields[PROFILE_FIELDS.index(field)] = value
+    redis_client.set(key, "\x1f".join(fields))
     with pytest.raises(FeatureStoreError, match=f"{key}: field '{field}'"):
         reader.read_request("m0000001")
 
@@ -72,11 +75,12 @@ def test_malformed_profile_value_is_reported(redis_client: redis.Redis, store_co
 def test_missing_field_and_wrong_type_are_reported(redis_client: redis.Redis, store_config: RedisConfig,
                                                    loaded: LoadReport, reader: FeatureReader) -> None:
     k = Keys(store_config.namespace, loaded.generation)
-    redis_client.hdel(k.member("m0000001"), "points")
-    with pytest.raises(FeatureStoreError, match="missing field"):
+    redis_client.set(k.member("m0000001"), redis_client.get(k.member("m0000001")).decode().rsplit("\x1f", 1)[0])
+    n = len(PROFILE_FIELDS)
+    with pytest.raises(FeatureStoreError, match=f"malformed member record, {n - 1} fields instead of {n}"):
         reader.read_request("m0000001")
     redis_client.delete(k.recent("m0000002"))
-    redis_client.set(k.recent("m0000002"), "not a list")
+    redis_client.rpush(k.recent("m0000002"), "i000001")
     with pytest.raises(FeatureStoreError, match="wrong type"):
         reader.read_request("m0000002")
     redis_client.hset(k.item("i000001"), "price", "-3")
