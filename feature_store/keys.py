@@ -19,7 +19,11 @@ import re
 from dataclasses import dataclass
 
 SCHEMA_VERSION = 2
-"""Bump when a field's meaning or encoding changes; readers refuse data written under another version."""
+"""Version of the materialised features' layout: bump when a field's meaning or encoding changes. The
+pointer names the version of the generation it serves, and readers refuse another one."""
+DURABLE_VERSION = 1
+"""Version of the durable records' layout (wallets, ledgers, links, budgets, the pointer itself). Kept
+apart so a feature-layout change neither orphans durable records nor hides the pointer from old readers."""
 
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -69,12 +73,12 @@ class Keys:
         return f"{self.feature_ns}:v{self.schema}:{entity}:{entity_id}"
 
     def durable(self, entity: str, entity_id: str) -> str:
-        """A key that survives re-materialisation: `{namespace}:v{schema}:{entity}:{id}`.
+        """A key that survives re-materialisation: `{namespace}:v{DURABLE_VERSION}:{entity}:{id}`.
 
         The extension point for other components (e.g. the offers engine's budget counters): pick a new
         entity name, add a method here and a line to FORMAT.md.
         """
-        return f"{self.namespace}:v{self.schema}:{entity}:{entity_id}"
+        return f"{self.namespace}:v{DURABLE_VERSION}:{entity}:{entity_id}"
 
     def all_generations_pattern(self) -> str:
         """SCAN pattern matching the feature keys of every generation (used to expire old ones)."""

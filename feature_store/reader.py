@@ -181,7 +181,7 @@ class ReadPlans:
 
     def read_request(self, member_id: str | None = None, anonymous_id: str | None = None,
                      item_ids: Sequence[str] = (), store_id: str | None = None,
-                     now: float | None = None) -> Plan[RequestFeatures]:
+                     now: float | None = None, marketing: bool = True) -> Plan[RequestFeatures]:
         if not member_id and not anonymous_id:
             raise ValueError("read_request needs a member_id or an anonymous_id")
         now = time.time() if now is None else now
@@ -191,7 +191,7 @@ class ReadPlans:
         def queue(batch: _Batch, k: Keys) -> None:
             out.clear()
             if member_id:
-                self._queue_member(batch, k, member_id, now, out)
+                self._queue_member(batch, k, member_id, now, marketing, out)
             else:
                 batch.pipe.hget(k.identity(anonymous_id), "member_id")
                 batch.pipe.get(k.anon_recent(anonymous_id))
@@ -205,7 +205,7 @@ class ReadPlans:
 
             def queue_linked(batch: _Batch, k: Keys) -> None:
                 out.update(anon_recent=())
-                self._queue_member(batch, k, resolved, now, out)
+                self._queue_member(batch, k, resolved, now, marketing, out)
                 self._queue_items(batch, k, list(item_ids), store, out)  # again: one generation per answer
 
             generation = yield from self._consistent(queue_linked, "read_request")
@@ -216,22 +216,25 @@ class ReadPlans:
             anonymous_recent_items=out.get("anon_recent", ()), store_id=store, items=out["items"],
             stock=out["stock"])
 
-    def _queue_member(self, batch: _Batch, k: Keys, member_id: str, now: float, out: dict[str, Any]) -> None:
+    def _queue_member(self, batch: _Batch, k: Keys, member_id: str, now: float, marketing: bool,
+                      out: dict[str, Any]) -> None:
         since = now - self.config.contact_window_s
         batch.pipe.get(k.member(member_id))
         batch.pipe.get(k.recent(member_id))
         batch.pipe.get(k.purchased(member_id))
-        queue_wallet(batch.pipe, k, member_id)
-        queue_contacts(batch.pipe, k, member_id, since)
+        if marketing:
+            queue_wallet(batch.pipe, k, member_id)
+            queue_contacts(batch.pipe, k, member_id, since)
 
         def parse(r: list[Any]) -> None:
             profile = MemberProfile.from_packed(member_id, k.member(member_id), r[0]) if r[0] is not None else None
             out["member"] = MemberFeatures(
                 member_id=member_id, profile=profile, recent_items=tuple(unpack(r[1])),
-                purchased_items=frozenset(unpack(r[2])), wallet=parse_wallet(k, member_id, r[3], now),
-                contacts=parse_contacts(k, member_id, r[4], since))
+                purchased_items=frozenset(unpack(r[2])),
+                wallet=parse_wallet(k, member_id, r[3] if marketing else {}, now),
+                contacts=parse_contacts(k, member_id, r[4] if marketing else [], since))
 
-        batch.add(5, parse)
+        batch.add(5 if marketing else 3, parse)
 
     @staticmethod
     def _queue_items(batch: _Batch, k: Keys, item_ids: list[str], store: str, out: dict[str, Any]) -> None:
@@ -301,9 +304,10 @@ class FeatureReader:
 
     def read_request(self, member_id: str | None = None, anonymous_id: str | None = None,
                      item_ids: Sequence[str] = (), store_id: str | None = None,
-                     now: float | None = None) -> RequestFeatures:
-        """All features of one request. `store_id` None reads online stock (app, mini-program, web)."""
-        return self._run(self.plans.read_request(member_id, anonymous_id, item_ids, store_id, now))
+                     now: float | None = None, marketing: bool = True) -> RequestFeatures:
+        """All features of one request. `store_id` None reads online stock (app, mini-program, web);
+        `marketing=False` leaves the wallet and contact ledger out (empty), for requests that do not decide offers."""
+        return self._run(self.plans.read_request(member_id, anonymous_id, item_ids, store_id, now, marketing))
 
     def in_stock(self, item_ids: Sequence[str], store_id: str | None = None) -> np.ndarray:
         """Boolean mask over `item_ids`: units on hand > 0 at `store_id` (online when None); one round trip."""
@@ -337,8 +341,9 @@ class AsyncFeatureReader:
 
     async def read_request(self, member_id: str | None = None, anonymous_id: str | None = None,
                            item_ids: Sequence[str] = (), store_id: str | None = None,
-                           now: float | None = None) -> RequestFeatures:
-        return await self._run(self.plans.read_request(member_id, anonymous_id, item_ids, store_id, now))
+                           now: float | None = None, marketing: bool = True) -> RequestFeatures:
+        return await self._run(self.plans.read_request(member_id, anonymous_id, item_ids, store_id, now,
+                                                       marketing))
 
     async def in_stock(self, item_ids: Sequence[str], store_id: str | None = None) -> np.ndarray:
         return await self._run(self.plans.in_stock(item_ids, store_id))

@@ -1,7 +1,8 @@
 """The servicers' view of the feature store: async, bounded by the request's time budget, degradable.
 
-`feature_store` is synchronous (redis-py pipelines); its calls run on a small thread pool under
-`asyncio.wait_for`, so a slow or dead Redis never blocks the event loop or a request past its budget.
+Request reads (a member's features, stock) run on the event loop through `AsyncFeatureReader`, under
+`asyncio.timeout`: no thread hop per request, and a slow or dead Redis never holds a request past its
+budget. Writes (live events, links) use the synchronous `feature_store` on a small thread pool.
 Failures surface as `domain.errors.Unavailable`, which the recommendation servicer turns into a
 degraded answer and the event servicer into UNAVAILABLE (events cannot be applied without Redis).
 """
@@ -11,13 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
 import redis
+import redis.asyncio
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
 from domain.errors import Unavailable
@@ -25,11 +28,11 @@ from domain.lifecycle import LifecycleRules
 from domain.tiers import TierLadder
 from domain.vocab import AnonymousId, ItemId, MemberId, StoreId
 from feature_store.config import RedisConfig
-from feature_store.connection import connect
+from feature_store.connection import connect, connect_async
 from feature_store.errors import FeatureStoreError, redis_unavailable
 from feature_store.keys import Keys
 from feature_store.live import LiveUpdater
-from feature_store.reader import FeatureReader, RequestFeatures
+from feature_store.reader import AsyncFeatureReader, RequestFeatures
 from service.ranking import MemberContext
 
 T = TypeVar("T")
@@ -47,14 +50,16 @@ def _member_context(features: RequestFeatures) -> MemberContext:
 
 
 class Features:
-    """One per worker process: a Redis client, the feature store's reader and live updater, a thread pool."""
+    """One per worker process: Redis clients (asyncio for reads, sync for writes), the feature store's
+    reader and live updater, and a thread pool for the writes."""
 
-    def __init__(self, client: redis.Redis | RedisCluster, config: RedisConfig, live: LiveUpdater,
-                 threads: int = 8) -> None:
+    def __init__(self, client: redis.Redis | RedisCluster, async_client: redis.asyncio.Redis | AsyncRedisCluster,
+                 config: RedisConfig, live: LiveUpdater, threads: int = 8) -> None:
         self._client = client
+        self._async_client = async_client
         self._config = config
         self._keys = Keys(config.namespace)
-        self._reader = FeatureReader(client, config)
+        self._reader = AsyncFeatureReader(async_client, config)
         self._live = live
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="features")
 
@@ -62,14 +67,18 @@ class Features:
     def connect(cls, config: RedisConfig, tiers: TierLadder, rules: LifecycleRules) -> Features:
         """Connects lazily: a Redis that is down at start-up only makes answers degraded."""
         client = connect(config)
-        return cls(client, config, LiveUpdater(client, config, tiers, rules))
+        return cls(client, connect_async(config, client), config, LiveUpdater(client, config, tiers, rules))
+
+    async def _within(self, budget_s: float, read: Awaitable[T]) -> T:
+        try:
+            async with asyncio.timeout(budget_s):
+                return await read
+        except TimeoutError:
+            raise Unavailable(f"feature store did not answer within {budget_s * 1000:.0f} ms") from None
 
     async def _call(self, budget_s: float, fn: Callable[..., T], *args: object) -> T:
         loop = asyncio.get_running_loop()
-        try:
-            return await asyncio.wait_for(loop.run_in_executor(self._pool, functools.partial(fn, *args)), budget_s)
-        except TimeoutError:
-            raise Unavailable(f"feature store did not answer within {budget_s * 1000:.0f} ms") from None
+        return await self._within(budget_s, loop.run_in_executor(self._pool, functools.partial(fn, *args)))
 
     async def member(self, member_id: MemberId | None, anonymous_id: AnonymousId | None,
                      budget_s: float) -> MemberContext:
@@ -78,7 +87,8 @@ class Features:
         Unavailable when Redis is down or slow, or holds nothing servable (no or malformed materialisation).
         """
         try:
-            features = await self._call(budget_s, self._reader.read_request, member_id, anonymous_id)
+            features = await self._within(budget_s, self._reader.read_request(member_id, anonymous_id,
+                                                                              marketing=False))
         except FeatureStoreError as exc:
             raise Unavailable(str(exc)) from exc
         return _member_context(features)
@@ -86,7 +96,7 @@ class Features:
     async def in_stock(self, item_ids: list[ItemId], store_id: StoreId | None, budget_s: float) -> np.ndarray:
         """Mask over `item_ids`: on hand at `store_id`, or online when None."""
         try:
-            return await self._call(budget_s, self._reader.in_stock, item_ids, store_id)
+            return await self._within(budget_s, self._reader.in_stock(item_ids, store_id))
         except FeatureStoreError as exc:
             raise Unavailable(str(exc)) from exc
 
@@ -117,6 +127,7 @@ class Features:
         """Link a visitor to a member; returns how many recent anonymous items were credited."""
         return await self._call(budget_s, self._live.link, anonymous_id, member_id)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        await self._async_client.aclose()
         self._client.close()

@@ -91,7 +91,7 @@ class ServingState:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.event_log.flush()
-        self.features.close()
+        await self.features.close()
 
 
 def service_specs(state: ServingState) -> list[ServiceSpec]:

@@ -5,11 +5,12 @@ from pydantic import ValidationError
 
 from feature_store.config import RedisConfig
 from feature_store.connection import is_cluster
-from feature_store.keys import SCHEMA_VERSION, Keys, event_digest
+from feature_store.keys import DURABLE_VERSION, SCHEMA_VERSION, Keys, event_digest
 
 
 def test_schema_version_is_pinned() -> None:
     assert SCHEMA_VERSION == 2
+    assert DURABLE_VERSION == 1
 
 
 def test_generation_scoped_keys() -> None:
@@ -25,16 +26,16 @@ def test_generation_scoped_keys() -> None:
 
 def test_durable_keys_ignore_the_generation() -> None:
     for k in (Keys("omnirec"), Keys("omnirec", generation=9)):
-        assert k.pointer() == "omnirec:v2:meta:pointer"
-        assert k.generation_counter() == "omnirec:v2:meta:generation"
-        assert k.identity("anon-1") == "omnirec:v2:identity:anon-1"
-        assert k.wallet("m1") == "omnirec:v2:wallet:m1"
-        assert k.contacts("m1") == "omnirec:v2:contacts:m1"
-        assert k.seen("abc") == "omnirec:v2:seen:abc"
-        assert k.durable("budget", "offer-9") == "omnirec:v2:budget:offer-9"
-        assert k.offer_budget("o-1") == "omnirec:v2:offer_budget:o-1"
-        assert k.offer_decision("req-1") == "omnirec:v2:offer_decision:req-1"
-        assert k.offer_stats("m1") == "omnirec:v2:offer_stats:m1"
+        assert k.pointer() == "omnirec:v1:meta:pointer"
+        assert k.generation_counter() == "omnirec:v1:meta:generation"
+        assert k.identity("anon-1") == "omnirec:v1:identity:anon-1"
+        assert k.wallet("m1") == "omnirec:v1:wallet:m1"
+        assert k.contacts("m1") == "omnirec:v1:contacts:m1"
+        assert k.seen("abc") == "omnirec:v1:seen:abc"
+        assert k.durable("budget", "offer-9") == "omnirec:v1:budget:offer-9"
+        assert k.offer_budget("o-1") == "omnirec:v1:offer_budget:o-1"
+        assert k.offer_decision("req-1") == "omnirec:v1:offer_decision:req-1"
+        assert k.offer_stats("m1") == "omnirec:v1:offer_stats:m1"
 
 
 def test_at_switches_generation_only() -> None:

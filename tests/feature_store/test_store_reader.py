@@ -1,5 +1,6 @@
 """Request reads: explicit misses, identity resolution, and bad data or a dead Redis reported, not served."""
 
+import asyncio
 import socket
 import time
 from collections.abc import Iterator
@@ -10,12 +11,12 @@ import redis
 from domain.errors import Unavailable
 from domain.readers import RetailData
 from feature_store.config import RedisConfig
-from feature_store.connection import connect
+from feature_store.connection import connect, connect_async
 from feature_store.errors import FeatureStoreError
 from feature_store.keys import Keys
 from feature_store.materialize import BatchFeatures, LoadReport
 from feature_store.model import PROFILE_FIELDS
-from feature_store.reader import FeatureReader
+from feature_store.reader import AsyncFeatureReader, FeatureReader
 
 
 def test_unknown_member_and_item_are_explicit_misses(reader: FeatureReader) -> None:
@@ -126,3 +127,34 @@ def test_unreachable_cluster_is_unavailable() -> None:
     with pytest.raises(Unavailable):
         connect(config)
     assert time.perf_counter() - started < 3.0
+
+
+def test_asyncio_reader_answers_exactly_as_the_sync_reader(redis_client: redis.Redis, store_config: RedisConfig,
+                                                           loaded: LoadReport, reader: FeatureReader,
+                                                           features: BatchFeatures, small_retail: RetailData) -> None:
+    members = features.member_ids.to_pylist()[:30]
+    anon = small_retail.identity_links["anonymous_id"][0].as_py()
+    items = features.item_ids.to_pylist()[:10]
+    now = features.now
+
+    async def read_all() -> list[object]:
+        async_client = connect_async(store_config, redis_client)
+        try:
+            r = AsyncFeatureReader(async_client, store_config)
+            got: list[object] = [await r.read_request(m, item_ids=items, store_id="s0000", now=now) for m in members]
+            got.append(await r.read_request(anonymous_id=anon, now=now))
+            got.append((await r.in_stock(items, "s0000")).tolist())
+            return got
+        finally:
+            await async_client.aclose()
+
+    want: list[object] = [reader.read_request(m, item_ids=items, store_id="s0000", now=now) for m in members]
+    want += [reader.read_request(anonymous_id=anon, now=now), reader.in_stock(items, "s0000").tolist()]
+    assert asyncio.run(read_all()) == want
+
+
+def test_read_without_marketing_skips_wallet_and_ledger(reader: FeatureReader, features: BatchFeatures) -> None:
+    m = features.member_ids[0].as_py()
+    full, lite = reader.read_request(m), reader.read_request(m, marketing=False)
+    assert lite.profile == full.profile and lite.member.purchased_items == full.member.purchased_items  # type: ignore[union-attr]
+    assert lite.member.wallet.coupons == () and lite.member.contacts.contacts == ()  # type: ignore[union-attr]
