@@ -9,7 +9,8 @@ their key scans. The config needs `[service] port`, `workers` and an `app` key i
 listens on port + 1.
 
 Both servers run as separate processes with the same number of workers; the load generator is one
-grpc.aio client process that keeps 1, 8 and 64 requests in flight for `--seconds` each (Recommend for a
+grpc.aio client process over `--connections` TCP connections (4: the kernel balances connections, not
+requests, across the workers) that keeps 1, 8 and 64 requests in flight for `--seconds` each (Recommend for a
 random member, k=10, with and without the purchase filter). Prints a table,
 writes bench/results/service_load.json, and reports resident (RSS) and proportional (PSS: shared pages
 split between the processes mapping them) memory per serving worker.
@@ -72,7 +73,9 @@ def echo_server(port: int, workers: int) -> None:
         os.waitpid(pid, 0)
 
 
-async def _closed_loop(call, make_request, in_flight: int, seconds: float) -> dict[str, float]:
+async def _closed_loop(calls: list, make_request, in_flight: int, seconds: float) -> dict[str, float]:
+    """`in_flight` users, each sending its next request as soon as the last one is answered; user i uses
+    connection i mod len(calls)."""
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + seconds
@@ -80,6 +83,7 @@ async def _closed_loop(call, make_request, in_flight: int, seconds: float) -> di
     async def user(seed: int) -> None:
         nonlocal errors
         rng = np.random.default_rng(seed)
+        call = calls[seed % len(calls)]
         while time.perf_counter() < deadline:
             request = make_request(rng)
             t0 = time.perf_counter()
@@ -99,29 +103,40 @@ async def _closed_loop(call, make_request, in_flight: int, seconds: float) -> di
 
 
 async def measure(target: str, kind: str, levels: list[int], seconds: float, api_key: str,
-                  member_ids: np.ndarray) -> list[dict[str, float]]:
-    async with grpc.aio.insecure_channel(target) as channel:
+                  member_ids: np.ndarray, connections: int) -> list[dict[str, float]]:
+    """Closed-loop load over `connections` TCP connections: the kernel spreads connections, not requests,
+    over the processes sharing the port (SO_REUSEPORT), so one connection would load one worker only."""
+    # A local subchannel pool per channel: otherwise channels to one target share one connection.
+    channels = [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(connections)]
+    try:
         if kind == "echo":
-            call = channel.unary_unary(ECHO_METHOD)
             payload = recommendation_pb2.RecommendRequest(member_id="m0000000", channel=common_pb2.CHANNEL_APP,
                                                           k=10).SerializeToString()
+            calls = [channel.unary_unary(ECHO_METHOD) for channel in channels]
 
             def make(rng: np.random.Generator) -> bytes:
                 return payload
         else:
-            stub = recommendation_pb2_grpc.RecommendationServiceStub(channel)
             metadata = (("x-api-key", api_key),)
 
-            def call(request: recommendation_pb2.RecommendRequest, timeout: float):  # type: ignore[no-untyped-def]
-                return stub.Recommend(request, timeout=timeout, metadata=metadata)
+            def recommend_on(channel: grpc.aio.Channel):  # type: ignore[no-untyped-def]
+                stub = recommendation_pb2_grpc.RecommendationServiceStub(channel)
+                return lambda request, timeout: stub.Recommend(request, timeout=timeout, metadata=metadata)
+
+            calls = [recommend_on(channel) for channel in channels]
 
             def make(rng: np.random.Generator) -> recommendation_pb2.RecommendRequest:
                 return recommendation_pb2.RecommendRequest(
                     member_id=str(member_ids[rng.integers(len(member_ids))]), channel=common_pb2.CHANNEL_APP,
                     k=10, exclude_purchased=kind == "recommend")
-        await channel.channel_ready()
-        await _closed_loop(call, make, 8, min(seconds, 2.0))  # warm-up: connections, page cache, JIT-free paths
-        return [await _closed_loop(call, make, level, seconds) for level in levels]
+        for channel in channels:
+            await channel.channel_ready()
+        await _closed_loop(calls, make, 8, min(seconds, 2.0))  # warm-up: connections, page cache, JIT-free paths
+        return [await _closed_loop(calls, make, level, seconds) for level in levels]
+    finally:
+        for channel in channels:
+            await channel.close()
 
 
 def memory(pid: int) -> dict[str, float]:
@@ -152,6 +167,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--levels", default="1,8,64")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--connections", type=int, default=4,
+                        help="client TCP connections (spread over the server's workers by the kernel)")
     parser.add_argument("--echo-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo_server:
@@ -165,7 +182,8 @@ def main() -> None:
     member_ids = members.to_numpy(zero_copy_only=False).astype(str)
     levels = [int(x) for x in args.levels.split(",")]
     env = {**os.environ, "OMNIREC_CONFIG": str(args.config)}
-    results: dict[str, object] = {"workers": args.workers, "seconds_per_level": args.seconds,
+    results: dict[str, object] = {"workers": args.workers, "connections": args.connections,
+                                  "seconds_per_level": args.seconds,
                                   "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
                                   "members": len(member_ids)}
 
@@ -176,7 +194,7 @@ def main() -> None:
     try:
         wait_ready(f"127.0.0.1:{echo_port}")
         results["echo"] = asyncio.run(measure(f"127.0.0.1:{echo_port}", "echo", levels, args.seconds, api_key,
-                                              member_ids))
+                                              member_ids, args.connections))
     finally:
         echo.send_signal(signal.SIGTERM)
         echo.wait(30)
@@ -187,7 +205,8 @@ def main() -> None:
         wait_ready(f"127.0.0.1:{port}")
         t0 = time.time()
         for kind in KINDS:
-            results[kind] = asyncio.run(measure(f"127.0.0.1:{port}", kind, levels, args.seconds, api_key, member_ids))
+            results[kind] = asyncio.run(measure(f"127.0.0.1:{port}", kind, levels, args.seconds, api_key, member_ids,
+                                                args.connections))
         results["worker_memory"] = [memory(pid) for pid in children(serve.pid)]
         results["recommend_wall_s"] = time.time() - t0
     finally:

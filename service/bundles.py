@@ -36,13 +36,20 @@ def item_categories(bundle: ModelBundle, data_dir: Path) -> np.ndarray:
 
 
 def member_top(bundle: ModelBundle) -> MemberTop:
-    """Top-n items of a member from the bundle's member->item index (exact or HNSW, per the manifest)."""
+    """Top-n items of a member: a row of the precomputed lists when they are deep enough, else a search of
+    the bundle's member->item index (exact or HNSW, per the manifest); both give the same answer."""
     factors = bundle.arrays["member_factors"]
+    top_items, top_scores = bundle.arrays.get("member_top_items"), bundle.arrays.get("member_top_scores")
+    depth = 0 if top_items is None else top_items.shape[1]
 
     def top(member_id: str, n: int) -> tuple[np.ndarray, np.ndarray] | None:
         row = bundle.members.get(member_id)
         if row is None:
             return None
+        if n <= depth:
+            found, scores = top_items[row, :n], top_scores[row, :n]  # type: ignore[index]
+            keep = found >= 0
+            return found[keep].astype(np.int64), np.asarray(scores[keep])
         query = np.ascontiguousarray(factors[row:row + 1], dtype=np.float32)
         scores, found = bundle.member_index.search(query, min(n, len(bundle.items)))
         keep = found[0] >= 0

@@ -29,7 +29,7 @@ from service import admin_servicer, event_servicer, offer_servicer, recommendati
 from service.bundles import holder_for, load_serving_model
 from service.event_log import EventLog
 from service.features import Features
-from service.interceptors import AuthInterceptor, ErrorInterceptor
+from service.interceptors import ApiInterceptor
 from service.model import ModelHolder, ServingModel
 from service.registry import ServiceSpec
 from training.registry import BundleRegistry
@@ -111,7 +111,7 @@ async def serve(state: ServingState, port: int | None = None) -> tuple[grpc.aio.
     specs = service_specs(state)
     method_roles = {m: roles for s in specs for m, roles in s.method_roles.items()}
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(svc.api_keys, method_roles), ErrorInterceptor()],
+        interceptors=[ApiInterceptor(svc.api_keys, method_roles)],
         options=[("grpc.so_reuseport", 1)],
     )
     for s in specs:

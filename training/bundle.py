@@ -16,6 +16,7 @@ Layout of one bundle folder (all arrays `.npy`/`.npz` without pickles, indexes v
 | `complements.npz` | item x item purchase lift (top partners per item) |
 | `item_item.faiss` | `item_content_unit` (cosine), for similar items |
 | `member_item.faiss` | `item_factors` (inner product), queried with a member's factors |
+| `member_top_items.npy`, `member_top_scores.npy` | each member's `member_top_k` best items from `member_item.faiss` |
 
 Serving API (the service codes against exactly this)::
 
@@ -27,7 +28,8 @@ Serving API (the service codes against exactly this)::
     bundle.basket_complements(item_ids, k) -> (item idx, scores)  # lift blended with similarity, basket excluded
 
 `bundle.member_index` is there for top-k retrieval without scoring every item (query it with
-`bundle.arrays["member_factors"][row]`). Returned indexes are internal item positions;
+`bundle.arrays["member_factors"][row]`); `bundle.arrays["member_top_items"][row]` holds that search's
+answer, precomputed. Returned indexes are internal item positions;
 `bundle.items.to_external(idx)` turns them into item ids. Unknown items raise `domain.errors.NotFound`.
 """
 

@@ -65,6 +65,8 @@ class TrainConfig(BaseModel):
     exact_index_max_items: int = Field(50_000, ge=1, description="above this, HNSW instead of exact search")
     hnsw_m: int = Field(32, ge=4)
     hnsw_ef_search: int = Field(128, ge=1)
+    member_top_k: int = Field(50, ge=0, description="items precomputed per member for serving (0: none; the "
+                                                    "service then searches the member index per request)")
     index_recall_queries: int = Field(1_000, ge=1, description="queries used to measure HNSW recall")
     complements_per_item: int = Field(50, ge=1, description="top lift partners kept per item")
     complements_min_count: int = Field(2, ge=1, description="baskets two items must share to count")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import faiss
 import numpy as np
+from tqdm import tqdm
 
 from training.models.base import top_k
 
@@ -53,6 +54,24 @@ def measure_recall(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray,
     recall = float(np.mean(found_keys[pos] == exact_keys))
     kind = "exact_ip" if isinstance(index, faiss.IndexFlat) else "hnsw_ip"
     return IndexReport(kind=kind, recall_at_k=recall, k=k, queries=len(queries))
+
+
+def top_lists(index: faiss.Index, queries: np.ndarray, k: int, batch: int = 20_000,
+              progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Every query's top-k from `index`: item positions (int32, -1 where fewer exist) and scores (float32).
+
+    Searched in batches, which FAISS spreads over its threads; the service then answers a known member
+    with a row lookup instead of a graph search per request.
+    """
+    k = min(k, index.ntotal)
+    items = np.full((len(queries), k), -1, dtype=np.int32)
+    scores = np.zeros((len(queries), k), dtype=np.float32)
+    for lo in tqdm(range(0, len(queries), batch), desc="member top lists", unit="batch", disable=not progress):
+        chunk = np.ascontiguousarray(queries[lo:lo + batch], dtype=np.float32)
+        found_scores, found = index.search(chunk, k)
+        items[lo:lo + len(chunk)] = found
+        scores[lo:lo + len(chunk)] = found_scores
+    return items, scores
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:

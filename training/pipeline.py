@@ -28,7 +28,7 @@ from training.complements import purchase_lift
 from training.config import TrainConfig
 from training.evaluation import eval_members, evaluate, relevant_items
 from training.features import item_features, member_features, preferred_channel
-from training.index import build_index, measure_recall, normalize
+from training.index import build_index, measure_recall, normalize, top_lists
 from training.models import (
     ALSRecommender,
     BPRRecommender,
@@ -153,7 +153,7 @@ def train_retail(retail: RetailData, config: TrainConfig, force: bool = False, p
     registry = BundleRegistry(config.bundle_root)
     version = registry.next_version()
     bundle_start = time.perf_counter()
-    artifacts = bundle_artifacts(models, full, config, version, metrics, better, data_fingerprint(retail))
+    artifacts = bundle_artifacts(models, full, config, version, metrics, better, data_fingerprint(retail), progress)
     path = write_bundle(artifacts, registry.path(version))
     timings["bundle"] = time.perf_counter() - bundle_start
     published = publish and (better or force)
@@ -164,7 +164,8 @@ def train_retail(retail: RetailData, config: TrainConfig, force: bool = False, p
 
 
 def bundle_artifacts(models: list[Recommender], data: TrainSet, config: TrainConfig, version: int,
-                     metrics: dict[str, dict[str, float]], better: bool, fingerprint: str) -> BundleArtifacts:
+                     metrics: dict[str, dict[str, float]], better: bool, fingerprint: str,
+                     progress: bool = False) -> BundleArtifacts:
     """Arrays, sparse tables, FAISS indexes and the manifest of one bundle."""
     by_name = {model.name: model for model in models}
     popularity, collaborative, hybrid = by_name["popularity"], by_name[config.collaborative], by_name["lightfm"]
@@ -184,6 +185,10 @@ def bundle_artifacts(models: list[Recommender], data: TrainSet, config: TrainCon
                    len(content_unit), n_q, replace=False)], config.eval_k).as_dict(),
                MEMBER_INDEX: measure_recall(member_index, item_factors, member_q, config.eval_k).as_dict()}
     names, embeddings, _ = hybrid.feature_embeddings()
+    top: dict[str, np.ndarray] = {}
+    if config.member_top_k:
+        top["member_top_items"], top["member_top_scores"] = top_lists(member_index, member_factors,
+                                                                      config.member_top_k, progress=progress)
     channel_names, channel_table = popularity.by_channel
     store_ids, store_table = popularity.by_store
     params = config.model_dump(mode="json")
@@ -207,7 +212,7 @@ def bundle_artifacts(models: list[Recommender], data: TrainSet, config: TrainCon
                 "item_content": hybrid.item_vectors, "item_content_bias": hybrid.item_bias,
                 "item_content_unit": content_unit, "profile_names": names, "profile_embeddings": embeddings,
                 "popularity": popularity.overall, "popularity_channel_names": channel_names,
-                "popularity_store_ids": store_ids},
+                "popularity_store_ids": store_ids, **top},
         sparse={"popularity_channels": channel_table, "popularity_stores": store_table,
                 "complements": purchase_lift(data.interactions, data.rows, config.complements_min_count,
                                              config.complements_per_item)},

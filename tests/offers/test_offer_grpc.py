@@ -16,7 +16,7 @@ from offers.policy import in_holdout
 from omnirec.v1 import common_pb2, offers_pb2, offers_pb2_grpc
 from service import offer_servicer
 from service.config import Role
-from service.interceptors import AuthInterceptor, ErrorInterceptor
+from service.interceptors import ApiInterceptor
 from tests.offers.conftest import EXAMPLE, EngineFactory, member
 
 KEYS = {"app-key": Role.APP, "pos-key": Role.POS, "campaign-key": Role.CAMPAIGN}
@@ -34,7 +34,7 @@ class Server:
 
     async def _start(self, engine: OfferEngine) -> tuple[grpc.aio.Server, int]:
         spec = offer_servicer.spec(engine, default_deadline_s=5.0)
-        server = grpc.aio.server(interceptors=[AuthInterceptor(KEYS, spec.method_roles), ErrorInterceptor()])
+        server = grpc.aio.server(interceptors=[ApiInterceptor(KEYS, spec.method_roles)])
         spec.add_to_server(spec.servicer, server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()

@@ -103,3 +103,17 @@ def test_index_search_matches_full_scoring_on_a_real_bundle(bundle_root: Path, s
         full = recommend(model.bundle, model.categories, MemberContext(member_id), Channel.APP, None, 10, Filters())
         assert fast.idx.tolist() == full.idx.tolist()
         np.testing.assert_allclose(fast.scores, full.scores, rtol=1e-4, atol=1e-5)
+
+
+def test_member_top_reads_precomputed_rows_and_searches_beyond_them(bundle_root: Path,
+                                                                    small_retail_dir: Path) -> None:
+    model = load_serving_model(BundleRegistry(bundle_root).current_path(), small_retail_dir)  # type: ignore[arg-type]
+    depth = model.bundle.arrays["member_top_items"].shape[1]
+    member_id = str(model.bundle.members.external_ids[3])
+    assert model.member_top is not None
+    listed = model.member_top(member_id, depth)  # a row of the precomputed lists
+    searched = model.member_top(member_id, depth + 5)  # deeper than the lists: the index is searched
+    assert listed is not None and searched is not None and len(searched[0]) == depth + 5
+    assert listed[0].tolist() == searched[0][:depth].tolist()
+    np.testing.assert_allclose(listed[1], searched[1][:depth], rtol=1e-5)
+    assert model.member_top("nobody", 10) is None

@@ -56,6 +56,15 @@ def test_member_index_matches_exact_search(bundle: ModelBundle) -> None:
     assert (found == exact).mean() > 0.95
 
 
+def test_precomputed_member_top_lists_are_the_index_answer(bundle: ModelBundle) -> None:
+    items, scores = bundle.arrays["member_top_items"], bundle.arrays["member_top_scores"]
+    assert items.dtype == np.int32 and items.shape == (len(bundle.members), 50) and scores.shape == items.shape
+    queries = np.ascontiguousarray(bundle.arrays["member_factors"][:100])
+    want_scores, want = bundle.member_index.search(queries, 50)
+    np.testing.assert_array_equal(items[:100], want)
+    np.testing.assert_allclose(scores[:100], want_scores, rtol=1e-6)
+
+
 def test_similar_items_match_exact_search_and_exclude_the_item(bundle: ModelBundle) -> None:
     item = str(bundle.items.external_ids[5])
     idx, scores = bundle.similar_items(item, 5)
