@@ -251,6 +251,16 @@ class ReadPlans:
 
         batch.add(len(item_ids) + (1 if item_ids else 0), parse)
 
+    def purchased(self, member_id: str) -> Plan[tuple[str, ...]]:
+        out: dict[str, Any] = {}
+
+        def queue(batch: _Batch, k: Keys) -> None:
+            batch.pipe.get(k.purchased(member_id))
+            batch.add(1, lambda r: out.update(items=tuple(unpack(r[0]))))
+
+        yield from self._consistent(queue, "purchased")
+        return out["items"]  # type: ignore[no-any-return]
+
     def in_stock(self, item_ids: Sequence[str], store_id: str | None = None) -> Plan[np.ndarray]:
         ids = list(item_ids)
         key_store = store_id or ONLINE_STORE
@@ -344,6 +354,10 @@ class AsyncFeatureReader:
                            now: float | None = None, marketing: bool = True) -> RequestFeatures:
         return await self._run(self.plans.read_request(member_id, anonymous_id, item_ids, store_id, now,
                                                        marketing))
+
+    async def purchased(self, member_id: str) -> tuple[str, ...]:
+        """The member's purchased items, most recent first (empty when none are stored); one round trip."""
+        return await self._run(self.plans.purchased(member_id))
 
     async def in_stock(self, item_ids: Sequence[str], store_id: str | None = None) -> np.ndarray:
         return await self._run(self.plans.in_stock(item_ids, store_id))

@@ -93,6 +93,14 @@ class Features:
             raise Unavailable(str(exc)) from exc
         return _member_context(features)
 
+    async def purchased(self, member_id: MemberId, budget_s: float) -> MemberContext:
+        """Only what the purchase filter needs, for a member the model already knows (no profile read)."""
+        try:
+            purchased = await self._within(budget_s, self._reader.purchased(member_id))
+        except FeatureStoreError as exc:
+            raise Unavailable(str(exc)) from exc
+        return MemberContext(member_id=member_id, purchased=purchased)
+
     async def in_stock(self, item_ids: list[ItemId], store_id: StoreId | None, budget_s: float) -> np.ndarray:
         """Mask over `item_ids`: on hand at `store_id`, or online when None."""
         try:

@@ -72,14 +72,18 @@ class RecommendationServicer(recommendation_pb2_grpc.RecommendationServiceServic
         filters = _filters(request.filter, request.exclude_purchased)
         model = self._models.get()
         degraded: list[str] = []
-        if request.member_id in model.bundle.members and not filters.exclude_purchased:
+        known = request.member_id in model.bundle.members
+        if known and not filters.exclude_purchased:
             # The model alone answers a member it knows when no purchase filter is asked: skip the round trip.
             member = MemberContext(member_id=request.member_id)
         else:
             try:
                 budget = v.time_budget(context, self._default_deadline_s)
-                member = await self._features.member(request.member_id or None, request.anonymous_id or None,
-                                                     budget)
+                if known:  # the model scores them: only their purchases are needed, not the profile
+                    member = await self._features.purchased(request.member_id, budget)
+                else:
+                    member = await self._features.member(request.member_id or None, request.anonymous_id or None,
+                                                         budget)
             except Unavailable as exc:
                 degraded.append(f"member features unavailable (purchases not excluded): {exc}")
                 member = MemberContext(member_id=request.member_id or None)

@@ -115,8 +115,9 @@ class ModelBundle:
             raise NotFound(f"no model bundle at {path} ({MANIFEST} missing)")
         manifest = json.loads((path / MANIFEST).read_text())
         mode = "r" if mmap else None
-        arrays = {p.stem: np.load(p, mmap_mode=mode, allow_pickle=False) for p in sorted(path.glob("*.npy"))
-                  if p.stem not in ("items", "members")}
+        # Plain ndarray views of the maps: same pages, without np.memmap's per-slice Python overhead.
+        arrays = {p.stem: np.asarray(np.load(p, mmap_mode=mode, allow_pickle=False))
+                  for p in sorted(path.glob("*.npy")) if p.stem not in ("items", "members")}
         sparse = {p.stem: sp.load_npz(p).tocsr() for p in sorted(path.glob("*.npz"))}
         flag = faiss.IO_FLAG_MMAP if mmap else 0
         return cls(path=path, version=int(manifest["version"]), manifest=manifest,

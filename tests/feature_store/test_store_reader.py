@@ -144,12 +144,14 @@ def test_asyncio_reader_answers_exactly_as_the_sync_reader(redis_client: redis.R
             got: list[object] = [await r.read_request(m, item_ids=items, store_id="s0000", now=now) for m in members]
             got.append(await r.read_request(anonymous_id=anon, now=now))
             got.append((await r.in_stock(items, "s0000")).tolist())
+            got.append([set(await r.purchased(m)) for m in members])
             return got
         finally:
             await async_client.aclose()
 
     want: list[object] = [reader.read_request(m, item_ids=items, store_id="s0000", now=now) for m in members]
-    want += [reader.read_request(anonymous_id=anon, now=now), reader.in_stock(items, "s0000").tolist()]
+    want += [reader.read_request(anonymous_id=anon, now=now), reader.in_stock(items, "s0000").tolist(),
+             [set(w.member.purchased_items) for w in want[:len(members)]]]  # type: ignore[attr-defined]
     assert asyncio.run(read_all()) == want
 
 
