@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import faiss
 import grpc
+import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from threadpoolctl import threadpool_limits
@@ -148,7 +149,10 @@ def _worker_process(config: OmnirecConfig, preloaded: ServingModel | None = None
     # Workers are the parallelism: one BLAS/OpenMP thread each, so N workers do not oversubscribe N cores.
     faiss.omp_set_num_threads(1)
     with threadpool_limits(1):
-        asyncio.run(_worker(config, preloaded))
+        if config.service.event_loop == "uvloop":
+            uvloop.run(_worker(config, preloaded))
+        else:
+            asyncio.run(_worker(config, preloaded))
 
 
 def _preload(config: OmnirecConfig) -> ServingModel | None:

@@ -11,10 +11,13 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from service_harness import API_KEYS
+from service_harness import API_KEYS, materialize
 
+from domain.readers import RetailData
 from feature_store.config import RedisConfig
+from omnirec.config import OmnirecConfig
 from omnirec.v1 import common_pb2
 from omnirec.v1 import recommendation_pb2 as rec
 from omnirec.v1 import recommendation_pb2_grpc as rec_grpc
@@ -26,9 +29,10 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
 def test_two_workers_serve_one_port_and_stop_on_sigterm(small_retail_dir: Path, bundle_root: Path,
-                                                        redis_config: RedisConfig, tmp_path: Path,
-                                                        known_member: str) -> None:
+                                                        redis_config: RedisConfig, tmp_path: Path, retail: RetailData,
+                                                        known_member: str, event_loop: str) -> None:
     port = _free_port()
     keys = "\n".join(f'"{key}" = "{role}"' for role, key in API_KEYS.items())
     config = tmp_path / "omnirec.toml"
@@ -42,10 +46,12 @@ namespace = "{redis_config.namespace}"
 host = "127.0.0.1"
 port = {port}
 workers = 2
+event_loop = "{event_loop}"
 event_log_dir = "{tmp_path / 'events'}"
 [service.api_keys]
 {keys}
 """)
+    materialize(retail, OmnirecConfig.load(config))
     env = {**os.environ, "OMNIREC_CONFIG": str(config)}
     proc = subprocess.Popen([str(Path(sys.executable).parent / "omnirec"), "serve"], env=env)
     try:
@@ -63,10 +69,11 @@ event_log_dir = "{tmp_path / 'events'}"
                 time.sleep(0.2)
             workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
             assert len(workers) == 2
-            reply = rec_grpc.RecommendationServiceStub(channel).Recommend(
-                rec.RecommendRequest(member_id=known_member, channel=common_pb2.CHANNEL_APP, k=5),
+            reply = rec_grpc.RecommendationServiceStub(channel).Recommend(  # reads Redis on the worker's loop
+                rec.RecommendRequest(member_id=known_member, channel=common_pb2.CHANNEL_APP, k=5,
+                                     exclude_purchased=True),
                 metadata=(("x-api-key", API_KEYS["app"]),), timeout=5)
-            assert len(reply.items.item_ids) == 5
+            assert len(reply.items.item_ids) == 5 and not reply.info.degraded, reply.info.degraded_reason
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:
