@@ -160,3 +160,27 @@ def test_read_without_marketing_skips_wallet_and_ledger(reader: FeatureReader, f
     full, lite = reader.read_request(m), reader.read_request(m, marketing=False)
     assert lite.profile == full.profile and lite.member.purchased_items == full.member.purchased_items  # type: ignore[union-attr]
     assert lite.member.wallet.coupons == () and lite.member.contacts.contacts == ()  # type: ignore[union-attr]
+
+
+def test_async_read_cut_by_its_deadline_leaves_no_stale_reply(redis_client: redis.Redis, store_config: RedisConfig,
+                                                               loaded: LoadReport, reader: FeatureReader,
+                                                               features: BatchFeatures) -> None:
+    # The service bounds reads with asyncio.timeout: the cancelled read's reply must never be handed to
+    # the next request on a reused connection.
+    first, second = features.member_ids.to_pylist()[:2]
+    want = reader.read_request(second, now=features.now)
+
+    async def scenario() -> object:
+        async_client = connect_async(store_config, redis_client)
+        try:
+            r = AsyncFeatureReader(async_client, store_config)
+            await r.read_request(first, now=features.now)
+            redis_client.execute_command("CLIENT", "PAUSE", 300)  # Redis holds every reply for 300 ms
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    await r.read_request(first, now=features.now)
+            return await r.read_request(second, now=features.now)
+        finally:
+            await async_client.aclose()
+
+    assert asyncio.run(scenario()) == want
