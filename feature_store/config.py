@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 DAY_S = 86_400
 
@@ -26,9 +26,6 @@ class RedisConfig(BaseModel):
                                 "they live until the next switch expires their generation")
     old_generation_ttl_s: int = Field(600, gt=0,
                                       description="grace TTL of the previous generation after a switch")
-    pointer_check_s: float = Field(
-        1.0, ge=0, description="how long a reader serves the generation it last saw before reading the pointer "
-                               "again (0: with every read); the previous generation stays readable far longer")
     identity_ttl_s: int = Field(365 * DAY_S, gt=0, description="retention of an anonymous id -> member link")
     dedup_ttl_s: int = Field(2 * DAY_S, gt=0, description="how long a live event id is remembered for dedup")
     contact_ttl_s: int = Field(180 * DAY_S, gt=0, description="contact ledger retention")
@@ -37,10 +34,3 @@ class RedisConfig(BaseModel):
     recent_items: int = Field(50, ge=1, description="recent items kept per member, newest first")
     purchased_items: int = Field(200, ge=1, description="purchased items kept per member (most recent)")
     batch_members: int = Field(10_000, ge=100, description="members per pipelined flush when materialising")
-
-    @model_validator(mode="after")
-    def _pointer_check_within_grace(self) -> RedisConfig:
-        if self.pointer_check_s >= self.old_generation_ttl_s:
-            raise ValueError(f"pointer_check_s ({self.pointer_check_s}) must be below old_generation_ttl_s "
-                             f"({self.old_generation_ttl_s}): a reader may still be on the previous generation")
-        return self

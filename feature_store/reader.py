@@ -3,11 +3,11 @@
 Each read is planned once (`ReadPlans`, no I/O) and executed by a synchronous `FeatureReader` (jobs, the
 offers engine) or an `AsyncFeatureReader` (the service's event loop), so the two never drift apart.
 
-A request pipeline reads the features under the generation the reader last saw. At most every
-`pointer_check_s` (1 s) it also carries `HMGET pointer generation schema`; when the pointer names another
-generation (a load just switched), the request is read again under the new one: one extra round trip per
-switch, never a mix of generations. The previous generation stays readable for `old_generation_ttl_s`
-(600 s) after a switch, so a read under it is itself consistent, at most `pointer_check_s` behind.
+Each request pipeline starts with `HMGET pointer generation schema` and reads the features under the
+generation the reader last saw. When the pointer names another generation (a load just switched), the
+request is read again under the new one: one extra round trip per switch, never a mix of generations.
+The previous generation stays readable for `old_generation_ttl_s` after a switch, so the first read is
+itself consistent.
 
 Anonymous requests: the identity link is read in the same round trip; when it names a member, that
 member's features need a second round trip (only then).
@@ -151,8 +151,6 @@ class ReadPlans:
         self.config = config
         self.base = Keys(config.namespace, schema=SCHEMA_VERSION)
         self._generation: int | None = None
-        self._checked_at = float("-inf")
-        """Monotonic time the pointer last confirmed `_generation`."""
 
     def generation(self) -> Plan[int]:
         batch = _Batch("read pointer")
@@ -166,14 +164,7 @@ class ReadPlans:
         batch.add(1, lambda r: found.append(parse_pointer(self.base, r[0])))
 
     def _consistent(self, queue: Callable[[_Batch, Keys], None], what: str) -> Plan[int]:
-        """Run `queue`'s reads under one generation. Within `pointer_check_s` of the last pointer read they
-        go alone under the generation it named (still readable: older generations keep their keys for
-        `old_generation_ttl_s`); otherwise the pointer rides along and a moved pointer re-runs the reads."""
-        if self._generation is not None and time.monotonic() - self._checked_at < self.config.pointer_check_s:
-            batch = _Batch(what)
-            queue(batch, self.base.at(self._generation))
-            yield batch
-            return self._generation
+        """Run `queue`'s reads plus the pointer in one pipeline; re-run once under a newer generation."""
         if self._generation is None:
             self._generation = yield from self.generation()
         for _ in range(3):
@@ -182,11 +173,9 @@ class ReadPlans:
             found: list[int] = []
             self._queue_pointer(batch, found)
             queue(batch, self.base.at(generation))
-            checked_at = time.monotonic()
             yield batch
             self._generation = found[0]
             if found[0] == generation:
-                self._checked_at = checked_at
                 return generation
         raise FeatureStoreError(f"{what}: the generation kept changing during the read")
 

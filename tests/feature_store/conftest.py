@@ -29,7 +29,7 @@ def store_config(redis_client: redis.Redis, redis_prefix: str) -> RedisConfig:
     """Each test owns the namespace `redis_prefix`, which the `redis_client` fixture cleans up."""
     kw = redis_client.connection_pool.connection_kwargs
     return RedisConfig(url=f"redis://{kw['host']}:{kw['port']}/{kw.get('db', 0)}", namespace=redis_prefix,
-                       recent_items=20, purchased_items=50, socket_timeout_s=2.0, pointer_check_s=0)
+                       recent_items=20, purchased_items=50, socket_timeout_s=2.0)
 
 
 @pytest.fixture

@@ -6,9 +6,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
-import pytest
 import redis
-from pydantic import ValidationError
 
 from feature_store.config import RedisConfig
 from feature_store.connection import connect
@@ -93,23 +91,3 @@ def test_feature_keys_expire_after_their_ttl(redis_client: redis.Redis, store_co
     got = reader.read_request("m0000001", item_ids=["i000001"])
     assert got.profile is None and got.recent_items == () and got.items == {"i000001": None}
     assert redis_client.exists(Keys(config.namespace).pointer())  # durable keys are not feature keys
-
-
-def test_reader_trusts_its_generation_for_pointer_check_s_then_moves(
-        redis_client: redis.Redis, store_config: RedisConfig, features: BatchFeatures, loaded: LoadReport) -> None:
-    config = store_config.model_copy(update={"pointer_check_s": 0.5})
-    reader = FeatureReader(redis_client, config)
-    member = features.member_ids[0].as_py()
-    before = reader.read_request(member)
-    report = Materializer(redis_client, config).load(marked(features))
-    # Within pointer_check_s the reader stays on the generation it saw, whole and unmixed (still readable).
-    stale = reader.read_request(member, item_ids=["i000001"])
-    assert stale.generation == loaded.generation and stale.profile == before.profile
-    time.sleep(0.5)
-    fresh = reader.read_request(member)
-    assert fresh.generation == report.generation and fresh.profile.points == MARK  # type: ignore[union-attr]
-
-
-def test_pointer_check_must_stay_within_the_grace_ttl() -> None:
-    with pytest.raises(ValidationError, match="pointer_check_s"):
-        RedisConfig(pointer_check_s=600, old_generation_ttl_s=600)
