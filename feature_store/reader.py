@@ -164,7 +164,7 @@ class ReadPlans:
         batch.add(1, lambda r: found.append(parse_pointer(self.base, r[0])))
 
     def _consistent(self, queue: Callable[[_Batch, Keys], None], what: str) -> Plan[int]:
-        """Run `queue`'s reads plus the pointer in one pipeline; re-run once under a newer generation."""
+        """Run `queue`'s reads plus the pointer in one pipeline; re-run under a newer generation (3 tries)."""
         if self._generation is None:
             self._generation = yield from self.generation()
         for _ in range(3):
