@@ -8,17 +8,16 @@ STUBS := omnirec/v1/__init__.py
 
 .PHONY: run test protos lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-# Stubs are generated (never hand-edited) into the git-ignored omnirec/v1 package.
+# Stubs are generated (never hand-edited) into the git-ignored omnirec/v1 package by setup.py, which
+# every install runs; this target regenerates them after a .proto changes.
 $(STUBS): $(STAMP) $(PROTOS)
-	rm -rf omnirec/v1 && mkdir -p omnirec/v1
-	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
-	echo '"""Generated from protos/omnirec/v1 by `make protos`; do not edit."""' > $@
+	$(PY) -c 'import runpy, sys; sys.argv = ["setup.py", "--version"]; runpy.run_path("setup.py")' > /dev/null
 
 protos: $(STUBS)
 

@@ -22,14 +22,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from domain import LifecycleRules, TierLadder
-from domain.readers import RetailData
-from feature_store.config import RedisConfig
-from feature_store.connection import connect
-from feature_store.keys import Keys
-from feature_store.materialize import Materializer, compute_features
-from feature_store.reader import FeatureReader
-from simulator import SimulationConfig, simulate
+from omnirec.domain import LifecycleRules, TierLadder
+from omnirec.domain.readers import RetailData
+from omnirec.feature_store.config import RedisConfig
+from omnirec.feature_store.connection import connect
+from omnirec.feature_store.keys import Keys
+from omnirec.feature_store.materialize import Materializer, compute_features
+from omnirec.feature_store.reader import FeatureReader
+from omnirec.simulator import SimulationConfig, simulate
 
 RESULTS = Path(__file__).parent / "results" / "feature_store_io.json"
 

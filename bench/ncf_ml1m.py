@@ -21,11 +21,11 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from domain.readers import read_ncf_ml1m
-from training.config import TrainConfig
-from training.metrics import sampled_hit_rate
-from training.models import ALSRecommender, TrainSet
-from training.weighting import confidence_matrix, event_weights
+from omnirec.domain.readers import read_ncf_ml1m
+from omnirec.training.config import TrainConfig
+from omnirec.training.metrics import sampled_hit_rate
+from omnirec.training.models import ALSRecommender, TrainSet
+from omnirec.training.weighting import confidence_matrix, event_weights
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ncf-ml-1m"
 RESULTS = Path(__file__).parent / "results" / "ncf_ml1m.json"

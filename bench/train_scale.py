@@ -20,8 +20,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from training.config import TrainConfig
-from training.pipeline import print_summary, train
+from omnirec.training.config import TrainConfig
+from omnirec.training.pipeline import print_summary, train
 
 RESULTS = Path(__file__).parent / "results" / "train_scale.json"
 

@@ -18,8 +18,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from offers.evaluation import compare_policies
-from simulator import SimulationConfig, simulate
+from omnirec.offers.evaluation import compare_policies
+from omnirec.simulator import SimulationConfig, simulate
 
 RESULTS = Path(__file__).parent / "results" / "uplift_policies.json"
 

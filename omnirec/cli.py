@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from omnirec.config import OmnirecConfig
-from simulator.run import SimulationSummary
+from omnirec.simulator.run import SimulationSummary
 
 app = typer.Typer(help="omnirec: recommendations and personalised offers for omnichannel retailers.",
                   no_args_is_help=True, add_completion=False)
@@ -39,8 +39,8 @@ def simulate(
     """Generate a seeded omnichannel retailer (members, items, stores, stock, events, coupons) as Parquet."""
     from pydantic import ValidationError
 
-    from simulator import SimulationConfig
-    from simulator import simulate as run
+    from omnirec.simulator import SimulationConfig
+    from omnirec.simulator import simulate as run
 
     cfg = _setup(config)
     try:
@@ -78,7 +78,7 @@ def serve(
     config: ConfigOpt = None,
 ) -> None:
     """Serve the gRPC API (recommendations, events, admin) until SIGTERM; hot-swaps newly published models."""
-    from service.server import run
+    from omnirec.service.server import run
 
     cfg = _setup(config)
     overrides = {k: v for k, v in (("workers", workers), ("port", port)) if v is not None}
@@ -93,13 +93,13 @@ def demo(config: ConfigOpt = None) -> None:
     """Run the main job end to end on embedded defaults: simulate -> train -> publish -> materialize -> serve,
     then answer a sample request with examples/client.py and shut the server down."""
     cfg = _setup(config)
-    from feature_store.materialize import materialize as load_features
-    from service.demo import serve_demo
-    from simulator import SimulationConfig
-    from simulator import simulate as run
-    from training.pipeline import print_summary as print_training
-    from training.pipeline import train as run_training
-    from training.publish import publish_version
+    from omnirec.feature_store.materialize import materialize as load_features
+    from omnirec.service.demo import serve_demo
+    from omnirec.simulator import SimulationConfig
+    from omnirec.simulator import simulate as run
+    from omnirec.training.pipeline import print_summary as print_training
+    from omnirec.training.pipeline import train as run_training
+    from omnirec.training.publish import publish_version
 
     print_summary(run(SimulationConfig(tiers=cfg.tiers), cfg.data_dir, rules=cfg.lifecycle))
     result = run_training(cfg.data_dir, cfg.train, publish=False)
@@ -126,8 +126,8 @@ def train(
     config: ConfigOpt = None,
 ) -> None:
     """Train every model, evaluate on a time split, write the next versioned bundle and publish it."""
-    from training.pipeline import print_summary as print_training
-    from training.pipeline import train as run
+    from omnirec.training.pipeline import print_summary as print_training
+    from omnirec.training.pipeline import train as run
 
     cfg = _setup(config)
     overrides = {k: v for k, v in (("bundle_root", bundles), ("seed", seed)) if v is not None}
@@ -149,7 +149,7 @@ def publish(
     config: ConfigOpt = None,
 ) -> None:
     """Point `current` at a bundle version atomically; the service hot-swaps to it."""
-    from training.publish import publish_version
+    from omnirec.training.publish import publish_version
 
     cfg = _setup(config)
     published = publish_version(bundles or cfg.train.bundle_root, version, force=force)
@@ -164,7 +164,7 @@ def materialize(
     config: ConfigOpt = None,
 ) -> None:
     """Load member, item and stock features from the event log into Redis as a new generation, then switch to it."""
-    from feature_store.materialize import materialize as run
+    from omnirec.feature_store.materialize import materialize as run
 
     cfg = _setup(config)
     s = run(data or cfg.data_dir, cfg.redis, cfg.tiers, cfg.lifecycle, now=now, progress=progress)
@@ -190,7 +190,7 @@ def train_uplift(
     config: ConfigOpt = None,
 ) -> None:
     """Train the coupon uplift model (T-learner) on logged exposures and score every member for the service."""
-    from offers.uplift import train_uplift as run
+    from omnirec.offers.uplift import train_uplift as run
 
     cfg = _setup(config)
     dest = out or (cfg.offers.uplift_path.parent if cfg.offers.uplift_path else cfg.data_dir)
@@ -209,7 +209,7 @@ def check_catalogue(
     config: ConfigOpt = None,
 ) -> None:
     """Validate an offer catalogue; lists every error and exits 1 if it would be rejected."""
-    from offers.catalogue import CatalogueError, load_catalogue
+    from omnirec.offers.catalogue import CatalogueError, load_catalogue
 
     cfg = _setup(config)
     try:

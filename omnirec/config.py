@@ -13,12 +13,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from domain.lifecycle import LifecycleRules
-from domain.tiers import TierLadder
-from feature_store.config import RedisConfig
-from offers.config import OfferConfig
-from service.config import ServiceConfig
-from training.config import TrainConfig
+from omnirec.domain.lifecycle import LifecycleRules
+from omnirec.domain.tiers import TierLadder
+from omnirec.feature_store.config import RedisConfig
+from omnirec.offers.config import OfferConfig
+from omnirec.service.config import ServiceConfig
+from omnirec.training.config import TrainConfig
 
 CONFIG_ENV = "OMNIREC_CONFIG"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from simulator import SimulationConfig, simulate
+from omnirec.simulator import SimulationConfig, simulate
 
 SHARED_DATA = Path(os.environ.get("OMNIREC_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 TEST_REDIS_URL = os.environ.get("OMNIREC_TEST_REDIS_URL", "redis://127.0.0.1:6379/1")

@@ -5,9 +5,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from domain import DataError, IdMap
-from domain.readers import Interactions, RetailData, read_events, read_movielens_100k, read_ncf_ml1m
-from domain.schema import EVENT_SCHEMA
+from omnirec.domain import DataError, IdMap
+from omnirec.domain.readers import Interactions, RetailData, read_events, read_movielens_100k, read_ncf_ml1m
+from omnirec.domain.schema import EVENT_SCHEMA
 
 GOOD = {
     "member_id": ["m1", None, "m2"], "anonymous_id": [None, "a1", None], "item_id": ["i1", "i2", None],
@@ -114,7 +114,7 @@ def test_live_event_log_joins_the_export(small_retail_dir: Path, tmp_path: Path)
     """Events the service logged under `events_live/` are read with the export by the next training run."""
     import shutil
 
-    from domain.readers import LIVE_EVENTS_DIR
+    from omnirec.domain.readers import LIVE_EVENTS_DIR
 
     data_dir = tmp_path / "data"
     shutil.copytree(small_retail_dir, data_dir)

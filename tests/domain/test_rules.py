@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from domain import InvalidArgument, LifecycleRules, LifecycleStage, TierLadder, lifecycle_stage
-from domain.lifecycle import DAY, STAGES, lifecycle_stages
-from domain.tiers import Tier
+from omnirec.domain import InvalidArgument, LifecycleRules, LifecycleStage, TierLadder, lifecycle_stage
+from omnirec.domain.lifecycle import DAY, STAGES, lifecycle_stages
+from omnirec.domain.tiers import Tier
 
 NOW = 1_800_000_000.0
 RULES = LifecycleRules()

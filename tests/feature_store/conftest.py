@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from domain import LifecycleRules, TierLadder
-from domain.readers import RetailData
-from feature_store.config import RedisConfig
-from feature_store.materialize import BatchFeatures, LoadReport, Materializer, compute_features
-from feature_store.reader import FeatureReader
+from omnirec.domain import LifecycleRules, TierLadder
+from omnirec.domain.readers import RetailData
+from omnirec.feature_store.config import RedisConfig
+from omnirec.feature_store.materialize import BatchFeatures, LoadReport, Materializer, compute_features
+from omnirec.feature_store.reader import FeatureReader
 
 
 @pytest.fixture(scope="session")

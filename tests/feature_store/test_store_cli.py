@@ -5,8 +5,8 @@ from pathlib import Path
 import redis
 from typer.testing import CliRunner
 
-from feature_store.config import RedisConfig
-from feature_store.keys import Keys
+from omnirec.feature_store.config import RedisConfig
+from omnirec.feature_store.keys import Keys
 from omnirec.cli import app
 from omnirec.config import OmnirecConfig
 

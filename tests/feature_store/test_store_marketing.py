@@ -5,13 +5,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from domain.errors import NotFound
-from domain.vocab import Channel
-from feature_store.config import RedisConfig
-from feature_store.errors import FeatureStoreError
-from feature_store.keys import Keys
-from feature_store.marketing import Coupon, CouponStatus, MarketingStore
-from feature_store.reader import FeatureReader
+from omnirec.domain.errors import NotFound
+from omnirec.domain.vocab import Channel
+from omnirec.feature_store.config import RedisConfig
+from omnirec.feature_store.errors import FeatureStoreError
+from omnirec.feature_store.keys import Keys
+from omnirec.feature_store.marketing import Coupon, CouponStatus, MarketingStore
+from omnirec.feature_store.reader import FeatureReader
 
 T = 1_800_000_000.0
 

@@ -5,15 +5,15 @@ import pyarrow as pa
 import pytest
 import redis
 
-from domain.lifecycle import LifecycleRules
-from domain.vocab import ONLINE_STORE
-from feature_store import resp
-from feature_store.config import RedisConfig
-from feature_store.errors import FeatureStoreError
-from feature_store.keys import Keys
-from feature_store.materialize import BatchFeatures, LoadReport, newest_distinct, quintile_scores
-from feature_store.model import PROFILE_FIELDS, TS
-from feature_store.reader import FeatureReader
+from omnirec.domain.lifecycle import LifecycleRules
+from omnirec.domain.vocab import ONLINE_STORE
+from omnirec.feature_store import resp
+from omnirec.feature_store.config import RedisConfig
+from omnirec.feature_store.errors import FeatureStoreError
+from omnirec.feature_store.keys import Keys
+from omnirec.feature_store.materialize import BatchFeatures, LoadReport, newest_distinct, quintile_scores
+from omnirec.feature_store.model import PROFILE_FIELDS, TS
+from omnirec.feature_store.reader import FeatureReader
 
 
 def test_newest_distinct_keeps_latest_touch_newest_first_bounded() -> None:

@@ -8,15 +8,15 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from domain.errors import Unavailable
-from domain.readers import RetailData
-from feature_store.config import RedisConfig
-from feature_store.connection import connect, connect_async
-from feature_store.errors import FeatureStoreError
-from feature_store.keys import Keys
-from feature_store.materialize import BatchFeatures, LoadReport
-from feature_store.model import PROFILE_FIELDS
-from feature_store.reader import AsyncFeatureReader, FeatureReader
+from omnirec.domain.errors import Unavailable
+from omnirec.domain.readers import RetailData
+from omnirec.feature_store.config import RedisConfig
+from omnirec.feature_store.connection import connect, connect_async
+from omnirec.feature_store.errors import FeatureStoreError
+from omnirec.feature_store.keys import Keys
+from omnirec.feature_store.materialize import BatchFeatures, LoadReport
+from omnirec.feature_store.model import PROFILE_FIELDS
+from omnirec.feature_store.reader import AsyncFeatureReader, FeatureReader
 
 
 def test_unknown_member_and_item_are_explicit_misses(reader: FeatureReader) -> None:

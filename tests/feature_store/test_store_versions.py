@@ -8,11 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow as pa
 import redis
 
-from feature_store.config import RedisConfig
-from feature_store.connection import connect
-from feature_store.keys import Keys
-from feature_store.materialize import BatchFeatures, LoadReport, Materializer
-from feature_store.reader import FeatureReader, RequestFeatures
+from omnirec.feature_store.config import RedisConfig
+from omnirec.feature_store.connection import connect
+from omnirec.feature_store.keys import Keys
+from omnirec.feature_store.materialize import BatchFeatures, LoadReport, Materializer
+from omnirec.feature_store.reader import FeatureReader, RequestFeatures
 
 MARK = 987_654
 

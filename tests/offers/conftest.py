@@ -10,16 +10,16 @@ import pyarrow as pa
 import pytest
 import redis
 
-from domain.vocab import Channel, LifecycleStage
-from feature_store.config import RedisConfig
-from offers.budget import OfferStore
-from offers.catalogue import CatalogueSource
-from offers.config import OfferConfig
-from offers.decision_log import DecisionLog
-from offers.engine import ItemCatalogue, OfferEngine
-from offers.policy import MemberView
+from omnirec.domain.vocab import Channel, LifecycleStage
+from omnirec.feature_store.config import RedisConfig
+from omnirec.offers.budget import OfferStore
+from omnirec.offers.catalogue import CatalogueSource
+from omnirec.offers.config import EXAMPLE_CATALOGUE, OfferConfig
+from omnirec.offers.decision_log import DecisionLog
+from omnirec.offers.engine import ItemCatalogue, OfferEngine
+from omnirec.offers.policy import MemberView
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "offers" / "examples" / "catalogue.toml"
+EXAMPLE = EXAMPLE_CATALOGUE
 NOW = 1_795_000_000.0
 """2026-11-18: inside every example offer's validity window."""
 ALL = frozenset(Channel)

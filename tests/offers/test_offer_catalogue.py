@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from offers.catalogue import CatalogueError, CatalogueSource, OfferKind, load_catalogue
+from omnirec.offers.catalogue import CatalogueError, CatalogueSource, OfferKind, load_catalogue
 from tests.offers.conftest import EXAMPLE
 
 BAD = """

@@ -10,18 +10,18 @@ import numpy as np
 import pytest
 import redis
 
-from domain.errors import FailedPrecondition, NotFound, Unavailable
-from domain.idmap import IdMap
-from domain.vocab import Channel, LifecycleStage
-from feature_store.config import RedisConfig
-from feature_store.marketing import CouponStatus
-from offers.budget import OfferStore
-from offers.catalogue import CatalogueSource
-from offers.config import OfferConfig
-from offers.decision_log import DecisionLog
-from offers.engine import ItemCatalogue, OfferEngine
-from offers.policy import Rule, in_holdout
-from offers.uplift import UpliftScores
+from omnirec.domain.errors import FailedPrecondition, NotFound, Unavailable
+from omnirec.domain.idmap import IdMap
+from omnirec.domain.vocab import Channel, LifecycleStage
+from omnirec.feature_store.config import RedisConfig
+from omnirec.feature_store.marketing import CouponStatus
+from omnirec.offers.budget import OfferStore
+from omnirec.offers.catalogue import CatalogueSource
+from omnirec.offers.config import OfferConfig
+from omnirec.offers.decision_log import DecisionLog
+from omnirec.offers.engine import ItemCatalogue, OfferEngine
+from omnirec.offers.policy import Rule, in_holdout
+from omnirec.offers.uplift import UpliftScores
 from tests.offers.conftest import EXAMPLE, NOW, EngineFactory, member
 
 ONE_OFFER = """

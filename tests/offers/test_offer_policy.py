@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from domain.tiers import TierLadder
-from domain.vocab import Channel, LifecycleStage
-from offers.catalogue import Cap, load_catalogue
-from offers.policy import OfferState, Rule, UpliftEstimate, in_holdout, rank_offers, score_offer
+from omnirec.domain.tiers import TierLadder
+from omnirec.domain.vocab import Channel, LifecycleStage
+from omnirec.offers.catalogue import Cap, load_catalogue
+from omnirec.offers.policy import OfferState, Rule, UpliftEstimate, in_holdout, rank_offers, score_offer
 from tests.offers.conftest import EXAMPLE, NOW, member
 
 CAT = load_catalogue(EXAMPLE)

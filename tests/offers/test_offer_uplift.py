@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from domain.idmap import IdMap
-from offers.evaluation import compare_policies
-from offers.uplift import FEATURES, UpliftModel, UpliftScores
-from simulator import SimulationConfig, simulate
+from omnirec.domain.idmap import IdMap
+from omnirec.offers.evaluation import compare_policies
+from omnirec.offers.uplift import FEATURES, UpliftModel, UpliftScores
+from omnirec.simulator import SimulationConfig, simulate
 
 
 @pytest.fixture(scope="module")

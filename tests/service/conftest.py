@@ -11,14 +11,14 @@ import pytest
 import redis
 from service_harness import RunningServer, materialize, service_config
 
-from domain.readers import RetailData
-from domain.vocab import Col
-from feature_store.config import RedisConfig
+from omnirec.domain.readers import RetailData
+from omnirec.domain.vocab import Col
+from omnirec.feature_store.config import RedisConfig
 from omnirec.config import OmnirecConfig
-from training.bundle import ModelBundle
-from training.config import TrainConfig
-from training.pipeline import train
-from training.registry import BundleRegistry
+from omnirec.training.bundle import ModelBundle
+from omnirec.training.config import TrainConfig
+from omnirec.training.pipeline import train
+from omnirec.training.registry import BundleRegistry
 
 
 @pytest.fixture(scope="session")

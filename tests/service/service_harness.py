@@ -13,15 +13,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from domain.readers import RetailData
-from domain.vocab import Col
-from feature_store.config import RedisConfig
-from feature_store.connection import connect
-from feature_store.materialize import Materializer, compute_features
+from omnirec.domain.readers import RetailData
+from omnirec.domain.vocab import Col
+from omnirec.feature_store.config import RedisConfig
+from omnirec.feature_store.connection import connect
+from omnirec.feature_store.materialize import Materializer, compute_features
 from omnirec.config import OmnirecConfig
-from service.config import Role, ServiceConfig
-from service.server import ServingState, serve
-from training.config import TrainConfig
+from omnirec.service.config import Role, ServiceConfig
+from omnirec.service.server import ServingState, serve
+from omnirec.training.config import TrainConfig
 
 T = TypeVar("T")
 

@@ -6,7 +6,7 @@ import grpc
 import pytest
 from service_harness import API_KEYS, RunningServer
 
-from domain.readers import read_event_log
+from omnirec.domain.readers import read_event_log
 from omnirec.v1 import common_pb2, events_pb2, events_pb2_grpc
 from omnirec.v1 import recommendation_pb2 as rec
 from omnirec.v1 import recommendation_pb2_grpc as rec_grpc

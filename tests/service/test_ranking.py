@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from domain.errors import NotFound
-from domain.idmap import IdMap
-from domain.vocab import Channel
-from service.bundles import load_serving_model
-from service.ranking import CategoryIndex, Filters, MemberContext, Reason, basket, recommend, similar
-from training.registry import BundleRegistry
+from omnirec.domain.errors import NotFound
+from omnirec.domain.idmap import IdMap
+from omnirec.domain.vocab import Channel
+from omnirec.service.bundles import load_serving_model
+from omnirec.service.ranking import CategoryIndex, Filters, MemberContext, Reason, basket, recommend, similar
+from omnirec.training.registry import BundleRegistry
 
 ITEMS = IdMap.from_ids([f"i{i}" for i in range(6)])
 CATEGORIES = np.array(["home/kitchen", "home/bath", "toys", "home/kitchen", "toys/lego", "garden"])

@@ -15,8 +15,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from service_harness import API_KEYS, materialize
 
-from domain.readers import RetailData
-from feature_store.config import RedisConfig
+from omnirec.domain.readers import RetailData
+from omnirec.feature_store.config import RedisConfig
 from omnirec.config import OmnirecConfig
 from omnirec.v1 import common_pb2
 from omnirec.v1 import recommendation_pb2 as rec

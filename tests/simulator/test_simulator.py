@@ -6,10 +6,10 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from domain import Channel, EventType, LifecycleStage, TierLadder
-from domain.readers import EXPOSURES_FILE, GROUND_TRUTH_FILE, RetailData
-from simulator import SimulationConfig, simulate
-from simulator.coupons import RESPONSE_TYPES
+from omnirec.domain import Channel, EventType, LifecycleStage, TierLadder
+from omnirec.domain.readers import EXPOSURES_FILE, GROUND_TRUTH_FILE, RetailData
+from omnirec.simulator import SimulationConfig, simulate
+from omnirec.simulator.coupons import RESPONSE_TYPES
 
 
 def test_same_seed_same_files(tmp_path: Path) -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from training.config import TrainConfig
-from training.pipeline import TrainResult, train
+from omnirec.training.config import TrainConfig
+from omnirec.training.pipeline import TrainResult, train
 
 
 @pytest.fixture(scope="session")

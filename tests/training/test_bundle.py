@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from domain.errors import NotFound
-from training.bundle import ModelBundle
-from training.index import build_index, measure_recall, normalize
-from training.models import top_k
-from training.pipeline import TrainResult
+from omnirec.domain.errors import NotFound
+from omnirec.training.bundle import ModelBundle
+from omnirec.training.index import build_index, measure_recall, normalize
+from omnirec.training.models import top_k
+from omnirec.training.pipeline import TrainResult
 
 
 @pytest.fixture(scope="module")

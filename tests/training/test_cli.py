@@ -7,7 +7,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from omnirec.cli import app
-from training.registry import BundleRegistry
+from omnirec.training.registry import BundleRegistry
 
 
 def test_train_then_publish(small_retail_dir: Path, tmp_path: Path) -> None:

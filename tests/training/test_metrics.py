@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from training.metrics import coverage, hits_matrix, ranking_metrics, sampled_hit_rate
+from omnirec.training.metrics import coverage, hits_matrix, ranking_metrics, sampled_hit_rate
 
 
 def relevant(rows: list[list[int]], n_items: int = 10) -> sp.csr_matrix:

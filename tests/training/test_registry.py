@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from domain.errors import FailedPrecondition, NotFound
-from training.publish import publish_version
-from training.registry import BundleRegistry
+from omnirec.domain.errors import FailedPrecondition, NotFound
+from omnirec.training.publish import publish_version
+from omnirec.training.registry import BundleRegistry
 
 
 def make_bundle(root: Path, version: int, beats: bool = True) -> None:

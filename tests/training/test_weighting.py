@@ -9,12 +9,12 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from domain.errors import InvalidArgument
-from domain.readers import Interactions
-from domain.schema import EVENT_SCHEMA
-from training.config import TrainConfig
-from training.split import time_split
-from training.weighting import confidence_matrix, event_weights, interaction_matrix
+from omnirec.domain.errors import InvalidArgument
+from omnirec.domain.readers import Interactions
+from omnirec.domain.schema import EVENT_SCHEMA
+from omnirec.training.config import TrainConfig
+from omnirec.training.split import time_split
+from omnirec.training.weighting import confidence_matrix, event_weights, interaction_matrix
 
 DAY = 86_400
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from domain.readers import RetailData
-from domain.vocab import Col
-from training.config import TrainConfig
-from training.models import Recommender, top_k
-from training.pipeline import TrainResult, make_models, train_set
+from omnirec.domain.readers import RetailData
+from omnirec.domain.vocab import Col
+from omnirec.training.config import TrainConfig
+from omnirec.training.models import Recommender, top_k
+from omnirec.training.pipeline import TrainResult, make_models, train_set
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_models_beat_popularity_on_planted_structure(trained: TrainResult) -> No
 
 
 def test_same_seed_same_metrics(small_retail_dir, trained: TrainResult, train_config: TrainConfig) -> None:
-    from training.pipeline import train
+    from omnirec.training.pipeline import train
 
     again = train(small_retail_dir, train_config, publish=False, progress=False)
     assert again.metrics == trained.metrics
@@ -61,7 +61,7 @@ def test_same_seed_same_metrics(small_retail_dir, trained: TrainResult, train_co
 
 
 def test_bpr_option_meets_the_contract(fitted, train_config: TrainConfig) -> None:
-    from training.pipeline import collaborative_model
+    from omnirec.training.pipeline import collaborative_model
 
     _, data = fitted
     model = collaborative_model(train_config.model_copy(update={"collaborative": "bpr"}))
@@ -73,8 +73,8 @@ def test_bpr_option_meets_the_contract(fitted, train_config: TrainConfig) -> Non
 
 
 def test_lightfm_gives_cold_items_content_vectors(small_retail_dir, train_config: TrainConfig) -> None:
-    from training.index import normalize
-    from training.models import LightFMRecommender
+    from omnirec.training.index import normalize
+    from omnirec.training.models import LightFMRecommender
 
     retail = RetailData.read(small_retail_dir)
     inter = retail.interactions()

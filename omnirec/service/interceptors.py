@@ -1,0 +1,77 @@
+"""The server interceptor: API-key authentication/roles, and domain errors -> gRPC status codes."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import grpc
+
+from omnirec.domain.errors import OmnirecError
+from omnirec.service.config import Role
+
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+
+API_KEY_HEADER = "x-api-key"
+
+PUBLIC_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
+                   "/grpc.reflection.v1.ServerReflection/")
+"""Load-balancer health probes and schema reflection need no key: they reveal nothing private."""
+
+
+def _aborting_handler(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    async def abort(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(code, message)
+
+    return grpc.unary_unary_rpc_method_handler(abort)
+
+
+def _mapping_errors(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """`handler` with an `OmnirecError` it raises answered as its gRPC status, with the error's message.
+
+    Anything else propagates: grpc answers UNKNOWN and logs the traceback, so bugs stay visible.
+    """
+    if handler.unary_unary is None:
+        return handler
+    inner = handler.unary_unary
+
+    async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await inner(request, context)
+        except OmnirecError as exc:
+            await context.abort(grpc.StatusCode[exc.grpc_status_code()], str(exc))
+
+    return grpc.unary_unary_rpc_method_handler(behaviour, request_deserializer=handler.request_deserializer,
+                                               response_serializer=handler.response_serializer)
+
+
+class ApiInterceptor(grpc.aio.ServerInterceptor):
+    """The server's one interceptor: the caller's `x-api-key` to a role, refusing RPCs that role may not call,
+    and domain errors (`OmnirecError`) to gRPC status codes.
+
+    `method_roles` maps full method names ("/omnirec.v1.AdminService/ReloadModel") to the roles allowed;
+    a method missing from it is refused to everyone (deny by default) except the public services.
+    Each method's error-mapping handler is built once, on its first call, not per call.
+    """
+
+    def __init__(self, api_keys: Mapping[str, Role], method_roles: Mapping[str, frozenset[Role]]) -> None:
+        self._api_keys = dict(api_keys)
+        self._method_roles = dict(method_roles)
+        self._handlers: dict[str, grpc.RpcMethodHandler | None] = {}
+
+    async def intercept_service(self, continuation: Continuation,
+                                handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method = handler_call_details.method
+        if method.startswith(PUBLIC_SERVICES):
+            return await continuation(handler_call_details)
+        key = next((v for k, v in handler_call_details.invocation_metadata or () if k == API_KEY_HEADER), None)
+        role = self._api_keys.get(key) if isinstance(key, str) else None
+        if role is None:
+            reason = "missing" if key is None else "unknown"
+            return _aborting_handler(grpc.StatusCode.UNAUTHENTICATED, f"{API_KEY_HEADER}: {reason} API key")
+        if role not in self._method_roles.get(method, frozenset()):
+            return _aborting_handler(grpc.StatusCode.PERMISSION_DENIED, f"role {role.value!r} may not call {method}")
+        if method not in self._handlers:  # a method's registered handler never changes: wrap it once
+            handler = await continuation(handler_call_details)
+            self._handlers[method] = None if handler is None else _mapping_errors(handler)
+        return self._handlers[method]

@@ -1,0 +1,200 @@
+"""The server factory and the `omnirec serve` process model.
+
+`serve()` builds one grpc.aio server: interceptors (auth first, then errors), every `ServiceSpec`,
+the stock health and reflection services. `run()` forks the worker processes first, before any
+server or event loop exists, and each worker then serves the same port (SO_REUSEPORT).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import multiprocessing
+import os
+import signal
+from dataclasses import dataclass, field
+
+import faiss
+import grpc
+import uvloop
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from threadpoolctl import threadpool_limits
+
+from omnirec.domain.errors import OmnirecError
+from omnirec.domain.readers import LIVE_EVENTS_DIR
+from omnirec.config import OmnirecConfig
+from omnirec.service import admin_servicer, event_servicer, offer_servicer, recommendation_servicer
+from omnirec.service.bundles import holder_for, load_serving_model
+from omnirec.service.event_log import EventLog
+from omnirec.service.features import Features
+from omnirec.service.interceptors import ApiInterceptor
+from omnirec.service.model import ModelHolder, ServingModel
+from omnirec.service.registry import ServiceSpec
+from omnirec.training.registry import BundleRegistry
+
+log = logging.getLogger(__name__)
+
+
+NEEDS_MODEL = ("", recommendation_servicer.SERVICE)
+"""Health-check names that report NOT_SERVING until a bundle is loaded; other services work without one."""
+
+
+@dataclass
+class ServingState:
+    """Everything the servicers share inside one worker process: the model, the features, the event log."""
+
+    config: OmnirecConfig
+    models: ModelHolder
+    features: Features
+    event_log: EventLog
+    health: health.aio.HealthServicer = field(default_factory=health.aio.HealthServicer)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, config: OmnirecConfig, preloaded: ServingModel | None = None) -> ServingState:
+        """`preloaded`: a bundle the parent loaded before forking, so workers share its pages."""
+        svc = config.service
+        models = holder_for(config.train.bundle_root, config.data_dir)
+        if preloaded is not None:
+            models.adopt(preloaded)
+        return cls(config, models, Features.connect(config.redis, config.tiers, config.lifecycle),
+                   EventLog(svc.event_log_dir or config.data_dir / LIVE_EVENTS_DIR, svc.event_log_flush_rows))
+
+    async def start(self) -> None:
+        """Load the published bundle if there is one, then poll for newer ones and flush the event log."""
+        try:
+            await self.models.reload()
+        except OmnirecError as exc:
+            log.warning("starting without a model: %s", exc)
+        interval = self.config.service.poll_interval_s
+        self._tasks = [asyncio.create_task(self.models.poll(interval)),
+                       asyncio.create_task(self._flush_events(interval)),
+                       asyncio.create_task(self._report_health())]
+
+    async def _report_health(self) -> None:
+        """Recommendations, and so the server as a whole (""), are NOT_SERVING until a model is loaded."""
+        for name in NEEDS_MODEL:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.models.loaded.wait()
+        for name in NEEDS_MODEL:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def _flush_events(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.event_log.flush()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.event_log.flush()
+        await self.features.close()
+
+
+def service_specs(state: ServingState) -> list[ServiceSpec]:
+    """Every omnirec service this server exposes; a new service is one line here."""
+    deadline = state.config.service.default_deadline_s
+    return [
+        recommendation_servicer.spec(state.models, state.features, deadline),
+        event_servicer.spec(state.features, state.event_log, deadline),
+        admin_servicer.spec(state.models),
+        offer_servicer.spec(offer_servicer.build_engine(state.config, state.models), deadline),
+    ]
+
+
+async def serve(state: ServingState, port: int | None = None) -> tuple[grpc.aio.Server, int]:
+    """A configured, not yet started server and the port it is bound to (0 in config: a free port)."""
+    svc = state.config.service
+    specs = service_specs(state)
+    method_roles = {m: roles for s in specs for m, roles in s.method_roles.items()}
+    server = grpc.aio.server(
+        interceptors=[ApiInterceptor(svc.api_keys, method_roles)],
+        options=[("grpc.so_reuseport", 1)],
+    )
+    for s in specs:
+        s.add_to_server(s.servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(state.health, server)
+    names = [s.full_name for s in specs]
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    for name in names:
+        if name not in NEEDS_MODEL:
+            await state.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    bound = server.add_insecure_port(f"{svc.host}:{svc.port if port is None else port}")
+    return server, bound
+
+
+async def _worker(config: OmnirecConfig, preloaded: ServingModel | None) -> None:
+    """One serving process: load the model, serve until SIGTERM/SIGINT, then drain and flush."""
+    state = ServingState.create(config, preloaded)
+    await state.start()
+    server, port = await serve(state)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("worker %d serving on port %d", os.getpid(), port)
+    await stop.wait()
+    log.info("worker %d stopping (grace %.1fs)", os.getpid(), config.service.shutdown_grace_s)
+    await state.health.enter_graceful_shutdown()  # health checks answer NOT_SERVING while calls drain
+    await server.stop(config.service.shutdown_grace_s)
+    await state.close()
+
+
+def _worker_process(config: OmnirecConfig, preloaded: ServingModel | None = None) -> None:
+    # Workers are the parallelism: one BLAS/OpenMP thread each, so N workers do not oversubscribe N cores.
+    faiss.omp_set_num_threads(1)
+    with threadpool_limits(1):
+        if config.service.event_loop == "uvloop":
+            uvloop.run(_worker(config, preloaded))
+        else:
+            asyncio.run(_worker(config, preloaded))
+
+
+def _preload(config: OmnirecConfig) -> ServingModel | None:
+    """The published bundle, loaded in the parent so the forked workers share it copy-on-write.
+
+    The arrays are memory-mapped (shared anyway); this also shares what loading builds in memory (the
+    id maps' dictionaries, the FAISS graphs). `gc.freeze` keeps the collector from writing to those
+    objects' headers, which would copy their pages into each worker. Later hot reloads load per worker.
+    """
+    path = BundleRegistry(config.train.bundle_root).current_path()
+    model = load_serving_model(path, config.data_dir) if path is not None else None
+    gc.freeze()
+    return model
+
+
+def run(config: OmnirecConfig) -> None:
+    """`omnirec serve`: `workers` processes forked now, before any gRPC object or event loop exists.
+
+    The parent only forwards SIGTERM/SIGINT to the workers and waits for them to drain.
+    """
+    if not config.service.api_keys:
+        log.warning("no [service.api_keys] configured: every RPC but health and reflection will be refused")
+    n = config.service.workers
+    if n == 1:
+        _worker_process(config)
+        return
+    if config.service.port == 0:
+        raise ValueError("service.port: several workers must share a fixed port, not 0")
+    preloaded = _preload(config)
+    ctx = multiprocessing.get_context("fork")
+    workers = [ctx.Process(target=_worker_process, args=(config, preloaded), name=f"omnirec-worker-{i}")
+               for i in range(n)]
+    for w in workers:
+        w.start()
+
+    def forward(signum: int, frame: object) -> None:
+        for w in workers:
+            if w.pid is not None and w.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(w.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for w in workers:
+        w.join()

@@ -1,0 +1,88 @@
+"""Side features for the hybrid model: item metadata and member profile as sparse one-hot matrices.
+
+Feature names are `key=value` strings (`tier=gold`, `brand=brand_0007`) so a bundle can map a cold
+member's profile onto learned feature embeddings by name, and unknown values simply find no column.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import scipy.sparse as sp
+
+from omnirec.domain.idmap import IdMap
+from omnirec.domain.readers import Interactions
+from omnirec.domain.vocab import Col
+from omnirec.training.columns import encode
+
+MEMBER_FEATURE_KEYS = ("tier", "lifecycle_stage", "channel", "region")
+"""Keys `ModelBundle.cold_start_scores` understands; `channel` is the member's preferred channel."""
+
+
+@dataclass(frozen=True)
+class FeatureMatrix:
+    """Rows follow an IdMap; columns are named features; entries are 0/1 (models scale rows themselves)."""
+
+    names: np.ndarray
+    """Feature names in sorted order, so a name is found by binary search."""
+    matrix: sp.csr_matrix
+
+    @classmethod
+    def from_parts(cls, n_rows: int, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> FeatureMatrix:
+        """One-hot matrix from (rows, codes, names) parts: row r has feature names[code]; code -1 means none."""
+        offsets = np.cumsum([0] + [len(names) for _, _, names in parts])
+        all_names = np.concatenate([names for _, _, names in parts]).astype(str)
+        order = np.argsort(all_names, kind="stable")
+        column_of = np.empty(len(order), np.int64)
+        column_of[order] = np.arange(len(order))
+        rows = np.concatenate([r[c >= 0] for r, c, _ in parts])
+        cols = np.concatenate([column_of[c[c >= 0] + off] for (_, c, _), off in zip(parts, offsets, strict=False)])
+        matrix = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n_rows, len(all_names)))
+        matrix.sum_duplicates()
+        matrix.data[:] = 1.0
+        return cls(all_names[order], matrix)
+
+
+def _part(rows: np.ndarray, column: pa.ChunkedArray | pa.Array, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    names, codes = encode(column)
+    return rows, codes, np.char.add(f"{key}=", names) if len(names) else names
+
+
+def item_features(items: pa.Table, item_map: IdMap) -> FeatureMatrix:
+    """Department, category path, brand, price band and every attribute tag of each catalogue item."""
+    rows = item_map.to_internal(items["item_id"].to_numpy(zero_copy_only=False).astype(str))
+    department = pc.list_element(pc.split_pattern(items["category"], "/"), 0)
+    attrs = items["attributes"].combine_chunks()
+    lengths = np.diff(attrs.offsets.to_numpy())
+    return FeatureMatrix.from_parts(len(item_map), [
+        _part(rows, items["category"], "category"), _part(rows, department, "department"),
+        _part(rows, items["brand"], "brand"), _part(rows, items["price_band"], "price_band"),
+        _part(np.repeat(rows, lengths), attrs.flatten(), "attr")])
+
+
+def preferred_channel(interactions: Interactions, weights: np.ndarray) -> np.ndarray:
+    """Each member's channel with the most positive event weight, '' for members without events."""
+    names, codes = encode(interactions.events[Col.CHANNEL])
+    n_members, n_names = len(interactions.members), max(len(names), 1)
+    totals = np.bincount(interactions.member_idx.astype(np.int64) * n_names + codes,
+                         weights=np.maximum(weights, 0), minlength=n_members * n_names).reshape(n_members, n_names)
+    if not len(names):
+        return np.full(n_members, "")
+    return np.where(totals.max(axis=1) > 0, names[totals.argmax(axis=1)], "").astype(str)
+
+
+def member_features(members: pa.Table, member_map: IdMap, channel: np.ndarray) -> FeatureMatrix:
+    """Tier, lifecycle stage, home region and preferred channel (from `preferred_channel`) per member."""
+    rows = member_map.to_internal(members["member_id"].to_numpy(zero_copy_only=False).astype(str))
+    channel_col = pa.array(np.where(channel == "", None, channel), pa.string())
+    return FeatureMatrix.from_parts(len(member_map), [
+        *(_part(rows, members[key], key) for key in ("tier", "lifecycle_stage", "region")),
+        _part(np.arange(len(member_map)), channel_col, "channel")])
+
+
+def profile_names(features: dict[str, str]) -> list[str]:
+    """Feature names for a profile dict such as {"tier": "gold", "channel": "app"}; other keys are ignored."""
+    return [f"{key}={value}" for key, value in features.items() if key in MEMBER_FEATURE_KEYS]

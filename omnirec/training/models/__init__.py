@@ -1,0 +1,18 @@
+"""Recommenders: one class per algorithm behind the `Recommender` contract."""
+
+from omnirec.training.models.base import Recommender, TrainSet, top_k
+from omnirec.training.models.factorization import ALSRecommender, BPRRecommender, FactorizationRecommender
+from omnirec.training.models.hybrid import LightFMRecommender
+from omnirec.training.models.popularity import PopularityRecommender, SegmentPopularityRecommender
+
+__all__ = [
+    "ALSRecommender",
+    "BPRRecommender",
+    "FactorizationRecommender",
+    "LightFMRecommender",
+    "PopularityRecommender",
+    "Recommender",
+    "SegmentPopularityRecommender",
+    "TrainSet",
+    "top_k",
+]

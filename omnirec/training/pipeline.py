@@ -1,0 +1,241 @@
+"""`omnirec train` end to end: read -> weight -> split -> fit every model -> evaluate -> bundle -> publish.
+
+The bundle is always written (so a failed candidate can be inspected), but it is published only when the
+collaborative model beats overall popularity on NDCG@k, unless forced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+from threadpoolctl import threadpool_limits
+from tqdm import tqdm
+
+from omnirec.domain.readers import Interactions, RetailData
+from omnirec.domain.vocab import Col
+from omnirec.training.bundle import ITEM_INDEX, MEMBER_INDEX, BundleArtifacts, write_bundle
+from omnirec.training.complements import purchase_lift
+from omnirec.training.config import TrainConfig
+from omnirec.training.evaluation import eval_members, evaluate, relevant_items
+from omnirec.training.features import item_features, member_features, preferred_channel
+from omnirec.training.index import build_index, measure_recall, normalize, top_lists
+from omnirec.training.models import (
+    ALSRecommender,
+    BPRRecommender,
+    FactorizationRecommender,
+    LightFMRecommender,
+    PopularityRecommender,
+    Recommender,
+    SegmentPopularityRecommender,
+    TrainSet,
+)
+from omnirec.training.registry import BundleRegistry
+from omnirec.training.split import time_split
+from omnirec.training.weighting import confidence_matrix, event_weights
+
+LIBRARIES = ("implicit", "rectools-lightfm", "faiss-cpu", "numpy", "scipy", "pyarrow")
+
+
+@dataclass
+class TrainResult:
+    version: int
+    path: Path
+    metrics: dict[str, dict[str, float]]
+    beats_popularity: bool
+    published: bool
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def data_fingerprint(retail: RetailData) -> str:
+    """sha256 over the Arrow buffers of every input table: same data, same fingerprint."""
+    digest = hashlib.sha256()
+    for table in (retail.members, retail.items, retail.events):
+        for column in table.columns:
+            for buffer in column.combine_chunks().buffers():
+                if buffer is not None:
+                    digest.update(memoryview(buffer))
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def collaborative_model(config: TrainConfig) -> Recommender:
+    if config.collaborative == "bpr":
+        return BPRRecommender(seed=config.seed, **config.bpr)
+    return ALSRecommender(seed=config.seed, **config.als)
+
+
+def make_models(config: TrainConfig) -> list[Recommender]:
+    """Baselines first, then the collaborative and hybrid models; all share the `Recommender` contract."""
+    return [PopularityRecommender(), SegmentPopularityRecommender(Col.CHANNEL),
+            SegmentPopularityRecommender(Col.STORE_ID), collaborative_model(config),
+            LightFMRecommender(seed=config.seed, **config.lightfm)]
+
+
+def train_set(retail: RetailData, interactions: Interactions, config: TrainConfig, rows: np.ndarray,
+              now_ts: int) -> TrainSet:
+    """Weights anchored at `now_ts` (the cut-off), matrix and side features from `rows` only."""
+    weights = event_weights(interactions, config, now_ts=now_ts)
+    in_rows = np.where(rows, weights, 0.0)
+    shape = (len(interactions.members), len(interactions.items))
+    matrix = confidence_matrix(interactions.member_idx[rows], interactions.item_idx[rows], weights[rows], shape,
+                               config.log_scale)
+    return TrainSet(matrix=matrix, interactions=interactions, rows=rows, weights=weights,
+                    member_features=member_features(retail.members, interactions.members,
+                                                    preferred_channel(interactions, in_rows)),
+                    item_features=item_features(retail.items, interactions.items))
+
+
+def fit_all(models: list[Recommender], data: TrainSet, progress: bool) -> dict[str, float]:
+    """Fit each model with BLAS on one thread; returns seconds per model."""
+    seconds: dict[str, float] = {}
+    with threadpool_limits(1, "blas"):
+        for model in tqdm(models, desc="fit", unit="model", disable=not progress):
+            start = time.perf_counter()
+            model.fit(data)
+            seconds[model.name] = time.perf_counter() - start
+    return seconds
+
+
+def beats_popularity(metrics: dict[str, dict[str, float]], model: str, k: int) -> bool:
+    return metrics[model][f"ndcg@{k}"] > metrics["popularity"][f"ndcg@{k}"]
+
+
+def train(data_dir: Path, config: TrainConfig, force: bool = False, publish: bool = True,
+          progress: bool = True) -> TrainResult:
+    """Train, evaluate and write the next bundle version from the retailer files in `data_dir`."""
+    return train_retail(RetailData.read(data_dir), config, force=force, publish=publish, progress=progress)
+
+
+def train_retail(retail: RetailData, config: TrainConfig, force: bool = False, publish: bool = True,
+                 progress: bool = True) -> TrainResult:
+    """`train` on already read files (tests and benchmarks reuse one read); timings exclude the read."""
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    interactions = retail.interactions()
+    split = time_split(interactions, config.test_days)
+    evaluation_set = train_set(retail, interactions, config, split.train_rows, split.cutoff_ts)
+    models = make_models(config)
+    timings.update({f"fit_{k}": v for k, v in fit_all(models, evaluation_set, progress).items()})
+    test_weights = event_weights(interactions, config)
+    test = confidence_matrix(interactions.member_idx[split.test_rows], interactions.item_idx[split.test_rows],
+                             test_weights[split.test_rows], evaluation_set.matrix.shape, config.log_scale)
+    relevant = relevant_items(test, evaluation_set.matrix)
+    members = eval_members(relevant, evaluation_set.matrix, config.eval_members, config.seed)
+    metrics = evaluate(models, evaluation_set.matrix, relevant, members, config.eval_k, config.eval_batch, progress)
+    better = beats_popularity(metrics, config.collaborative, config.eval_k)
+    timings["read_fit_evaluate"] = time.perf_counter() - start
+    if config.refit_full:
+        all_rows = np.ones(len(interactions), bool)
+        full = train_set(retail, interactions, config, all_rows, int(interactions.events[Col.TS].to_numpy().max()))
+        models = make_models(config)
+        timings.update({f"refit_{k}": v for k, v in fit_all(models, full, progress).items()})
+    else:
+        full = evaluation_set
+    registry = BundleRegistry(config.bundle_root)
+    version = registry.next_version()
+    bundle_start = time.perf_counter()
+    artifacts = bundle_artifacts(models, full, config, version, metrics, better, data_fingerprint(retail), progress)
+    path = write_bundle(artifacts, registry.path(version))
+    timings["bundle"] = time.perf_counter() - bundle_start
+    published = publish and (better or force)
+    if published:
+        registry.publish(version)
+    timings["total"] = time.perf_counter() - start
+    return TrainResult(version, path, metrics, better, published, timings)
+
+
+def bundle_artifacts(models: list[Recommender], data: TrainSet, config: TrainConfig, version: int,
+                     metrics: dict[str, dict[str, float]], better: bool, fingerprint: str,
+                     progress: bool = False) -> BundleArtifacts:
+    """Arrays, sparse tables, FAISS indexes and the manifest of one bundle."""
+    by_name = {model.name: model for model in models}
+    popularity, collaborative, hybrid = by_name["popularity"], by_name[config.collaborative], by_name["lightfm"]
+    if not (isinstance(popularity, PopularityRecommender) and isinstance(hybrid, LightFMRecommender)
+            and isinstance(collaborative, FactorizationRecommender)):
+        raise TypeError("bundle_artifacts needs the models of make_models()")
+    item_factors, member_factors = collaborative.item_factors, collaborative.member_factors
+    content_unit = normalize(hybrid.similarity_vectors)
+    rng = np.random.default_rng(config.seed)
+    item_index = build_index(content_unit, config.exact_index_max_items, config.hnsw_m, config.hnsw_ef_search)
+    member_index = build_index(item_factors, config.exact_index_max_items, config.hnsw_m, config.hnsw_ef_search)
+    n_q = min(config.index_recall_queries, len(content_unit))
+    active = np.flatnonzero(np.diff(data.matrix.indptr) > 0)
+    member_q = member_factors[rng.choice(active, min(n_q, len(active)), replace=False)] if len(active) else \
+        member_factors[:1]
+    reports = {ITEM_INDEX: measure_recall(item_index, content_unit, content_unit[rng.choice(
+                   len(content_unit), n_q, replace=False)], config.eval_k).as_dict(),
+               MEMBER_INDEX: measure_recall(member_index, item_factors, member_q, config.eval_k).as_dict()}
+    names, embeddings, _ = hybrid.feature_embeddings()
+    top: dict[str, np.ndarray] = {}
+    if config.member_top_k:
+        top["member_top_items"], top["member_top_scores"] = top_lists(member_index, member_factors,
+                                                                      config.member_top_k, progress=progress)
+    channel_names, channel_table = popularity.by_channel
+    store_ids, store_table = popularity.by_store
+    params = config.model_dump(mode="json")
+    manifest = {
+        "version": version,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "data_fingerprint": fingerprint,
+        "collaborative": collaborative.name,
+        "params": params,
+        "params_digest": hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest(),
+        "metrics": metrics,
+        "beats_popularity": better,
+        "indexes": reports,
+        "counts": {"members": int(data.matrix.shape[0]), "items": int(data.matrix.shape[1]),
+                   "interactions": int(data.matrix.nnz)},
+        "library_versions": library_versions(),
+    }
+    return BundleArtifacts(
+        manifest=manifest, items=data.interactions.items, members=data.interactions.members,
+        arrays={"member_factors": member_factors, "item_factors": item_factors,
+                "item_content": hybrid.item_vectors, "item_content_bias": hybrid.item_bias,
+                "item_content_unit": content_unit, "profile_names": names, "profile_embeddings": embeddings,
+                "popularity": popularity.overall, "popularity_channel_names": channel_names,
+                "popularity_store_ids": store_ids, **top},
+        sparse={"popularity_channels": channel_table, "popularity_stores": store_table,
+                "complements": purchase_lift(data.interactions, data.rows, config.complements_min_count,
+                                             config.complements_per_item)},
+        indexes={ITEM_INDEX: item_index, MEMBER_INDEX: member_index},
+    )
+
+
+def summary_table(result: TrainResult) -> Table:
+    """Metrics per model and baseline, the verdict and where the bundle went."""
+    status = "published" if result.published else "NOT published"
+    verdict = "beats" if result.beats_popularity else "does NOT beat"
+    table = Table(title=f"bundle v{result.version} at {result.path} ({status}; model {verdict} popularity; "
+                        f"{result.seconds.get('total', 0):.1f}s)")
+    columns = list(next(iter(result.metrics.values())))
+    table.add_column("model")
+    for column in columns:
+        table.add_column(column, justify="right")
+    table.add_column("fit s", justify="right")
+    for name, row in result.metrics.items():
+        fit = result.seconds.get(f"fit_{name}", float("nan"))
+        table.add_row(name, *(f"{row[c]:.4f}" for c in columns), f"{fit:.1f}")
+    return table
+
+
+def print_summary(result: TrainResult, console: Console | None = None) -> None:
+    (console or Console()).print(summary_table(result))
