@@ -22,7 +22,14 @@ from omnirec.domain.errors import FailedPrecondition, NotFound
 from omnirec.feature_store.config import RedisConfig
 from omnirec.feature_store.errors import redis_unavailable
 from omnirec.feature_store.keys import Keys
-from omnirec.feature_store.marketing import ContactHistory, Coupon, CouponStatus, MarketingStore, parse_contacts, queue_contacts
+from omnirec.feature_store.marketing import (
+    ContactHistory,
+    Coupon,
+    CouponStatus,
+    MarketingStore,
+    parse_contacts,
+    queue_contacts,
+)
 from omnirec.offers.catalogue import Cap, Offer
 
 DAY = 86_400.0

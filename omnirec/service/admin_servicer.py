@@ -7,10 +7,10 @@ from datetime import datetime
 
 import grpc
 
-from omnirec.v1 import admin_pb2, admin_pb2_grpc
 from omnirec.service.config import Role
 from omnirec.service.model import ModelHolder, ServingModel
 from omnirec.service.registry import ServiceSpec
+from omnirec.v1 import admin_pb2, admin_pb2_grpc
 
 SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 

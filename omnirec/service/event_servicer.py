@@ -10,11 +10,11 @@ import pyarrow as pa
 from omnirec.domain.errors import InvalidArgument
 from omnirec.domain.schema import EVENT_SCHEMA
 from omnirec.domain.vocab import Col, EventType
-from omnirec.v1 import events_pb2, events_pb2_grpc
 from omnirec.service import validation as v
 from omnirec.service.event_log import EventLog
 from omnirec.service.features import Features
 from omnirec.service.registry import APP_POS_ADMIN, ServiceSpec
+from omnirec.v1 import events_pb2, events_pb2_grpc
 
 MAX_BATCH = 1000
 

@@ -18,6 +18,7 @@ import grpc
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from omnirec.config import OmnirecConfig
 from omnirec.domain.errors import InvalidArgument, Unavailable
 from omnirec.domain.readers import INVENTORY_FILE, ITEMS_FILE
 from omnirec.feature_store.connection import connect
@@ -28,11 +29,10 @@ from omnirec.offers.decision_log import DecisionLog
 from omnirec.offers.engine import ISSUED, NO_ELIGIBLE_OFFER, AffinityModel, CouponDecision, ItemCatalogue, OfferEngine
 from omnirec.offers.policy import MemberView, Rule
 from omnirec.offers.uplift import UpliftScores
-from omnirec.config import OmnirecConfig
-from omnirec.v1 import offers_pb2, offers_pb2_grpc
 from omnirec.service import validation as v
 from omnirec.service.model import ModelHolder
 from omnirec.service.registry import ALL_ROLES, APP_POS_ADMIN, ServiceSpec
+from omnirec.v1 import offers_pb2, offers_pb2_grpc
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -8,7 +8,6 @@ import grpc
 
 from omnirec.domain.errors import InvalidArgument, Unavailable
 from omnirec.domain.vocab import Channel, StoreId
-from omnirec.v1 import common_pb2, recommendation_pb2, recommendation_pb2_grpc
 from omnirec.service import validation as v
 from omnirec.service.features import Features
 from omnirec.service.model import ModelHolder, ServingModel
@@ -24,6 +23,7 @@ from omnirec.service.ranking import (
     stock_reason,
 )
 from omnirec.service.registry import ALL_ROLES, ServiceSpec
+from omnirec.v1 import common_pb2, recommendation_pb2, recommendation_pb2_grpc
 
 _REASONS: dict[Reason, int] = {r: common_pb2.ReasonCode.Value(f"REASON_{r.name}") for r in Reason}
 

@@ -23,9 +23,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from threadpoolctl import threadpool_limits
 
+from omnirec.config import OmnirecConfig
 from omnirec.domain.errors import OmnirecError
 from omnirec.domain.readers import LIVE_EVENTS_DIR
-from omnirec.config import OmnirecConfig
 from omnirec.service import admin_servicer, event_servicer, offer_servicer, recommendation_servicer
 from omnirec.service.bundles import holder_for, load_serving_model
 from omnirec.service.event_log import EventLog

@@ -5,10 +5,10 @@ from pathlib import Path
 import redis
 from typer.testing import CliRunner
 
-from omnirec.feature_store.config import RedisConfig
-from omnirec.feature_store.keys import Keys
 from omnirec.cli import app
 from omnirec.config import OmnirecConfig
+from omnirec.feature_store.config import RedisConfig
+from omnirec.feature_store.keys import Keys
 
 
 def test_redis_section_and_env_override(tmp_path: Path) -> None:

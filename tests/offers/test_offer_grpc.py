@@ -13,10 +13,10 @@ import pytest
 from omnirec.domain.vocab import LifecycleStage
 from omnirec.offers.engine import OfferEngine
 from omnirec.offers.policy import in_holdout
-from omnirec.v1 import common_pb2, offers_pb2, offers_pb2_grpc
 from omnirec.service import offer_servicer
 from omnirec.service.config import Role
 from omnirec.service.interceptors import ApiInterceptor
+from omnirec.v1 import common_pb2, offers_pb2, offers_pb2_grpc
 from tests.offers.conftest import EXAMPLE, EngineFactory, member
 
 KEYS = {"app-key": Role.APP, "pos-key": Role.POS, "campaign-key": Role.CAMPAIGN}

@@ -9,13 +9,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import redis
 
+from omnirec.config import OmnirecConfig
 from omnirec.domain.readers import MEMBERS_FILE
 from omnirec.domain.vocab import Channel
 from omnirec.feature_store.config import RedisConfig
 from omnirec.feature_store.materialize import materialize
 from omnirec.offers.config import OfferConfig
 from omnirec.offers.policy import Rule
-from omnirec.config import OmnirecConfig
 from omnirec.service.offer_servicer import build_engine
 from tests.offers.conftest import EXAMPLE
 

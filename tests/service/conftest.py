@@ -11,10 +11,10 @@ import pytest
 import redis
 from service_harness import RunningServer, materialize, service_config
 
+from omnirec.config import OmnirecConfig
 from omnirec.domain.readers import RetailData
 from omnirec.domain.vocab import Col
 from omnirec.feature_store.config import RedisConfig
-from omnirec.config import OmnirecConfig
 from omnirec.training.bundle import ModelBundle
 from omnirec.training.config import TrainConfig
 from omnirec.training.pipeline import train

@@ -13,12 +13,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from omnirec.config import OmnirecConfig
 from omnirec.domain.readers import RetailData
 from omnirec.domain.vocab import Col
 from omnirec.feature_store.config import RedisConfig
 from omnirec.feature_store.connection import connect
 from omnirec.feature_store.materialize import Materializer, compute_features
-from omnirec.config import OmnirecConfig
 from omnirec.service.config import Role, ServiceConfig
 from omnirec.service.server import ServingState, serve
 from omnirec.training.config import TrainConfig

@@ -18,10 +18,10 @@ from service_harness import API_KEYS, RunningServer, service_config
 
 from omnirec.domain.readers import RetailData
 from omnirec.feature_store.config import RedisConfig
+from omnirec.training.registry import BundleRegistry
 from omnirec.v1 import admin_pb2, admin_pb2_grpc, common_pb2, events_pb2, events_pb2_grpc
 from omnirec.v1 import recommendation_pb2 as rec
 from omnirec.v1 import recommendation_pb2_grpc as rec_grpc
-from omnirec.training.registry import BundleRegistry
 
 MD = (("x-api-key", API_KEYS["app"]),)
 

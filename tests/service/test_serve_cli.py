@@ -15,9 +15,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from service_harness import API_KEYS, materialize
 
+from omnirec.config import OmnirecConfig
 from omnirec.domain.readers import RetailData
 from omnirec.feature_store.config import RedisConfig
-from omnirec.config import OmnirecConfig
 from omnirec.v1 import common_pb2
 from omnirec.v1 import recommendation_pb2 as rec
 from omnirec.v1 import recommendation_pb2_grpc as rec_grpc
