@@ -44,7 +44,7 @@ def main() -> int:
     print(f"member {reply.member_id or args.member_id}: model {info.model_version}"
           f"{' (degraded: ' + info.degraded_reason + ')' if info.degraded else ''}")
     for item_id, score, reason in zip(reply.items.item_ids, reply.items.scores, reply.items.reasons, strict=True):
-        print(f"  {item_id:<12} {score:8.3f}  {common_pb2.ReasonCode.Name(reason)}")
+        print(f"  {item_id:<12} {score:8.3f}  {common_pb2.Reason.Name(reason)}")
     return 0
 
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from datetime import datetime
 
 import grpc
+from google.protobuf import timestamp_pb2
 
 from omnirec.service.config import Role
 from omnirec.service.model import ModelHolder, ServingModel
@@ -27,19 +28,20 @@ def _flatten(metrics: Mapping[str, object], prefix: str = "") -> dict[str, float
     return out
 
 
-def _unix(value: object) -> int:
-    if isinstance(value, int | float):
-        return int(value)
-    if isinstance(value, str) and value:
-        return int(datetime.fromisoformat(value).timestamp())
-    return 0
+def _timestamp(value: object) -> timestamp_pb2.Timestamp | None:
+    """The manifest's ISO 8601 `created_at`; None (the field stays unset) when the manifest has none."""
+    if not isinstance(value, str) or not value:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(datetime.fromisoformat(value))
+    return stamp
 
 
 def model_info(model: ServingModel) -> admin_pb2.ModelInfo:
     manifest = model.bundle.manifest
     return admin_pb2.ModelInfo(
         version=model.version,
-        created_at=_unix(manifest.get("created_at")),
+        create_time=_timestamp(manifest.get("created_at")),
         metrics=_flatten(manifest.get("metrics", {})),
         data_fingerprint=str(manifest.get("data_fingerprint", "")),
         n_items=len(model.bundle.items),
@@ -52,12 +54,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._models = models
 
     async def GetModelInfo(self, request: admin_pb2.GetModelInfoRequest,
-                           context: grpc.aio.ServicerContext) -> admin_pb2.ModelInfo:
-        return model_info(self._models.get())
+                           context: grpc.aio.ServicerContext) -> admin_pb2.GetModelInfoResponse:
+        return admin_pb2.GetModelInfoResponse(model=model_info(self._models.get()))
 
     async def ReloadModel(self, request: admin_pb2.ReloadModelRequest,
-                          context: grpc.aio.ServicerContext) -> admin_pb2.ModelInfo:
-        return model_info(await self._models.reload())
+                          context: grpc.aio.ServicerContext) -> admin_pb2.ReloadModelResponse:
+        return admin_pb2.ReloadModelResponse(model=model_info(await self._models.reload()))
 
 
 def spec(models: ModelHolder) -> ServiceSpec:

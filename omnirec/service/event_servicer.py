@@ -42,15 +42,13 @@ def events_table(events: list[events_pb2.Event], now: int) -> tuple[pa.Table, li
         v.store(e.store_id, channel, f"{at}.store_id")
         if e.quantity < 0:
             raise InvalidArgument(f"{at}.quantity", f"must be >= 0 (got {e.quantity})")
-        if not e.price >= 0 or e.price == float("inf"):
-            raise InvalidArgument(f"{at}.price", f"must be a finite number >= 0 (got {e.price})")
-        if e.ts < 0:
-            raise InvalidArgument(f"{at}.ts", f"must be unix seconds >= 0 (got {e.ts})")
+        price = v.money(e.price_minor_units, f"{at}.price_minor_units")
+        ts = v.unix_seconds(e.event_time, f"{at}.event_time") if e.HasField("event_time") else now
         event_ids.append(e.event_id)
         for col, value in ((Col.MEMBER_ID, e.member_id or None), (Col.ANONYMOUS_ID, e.anonymous_id or None),
                            (Col.ITEM_ID, e.item_id or None), (Col.CHANNEL, channel.value),
                            (Col.EVENT_TYPE, event_type.value), (Col.STORE_ID, e.store_id or None),
-                           (Col.QUANTITY, e.quantity or 1), (Col.PRICE, e.price), (Col.TS, e.ts or now)):
+                           (Col.QUANTITY, e.quantity or 1), (Col.PRICE, price), (Col.TS, ts)):
             rows[col].append(value)
     if len(set(event_ids)) != len(event_ids):
         raise InvalidArgument("events", "event_id must be unique within a batch")

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from omnirec.config import OmnirecConfig
-from omnirec.domain.errors import InvalidArgument, Unavailable
+from omnirec.domain.errors import Unavailable
 from omnirec.domain.readers import INVENTORY_FILE, ITEMS_FILE
 from omnirec.feature_store.connection import connect
 from omnirec.feature_store.reader import FeatureReader
@@ -55,14 +55,8 @@ _REASONS = {
 }
 
 
-def _non_negative(value: float, field: str) -> float:
-    if not value >= 0:
-        raise InvalidArgument(field, f"must be a number >= 0 (got {value})")
-    return value
-
-
-def _decision(d: CouponDecision) -> offers_pb2.CouponDecision:
-    return offers_pb2.CouponDecision(decision_id=d.decision_id, issued=d.issued, coupon_id=d.coupon_id,
+def _decision(d: CouponDecision) -> offers_pb2.DecideCouponResponse:
+    return offers_pb2.DecideCouponResponse(decision_id=d.decision_id, issued=d.issued, coupon_id=d.coupon_id,
                                      offer_id=d.offer_id, reason=_REASONS[d.reason], detail=d.detail, score=d.score,
                                      replayed=d.replayed)
 
@@ -99,12 +93,12 @@ class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
             degraded=result.degraded)
 
     async def DecideCoupon(self, request: offers_pb2.DecideCouponRequest,
-                           context: grpc.aio.ServicerContext) -> offers_pb2.CouponDecision:
+                           context: grpc.aio.ServicerContext) -> offers_pb2.DecideCouponResponse:
         request_id = v.required(request.request_id, "request_id")
         member_id = v.required(request.member_id, "member_id")
         channel = v.channel(request.channel)
         store_id = v.store(request.store_id, channel)
-        basket_value = _non_negative(request.basket_value, "basket_value")
+        basket_value = v.money(request.basket_value_minor_units, "basket_value_minor_units")
         decision = await self._run(context, self._engine.decide_coupon, request_id, member_id, channel, store_id,
                                    list(request.basket_item_ids), basket_value)
         return _decision(decision)
@@ -113,7 +107,7 @@ class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
                            context: grpc.aio.ServicerContext) -> offers_pb2.RedeemCouponResponse:
         coupon_id = v.required(request.coupon_id, "coupon_id")
         member_id = v.required(request.member_id, "member_id")
-        order_value = _non_negative(request.order_value, "order_value")
+        order_value = v.money(request.order_value_minor_units, "order_value_minor_units")
         channel = v.channel(request.channel) if request.channel else None
         newly, offer_id = await self._run(context, self._engine.redeem, coupon_id, member_id, order_value,
                                           request.store_id or None, channel)

@@ -25,7 +25,7 @@ from omnirec.service.ranking import (
 from omnirec.service.registry import ALL_ROLES, ServiceSpec
 from omnirec.v1 import common_pb2, recommendation_pb2, recommendation_pb2_grpc
 
-_REASONS: dict[Reason, int] = {r: common_pb2.ReasonCode.Value(f"REASON_{r.name}") for r in Reason}
+_REASONS: dict[Reason, int] = {r: common_pb2.Reason.Value(f"REASON_{r.name}") for r in Reason}
 
 SERVICE = recommendation_pb2.DESCRIPTOR.services_by_name["RecommendationService"].full_name
 

@@ -20,13 +20,12 @@ import faiss
 import grpc
 import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from threadpoolctl import threadpool_limits
 
 from omnirec.config import OmnirecConfig
 from omnirec.domain.errors import OmnirecError
 from omnirec.domain.readers import LIVE_EVENTS_DIR
-from omnirec.service import admin_servicer, event_servicer, offer_servicer, recommendation_servicer
+from omnirec.service import admin_servicer, event_servicer, offer_servicer, recommendation_servicer, reflection
 from omnirec.service.bundles import holder_for, load_serving_model
 from omnirec.service.event_log import EventLog
 from omnirec.service.features import Features
@@ -119,7 +118,7 @@ async def serve(state: ServingState, port: int | None = None) -> tuple[grpc.aio.
         s.add_to_server(s.servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(state.health, server)
     names = [s.full_name for s in specs]
-    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    reflection.enable([*names, health.SERVICE_NAME], server)
     for name in names:
         if name not in NEEDS_MODEL:
             await state.health.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -7,6 +7,7 @@ INVALID_ARGUMENT with a message that starts with that field, as the contract pro
 from __future__ import annotations
 
 import grpc
+from google.protobuf import timestamp_pb2
 
 from omnirec.domain.errors import InvalidArgument
 from omnirec.domain.vocab import Channel, StoreId
@@ -56,6 +57,26 @@ def one_of(first: str, second: str, first_field: str, second_field: str) -> None
     """At least one of two ids (e.g. member_id or anonymous_id) must be set."""
     if not first and not second:
         raise InvalidArgument(first_field, f"set {first_field} or {second_field}")
+
+
+MINOR_UNITS_PER_MAJOR = 100
+"""Money travels as integer minor units (cents); the domain (offers, points, the event log) computes in major units."""
+
+
+def money(minor_units: int, field: str) -> float:
+    """A non-negative amount in minor units, as the domain's major units (1999 -> 19.99)."""
+    if minor_units < 0:
+        raise InvalidArgument(field, f"must be >= 0 minor units (got {minor_units})")
+    return minor_units / MINOR_UNITS_PER_MAJOR
+
+
+def unix_seconds(value: timestamp_pb2.Timestamp, field: str) -> int:
+    """A Timestamp as whole unix seconds (the event log's resolution); nanos outside 0..999,999,999 are refused."""
+    if not 0 <= value.nanos < 1_000_000_000:
+        raise InvalidArgument(field, f"nanos must be in 0..999999999 (got {value.nanos})")
+    if value.seconds < 0:
+        raise InvalidArgument(field, f"must not be before 1970-01-01 (got {value.seconds} s)")
+    return value.seconds
 
 
 DEADLINE_SHARE = 0.8

@@ -72,7 +72,7 @@ def test_next_best_offer_decide_and_redeem(server: Server) -> None:
     assert excluded["welcome-10off50"] == "not_eligible_lifecycle"
 
     request = offers_pb2.DecideCouponRequest(request_id="checkout-1", member_id=MEMBER, channel=common_pb2.CHANNEL_APP,
-                                             basket_item_ids=["i4"], basket_value=80)
+                                             basket_item_ids=["i4"], basket_value_minor_units=8000)
     decision = server.stub.DecideCoupon(request, metadata=key("pos-key"))
     assert decision.issued and decision.coupon_id
     assert decision.offer_id != "winback-15off60"  # shown by NextBestOffer above: its cap of 1 is used
@@ -80,8 +80,9 @@ def test_next_best_offer_decide_and_redeem(server: Server) -> None:
     retry = server.stub.DecideCoupon(request, metadata=key("pos-key"))
     assert retry.replayed and retry.coupon_id == decision.coupon_id and retry.decision_id == decision.decision_id
 
-    redeem = offers_pb2.RedeemCouponRequest(coupon_id=decision.coupon_id, member_id=MEMBER, order_value=90,
-                                            channel=common_pb2.CHANNEL_POS, store_id="s1")
+    redeem = offers_pb2.RedeemCouponRequest(coupon_id=decision.coupon_id, member_id=MEMBER,
+                                            order_value_minor_units=9000, channel=common_pb2.CHANNEL_POS,
+                                            store_id="s1")
     first = server.stub.RedeemCoupon(redeem, metadata=key("app-key"))
     again = server.stub.RedeemCoupon(redeem, metadata=key("app-key"))
     assert first.newly_redeemed and not again.newly_redeemed
@@ -96,7 +97,7 @@ INVALID = [
     (offers_pb2.DecideCouponRequest(member_id="m1", channel=common_pb2.CHANNEL_APP), "request_id"),
     (offers_pb2.DecideCouponRequest(request_id="r", member_id="m1", channel=common_pb2.CHANNEL_POS), "store_id"),
     (offers_pb2.DecideCouponRequest(request_id="r", member_id="m1", channel=common_pb2.CHANNEL_APP,
-                                    basket_value=-1), "basket_value"),
+                                    basket_value_minor_units=-1), "basket_value_minor_units"),
     (offers_pb2.RedeemCouponRequest(member_id="m1"), "coupon_id"),
 ]
 

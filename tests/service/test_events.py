@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from google.protobuf import timestamp_pb2
 from service_harness import API_KEYS, RunningServer
 
 from omnirec.domain.readers import read_event_log
@@ -16,7 +17,8 @@ MD = (("x-api-key", API_KEYS["app"]),)
 
 def _event(i: int, **overrides: object) -> events_pb2.Event:
     fields: dict[str, object] = {"event_id": f"e{i}", "member_id": "m-live", "item_id": "", "channel":
-                                 common_pb2.CHANNEL_APP, "event_type": events_pb2.EVENT_TYPE_VIEW, "ts": 1_700_000_000}
+                                 common_pb2.CHANNEL_APP, "event_type": events_pb2.EVENT_TYPE_VIEW,
+                                 "event_time": timestamp_pb2.Timestamp(seconds=1_700_000_000)}
     fields.update(overrides)
     return events_pb2.Event(**fields)  # type: ignore[arg-type]
 
@@ -24,8 +26,8 @@ def _event(i: int, **overrides: object) -> events_pb2.Event:
 def test_track_events_applies_logs_and_dedups(server: RunningServer, item_id: str) -> None:
     stub = events_pb2_grpc.EventServiceStub(server.channel)
     batch = [_event(1, item_id=item_id),
-             _event(2, item_id=item_id, event_type=events_pb2.EVENT_TYPE_PURCHASE, quantity=2, price=9.5,
-                    channel=common_pb2.CHANNEL_POS, store_id="s0"),
+             _event(2, item_id=item_id, event_type=events_pb2.EVENT_TYPE_PURCHASE, quantity=2,
+                    price_minor_units=950, channel=common_pb2.CHANNEL_POS, store_id="s0"),
              _event(3, anonymous_id="dev-9", member_id="", event_type=events_pb2.EVENT_TYPE_STORE_VISIT,
                     channel=common_pb2.CHANNEL_STORE, store_id="s0")]
     reply = stub.TrackEvents(events_pb2.TrackEventsRequest(events=batch), metadata=MD, timeout=5)
@@ -37,6 +39,8 @@ def test_track_events_applies_logs_and_dedups(server: RunningServer, item_id: st
     assert logged.num_rows == 3
     assert logged.column("event_type").to_pylist() == ["view", "purchase", "store_visit"]
     assert logged.column("quantity").to_pylist() == [1, 2, 1]
+    assert logged.column("price").to_pylist()[1] == 9.5  # minor units on the wire, major units in the log
+    assert set(logged.column("ts").to_pylist()) == {1_700_000_000}
 
     # The live purchase is now excluded for that member, who is unknown to the model (cold start).
     recs = rec_grpc.RecommendationServiceStub(server.channel).Recommend(
@@ -53,7 +57,8 @@ def test_track_events_applies_logs_and_dedups(server: RunningServer, item_id: st
     ({"item_id": ""}, "events[1].item_id"),
     ({"channel": common_pb2.CHANNEL_POS}, "events[1].store_id"),
     ({"quantity": -1}, "events[1].quantity"),
-    ({"price": -2.0}, "events[1].price"),
+    ({"price_minor_units": -200}, "events[1].price_minor_units"),
+    ({"event_time": timestamp_pb2.Timestamp(seconds=1, nanos=-1)}, "events[1].event_time"),
 ])
 def test_invalid_event_rejects_the_whole_batch(server: RunningServer, item_id: str, bad: dict[str, object],
                                                field: str) -> None:

@@ -151,9 +151,9 @@ def test_admin_reload_picks_up_a_new_bundle_now(small_retail_dir: Path, bundle_r
     try:
         admin = admin_pb2_grpc.AdminServiceStub(server.channel)
         md = (("x-api-key", API_KEYS["admin"]),)
-        before = admin.GetModelInfo(admin_pb2.GetModelInfoRequest(), metadata=md, timeout=5).version
+        before = admin.GetModelInfo(admin_pb2.GetModelInfoRequest(), metadata=md, timeout=5).model.version
         new = _publish_copy(root)
-        after = admin.ReloadModel(admin_pb2.ReloadModelRequest(), metadata=md, timeout=30).version
+        after = admin.ReloadModel(admin_pb2.ReloadModelRequest(), metadata=md, timeout=30).model.version
         assert before != after == str(new)
     finally:
         server.stop()

@@ -127,8 +127,8 @@ def test_auth_refusals(server: RunningServer) -> None:
 
 def test_admin_model_info_and_reload(server: RunningServer) -> None:
     admin = admin_pb2_grpc.AdminServiceStub(server.channel)
-    info = admin.GetModelInfo(admin_pb2.GetModelInfoRequest(), metadata=_md("admin"), timeout=5)
-    assert info.version and info.n_items > 0 and info.n_members > 0 and info.created_at > 0
+    info = admin.GetModelInfo(admin_pb2.GetModelInfoRequest(), metadata=_md("admin"), timeout=5).model
+    assert info.version and info.n_items > 0 and info.n_members > 0 and info.create_time.seconds > 1_700_000_000
     assert info.metrics
-    again = admin.ReloadModel(admin_pb2.ReloadModelRequest(), metadata=_md("admin"), timeout=30)
+    again = admin.ReloadModel(admin_pb2.ReloadModelRequest(), metadata=_md("admin"), timeout=30).model
     assert again.version == info.version
