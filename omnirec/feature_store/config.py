@@ -30,7 +30,6 @@ class RedisConfig(BaseModel):
     dedup_ttl_s: int = Field(2 * DAY_S, gt=0, description="how long a live event id is remembered for dedup")
     contact_ttl_s: int = Field(180 * DAY_S, gt=0, description="contact ledger retention")
     wallet_ttl_s: int = Field(365 * DAY_S, gt=0, description="coupon wallet retention after its last write")
-    contact_window_s: int = Field(30 * DAY_S, gt=0, description="contact history a request read returns")
     recent_items: int = Field(50, ge=1, description="recent items kept per member, newest first")
     purchased_items: int = Field(200, ge=1, description="purchased items kept per member (most recent)")
     batch_members: int = Field(10_000, ge=100, description="members per pipelined flush when materialising")

@@ -42,7 +42,7 @@ CONTACTS = "contacts"
 SEEN = "seen"
 META = "meta"
 
-# --- offers engine (issue 6): durable offer records -------------------------------------------------
+# --- offer state (written only by offers.store) -----------------------------------------------------
 OFFER_BUDGET = "offer_budget"
 OFFER_DECISION = "offer_decision"
 OFFER_STATS = "offer_stats"
@@ -123,7 +123,7 @@ class Keys:
     def seen(self, event_digest: str) -> str:
         return self.durable(SEEN, event_digest)
 
-    # --- offers engine (issue 6): budgets, idempotent decisions, redemption stats (coupons: wallet) ---
+    # --- offer state: budgets, idempotent decisions, redemption stats (coupons: wallet) ---
     def offer_budget(self, offer_id: str) -> str:
         """Hash: issued, reserved_cents, redeemed, spent_cents of one offer (never expires)."""
         return self.durable(OFFER_BUDGET, offer_id)

@@ -15,7 +15,6 @@ member's features need a second round trip (only then).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -30,14 +29,6 @@ from omnirec.domain.vocab import ONLINE_STORE
 from omnirec.feature_store.config import RedisConfig
 from omnirec.feature_store.errors import FeatureStoreError, redis_call
 from omnirec.feature_store.keys import SCHEMA_VERSION, Keys
-from omnirec.feature_store.marketing import (
-    ContactHistory,
-    Wallet,
-    parse_contacts,
-    parse_wallet,
-    queue_contacts,
-    queue_wallet,
-)
 from omnirec.feature_store.model import ItemFeatures, MemberProfile, parse_stock
 from omnirec.feature_store.packed import unpack
 
@@ -55,8 +46,6 @@ class MemberFeatures:
     recent_items: tuple[str, ...]
     """Newest first, distinct, at most `recent_items` long."""
     purchased_items: frozenset[str]
-    wallet: Wallet
-    contacts: ContactHistory
 
 
 @dataclass(frozen=True)
@@ -180,18 +169,16 @@ class ReadPlans:
         raise FeatureStoreError(f"{what}: the generation kept changing during the read")
 
     def read_request(self, member_id: str | None = None, anonymous_id: str | None = None,
-                     item_ids: Sequence[str] = (), store_id: str | None = None,
-                     now: float | None = None, marketing: bool = True) -> Plan[RequestFeatures]:
+                     item_ids: Sequence[str] = (), store_id: str | None = None) -> Plan[RequestFeatures]:
         if not member_id and not anonymous_id:
             raise ValueError("read_request needs a member_id or an anonymous_id")
-        now = time.time() if now is None else now
         store = store_id or ONLINE_STORE
         out: dict[str, Any] = {}
 
         def queue(batch: _Batch, k: Keys) -> None:
             out.clear()
             if member_id:
-                self._queue_member(batch, k, member_id, now, marketing, out)
+                self._queue_member(batch, k, member_id, out)
             else:
                 batch.pipe.hget(k.identity(anonymous_id), "member_id")
                 batch.pipe.get(k.anon_recent(anonymous_id))
@@ -205,7 +192,7 @@ class ReadPlans:
 
             def queue_linked(batch: _Batch, k: Keys) -> None:
                 out.update(anon_recent=())
-                self._queue_member(batch, k, resolved, now, marketing, out)
+                self._queue_member(batch, k, resolved, out)
                 self._queue_items(batch, k, list(item_ids), store, out)  # again: one generation per answer
 
             generation = yield from self._consistent(queue_linked, "read_request")
@@ -216,25 +203,19 @@ class ReadPlans:
             anonymous_recent_items=out.get("anon_recent", ()), store_id=store, items=out["items"],
             stock=out["stock"])
 
-    def _queue_member(self, batch: _Batch, k: Keys, member_id: str, now: float, marketing: bool,
-                      out: dict[str, Any]) -> None:
-        since = now - self.config.contact_window_s
+    @staticmethod
+    def _queue_member(batch: _Batch, k: Keys, member_id: str, out: dict[str, Any]) -> None:
         batch.pipe.get(k.member(member_id))
         batch.pipe.get(k.recent(member_id))
         batch.pipe.get(k.purchased(member_id))
-        if marketing:
-            queue_wallet(batch.pipe, k, member_id)
-            queue_contacts(batch.pipe, k, member_id, since)
 
         def parse(r: list[Any]) -> None:
             profile = MemberProfile.from_packed(member_id, k.member(member_id), r[0]) if r[0] is not None else None
             out["member"] = MemberFeatures(
                 member_id=member_id, profile=profile, recent_items=tuple(unpack(r[1])),
-                purchased_items=frozenset(unpack(r[2])),
-                wallet=parse_wallet(k, member_id, r[3] if marketing else {}, now),
-                contacts=parse_contacts(k, member_id, r[4] if marketing else [], since))
+                purchased_items=frozenset(unpack(r[2])))
 
-        batch.add(5 if marketing else 3, parse)
+        batch.add(3, parse)
 
     @staticmethod
     def _queue_items(batch: _Batch, k: Keys, item_ids: list[str], store: str, out: dict[str, Any]) -> None:
@@ -313,11 +294,9 @@ class FeatureReader:
         return self._run(self.plans.generation())
 
     def read_request(self, member_id: str | None = None, anonymous_id: str | None = None,
-                     item_ids: Sequence[str] = (), store_id: str | None = None,
-                     now: float | None = None, marketing: bool = True) -> RequestFeatures:
-        """All features of one request. `store_id` None reads online stock (app, mini-program, web);
-        `marketing=False` leaves the wallet and contact ledger out (empty), for requests that do not decide offers."""
-        return self._run(self.plans.read_request(member_id, anonymous_id, item_ids, store_id, now, marketing))
+                     item_ids: Sequence[str] = (), store_id: str | None = None) -> RequestFeatures:
+        """All features of one request. `store_id` None reads online stock (app, mini-program, web)."""
+        return self._run(self.plans.read_request(member_id, anonymous_id, item_ids, store_id))
 
     def in_stock(self, item_ids: Sequence[str], store_id: str | None = None) -> np.ndarray:
         """Boolean mask over `item_ids`: units on hand > 0 at `store_id` (online when None); one round trip."""
@@ -350,10 +329,8 @@ class AsyncFeatureReader:
             return done.value  # type: ignore[no-any-return]
 
     async def read_request(self, member_id: str | None = None, anonymous_id: str | None = None,
-                           item_ids: Sequence[str] = (), store_id: str | None = None,
-                           now: float | None = None, marketing: bool = True) -> RequestFeatures:
-        return await self._run(self.plans.read_request(member_id, anonymous_id, item_ids, store_id, now,
-                                                       marketing))
+                           item_ids: Sequence[str] = (), store_id: str | None = None) -> RequestFeatures:
+        return await self._run(self.plans.read_request(member_id, anonymous_id, item_ids, store_id))
 
     async def purchased(self, member_id: str) -> tuple[str, ...]:
         """The member's purchased items, most recent first (empty when none are stored); one round trip."""

@@ -1,6 +1,6 @@
 """Next-best-offer and coupon decisions: catalogue, eligibility and contact rules, scoring, budgets, uplift.
 
-`offers.policy` and `offers.catalogue` are pure; `offers.budget` holds the Redis state; `offers.engine`
+`offers.policy` and `offers.catalogue` are pure; `offers.store` owns the offer state in Redis; `offers.engine`
 ties them together for the gRPC servicer; `offers.uplift` trains the incrementality model. Nothing here
 imports grpc. Only the light, pure modules are re-exported, so reading the config stays cheap.
 """

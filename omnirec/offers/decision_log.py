@@ -12,9 +12,77 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+from omnirec.offers.policy import Exclusion, MemberView, ScoredOffer
+
+
+class RecordType(StrEnum):
+    NEXT_BEST_OFFER = "next_best_offer"
+    DECIDE_COUPON = "decide_coupon"
+    REDEEM_COUPON = "redeem_coupon"
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """One line of the log. Every RPC that decides or books something writes one; fields a type does not
+    use keep their defaults and are left out of the line."""
+
+    ts: float
+    type: RecordType
+    decision_id: str
+    member_id: str
+    channel: str | None = None
+    store_id: str | None = None
+    catalogue_version: str = ""
+    model_version: str = ""
+    uplift_version: str = ""
+    member: MemberView | None = None
+    basket: Sequence[str] = ()
+    context: Mapping[str, str] = field(default_factory=dict)
+    scored: Sequence[ScoredOffer] = ()
+    excluded: Sequence[Exclusion] = ()
+    chosen: Sequence[str] = ()
+    """NextBestOffer: the offers answered, best first."""
+    decision: Mapping[str, object] = field(default_factory=dict)
+    """DecideCoupon: the decision as the caller got it (issued, coupon_id, offer_id, reason, detail, score)."""
+    request_id: str = ""
+    basket_value: float | None = None
+    coupon_id: str = ""
+    offer_id: str = ""
+    redemption_id: str = ""
+    order_value: float | None = None
+    discount: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"ts": self.ts, "type": self.type.value, "decision_id": self.decision_id,
+                               "member_id": self.member_id, "channel": self.channel, "store_id": self.store_id,
+                               "catalogue_version": self.catalogue_version}
+        if self.type is not RecordType.REDEEM_COUPON:
+            out.update(model_version=self.model_version, uplift_version=self.uplift_version,
+                       basket=list(self.basket), scored=[_scored(s) for s in self.scored],
+                       excluded=[{"offer_id": e.offer_id, "rule": e.rule.value} for e in self.excluded])
+            if self.member is not None:
+                out["member"] = {"tier": self.member.tier, "stage": self.member.stage.value,
+                                 "consent": sorted(c.value for c in self.member.consent),
+                                 "feature_version": self.member.feature_version}
+        if self.type is RecordType.NEXT_BEST_OFFER:
+            out.update(context=dict(self.context), chosen=list(self.chosen))
+        elif self.type is RecordType.DECIDE_COUPON:
+            out.update(request_id=self.request_id, basket_value=self.basket_value, **self.decision)
+        else:
+            out.update(coupon_id=self.coupon_id, offer_id=self.offer_id, redemption_id=self.redemption_id,
+                       order_value=self.order_value, discount=self.discount)
+        return out
+
+
+def _scored(s: ScoredOffer) -> dict[str, object]:
+    return {"offer_id": s.offer.id, "score": round(s.score, 6), "propensity": round(s.propensity, 6),
+            "uplift": round(s.uplift, 6), "reasons": list(s.reasons)}
 
 
 class DecisionLog:
@@ -26,11 +94,11 @@ class DecisionLog:
     def path_for(self, ts: float) -> Path:
         return self.directory / f"decisions-{time.strftime('%Y-%m-%d', time.gmtime(ts))}.jsonl"
 
-    def append(self, record: dict[str, Any]) -> None:
-        """`record` must carry `ts` (unix seconds); it picks the day file."""
-        line = (json.dumps(record, separators=(",", ":"), sort_keys=True) + "\n").encode()
+    def append(self, record: DecisionRecord) -> None:
+        """The record's `ts` picks the day file."""
+        line = (json.dumps(record.to_json(), separators=(",", ":"), sort_keys=True) + "\n").encode()
         with self._lock:
-            fd = os.open(self.path_for(float(record["ts"])), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = os.open(self.path_for(record.ts), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
                 os.write(fd, line)
             finally:

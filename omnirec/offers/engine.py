@@ -19,11 +19,10 @@ import pyarrow as pa
 from omnirec.domain.errors import FailedPrecondition, NotFound
 from omnirec.domain.idmap import IdMap
 from omnirec.domain.tiers import TierLadder
-from omnirec.domain.vocab import ONLINE_STORE, Channel, LifecycleStage
-from omnirec.offers.budget import DAY, OfferStore, budget_left
+from omnirec.domain.vocab import ONLINE_STORE, Channel
 from omnirec.offers.catalogue import Catalogue, CatalogueSource, Offer, Target
 from omnirec.offers.config import OfferConfig
-from omnirec.offers.decision_log import DecisionLog
+from omnirec.offers.decision_log import DecisionLog, DecisionRecord, RecordType
 from omnirec.offers.policy import (
     NEUTRAL_AFFINITY,
     Exclusion,
@@ -35,6 +34,7 @@ from omnirec.offers.policy import (
     UpliftEstimate,
     rank_offers,
 )
+from omnirec.offers.store import DAY, OfferStore, budget_left
 from omnirec.offers.uplift import UpliftScores
 
 ISSUED = "issued"
@@ -224,16 +224,12 @@ class OfferEngine:
         ranking = self._charge_invitations(self._rank(catalogue.offers, member, channel, store_id, k, now, model,
                                                          model_version))
         decision_id = uuid.uuid4().hex
-        for s in ranking.chosen:
-            self.store.marketing.record_contact(member_id, s.offer.id, channel, decision_id, now)
-        self.log.append({
-            "ts": now, "type": "next_best_offer", "decision_id": decision_id, "member_id": member_id,
-            "channel": channel.value, "store_id": store_id, "basket": list(basket_item_ids),
-            "context": context or {}, **self._versions(catalogue, model_version), "member": _member_json(member),
-            "scored": [_scored_json(s) for s in ranking.scored],
-            "chosen": [s.offer.id for s in ranking.chosen],
-            "excluded": [{"offer_id": e.offer_id, "rule": e.rule} for e in ranking.excluded],
-        })
+        self.store.record_contacts(member_id, channel, decision_id, [s.offer.id for s in ranking.chosen], now)
+        self.log.append(DecisionRecord(
+            now, RecordType.NEXT_BEST_OFFER, decision_id, member_id, channel.value, store_id,
+            **self._versions(catalogue, model_version), member=member, basket=tuple(basket_item_ids),
+            context=context or {}, scored=ranking.scored, excluded=ranking.excluded,
+            chosen=[s.offer.id for s in ranking.chosen]))
         return NextBestOffers(decision_id, ranking, catalogue.version, model_version, model is None)
 
     def _charge_invitations(self, ranking: Ranking) -> Ranking:
@@ -284,14 +280,11 @@ class OfferEngine:
             earlier = self.store.store_decision(request_id, decision.to_json())
             if earlier is not None:
                 return CouponDecision.from_json(earlier, replayed=True)
-        self.log.append({
-            "ts": now, "type": "decide_coupon", "request_id": request_id, "member_id": member_id,
-            "channel": channel.value, "store_id": store_id, "basket": list(basket_item_ids),
-            "basket_value": basket_value, **self._versions(catalogue, model_version), "member": _member_json(member),
-            "scored": [_scored_json(s) for s in ranking.scored],
-            "excluded": [{"offer_id": e.offer_id, "rule": e.rule} for e in ranking.excluded],
-            **decision.to_json(),
-        })
+        self.log.append(DecisionRecord(
+            now, RecordType.DECIDE_COUPON, decision.decision_id, member_id, channel.value, store_id,
+            **self._versions(catalogue, model_version), member=member, basket=tuple(basket_item_ids),
+            scored=ranking.scored, excluded=ranking.excluded, decision=decision.to_json(), request_id=request_id,
+            basket_value=basket_value))
         return decision
 
     def _refusal(self, decision_id: str, ranking: Ranking,
@@ -323,30 +316,8 @@ class OfferEngine:
         redemption_id = uuid.uuid4().hex
         newly = self.store.redeem(coupon, offer, order_value, now, redemption_id)
         if newly:
-            self.log.append({
-                "ts": now, "type": "redeem_coupon", "coupon_id": coupon_id, "member_id": member_id,
-                "offer_id": offer.id, "decision_id": coupon.decision_id, "redemption_id": redemption_id,
-                "order_value": order_value, "discount": offer.discount(order_value), "store_id": store_id,
-                "channel": channel.value if channel else None, "catalogue_version": catalogue.version,
-            })
+            self.log.append(DecisionRecord(
+                now, RecordType.REDEEM_COUPON, coupon.decision_id, member_id, channel.value if channel else None,
+                store_id, catalogue.version, coupon_id=coupon_id, offer_id=offer.id, redemption_id=redemption_id,
+                order_value=order_value, discount=offer.discount(order_value)))
         return newly, offer.id
-
-
-def profiles_from_table(members: pa.Table) -> Callable[[str], MemberView | None]:
-    """Member views from a members table (simulator or CRM export): the demo's and tests' profile source."""
-    consent_cols = [(c, f"consent_{c.value}") for c in Channel]
-    views = {}
-    for row in members.to_pylist():
-        views[row["member_id"]] = MemberView(row["member_id"], row["tier"], LifecycleStage(row["lifecycle_stage"]),
-                                             frozenset(c for c, col in consent_cols if row[col]))
-    return views.get
-
-
-def _member_json(member: MemberView) -> dict[str, object]:
-    return {"tier": member.tier, "stage": member.stage.value, "consent": sorted(c.value for c in member.consent),
-            "feature_version": member.feature_version}
-
-
-def _scored_json(s: ScoredOffer) -> dict[str, object]:
-    return {"offer_id": s.offer.id, "score": round(s.score, 6), "propensity": round(s.propensity, 6),
-            "uplift": round(s.uplift, 6), "reasons": list(s.reasons)}

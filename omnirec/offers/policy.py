@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from omnirec.domain.tiers import TierLadder
 from omnirec.domain.vocab import Channel, LifecycleStage
@@ -20,7 +21,7 @@ NEUTRAL_AFFINITY = 0.5
 """Affinity of a whole-basket offer, or of a member the model does not know: an average response."""
 
 
-class Rule:
+class Rule(StrEnum):
     """Names of the rules that exclude an offer (stable strings: they reach callers and the decision log)."""
 
     NOT_VALID_NOW = "not_valid_now"
@@ -75,7 +76,7 @@ class OfferState:
 @dataclass(frozen=True)
 class Exclusion:
     offer_id: str
-    rule: str
+    rule: Rule
     detail: str
 
 
@@ -117,7 +118,7 @@ def _tier_rule(offer: Offer, member: MemberView, tiers: TierLadder) -> tuple[boo
 def screen(offer: Offer, member: MemberView, channel: Channel, now: float, state: OfferState,
            tiers: TierLadder) -> Exclusion | list[str]:
     """Eligibility, holdout and the per-member cap: the rule that excludes the offer, or the admitting reasons."""
-    def out(rule: str, detail: str) -> Exclusion:
+    def out(rule: Rule, detail: str) -> Exclusion:
         return Exclusion(offer.id, rule, detail)
 
     if not offer.valid_at(now):

@@ -87,8 +87,7 @@ class Features:
         Unavailable when Redis is down or slow, or holds nothing servable (no or malformed materialisation).
         """
         try:
-            features = await self._within(budget_s, self._reader.read_request(member_id, anonymous_id,
-                                                                              marketing=False))
+            features = await self._within(budget_s, self._reader.read_request(member_id, anonymous_id))
         except FeatureStoreError as exc:
             raise Unavailable(str(exc)) from exc
         return _member_context(features)

@@ -23,11 +23,11 @@ from omnirec.domain.errors import Unavailable
 from omnirec.domain.readers import INVENTORY_FILE, ITEMS_FILE
 from omnirec.feature_store.connection import connect
 from omnirec.feature_store.reader import FeatureReader
-from omnirec.offers.budget import OfferStore
 from omnirec.offers.catalogue import CatalogueSource, OfferKind
 from omnirec.offers.decision_log import DecisionLog
 from omnirec.offers.engine import ISSUED, NO_ELIGIBLE_OFFER, AffinityModel, CouponDecision, ItemCatalogue, OfferEngine
 from omnirec.offers.policy import MemberView, Rule
+from omnirec.offers.store import OfferStore
 from omnirec.offers.uplift import UpliftScores
 from omnirec.service import validation as v
 from omnirec.service.model import ModelHolder

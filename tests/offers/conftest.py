@@ -12,12 +12,12 @@ import redis
 
 from omnirec.domain.vocab import Channel, LifecycleStage
 from omnirec.feature_store.config import RedisConfig
-from omnirec.offers.budget import OfferStore
 from omnirec.offers.catalogue import CatalogueSource
 from omnirec.offers.config import EXAMPLE_CATALOGUE, OfferConfig
 from omnirec.offers.decision_log import DecisionLog
 from omnirec.offers.engine import ItemCatalogue, OfferEngine
 from omnirec.offers.policy import MemberView
+from omnirec.offers.store import OfferStore
 
 EXAMPLE = EXAMPLE_CATALOGUE
 NOW = 1_795_000_000.0

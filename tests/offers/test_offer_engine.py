@@ -14,13 +14,12 @@ from omnirec.domain.errors import FailedPrecondition, NotFound, Unavailable
 from omnirec.domain.idmap import IdMap
 from omnirec.domain.vocab import Channel, LifecycleStage
 from omnirec.feature_store.config import RedisConfig
-from omnirec.feature_store.marketing import CouponStatus
-from omnirec.offers.budget import OfferStore
 from omnirec.offers.catalogue import CatalogueSource
 from omnirec.offers.config import OfferConfig
 from omnirec.offers.decision_log import DecisionLog
 from omnirec.offers.engine import ItemCatalogue, OfferEngine
 from omnirec.offers.policy import Rule, in_holdout
+from omnirec.offers.store import CouponStatus, OfferStore
 from omnirec.offers.uplift import UpliftScores
 from tests.offers.conftest import EXAMPLE, NOW, EngineFactory, member
 
@@ -79,7 +78,7 @@ def test_retries_of_one_request_issue_once(make_engine: EngineFactory, tmp_path:
     assert len({d.coupon_id for d in decisions}) == 1 and decisions[0].issued
     assert sum(not d.replayed for d in decisions) == 1
     assert engine.store.usage("flash-5off").issued == 1
-    assert [c.coupon_id for c in engine.store.marketing.wallet("m000").coupons] == [decisions[0].coupon_id]
+    assert [c.coupon_id for c in engine.store.wallet("m000", NOW).coupons] == [decisions[0].coupon_id]
     again = engine.decide_coupon("same", "m000", Channel.POS, "s1")
     assert again.replayed and again.coupon_id == decisions[0].coupon_id
 
@@ -162,7 +161,7 @@ def test_redeem_is_idempotent_and_books_spend(make_engine: EngineFactory, tmp_pa
     assert {r[1] for r in results} == {"flash-5off"}
     usage = engine.store.usage("flash-5off")
     assert usage.redeemed == 1 and usage.spent_cents == 500
-    assert engine.store.marketing.wallet("m000", NOW).count(CouponStatus.REDEEMED) == 1
+    assert len(engine.store.wallet("m000", NOW).by_status(CouponStatus.REDEEMED)) == 1
     assert sum(r["type"] == "redeem_coupon" for r in engine.log.records()) == 1
 
 

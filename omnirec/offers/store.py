@@ -1,35 +1,33 @@
-"""Offer state on Redis: atomic budget reservation, idempotent decisions, contacts, coupons and redemptions.
+"""Offer state on Redis, and its only writer: coupons (wallets), the contact ledger, budgets, decisions.
 
 Every state change that must hold under concurrency is one Lua script, so Redis runs it atomically:
 issuing a coupon checks the request id, the member's cap, the channel's fatigue cap and the offer's count
 and money budgets, then reserves and records everything, or changes nothing. Money is kept in integer
-cents so repeated reservations never drift. Coupons and contacts are written in the feature store's
-formats (`feature_store.marketing`: wallet hash of coupon JSON, contact ledger sorted set of
-`[decision_id, offer_id, channel]`), so its readers and these scripts see the same records. The scripts
-touch several keys (a member's and an offer's), so they need a single Redis, not a Redis Cluster.
+cents so repeated reservations never drift. The scripts touch several keys (a member's and an offer's),
+so they need a single Redis, not a Redis Cluster. Keys come from `feature_store.keys` (durable key space:
+offer state survives re-materialisation); `feature_store/FORMAT.md` documents the layout.
+
+Wallet: hash `wallet:{member}`, field = coupon id, value = the coupon as compact JSON. A coupon is
+`issued` until redeemed or past `expires_ts`, when it reads as `expired` (derived, never rewritten).
+Ledger: sorted set `contacts:{member}`, score = contact time, member = JSON `[decision_id, offer_id,
+channel]`; entries older than `contact_ttl_s` are trimmed on every write.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from enum import StrEnum
 from typing import Any
 
 import redis
 
 from omnirec.domain.errors import FailedPrecondition, NotFound
+from omnirec.domain.vocab import Channel
 from omnirec.feature_store.config import RedisConfig
-from omnirec.feature_store.errors import redis_unavailable
+from omnirec.feature_store.errors import FeatureStoreError, redis_unavailable
 from omnirec.feature_store.keys import Keys
-from omnirec.feature_store.marketing import (
-    ContactHistory,
-    Coupon,
-    CouponStatus,
-    MarketingStore,
-    parse_contacts,
-    queue_contacts,
-)
 from omnirec.offers.catalogue import Cap, Offer
 
 DAY = 86_400.0
@@ -99,19 +97,81 @@ redis.call('HSET', KEYS[3], 'last_redeem_ts', ARGV[2])
 return {1, raw}
 """
 """KEYS: wallet, budget, member offer stats. ARGV: 1 coupon id, 2 now, 3 redemption id, 4 wallet ttl,
-5 discount cents. Same check-and-set as `feature_store.marketing`'s redemption, plus the budget's spend."""
+5 discount cents. Check-and-set in one step, so concurrent or retried redemptions record exactly one."""
 
 
 def cents(money: float) -> int:
     return int(round(money * 100))
 
 
+class CouponStatus(StrEnum):
+    ISSUED = "issued"
+    REDEEMED = "redeemed"
+    EXPIRED = "expired"
+
+
 @dataclass(frozen=True)
-class IssueResult:
-    outcome: str
-    """`issued`, `replayed`, `budget_exhausted`, `cap_reached` or `fatigue_cap`."""
-    stored: dict[str, Any] | None = None
-    """The decision stored earlier under the request id (for `replayed`)."""
+class Coupon:
+    coupon_id: str
+    member_id: str
+    offer_id: str
+    decision_id: str
+    issued_ts: float
+    expires_ts: float
+    value: float = 0.0
+    """Face value (money off, or the points multiplier); what a budget is charged."""
+    redeemed_ts: float | None = None
+    redemption_id: str | None = None
+
+    def status_at(self, now: float) -> CouponStatus:
+        if self.redeemed_ts is not None:
+            return CouponStatus.REDEEMED
+        return CouponStatus.EXPIRED if now >= self.expires_ts else CouponStatus.ISSUED
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, key: str, raw: bytes) -> Coupon:
+        try:
+            return cls(**json.loads(raw))
+        except (ValueError, TypeError) as exc:
+            raise FeatureStoreError(f"{key}: malformed coupon {raw[:200]!r}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Wallet:
+    """A member's coupons at `now`, oldest first."""
+
+    coupons: tuple[Coupon, ...]
+    now: float
+
+    def by_status(self, status: CouponStatus) -> tuple[Coupon, ...]:
+        return tuple(c for c in self.coupons if c.status_at(self.now) is status)
+
+
+@dataclass(frozen=True)
+class Contact:
+    ts: float
+    channel: Channel
+    offer_id: str
+    decision_id: str
+
+
+@dataclass(frozen=True)
+class ContactHistory:
+    """Contacts since `since_ts`, oldest first; `count` answers per-member caps and fatigue rules."""
+
+    contacts: tuple[Contact, ...]
+    since_ts: float
+
+    def count(self, since_ts: float | None = None, channel: Channel | str | None = None,
+              offer_id: str | None = None) -> int:
+        since = self.since_ts if since_ts is None else since_ts
+        if since < self.since_ts:
+            raise ValueError(f"history starts at {self.since_ts}; cannot count contacts since {since}")
+        return sum(1 for c in self.contacts if c.ts >= since and (channel is None or c.channel == channel)
+                   and (offer_id is None or c.offer_id == offer_id))
 
 
 @dataclass(frozen=True)
@@ -122,8 +182,51 @@ class BudgetUsage:
     spent_cents: int
 
 
+@dataclass(frozen=True)
+class IssueResult:
+    outcome: str
+    """`issued`, `replayed`, `budget_exhausted`, `cap_reached` or `fatigue_cap`."""
+    stored: dict[str, Any] | None = None
+    """The decision stored earlier under the request id (for `replayed`)."""
+
+
+def _contact_entry(decision_id: str, offer_id: str, channel: Channel | str) -> str:
+    return json.dumps([decision_id, offer_id, Channel(channel).value], separators=(",", ":"))
+
+
+def parse_contacts(key: str, raw: list[tuple[bytes, float]], since_ts: float) -> ContactHistory:
+    contacts = []
+    for entry, ts in raw:
+        try:
+            decision_id, offer_id, channel = json.loads(entry)
+            contacts.append(Contact(float(ts), Channel(channel), str(offer_id), str(decision_id)))
+        except ValueError:
+            raise FeatureStoreError(f"{key}: malformed contact {entry[:200]!r}") from None
+    return ContactHistory(tuple(contacts), since_ts)
+
+
+def parse_wallet(key: str, raw: dict[bytes, bytes], now: float) -> Wallet:
+    coupons = sorted((Coupon.from_json(key, v) for v in raw.values()), key=lambda c: (c.issued_ts, c.coupon_id))
+    return Wallet(tuple(coupons), now)
+
+
+def _usage(raw: dict[bytes, bytes]) -> BudgetUsage:
+    def get(name: str) -> int:
+        return int(raw.get(name.encode(), b"0"))
+
+    return BudgetUsage(get("issued"), get("reserved_cents"), get("redeemed"), get("spent_cents"))
+
+
+def budget_left(offer: Offer, usage: BudgetUsage) -> bool:
+    """Snapshot check for ranking; the issue script re-checks atomically."""
+    b = offer.budget
+    if b.max_count is not None and usage.issued + 1 > b.max_count:
+        return False
+    return b.max_money is None or usage.reserved_cents + cents(offer.redemption_cost) <= cents(b.max_money)
+
+
 class OfferStore:
-    """All offer reads and writes against one Redis namespace; wallet and ledger via the feature store.
+    """All offer reads and writes against one Redis namespace.
 
     `idempotency_days` is how long a request id's decision is remembered for retries.
     """
@@ -132,17 +235,46 @@ class OfferStore:
         self.client = client
         self.config = config
         self.keys = Keys(config.namespace)
-        self.marketing = MarketingStore(client, config)
         self.idempotency_ttl = int(idempotency_days * DAY)
         self._issue = client.register_script(_ISSUE)
         self._redeem = client.register_script(_REDEEM)
         self._reserve = client.register_script(_RESERVE)
+
+    # --- reads ---------------------------------------------------------------------------------------
+    def read(self, member_id: str, offers: Sequence[Offer], since: float) -> tuple[ContactHistory, list[BudgetUsage]]:
+        """The member's contacts since `since` and every offer's budget usage, in one round trip."""
+        key = self.keys.contacts(member_id)
+        with redis_unavailable("read offers state"):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zrangebyscore(key, since, "+inf", withscores=True)
+            for o in offers:
+                pipe.hgetall(self.keys.offer_budget(o.id))
+            raw, *budgets = pipe.execute()
+        return parse_contacts(key, raw, since), [_usage(b) for b in budgets]
+
+    def contacts(self, member_id: str, since_ts: float) -> ContactHistory:
+        """The member's contacts (offers shown or issued) since `since_ts`, oldest first."""
+        return self.read(member_id, (), since_ts)[0]
+
+    def wallet(self, member_id: str, now: float) -> Wallet:
+        key = self.keys.wallet(member_id)
+        with redis_unavailable("wallet"):
+            raw = self.client.hgetall(key)
+        return parse_wallet(key, raw, now)
+
+    def coupon(self, member_id: str, coupon_id: str, now: float) -> Coupon | None:
+        return next((c for c in self.wallet(member_id, now).coupons if c.coupon_id == coupon_id), None)
+
+    def usage(self, offer_id: str) -> BudgetUsage:
+        with redis_unavailable("budget usage"):
+            return _usage(self.client.hgetall(self.keys.offer_budget(offer_id)))
 
     def stored_decision(self, request_id: str) -> dict[str, Any] | None:
         with redis_unavailable("stored_decision"):
             raw = self.client.get(self.keys.offer_decision(request_id))
         return None if raw is None else json.loads(raw)
 
+    # --- writes --------------------------------------------------------------------------------------
     def store_decision(self, request_id: str, decision: dict[str, Any]) -> dict[str, Any] | None:
         """Remember a decision that issued nothing; returns the one stored first if a retry got there before."""
         with redis_unavailable("store_decision"):
@@ -157,7 +289,6 @@ class OfferStore:
         b = offer.budget
         coupon = Coupon(coupon_id, member_id, offer.id, decision_id, now, offer.valid_until.timestamp(),
                         offer.redemption_cost)
-        contact = json.dumps([decision_id, offer.id, channel], separators=(",", ":"))
         with redis_unavailable("issue_coupon"):
             outcome, stored = self._issue(keys=[
                 self.keys.offer_decision(request_id), self.keys.offer_budget(offer.id),
@@ -167,21 +298,11 @@ class OfferStore:
                 -1 if b.max_money is None else cents(b.max_money), cents(offer.redemption_cost), now,
                 self.idempotency_ttl, -1 if cap is None else cap.count, now - (cap.period_days * DAY if cap else 0),
                 -1 if fatigue is None else fatigue.count, now - (fatigue.period_days * DAY if fatigue else 0),
-                offer.id, channel, contact, self.config.contact_ttl_s, coupon_id, coupon.to_json(),
-                self.config.wallet_ttl_s,
+                offer.id, channel, _contact_entry(decision_id, offer.id, channel), self.config.contact_ttl_s,
+                coupon_id, coupon.to_json(), self.config.wallet_ttl_s,
             ])
         outcome = outcome.decode()
         return IssueResult(outcome, json.loads(stored) if outcome == "replayed" else None)
-
-    def read(self, member_id: str, offers: Sequence[Offer], since: float) -> tuple[ContactHistory, list[BudgetUsage]]:
-        """The member's contacts since `since` and every offer's budget usage, in one round trip."""
-        with redis_unavailable("read offers state"):
-            pipe = self.client.pipeline(transaction=False)
-            queue_contacts(pipe, self.keys, member_id, since)
-            for o in offers:
-                pipe.hgetall(self.keys.offer_budget(o.id))
-            raw, *budgets = pipe.execute()
-        return parse_contacts(self.keys, member_id, raw, since), [_usage(b) for b in budgets]
 
     def reserve(self, offer: Offer) -> bool:
         """Charge one showing of a non-coupon offer (an event invitation) to its budget, if any is left."""
@@ -192,12 +313,18 @@ class OfferStore:
                 cents(offer.redemption_cost)])
         return bool(ok)
 
-    def usage(self, offer_id: str) -> BudgetUsage:
-        with redis_unavailable("budget usage"):
-            return _usage(self.client.hgetall(self.keys.offer_budget(offer_id)))
-
-    def coupon(self, member_id: str, coupon_id: str, now: float) -> Coupon | None:
-        return next((c for c in self.marketing.wallet(member_id, now).coupons if c.coupon_id == coupon_id), None)
+    def record_contacts(self, member_id: str, channel: Channel, decision_id: str, offer_ids: Sequence[str],
+                        now: float) -> None:
+        """Log that `offer_ids` were shown to the member on `channel`; trims entries past retention."""
+        if not offer_ids:
+            return
+        key = self.keys.contacts(member_id)
+        with redis_unavailable("record_contacts"):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zadd(key, {_contact_entry(decision_id, o, channel): now for o in offer_ids})
+            pipe.zremrangebyscore(key, "-inf", now - self.config.contact_ttl_s)
+            pipe.expire(key, self.config.contact_ttl_s)
+            pipe.execute()
 
     def redeem(self, coupon: Coupon, offer: Offer, order_value: float, now: float, redemption_id: str) -> bool:
         """Record the redemption once and book its cost; False (and no change) when it was redeemed before."""
@@ -216,18 +343,3 @@ class OfferStore:
         if int(code) == 0:
             raise NotFound(f"coupon_id: member {coupon.member_id!r} holds no coupon {coupon.coupon_id!r}")
         return int(code) == 1
-
-
-def _usage(raw: dict[bytes, bytes]) -> BudgetUsage:
-    def get(name: str) -> int:
-        return int(raw.get(name.encode(), b"0"))
-
-    return BudgetUsage(get("issued"), get("reserved_cents"), get("redeemed"), get("spent_cents"))
-
-
-def budget_left(offer: Offer, usage: BudgetUsage) -> bool:
-    """Snapshot check for ranking; the issue script re-checks atomically."""
-    b = offer.budget
-    if b.max_count is not None and usage.issued + 1 > b.max_count:
-        return False
-    return b.max_money is None or usage.reserved_cents + cents(offer.redemption_cost) <= cents(b.max_money)
