@@ -20,6 +20,7 @@ class InvalidArgument(OmnirecError, ValueError):
 
     def __init__(self, field: str, message: str) -> None:
         self.field = field
+        self.description = message
         super().__init__(f"{field}: {message}")
 
 
@@ -31,6 +32,7 @@ class DataError(InvalidArgument):
         self.line = line
         OmnirecError.__init__(self, f"{path}:{line}: field {field!r}: {message}")
         self.field = field
+        self.description = message
 
 
 class NotFound(OmnirecError, KeyError):

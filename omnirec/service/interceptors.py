@@ -6,9 +6,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
-from omnirec.domain.errors import OmnirecError
+from omnirec.domain.errors import InvalidArgument, OmnirecError
 from omnirec.service.config import Role
+from omnirec.service.decoding import decode
 
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 
@@ -26,23 +29,37 @@ def _aborting_handler(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHand
     return grpc.unary_unary_rpc_method_handler(abort)
 
 
-def _mapping_errors(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """`handler` with an `OmnirecError` it raises answered as its gRPC status, with the error's message.
+def rich_status(exc: OmnirecError) -> grpc.Status:
+    """`exc` as a gRPC status with rich details (`grpc-status-details-bin`): bad input carries a
+    `google.rpc.BadRequest` naming the field, so clients in any language can point at it without
+    parsing the message."""
+    code = grpc.StatusCode[exc.grpc_status_code()]
+    status = status_pb2.Status(code=code.value[0], message=str(exc))
+    if isinstance(exc, InvalidArgument):
+        violation = error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=exc.description)
+        status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    return rpc_status.to_status(status)
 
-    Anything else propagates: grpc answers UNKNOWN and logs the traceback, so bugs stay visible.
+
+def _mapping_errors(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """`handler` with an `OmnirecError` it raises answered as its rich status (`rich_status`).
+
+    The request is decoded here rather than by grpc, so bytes that are not a valid request (malformed,
+    invalid UTF-8 in a string) are INVALID_ARGUMENT naming the field, not UNKNOWN. Anything else
+    propagates: grpc answers UNKNOWN and logs the traceback, so bugs stay visible.
     """
     if handler.unary_unary is None:
         return handler
-    inner = handler.unary_unary
+    inner, parse = handler.unary_unary, handler.request_deserializer
 
-    async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def behaviour(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return await inner(request, context)
+            return await inner(decode(parse, raw), context)
         except OmnirecError as exc:
-            await context.abort(grpc.StatusCode[exc.grpc_status_code()], str(exc))
+            status = rich_status(exc)
+            await context.abort(status.code, status.details, status.trailing_metadata)
 
-    return grpc.unary_unary_rpc_method_handler(behaviour, request_deserializer=handler.request_deserializer,
-                                               response_serializer=handler.response_serializer)
+    return grpc.unary_unary_rpc_method_handler(behaviour, response_serializer=handler.response_serializer)
 
 
 class ApiInterceptor(grpc.aio.ServerInterceptor):
