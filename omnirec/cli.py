@@ -1,17 +1,23 @@
-"""`omnirec` command line: one entry point, a sub-command per job."""
+"""`omnirec` command line: one entry point, a sub-command per job.
+
+Each command imports what it runs inside its body, so `omnirec --help` or `omnirec serve` never loads the
+training libraries (implicit, LightFM) or the simulator.
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from omnirec.config import OmnirecConfig
-from omnirec.simulator.run import SimulationSummary
+
+if TYPE_CHECKING:
+    from omnirec.simulator.run import SimulationSummary
 
 app = typer.Typer(help="omnirec: recommendations and personalised offers for omnichannel retailers.",
                   no_args_is_help=True, add_completion=False)

@@ -26,6 +26,17 @@ def small_retail_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def bundle_root(small_retail_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny bundle trained once per session by the real pipeline on the small simulated retailer."""
+    from omnirec.training.config import TrainConfig
+    from omnirec.training.pipeline import train
+
+    root = tmp_path_factory.mktemp("models")
+    train(small_retail_dir, TrainConfig(bundle_root=root), force=True, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.fail(f"{SHARED_DATA} is missing: the repository expects ../shared beside it")

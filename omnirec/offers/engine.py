@@ -46,7 +46,7 @@ candidate which got furthest (a member in the holdout is told `holdout`, not `no
 
 
 class AffinityModel(Protocol):
-    """What the engine needs from a model bundle (`training.bundle.ModelBundle` provides it)."""
+    """What the engine needs from a model bundle (`bundle.ModelBundle` provides it)."""
 
     items: IdMap
 

@@ -28,9 +28,9 @@ def _flatten(metrics: Mapping[str, object], prefix: str = "") -> dict[str, float
     return out
 
 
-def _timestamp(value: object) -> timestamp_pb2.Timestamp | None:
+def _timestamp(value: str) -> timestamp_pb2.Timestamp | None:
     """The manifest's ISO 8601 `created_at`; None (the field stays unset) when the manifest has none."""
-    if not isinstance(value, str) or not value:
+    if not value:
         return None
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(datetime.fromisoformat(value))
@@ -41,9 +41,9 @@ def model_info(model: ServingModel) -> admin_pb2.ModelInfo:
     manifest = model.bundle.manifest
     return admin_pb2.ModelInfo(
         version=model.version,
-        create_time=_timestamp(manifest.get("created_at")),
-        metrics=_flatten(manifest.get("metrics", {})),
-        data_fingerprint=str(manifest.get("data_fingerprint", "")),
+        create_time=_timestamp(manifest.created_at),
+        metrics=_flatten(manifest.metrics),
+        data_fingerprint=manifest.data_fingerprint,
         n_items=len(model.bundle.items),
         n_members=len(model.bundle.members),
     )

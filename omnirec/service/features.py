@@ -25,6 +25,7 @@ from redis.cluster import RedisCluster
 
 from omnirec.domain.errors import Unavailable
 from omnirec.domain.lifecycle import LifecycleRules
+from omnirec.domain.profile import ColdStartProfile
 from omnirec.domain.tiers import TierLadder
 from omnirec.domain.vocab import AnonymousId, ItemId, MemberId, StoreId
 from omnirec.feature_store.config import RedisConfig
@@ -33,7 +34,7 @@ from omnirec.feature_store.errors import FeatureStoreError, redis_unavailable
 from omnirec.feature_store.keys import Keys
 from omnirec.feature_store.live import LiveUpdater
 from omnirec.feature_store.reader import AsyncFeatureReader, RequestFeatures
-from omnirec.service.ranking import MemberContext
+from omnirec.recommendations.ranking import MemberContext
 
 T = TypeVar("T")
 
@@ -42,11 +43,10 @@ def _member_context(features: RequestFeatures) -> MemberContext:
     profile = features.profile
     cold_start = None
     if profile is not None:
-        cold_start = {"tier": profile.tier, "lifecycle_stage": profile.lifecycle_stage.value}
-        if profile.preferred_channel is not None:
-            cold_start["channel"] = profile.preferred_channel.value
+        cold_start = ColdStartProfile(tier=profile.tier, lifecycle_stage=profile.lifecycle_stage.value,
+                                      channel=profile.preferred_channel and profile.preferred_channel.value)
     purchased = tuple(features.member.purchased_items) if features.member else ()
-    return MemberContext(member_id=features.member_id, features=cold_start, purchased=purchased)
+    return MemberContext(member_id=features.member_id, profile=cold_start, purchased=purchased)
 
 
 class Features:

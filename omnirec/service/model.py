@@ -12,8 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from omnirec.bundle import ModelBundle
 from omnirec.domain.errors import OmnirecError, Unavailable
-from omnirec.service.ranking import Bundle, CategoryIndex, MemberTop
+from omnirec.recommendations.ranking import CategoryIndex
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +23,10 @@ log = logging.getLogger(__name__)
 class ServingModel:
     """A loaded bundle plus the lookups the service derives from it once, at load time."""
 
-    bundle: Bundle
+    bundle: ModelBundle
     categories: CategoryIndex
     version: str
     path: Path
-    member_top: MemberTop | None = None
 
 
 BundleLoader = Callable[[Path], ServingModel]

@@ -8,10 +8,7 @@ import grpc
 
 from omnirec.domain.errors import InvalidArgument, Unavailable
 from omnirec.domain.vocab import Channel, StoreId
-from omnirec.service import validation as v
-from omnirec.service.features import Features
-from omnirec.service.model import ModelHolder, ServingModel
-from omnirec.service.ranking import (
+from omnirec.recommendations.ranking import (
     Filters,
     MemberContext,
     Ranked,
@@ -22,6 +19,9 @@ from omnirec.service.ranking import (
     similar,
     stock_reason,
 )
+from omnirec.service import validation as v
+from omnirec.service.features import Features
+from omnirec.service.model import ModelHolder, ServingModel
 from omnirec.service.registry import ALL_ROLES, ServiceSpec
 from omnirec.v1 import common_pb2, recommendation_pb2, recommendation_pb2_grpc
 
@@ -88,8 +88,7 @@ class RecommendationServicer(recommendation_pb2_grpc.RecommendationServiceServic
                 degraded.append(f"member features unavailable (purchases not excluded): {exc}")
                 member = MemberContext(member_id=request.member_id or None)
                 filters = replace(filters, exclude_purchased=False)
-        ranked = recommend(model.bundle, model.categories, member, channel, store_id, overfetch(k, filters), filters,
-                           model.member_top)
+        ranked = recommend(model.bundle, model.categories, member, channel, store_id, overfetch(k, filters), filters)
         items, info = await self._finish(context, model, ranked, k, channel, store_id, filters, degraded)
         return recommendation_pb2.RecommendResponse(items=items, info=info, member_id=member.member_id or "")
 

@@ -22,6 +22,7 @@ import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from threadpoolctl import threadpool_limits
 
+from omnirec.bundle import BundleRegistry
 from omnirec.config import OmnirecConfig
 from omnirec.domain.errors import OmnirecError
 from omnirec.domain.readers import LIVE_EVENTS_DIR
@@ -32,7 +33,6 @@ from omnirec.service.features import Features
 from omnirec.service.interceptors import ApiInterceptor
 from omnirec.service.model import ModelHolder, ServingModel
 from omnirec.service.registry import ServiceSpec
-from omnirec.training.registry import BundleRegistry
 
 log = logging.getLogger(__name__)
 

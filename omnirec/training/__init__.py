@@ -1,11 +1,6 @@
-"""Training: interaction weighting, ALS/BPR and LightFM models, offline evaluation, versioned FAISS bundles.
+"""Training: interaction weighting, ALS/BPR and LightFM models, offline evaluation, bundle building.
 
-`training.pipeline.train` is the `omnirec train` job; `training.bundle.ModelBundle` and
-`training.registry.BundleRegistry` are what the service reads.
+`training.pipeline.train` is the `omnirec train` job; it writes bundles through `omnirec.bundle`, which is
+all the service reads. Import the submodules you need: this package imports nothing, so reading
+`training.config` does not load `implicit` or LightFM.
 """
-
-from omnirec.training.bundle import ModelBundle
-from omnirec.training.config import TrainConfig
-from omnirec.training.registry import BundleRegistry
-
-__all__ = ["BundleRegistry", "ModelBundle", "TrainConfig"]

@@ -14,12 +14,10 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from omnirec.domain.idmap import IdMap
+from omnirec.domain.profile import PROFILE_KEYS, feature_name
 from omnirec.domain.readers import Interactions
 from omnirec.domain.vocab import Col
 from omnirec.training.columns import encode
-
-MEMBER_FEATURE_KEYS = ("tier", "lifecycle_stage", "channel", "region")
-"""Keys `ModelBundle.cold_start_scores` understands; `channel` is the member's preferred channel."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +46,7 @@ class FeatureMatrix:
 
 def _part(rows: np.ndarray, column: pa.ChunkedArray | pa.Array, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     names, codes = encode(column)
-    return rows, codes, np.char.add(f"{key}=", names) if len(names) else names
+    return rows, codes, np.char.add(feature_name(key, ""), names) if len(names) else names
 
 
 def item_features(items: pa.Table, item_map: IdMap) -> FeatureMatrix:
@@ -75,14 +73,11 @@ def preferred_channel(interactions: Interactions, weights: np.ndarray) -> np.nda
 
 
 def member_features(members: pa.Table, member_map: IdMap, channel: np.ndarray) -> FeatureMatrix:
-    """Tier, lifecycle stage, home region and preferred channel (from `preferred_channel`) per member."""
+    """One column per `ColdStartProfile` field value: tier, lifecycle stage, preferred channel (from
+    `preferred_channel`, by member row) and home region; serving builds the same names from the same fields."""
     rows = member_map.to_internal(members["member_id"].to_numpy(zero_copy_only=False).astype(str))
-    channel_col = pa.array(np.where(channel == "", None, channel), pa.string())
-    return FeatureMatrix.from_parts(len(member_map), [
-        *(_part(rows, members[key], key) for key in ("tier", "lifecycle_stage", "region")),
-        _part(np.arange(len(member_map)), channel_col, "channel")])
-
-
-def profile_names(features: dict[str, str]) -> list[str]:
-    """Feature names for a profile dict such as {"tier": "gold", "channel": "app"}; other keys are ignored."""
-    return [f"{key}={value}" for key, value in features.items() if key in MEMBER_FEATURE_KEYS]
+    columns = {key: members[key] for key in PROFILE_KEYS if key != "channel"}
+    parts = [_part(rows, column, key) for key, column in columns.items()]
+    parts.append(_part(np.arange(len(member_map)), pa.array(np.where(channel == "", None, channel), pa.string()),
+                       "channel"))
+    return FeatureMatrix.from_parts(len(member_map), parts)

@@ -12,7 +12,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from omnirec.training.models.base import top_k
+from omnirec.domain.topk import top_k
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ from rich.table import Table
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+from omnirec.bundle import Array, BundleArtifacts, BundleRegistry, Index, Manifest, Sparse, write_bundle
 from omnirec.domain.readers import Interactions, RetailData
 from omnirec.domain.vocab import Col
-from omnirec.training.bundle import ITEM_INDEX, MEMBER_INDEX, BundleArtifacts, write_bundle
 from omnirec.training.complements import purchase_lift
 from omnirec.training.config import TrainConfig
 from omnirec.training.evaluation import eval_members, evaluate, relevant_items
@@ -39,7 +39,6 @@ from omnirec.training.models import (
     SegmentPopularityRecommender,
     TrainSet,
 )
-from omnirec.training.registry import BundleRegistry
 from omnirec.training.split import time_split
 from omnirec.training.weighting import confidence_matrix, event_weights
 
@@ -181,42 +180,43 @@ def bundle_artifacts(models: list[Recommender], data: TrainSet, config: TrainCon
     active = np.flatnonzero(np.diff(data.matrix.indptr) > 0)
     member_q = member_factors[rng.choice(active, min(n_q, len(active)), replace=False)] if len(active) else \
         member_factors[:1]
-    reports = {ITEM_INDEX: measure_recall(item_index, content_unit, content_unit[rng.choice(
+    reports = {Index.ITEM: measure_recall(item_index, content_unit, content_unit[rng.choice(
                    len(content_unit), n_q, replace=False)], config.eval_k).as_dict(),
-               MEMBER_INDEX: measure_recall(member_index, item_factors, member_q, config.eval_k).as_dict()}
+               Index.MEMBER: measure_recall(member_index, item_factors, member_q, config.eval_k).as_dict()}
     names, embeddings, _ = hybrid.feature_embeddings()
-    top: dict[str, np.ndarray] = {}
+    top: dict[Array, np.ndarray] = {}
     if config.member_top_k:
-        top["member_top_items"], top["member_top_scores"] = top_lists(member_index, member_factors,
+        top[Array.MEMBER_TOP_ITEMS], top[Array.MEMBER_TOP_SCORES] = top_lists(member_index, member_factors,
                                                                       config.member_top_k, progress=progress)
     channel_names, channel_table = popularity.by_channel
     store_ids, store_table = popularity.by_store
     params = config.model_dump(mode="json")
-    manifest = {
-        "version": version,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "data_fingerprint": fingerprint,
-        "collaborative": collaborative.name,
-        "params": params,
-        "params_digest": hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest(),
-        "metrics": metrics,
-        "beats_popularity": better,
-        "indexes": reports,
-        "counts": {"members": int(data.matrix.shape[0]), "items": int(data.matrix.shape[1]),
-                   "interactions": int(data.matrix.nnz)},
-        "library_versions": library_versions(),
-    }
+    manifest = Manifest(
+        version=version,
+        beats_popularity=better,
+        complement_blend=config.complement_blend,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        data_fingerprint=fingerprint,
+        collaborative=collaborative.name,
+        params=params,
+        params_digest=hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest(),
+        metrics=metrics,
+        indexes=reports,
+        counts={"members": int(data.matrix.shape[0]), "items": int(data.matrix.shape[1]),
+                "interactions": int(data.matrix.nnz)},
+        library_versions=library_versions(),
+    )
     return BundleArtifacts(
         manifest=manifest, items=data.interactions.items, members=data.interactions.members,
-        arrays={"member_factors": member_factors, "item_factors": item_factors,
-                "item_content": hybrid.item_vectors, "item_content_bias": hybrid.item_bias,
-                "item_content_unit": content_unit, "profile_names": names, "profile_embeddings": embeddings,
-                "popularity": popularity.overall, "popularity_channel_names": channel_names,
-                "popularity_store_ids": store_ids, **top},
-        sparse={"popularity_channels": channel_table, "popularity_stores": store_table,
-                "complements": purchase_lift(data.interactions, data.rows, config.complements_min_count,
-                                             config.complements_per_item)},
-        indexes={ITEM_INDEX: item_index, MEMBER_INDEX: member_index},
+        arrays={Array.MEMBER_FACTORS: member_factors, Array.ITEM_FACTORS: item_factors,
+                Array.ITEM_CONTENT: hybrid.item_vectors, Array.ITEM_CONTENT_BIAS: hybrid.item_bias,
+                Array.ITEM_CONTENT_UNIT: content_unit, Array.PROFILE_NAMES: names,
+                Array.PROFILE_EMBEDDINGS: embeddings, Array.POPULARITY: popularity.overall,
+                Array.POPULARITY_CHANNEL_NAMES: channel_names, Array.POPULARITY_STORE_IDS: store_ids, **top},
+        sparse={Sparse.POPULARITY_CHANNELS: channel_table, Sparse.POPULARITY_STORES: store_table,
+                Sparse.COMPLEMENTS: purchase_lift(data.interactions, data.rows, config.complements_min_count,
+                                                  config.complements_per_item)},
+        indexes={Index.ITEM: item_index, Index.MEMBER: member_index},
     )
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from omnirec.bundle.format import Manifest
+from omnirec.bundle.registry import BundleRegistry
 from omnirec.domain.errors import FailedPrecondition, NotFound
-from omnirec.training.bundle import MANIFEST
-from omnirec.training.registry import BundleRegistry
 
 
 def publish_version(root: Path, version: int | None = None, force: bool = False) -> int:
@@ -19,8 +18,7 @@ def publish_version(root: Path, version: int | None = None, force: bool = False)
     version = versions[-1] if version is None else version
     if version not in versions:
         raise NotFound(f"bundle version {version} not found under {root}")
-    manifest = json.loads((registry.path(version) / MANIFEST).read_text())
-    if not manifest.get("beats_popularity") and not force:
+    if not Manifest.read(registry.path(version)).beats_popularity and not force:
         raise FailedPrecondition(f"v{version} does not beat popularity on the offline evaluation; use --force")
     registry.publish(version)
     return version

@@ -11,22 +11,11 @@ import pytest
 import redis
 from service_harness import RunningServer, materialize, service_config
 
+from omnirec.bundle import BundleRegistry, ModelBundle
 from omnirec.config import OmnirecConfig
 from omnirec.domain.readers import RetailData
 from omnirec.domain.vocab import Col
 from omnirec.feature_store.config import RedisConfig
-from omnirec.training.bundle import ModelBundle
-from omnirec.training.config import TrainConfig
-from omnirec.training.pipeline import train
-from omnirec.training.registry import BundleRegistry
-
-
-@pytest.fixture(scope="session")
-def bundle_root(small_retail_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny bundle trained once per session by the real pipeline on the small simulated retailer."""
-    root = tmp_path_factory.mktemp("models")
-    train(small_retail_dir, TrainConfig(bundle_root=root), force=True, progress=False)
-    return root
 
 
 @pytest.fixture(scope="session")

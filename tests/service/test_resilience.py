@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import socket
 import threading
@@ -16,9 +15,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from service_harness import API_KEYS, RunningServer, service_config
 
+from omnirec.bundle import BundleRegistry, Manifest
 from omnirec.domain.readers import RetailData
 from omnirec.feature_store.config import RedisConfig
-from omnirec.training.registry import BundleRegistry
 from omnirec.v1 import admin_pb2, admin_pb2_grpc, common_pb2, events_pb2, events_pb2_grpc
 from omnirec.v1 import recommendation_pb2 as rec
 from omnirec.v1 import recommendation_pb2_grpc as rec_grpc
@@ -96,9 +95,7 @@ def _publish_copy(root: Path) -> int:
     version = registry.next_version()
     dest = registry.path(version)
     shutil.copytree(registry.current_path(), dest)  # type: ignore[arg-type]
-    manifest = json.loads((dest / "manifest.json").read_text())
-    manifest["version"] = version
-    (dest / "manifest.json").write_text(json.dumps(manifest))
+    Manifest.read(dest).model_copy(update={"version": version}).write(dest)
     registry.publish(version)
     return version
 

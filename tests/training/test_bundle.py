@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
+from omnirec.bundle import Array, Index, Manifest, ModelBundle, Sparse
 from omnirec.domain.errors import NotFound
-from omnirec.training.bundle import ModelBundle
+from omnirec.domain.profile import ColdStartProfile
+from omnirec.domain.topk import top_k
 from omnirec.training.index import build_index, measure_recall, normalize
-from omnirec.training.models import top_k
 from omnirec.training.pipeline import TrainResult
 
 
@@ -20,11 +19,11 @@ def bundle(trained: TrainResult) -> ModelBundle:
 
 
 def test_manifest_records_what_the_issue_asks(bundle: ModelBundle, trained: TrainResult) -> None:
-    m = json.loads((trained.path / "manifest.json").read_text())
-    for key in ("version", "created_at", "data_fingerprint", "params", "metrics", "library_versions", "indexes"):
-        assert key in m
-    assert m["version"] == bundle.version == trained.version
-    assert m["indexes"]["item_item.faiss"]["kind"] == "exact_ip"
+    m = Manifest.read(trained.path)
+    assert m == bundle.manifest and m.version == bundle.version == trained.version
+    assert m.created_at and len(m.data_fingerprint) == 64 and m.params["seed"] == 3 and m.library_versions
+    assert m.metrics["als"]["ndcg@10"] >= 0 and m.complement_blend == m.params["complement_blend"]
+    assert m.indexes[Index.ITEM]["kind"] == "exact_ip"
     assert not list(trained.path.glob("*.pkl"))
 
 
@@ -33,13 +32,13 @@ def test_catalogue_order_is_kept(bundle: ModelBundle, small_retail_dir) -> None:
 
     items = pq.read_table(small_retail_dir / "items.parquet")["item_id"].to_pylist()
     assert bundle.items.external_ids.tolist() == items
-    assert len(bundle.arrays["item_content"]) == len(items)
+    assert len(bundle.arrays[Array.ITEM_CONTENT]) == len(items)
 
 
 def test_member_scores_round_trip(bundle: ModelBundle) -> None:
     member = str(bundle.members.external_ids[0])
     scores = bundle.member_scores(member)
-    direct = bundle.arrays["item_factors"] @ bundle.arrays["member_factors"][0]
+    direct = bundle.arrays[Array.ITEM_FACTORS] @ bundle.arrays[Array.MEMBER_FACTORS][0]
     np.testing.assert_allclose(scores, direct, rtol=1e-5)
     assert bundle.member_scores("nobody") is None
     again = ModelBundle.load(bundle.path, mmap=False)
@@ -47,9 +46,9 @@ def test_member_scores_round_trip(bundle: ModelBundle) -> None:
 
 
 def test_member_index_matches_exact_search(bundle: ModelBundle) -> None:
-    queries = np.ascontiguousarray(bundle.arrays["member_factors"][:50])
-    scores, found = bundle.member_index.search(queries, 10)
-    exact_scores = queries @ np.asarray(bundle.arrays["item_factors"]).T
+    queries = np.ascontiguousarray(bundle.arrays[Array.MEMBER_FACTORS][:50])
+    scores, found = bundle.indexes[Index.MEMBER].search(queries, 10)
+    exact_scores = queries @ np.asarray(bundle.arrays[Array.ITEM_FACTORS]).T
     exact = top_k(exact_scores, 10)
     # equal up to float ties: same scores at every rank, and the same items almost everywhere
     np.testing.assert_allclose(scores, np.take_along_axis(exact_scores, exact, axis=1), rtol=1e-4, atol=1e-6)
@@ -57,10 +56,10 @@ def test_member_index_matches_exact_search(bundle: ModelBundle) -> None:
 
 
 def test_precomputed_member_top_lists_are_the_index_answer(bundle: ModelBundle) -> None:
-    items, scores = bundle.arrays["member_top_items"], bundle.arrays["member_top_scores"]
+    items, scores = bundle.arrays[Array.MEMBER_TOP_ITEMS], bundle.arrays[Array.MEMBER_TOP_SCORES]
     assert items.dtype == np.int32 and items.shape == (len(bundle.members), 50) and scores.shape == items.shape
-    queries = np.ascontiguousarray(bundle.arrays["member_factors"][:100])
-    want_scores, want = bundle.member_index.search(queries, 50)
+    queries = np.ascontiguousarray(bundle.arrays[Array.MEMBER_FACTORS][:100])
+    want_scores, want = bundle.indexes[Index.MEMBER].search(queries, 50)
     np.testing.assert_array_equal(items[:100], want)
     np.testing.assert_allclose(scores[:100], want_scores, rtol=1e-6)
 
@@ -69,7 +68,7 @@ def test_similar_items_match_exact_search_and_exclude_the_item(bundle: ModelBund
     item = str(bundle.items.external_ids[5])
     idx, scores = bundle.similar_items(item, 5)
     assert 5 not in idx.tolist() and len(idx) == 5
-    unit = np.asarray(bundle.arrays["item_content_unit"])
+    unit = np.asarray(bundle.arrays[Array.ITEM_CONTENT_UNIT])
     exact = unit @ unit[5]
     exact[5] = -np.inf
     assert idx.tolist() == top_k(exact[None], 5)[0].tolist()
@@ -89,13 +88,16 @@ def test_hnsw_recall_is_measured() -> None:
 
 
 def test_cold_start_uses_profile_and_ignores_unknown_values(bundle: ModelBundle) -> None:
-    gold = bundle.cold_start_scores({"tier": "gold", "lifecycle_stage": "active", "channel": "app", "region": "north"})
+    gold = bundle.cold_start_scores(ColdStartProfile(tier="gold", lifecycle_stage="active", channel="app",
+                                                     region="north"))
     assert gold.shape == (len(bundle.items),) and np.isfinite(gold).all()
-    with_noise = bundle.cold_start_scores({"tier": "gold", "lifecycle_stage": "active", "channel": "app",
-                                           "region": "north", "favourite_colour": "blue", "tier2": "x"})
-    np.testing.assert_allclose(gold, with_noise)
-    nothing = bundle.cold_start_scores({"tier": "unobtainium"})
-    np.testing.assert_allclose(nothing, bundle.arrays["item_content_bias"])
+    with_noise = bundle.cold_start_scores(ColdStartProfile(tier="gold", lifecycle_stage="active", channel="app",
+                                                           region="north-by-northwest"))
+    assert not np.allclose(gold, with_noise)
+    without_region = bundle.cold_start_scores(ColdStartProfile(tier="gold", lifecycle_stage="active", channel="app"))
+    np.testing.assert_allclose(with_noise, without_region)
+    nothing = bundle.cold_start_scores(ColdStartProfile(tier="unobtainium"))
+    np.testing.assert_allclose(nothing, bundle.arrays[Array.ITEM_CONTENT_BIAS])
     assert not np.allclose(gold, nothing)
 
 
@@ -106,12 +108,12 @@ def test_popularity_falls_back_to_overall(bundle: ModelBundle) -> None:
     np.testing.assert_array_equal(bundle.popularity(store_id="nowhere"), overall)
     app = bundle.popularity(channel="app")
     assert not np.array_equal(app, overall)
-    store = str(bundle.arrays["popularity_store_ids"][0])
+    store = str(bundle.arrays[Array.POPULARITY_STORE_IDS][0])
     assert not np.array_equal(bundle.popularity(channel="app", store_id=store), app)
 
 
 def test_basket_complements_exclude_the_basket(bundle: ModelBundle) -> None:
-    lift = bundle.sparse["complements"]
+    lift = bundle.sparse[Sparse.COMPLEMENTS]
     assert lift.nnz > 0
     item = int(np.argmax(np.diff(lift.indptr)))
     basket = [str(bundle.items.external_ids[item])]

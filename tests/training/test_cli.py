@@ -6,8 +6,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from omnirec.bundle import BundleRegistry
 from omnirec.cli import app
-from omnirec.training.registry import BundleRegistry
 
 
 def test_train_then_publish(small_retail_dir: Path, tmp_path: Path) -> None:

@@ -9,10 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from omnirec.bundle import BundleRegistry
 from omnirec.domain.errors import DataError, InvalidArgument
 from omnirec.training.config import TrainConfig
 from omnirec.training.pipeline import TrainResult, summary_table, train
-from omnirec.training.registry import BundleRegistry
 
 
 def copy_with_events(src: Path, dest: Path, events: pa.Table) -> Path:

@@ -1,6 +1,6 @@
 """Recommenders: one class per algorithm behind the `Recommender` contract."""
 
-from omnirec.training.models.base import Recommender, TrainSet, top_k
+from omnirec.training.models.base import Recommender, TrainSet
 from omnirec.training.models.factorization import ALSRecommender, BPRRecommender, FactorizationRecommender
 from omnirec.training.models.hybrid import LightFMRecommender
 from omnirec.training.models.popularity import PopularityRecommender, SegmentPopularityRecommender
@@ -14,5 +14,4 @@ __all__ = [
     "Recommender",
     "SegmentPopularityRecommender",
     "TrainSet",
-    "top_k",
 ]

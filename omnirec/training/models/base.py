@@ -12,6 +12,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from omnirec.domain.readers import Interactions
+from omnirec.domain.topk import top_k
 from omnirec.training.features import FeatureMatrix
 
 
@@ -52,15 +53,3 @@ class Recommender(ABC):
             out[start:start + len(members)] = top_k(self.scores(members), k, None if exclude is None
                                                       else exclude[members])
         return out
-
-
-def top_k(scores: np.ndarray, k: int, exclude: sp.csr_matrix | None = None) -> np.ndarray:
-    """Indexes of the k highest scores per row, best first; excluded (row, item) cells never appear."""
-    scores = np.array(scores, dtype=np.float32, copy=True)
-    if exclude is not None and exclude.nnz:
-        coo = exclude.tocoo()
-        scores[coo.row, coo.col] = -np.inf
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)

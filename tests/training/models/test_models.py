@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from omnirec.domain.readers import RetailData
+from omnirec.domain.topk import top_k
 from omnirec.domain.vocab import Col
 from omnirec.training.config import TrainConfig
-from omnirec.training.models import Recommender, top_k
+from omnirec.training.models import Recommender
 from omnirec.training.pipeline import TrainResult, make_models, train_set
 
 

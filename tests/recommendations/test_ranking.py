@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from omnirec.bundle import Array, BundleRegistry
 from omnirec.domain.errors import NotFound
 from omnirec.domain.idmap import IdMap
+from omnirec.domain.profile import ColdStartProfile
+from omnirec.domain.topk import top_finite
 from omnirec.domain.vocab import Channel
+from omnirec.recommendations.ranking import CategoryIndex, Filters, MemberContext, Reason, basket, recommend, similar
 from omnirec.service.bundles import load_serving_model
-from omnirec.service.ranking import CategoryIndex, Filters, MemberContext, Reason, basket, recommend, similar
-from omnirec.training.registry import BundleRegistry
 
 ITEMS = IdMap.from_ids([f"i{i}" for i in range(6)])
 CATEGORIES = np.array(["home/kitchen", "home/bath", "toys", "home/kitchen", "toys/lego", "garden"])
@@ -23,12 +25,18 @@ CATEGORIES = np.array(["home/kitchen", "home/bath", "toys", "home/kitchen", "toy
 class TinyBundle:
     items: IdMap = ITEMS
     members: IdMap = field(default_factory=lambda: IdMap.from_ids(["m1"]))
-    manifest: dict = field(default_factory=dict)
+    top: tuple[np.ndarray, np.ndarray] | None = None
+    """What `member_top` answers for m1 (None: no index, so ranking scores the catalogue)."""
 
     def member_scores(self, member_id: str) -> np.ndarray | None:
         return np.array([0.1, 0.9, 0.5, 0.8, 0.2, 0.3], dtype=np.float32) if member_id == "m1" else None
 
-    def cold_start_scores(self, features: dict[str, str]) -> np.ndarray:
+    def member_top(self, member_id: str, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+        if member_id != "m1" or self.top is None:
+            return None
+        return self.top[0][:n], self.top[1][:n]
+
+    def cold_start_scores(self, profile: ColdStartProfile) -> np.ndarray:
         return np.array([0.6, 0.1, 0.2, 0.3, 0.4, 0.5], dtype=np.float32)
 
     def similar_items(self, item_id: str, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -52,7 +60,8 @@ def test_known_member_gets_collaborative_order() -> None:
 
 
 def test_cold_start_then_popularity() -> None:
-    ranked = recommend(TinyBundle(), CATS, MemberContext("new", {"tier": "basic"}), Channel.APP, None, 2, Filters())
+    cold = MemberContext("new", ColdStartProfile(tier="basic"))
+    ranked = recommend(TinyBundle(), CATS, cold, Channel.APP, None, 2, Filters())
     assert ranked.reasons == [Reason.CONTENT_COLD_START] * 2 and ranked.idx.tolist() == [0, 5]
     ranked = recommend(TinyBundle(), CATS, MemberContext(None), Channel.POS, "s1", 2, Filters())
     assert ranked.reasons == [Reason.POPULAR_IN_STORE] * 2 and ranked.idx.tolist() == [5, 4]
@@ -84,36 +93,33 @@ def test_basket_drops_its_items_and_blends_taste() -> None:
 
 
 def test_index_fast_path_drops_purchased() -> None:
-    def top(member_id: str, n: int) -> tuple[np.ndarray, np.ndarray] | None:
-        return (np.array([1, 3, 2, 5, 0, 4])[:n], np.linspace(1, 0, 6, dtype=np.float32)[:n]) if member_id == "m1" \
-            else None
-
+    indexed = TinyBundle(top=(np.array([1, 3, 2, 5, 0, 4]), np.linspace(1, 0, 6, dtype=np.float32)))
     member = MemberContext("m1", purchased=("i3",))
-    ranked = recommend(TinyBundle(), CATS, member, Channel.APP, None, 3, Filters(exclude_purchased=True), top)
+    ranked = recommend(indexed, CATS, member, Channel.APP, None, 3, Filters(exclude_purchased=True))
     assert ranked.idx.tolist() == [1, 2, 5] and ranked.applied == [Reason.EXCLUDED_PURCHASED]
-    cold = recommend(TinyBundle(), CATS, MemberContext("new"), Channel.APP, None, 2, Filters(), top)
+    cold = recommend(indexed, CATS, MemberContext("new"), Channel.APP, None, 2, Filters())
     assert cold.reasons == [Reason.POPULAR_IN_CHANNEL] * 2
 
 
 def test_index_search_matches_full_scoring_on_a_real_bundle(bundle_root: Path, small_retail_dir: Path) -> None:
     model = load_serving_model(BundleRegistry(bundle_root).current_path(), small_retail_dir)  # type: ignore[arg-type]
     for member_id in model.bundle.members.external_ids[:20].tolist():
-        fast = recommend(model.bundle, model.categories, MemberContext(member_id), Channel.APP, None, 10, Filters(),
-                         model.member_top)
-        full = recommend(model.bundle, model.categories, MemberContext(member_id), Channel.APP, None, 10, Filters())
-        assert fast.idx.tolist() == full.idx.tolist()
-        np.testing.assert_allclose(fast.scores, full.scores, rtol=1e-4, atol=1e-5)
+        fast = recommend(model.bundle, model.categories, MemberContext(member_id), Channel.APP, None, 10, Filters())
+        scores = model.bundle.member_scores(member_id)
+        assert scores is not None
+        full = top_finite(scores, 10)
+        assert fast.idx.tolist() == full.tolist()
+        np.testing.assert_allclose(fast.scores, scores[full], rtol=1e-4, atol=1e-5)
 
 
 def test_member_top_reads_precomputed_rows_and_searches_beyond_them(bundle_root: Path,
                                                                     small_retail_dir: Path) -> None:
     model = load_serving_model(BundleRegistry(bundle_root).current_path(), small_retail_dir)  # type: ignore[arg-type]
-    depth = model.bundle.arrays["member_top_items"].shape[1]
+    depth = model.bundle.arrays[Array.MEMBER_TOP_ITEMS].shape[1]
     member_id = str(model.bundle.members.external_ids[3])
-    assert model.member_top is not None
-    listed = model.member_top(member_id, depth)  # a row of the precomputed lists
-    searched = model.member_top(member_id, depth + 5)  # deeper than the lists: the index is searched
+    listed = model.bundle.member_top(member_id, depth)  # a row of the precomputed lists
+    searched = model.bundle.member_top(member_id, depth + 5)  # deeper than the lists: the index is searched
     assert listed is not None and searched is not None and len(searched[0]) == depth + 5
     assert listed[0].tolist() == searched[0][:depth].tolist()
     np.testing.assert_allclose(listed[1], searched[1][:depth], rtol=1e-5)
-    assert model.member_top("nobody", 10) is None
+    assert model.bundle.member_top("nobody", 10) is None

@@ -1,12 +1,12 @@
-"""Recommendation decisions as plain typed functions over numpy arrays: no grpc, no Redis.
+"""Ranking as plain typed functions over numpy arrays: no grpc, no Redis.
 
-The servicers gather inputs (model bundle, member features, stock) and call these; everything here is
-vectorised over the catalogue (argpartition, boolean masks), never a Python loop over items.
+Everything here is vectorised over the catalogue (argpartition, boolean masks), never a Python loop over
+items.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -15,6 +15,8 @@ import numpy as np
 
 from omnirec.domain.errors import NotFound
 from omnirec.domain.idmap import IdMap
+from omnirec.domain.profile import ColdStartProfile
+from omnirec.domain.topk import top_finite
 from omnirec.domain.vocab import Channel, ItemId, MemberId, StoreId
 
 
@@ -35,15 +37,14 @@ class Reason(StrEnum):
 
 
 class Bundle(Protocol):
-    """What ranking needs from a trained model bundle (`training.bundle.ModelBundle`)."""
+    """What ranking needs from a model bundle (`bundle.ModelBundle`)."""
 
     items: IdMap
     members: IdMap
-    manifest: dict
-
 
     def member_scores(self, member_id: str) -> np.ndarray | None: ...
-    def cold_start_scores(self, features: dict[str, str]) -> np.ndarray: ...
+    def member_top(self, member_id: str, n: int) -> tuple[np.ndarray, np.ndarray] | None: ...
+    def cold_start_scores(self, profile: ColdStartProfile) -> np.ndarray: ...
     def similar_items(self, item_id: str, k: int) -> tuple[np.ndarray, np.ndarray]: ...
     def popularity(self, channel: str | None = None, store_id: str | None = None) -> np.ndarray: ...
     def basket_complements(self, item_ids: list[str], k: int) -> tuple[np.ndarray, np.ndarray]: ...
@@ -88,8 +89,7 @@ class MemberContext:
     """What the feature store knew about the caller; empty when it was unreachable (degraded)."""
 
     member_id: MemberId | None = None
-    features: Mapping[str, str] | None = None
-    """Cold-start profile: tier, lifecycle_stage, channel, region."""
+    profile: ColdStartProfile | None = None
     purchased: tuple[ItemId, ...] = ()
 
 
@@ -117,16 +117,6 @@ def overfetch(k: int, filters: Filters) -> int:
     return 4 * k + 20 if filters.in_stock_only else k
 
 
-def _top(scores: np.ndarray, n: int) -> np.ndarray:
-    """Indexes of the n best finite scores, best first (argpartition, then sort only those n)."""
-    n = min(n, int(np.isfinite(scores).sum()))
-    if n <= 0:
-        return np.empty(0, dtype=np.int64)
-    part = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
-    best = part[np.argsort(-scores[part], kind="stable")]
-    return best[np.isfinite(scores[best])]
-
-
 def personal_scores(bundle: Bundle, member: MemberContext, channel: Channel,
                     store_id: StoreId | None) -> tuple[np.ndarray, Reason]:
     """Collaborative scores for a member the model knows; else the content model on the member's profile;
@@ -135,8 +125,8 @@ def personal_scores(bundle: Bundle, member: MemberContext, channel: Channel,
         scores = bundle.member_scores(member.member_id)
         if scores is not None:
             return scores, Reason.COLLABORATIVE
-    if member.features:
-        return bundle.cold_start_scores(dict(member.features)), Reason.CONTENT_COLD_START
+    if member.profile is not None:
+        return bundle.cold_start_scores(member.profile), Reason.CONTENT_COLD_START
     reason = Reason.POPULAR_IN_STORE if store_id else Reason.POPULAR_IN_CHANNEL
     return bundle.popularity(channel.value, store_id), reason
 
@@ -155,21 +145,17 @@ def _exclusions(bundle: Bundle, categories: CategoryIndex, scores: np.ndarray, f
     return out, applied
 
 
-MemberTop = Callable[[MemberId, int], "tuple[np.ndarray, np.ndarray] | None"]
-"""A member's n best items from the bundle's member->item FAISS index (None: the model does not know them)."""
-
-
 def recommend(bundle: Bundle, categories: CategoryIndex, member: MemberContext, channel: Channel,
-              store_id: StoreId | None, n: int, filters: Filters, member_top: MemberTop | None = None) -> Ranked:
+              store_id: StoreId | None, n: int, filters: Filters) -> Ranked:
     """The member's best `n` candidates after category and purchase filters (stock is checked later).
 
-    Without a category filter a known member's candidates come from `member_top` (an index search, well
-    under a millisecond on 100k items) instead of scoring the whole catalogue.
+    Without a category filter a known member's candidates come from `bundle.member_top` (a row of the
+    precomputed lists, or an index search) instead of scoring the whole catalogue.
     """
     excluded = list(member.purchased) if filters.exclude_purchased else []
     applied = [Reason.EXCLUDED_PURCHASED] if filters.exclude_purchased and member.member_id is not None else []
-    if member_top is not None and member.member_id and not filters.category:
-        found = member_top(member.member_id, n + len(excluded))
+    if member.member_id and not filters.category:
+        found = bundle.member_top(member.member_id, n + len(excluded))
         if found is not None:
             idx, scores = found
             drop = bundle.items.to_internal(excluded, strict=False)
@@ -177,7 +163,7 @@ def recommend(bundle: Bundle, categories: CategoryIndex, member: MemberContext, 
             return Ranked(idx[keep], scores[keep], [Reason.COLLABORATIVE] * len(keep), applied)
     scores, reason = personal_scores(bundle, member, channel, store_id)
     masked, filtered = _exclusions(bundle, categories, scores, filters, excluded)
-    best = _top(masked, n)
+    best = top_finite(masked, n)
     return Ranked(best, masked[best], [reason] * len(best), filtered + applied)
 
 

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from pathlib import Path
 
 import pytest
 
+from omnirec.bundle import BundleRegistry, Manifest
 from omnirec.domain.errors import FailedPrecondition, NotFound
 from omnirec.training.publish import publish_version
-from omnirec.training.registry import BundleRegistry
 
 
 def make_bundle(root: Path, version: int, beats: bool = True) -> None:
     path = root / f"v{version}"
     path.mkdir(parents=True)
-    (path / "manifest.json").write_text(json.dumps({"version": version, "beats_popularity": beats}))
+    Manifest(version=version, beats_popularity=beats, complement_blend=0.7).write(path)
 
 
 def test_versions_and_pointer(tmp_path: Path) -> None:

@@ -1,0 +1,133 @@
+"""A published bundle, opened read-only for serving: the scores, searches and lookups the service needs.
+
+Arrays are memory-mapped and indexes read with `IO_FLAG_MMAP`, so worker processes share their pages.
+Returned item indexes are internal item positions; `bundle.items.to_external(idx)` turns them into item
+ids. Unknown items raise `domain.errors.NotFound`; unknown members are None (the caller falls back).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+import scipy.sparse as sp
+
+from omnirec.bundle.format import ITEMS, MANIFEST, MEMBERS, OPTIONAL_ARRAYS, Array, Index, Manifest, Sparse
+from omnirec.domain.errors import NotFound
+from omnirec.domain.idmap import IdMap
+from omnirec.domain.profile import ColdStartProfile
+from omnirec.domain.topk import top_finite
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """A loaded bundle: read-only, safe to share between threads."""
+
+    path: Path
+    manifest: Manifest
+    items: IdMap
+    members: IdMap
+    arrays: dict[Array, np.ndarray] = field(repr=False)
+    sparse: dict[Sparse, sp.csr_matrix] = field(repr=False)
+    indexes: dict[Index, faiss.Index] = field(repr=False)
+
+    @classmethod
+    def load(cls, path: Path, mmap: bool = True) -> ModelBundle:
+        """Open a bundle folder; with `mmap`, arrays and indexes are paged in on use, not copied."""
+        path = Path(path)
+        if not (path / MANIFEST).exists():
+            raise NotFound(f"no model bundle at {path} ({MANIFEST} missing)")
+        mode = "r" if mmap else None
+        flag = faiss.IO_FLAG_MMAP if mmap else 0
+        # Plain ndarray views of the maps: same pages, without np.memmap's per-slice Python overhead.
+        arrays = {name: np.asarray(np.load(path / f"{name}.npy", mmap_mode=mode, allow_pickle=False))
+                  for name in Array if name not in OPTIONAL_ARRAYS or (path / f"{name}.npy").exists()}
+        return cls(path=path, manifest=Manifest.read(path), items=IdMap.load(path / ITEMS),
+                   members=IdMap.load(path / MEMBERS), arrays=arrays,
+                   sparse={name: sp.load_npz(path / f"{name}.npz").tocsr() for name in Sparse},
+                   indexes={name: faiss.read_index(str(path / name), flag) for name in Index})
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    def _item(self, item_id: str) -> int:
+        idx = self.items.get(item_id)
+        if idx is None:
+            raise NotFound(f"unknown item {item_id!r}")
+        return idx
+
+    def member_scores(self, member_id: str) -> np.ndarray | None:
+        """Collaborative scores of every item for a known member; None lets the caller fall back to cold start."""
+        idx = self.members.get(member_id)
+        if idx is None:
+            return None
+        return np.asarray(self.arrays[Array.ITEM_FACTORS] @ self.arrays[Array.MEMBER_FACTORS][idx], dtype=np.float32)
+
+    def member_top(self, member_id: str, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """A known member's n best items (None if unknown): a row of the precomputed lists when they are deep
+        enough, else a search of the member->item index (exact or HNSW); both give the same answer."""
+        row = self.members.get(member_id)
+        if row is None:
+            return None
+        top_items = self.arrays.get(Array.MEMBER_TOP_ITEMS)
+        if top_items is not None and n <= top_items.shape[1]:
+            found, scores = top_items[row, :n], self.arrays[Array.MEMBER_TOP_SCORES][row, :n]
+            keep = found >= 0
+            return found[keep].astype(np.int64), np.asarray(scores[keep])
+        query = np.ascontiguousarray(self.arrays[Array.MEMBER_FACTORS][row:row + 1], dtype=np.float32)
+        scores, found = self.indexes[Index.MEMBER].search(query, min(n, len(self.items)))
+        keep = found[0] >= 0
+        return found[0][keep].astype(np.int64), scores[0][keep]
+
+    def cold_start_scores(self, profile: ColdStartProfile) -> np.ndarray:
+        """LightFM scores for a member without history, from their profile; values training never saw count 0."""
+        names = self.arrays[Array.PROFILE_NAMES]
+        wanted = profile.feature_names()
+        pos = np.searchsorted(names, wanted)
+        known = [p for p, n in zip(pos, wanted, strict=True) if p < len(names) and names[p] == n]
+        embeddings = self.arrays[Array.PROFILE_EMBEDDINGS]
+        vector = np.asarray(embeddings[known]).mean(axis=0) if known else np.zeros(embeddings.shape[1], np.float32)
+        return np.asarray(self.arrays[Array.ITEM_CONTENT] @ vector + self.arrays[Array.ITEM_CONTENT_BIAS],
+                          dtype=np.float32)
+
+    def similar_items(self, item_id: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k nearest items by content+collaborative embedding (cosine), from the FAISS item index."""
+        idx = self._item(item_id)
+        query = np.ascontiguousarray(self.arrays[Array.ITEM_CONTENT_UNIT][idx:idx + 1], dtype=np.float32)
+        scores, found = self.indexes[Index.ITEM].search(query, min(k + 1, len(self.items)))
+        keep = (found[0] >= 0) & (found[0] != idx)
+        return found[0][keep][:k].astype(np.int64), scores[0][keep][:k]
+
+    def popularity(self, channel: str | None = None, store_id: str | None = None) -> np.ndarray:
+        """Per-item popularity in a store, else on a channel, else overall: the first with any data wins."""
+        for names, table, value in ((Array.POPULARITY_STORE_IDS, Sparse.POPULARITY_STORES, store_id),
+                                    (Array.POPULARITY_CHANNEL_NAMES, Sparse.POPULARITY_CHANNELS, channel)):
+            if value is None:
+                continue
+            pos = int(np.searchsorted(self.arrays[names], value))
+            if pos < len(self.arrays[names]) and self.arrays[names][pos] == value and self.sparse[table][pos].nnz:
+                return self.sparse[table][pos].toarray().ravel().astype(np.float32)
+        return np.asarray(self.arrays[Array.POPULARITY], dtype=np.float32)
+
+    def basket_complements(self, item_ids: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Items to add to a basket: purchase lift (scaled to [0, 1]) blended with embedding similarity.
+
+        Unknown basket items are ignored (a new product may not be in the bundle yet); a basket with no
+        known item raises `NotFound`.
+        """
+        basket = self.items.to_internal(item_ids, strict=False)
+        basket = np.unique(basket[basket >= 0])
+        if len(basket) == 0:
+            raise NotFound(f"none of the basket items is known: {list(item_ids)[:5]}")
+        lift = np.asarray(self.sparse[Sparse.COMPLEMENTS][basket].sum(axis=0), dtype=np.float32).ravel()
+        lift /= max(float(lift.max()), 1e-12)
+        unit = self.arrays[Array.ITEM_CONTENT_UNIT]
+        similarity = np.clip(np.asarray(unit @ np.asarray(unit[basket]).mean(axis=0)), 0.0, 1.0)
+        blend = self.manifest.complement_blend
+        scores = blend * lift + (1.0 - blend) * similarity
+        scores[basket] = -np.inf
+        best = top_finite(scores, k)
+        return best, scores[best]
