@@ -1,3 +1,3 @@
-from omnirec.cli import app
+from omnirec.cli import main
 
-app()
+main()

@@ -7,6 +7,8 @@ training libraries (implicit, LightFM) or the simulator.
 from __future__ import annotations
 
 import logging
+import sys
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -20,9 +22,35 @@ if TYPE_CHECKING:
     from omnirec.simulator.run import SimulationSummary
 
 app = typer.Typer(help="omnirec: recommendations and personalised offers for omnichannel retailers.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 console = Console()
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML config file (default: $OMNIREC_CONFIG).")]
+AsOfOpt = Annotated[str | None, typer.Option(
+    "--as-of", help="Compute at this time: ISO date/time or unix seconds (default: the config's as_of, else now).")]
+_debug = {"on": False}
+"""Set by `--debug`; read once, by `main`, when a command fails."""
+
+
+@app.callback()
+def _options(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False) -> None:
+    _debug["on"] = debug
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The `omnirec` entry point: a user error (bad input, missing file, invalid config or data) prints one
+    line and exits 1; the traceback only with `--debug`."""
+    from pydantic import ValidationError
+
+    from omnirec.domain.errors import OmnirecError
+
+    try:
+        app(args=sys.argv[1:] if argv is None else argv, prog_name="omnirec")
+    except (OmnirecError, FileNotFoundError, ValidationError) as exc:
+        if _debug["on"]:
+            raise
+        message = _first_error(exc) if isinstance(exc, ValidationError) else str(exc)
+        print(f"omnirec: error: {message} (--debug for details)", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def _setup(config: Path | None) -> OmnirecConfig:
@@ -208,6 +236,48 @@ def train_uplift(
 
 
 
+@app.command("import")
+def import_(
+    mapping: Annotated[str, typer.Argument(help="Mapping TOML file, or the name of a shipped mapping "
+                                                 "(completejourney).")],
+    out: Annotated[Path | None, typer.Option(help="Data directory to write (default: the config's data_dir).")]
+        = None,
+    source: Annotated[Path | None, typer.Option(help="Folder the mapping's paths are relative to (default: the "
+                                                     "mapping file's folder; the installed data set for a "
+                                                     "shipped mapping).")] = None,
+    as_of: AsOfOpt = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Write nothing if any row fails a check.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Write into a folder that holds other files.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Import a retailer's export (CSV or Parquet) into the data directory, checking every row."""
+    from omnirec.importer import ImportFailed, Mapping, import_data, shipped_mapping
+    from omnirec.importer import completejourney as cj
+
+    cfg = _setup(config)
+    path = shipped_mapping(mapping) if not mapping.endswith(".toml") else None
+    if path is not None:
+        source = source or (cj.data_dir() if mapping == cj.NAME else path.parent)
+    else:
+        path = Path(mapping)
+        source = source or path.parent
+    try:
+        result = import_data(Mapping.load(path), source, out or cfg.data_dir, cfg.tiers, cfg.lifecycle,
+                             as_of=_as_of(as_of, cfg), strict=strict, force=force)
+    except ImportFailed as exc:
+        typer.echo(exc.report.render(), err=True)
+        raise
+    typer.echo(result.report.render())
+    console.print(f"imported {result.events:,} events, {result.members:,} members, {result.items:,} items into "
+                  f"{result.out_dir} in {result.seconds:.1f} s; newest event {result.newest_event:%Y-%m-%d %H:%M}")
+
+
+def _as_of(value: str | None, cfg: OmnirecConfig) -> datetime | None:
+    from omnirec.domain.clock import parse_time
+
+    return parse_time(value, "--as-of") if value else cfg.as_of
+
+
 @app.command("check-catalogue")
 def check_catalogue(
     path: Annotated[Path | None, typer.Argument(help="Offer catalogue (default: the config's offers.catalogue_path).")]
@@ -226,4 +296,4 @@ def check_catalogue(
     console.print(f"catalogue {catalogue.version}: {len(catalogue.offers)} offers OK")
 
 if __name__ == "__main__":
-    app()
+    main()

@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from omnirec.domain.lifecycle import LifecycleRules
 from omnirec.domain.tiers import TierLadder
@@ -28,12 +29,20 @@ class OmnirecConfig(BaseModel):
 
     data_dir: Path = Path("var/data")
     """Where the event log and entity tables live (simulator output by default)."""
+    as_of: datetime | None = None
+    """The batch jobs' clock (`domain.clock`): lifecycle, recency and RFM are computed at this time; unset
+    means now. Set it to the end of a historical data set to replay it."""
     tiers: TierLadder = TierLadder()
     lifecycle: LifecycleRules = LifecycleRules()
     service: ServiceConfig = ServiceConfig()
     train: TrainConfig = TrainConfig()
     redis: RedisConfig = RedisConfig()
     offers: OfferConfig = OfferConfig()
+
+    @field_validator("as_of")
+    @classmethod
+    def _utc_unless_zoned(cls, v: datetime | None) -> datetime | None:
+        return v.replace(tzinfo=UTC) if v is not None and v.tzinfo is None else v
 
     @classmethod
     def load(cls, path: Path | None = None, env: Mapping[str, str] | None = None) -> OmnirecConfig:

@@ -19,6 +19,7 @@ from omnirec.domain.errors import DataError
 from omnirec.domain.idmap import IdMap
 from omnirec.domain.schema import (
     EVENT_SCHEMA,
+    IDENTITY_SCHEMA,
     INVENTORY_SCHEMA,
     ITEM_SCHEMA,
     MEMBER_SCHEMA,
@@ -124,6 +125,18 @@ def resolve_identities(events: pa.Table, links: pa.Table) -> pa.Table:
     return events.set_column(col, Col.MEMBER_ID, pa.array(members, type=pa.string()))
 
 
+class DataFileMissing(DataError):
+    """A required file of the data directory is absent."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(str(path), 0, path.stem, "file not found; run `omnirec import` (your own data) or "
+                         f"`omnirec simulate --out {path.parent}` first")
+
+
+def _optional(path: Path, schema: pa.Schema) -> pa.Table:
+    return check_required(pq.read_table(path), schema, str(path)) if path.exists() else schema.empty_table()
+
+
 @dataclass(frozen=True)
 class RetailData:
     """The simulator's (or a retailer's) files, validated: entities, events and coupon exposures."""
@@ -137,19 +150,35 @@ class RetailData:
 
     @classmethod
     def read(cls, data_dir: Path) -> RetailData:
-        """The offline export plus the events the service logged since (`LIVE_EVENTS_DIR`)."""
+        """The offline export plus the events the service logged since (`LIVE_EVENTS_DIR`).
+
+        Events and items are required. Without a member table the members are derived from the events
+        (`domain.derive.complete_members`, default tiers and lifecycle rules, at the newest event);
+        stores, inventory and identity links default to empty.
+        """
+        from omnirec.domain.derive import complete_members
+        from omnirec.domain.lifecycle import LifecycleRules
+        from omnirec.domain.tiers import TierLadder
+
         d = Path(data_dir)
-        if not (d / EVENTS_FILE).exists():
-            raise FileNotFoundError(f"{d / EVENTS_FILE} not found; run `omnirec simulate --out {d}` first")
-        links = pq.read_table(d / IDENTITY_FILE) if (d / IDENTITY_FILE).exists() else pa.table(
-            {"anonymous_id": pa.array([], pa.string()), "member_id": pa.array([], pa.string())})
+        for required in (EVENTS_FILE, ITEMS_FILE):
+            if not (d / required).exists():
+                raise DataFileMissing(d / required)
+        links = _optional(d / IDENTITY_FILE, IDENTITY_SCHEMA)
+        stores = _optional(d / STORES_FILE, STORE_SCHEMA)
+        events = resolve_identities(
+            pa.concat_tables([read_events(d / EVENTS_FILE), read_event_log(d / LIVE_EVENTS_DIR)]), links)
+        if (d / MEMBERS_FILE).exists():
+            members = check_required(pq.read_table(d / MEMBERS_FILE), MEMBER_SCHEMA, str(d / MEMBERS_FILE))
+        else:
+            newest = float(pc.max(events[Col.TS]).as_py() or 0)
+            members = complete_members(events, stores, TierLadder(), LifecycleRules(), newest)
         return cls(
-            members=check_required(pq.read_table(d / MEMBERS_FILE), MEMBER_SCHEMA, str(d / MEMBERS_FILE)),
+            members=members,
             items=check_required(pq.read_table(d / ITEMS_FILE), ITEM_SCHEMA, str(d / ITEMS_FILE)),
-            stores=check_required(pq.read_table(d / STORES_FILE), STORE_SCHEMA, str(d / STORES_FILE)),
-            inventory=check_required(pq.read_table(d / INVENTORY_FILE), INVENTORY_SCHEMA, str(d / INVENTORY_FILE)),
-            events=resolve_identities(
-                pa.concat_tables([read_events(d / EVENTS_FILE), read_event_log(d / LIVE_EVENTS_DIR)]), links),
+            stores=stores,
+            inventory=_optional(d / INVENTORY_FILE, INVENTORY_SCHEMA),
+            events=events,
             identity_links=links,
         )
 

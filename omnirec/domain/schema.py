@@ -70,6 +70,14 @@ INVENTORY_SCHEMA = pa.schema(
 )
 """Stock on hand; store id "online" holds the stock that app, mini-program and web sell from."""
 
+IDENTITY_SCHEMA = pa.schema(
+    [
+        pa.field("anonymous_id", pa.string(), nullable=False),
+        pa.field("member_id", pa.string(), nullable=False),
+    ]
+)
+"""A device, cookie or app id that a login tied to a member."""
+
 
 ID_COLUMNS = (Col.MEMBER_ID, Col.ANONYMOUS_ID, Col.ITEM_ID, Col.STORE_ID, "home_store")
 """Identifier columns: printable text only, because the feature store packs ids with ASCII control

@@ -22,6 +22,7 @@ import redis
 from redis.cluster import RedisCluster
 from tqdm import tqdm
 
+from omnirec.domain.derive import last_two
 from omnirec.domain.lifecycle import DAY, STAGES, LifecycleRules, lifecycle_stages
 from omnirec.domain.readers import RetailData
 from omnirec.domain.tiers import TierLadder
@@ -167,7 +168,7 @@ def compute_features(data: RetailData, tiers: TierLadder, rules: LifecycleRules,
     preferred = np.where(activity.sum(1) > 0, np.array([c.value for c in CHANNELS])[activity.argmax(1)], "")
 
     buy = known & (et == EVENT_TYPES.index(EventType.PURCHASE))
-    last, prev = _last_two(m[buy], ts[buy].astype(np.float64), n)
+    last, prev = last_two(m[buy], ts[buy].astype(np.float64), n)
     qty = ev[Col.QUANTITY].to_numpy().astype(np.float64)
     price = ev[Col.PRICE].to_numpy()
     frequency = np.bincount(m[buy], minlength=n)
@@ -217,21 +218,6 @@ def compute_features(data: RetailData, tiers: TierLadder, rules: LifecycleRules,
         stock_qty=_text(inv["quantity"]),
         links=data.identity_links,
     )
-
-
-def _last_two(member: np.ndarray, ts: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each member's last purchase time and the one before it (NaN when absent)."""
-    order = np.lexsort((ts, member))
-    member, ts = member[order], ts[order]
-    last, prev = np.full(n, np.nan), np.full(n, np.nan)
-    if len(member) == 0:
-        return last, prev
-    is_last = np.r_[member[1:] != member[:-1], True]
-    last[member[is_last]] = ts[is_last]
-    before = np.flatnonzero(is_last) - 1
-    has_prev = (before >= 0) & (member[np.maximum(before, 0)] == member[is_last])
-    prev[member[is_last][has_prev]] = ts[before[has_prev]]
-    return last, prev
 
 
 @dataclass(frozen=True)
