@@ -1,0 +1,139 @@
+"""One recommendation request from ids to answer: which member reads to make, ranking, the stock check.
+
+Known, cold and anonymous members are told apart here, once (as RecTools' `ModelBase.recommend` splits
+hot, warm and cold users): a member the model knows is scored by the model and needs at most their
+purchases from the feature store; anyone else needs their profile for the content model, or gets
+popularity. A feature store that cannot answer in time makes the answer degraded, never failed. The
+servicer only turns protos into these calls and `Answer`s back into protos.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from enum import Enum
+from typing import Protocol
+
+import numpy as np
+
+from omnirec.domain.errors import Unavailable
+from omnirec.domain.vocab import AnonymousId, Channel, ItemId, MemberId, StoreId
+from omnirec.recommendations.ranking import (
+    Bundle,
+    CategoryIndex,
+    Filters,
+    MemberContext,
+    Ranked,
+    basket,
+    overfetch,
+    recommend,
+    similar,
+    stock_reason,
+)
+
+TimeBudget = Callable[[], float]
+"""Seconds the next feature-store read may take (what is left of the caller's deadline, bounded)."""
+
+
+class MemberSource(Protocol):
+    """The feature-store reads a request may make; each raises `Unavailable` when it cannot answer in time."""
+
+    async def member(self, member_id: MemberId | None, anonymous_id: AnonymousId | None,
+                     budget_s: float) -> MemberContext: ...
+    async def purchased(self, member_id: MemberId, budget_s: float) -> MemberContext: ...
+    async def in_stock(self, item_ids: list[ItemId], store_id: StoreId | None, budget_s: float) -> np.ndarray: ...
+
+
+class MemberRead(Enum):
+    """What the feature store must supply about the caller."""
+
+    NONE = "none"
+    """A member the model knows, without the purchase filter: the model alone answers."""
+    PURCHASES = "purchases"
+    """A member the model knows, with the purchase filter: only their purchased list."""
+    PROFILE = "profile"
+    """Anyone else: profile (cold start) and purchases, the anonymous id resolved to a member when linked."""
+
+
+def member_read(bundle: Bundle, member_id: MemberId | None, filters: Filters) -> MemberRead:
+    if member_id and member_id in bundle.members:
+        return MemberRead.PURCHASES if filters.exclude_purchased else MemberRead.NONE
+    return MemberRead.PROFILE
+
+
+@dataclass(frozen=True)
+class Request:
+    """Request the answer is shown: the channel, and the store for physical channels."""
+
+    channel: Channel
+    store_id: StoreId | None
+    k: int
+    filters: Filters
+
+
+@dataclass(frozen=True)
+class Answer:
+    ranked: Ranked
+    """At most k items, best first, with their reasons and the filters applied."""
+    item_ids: list[ItemId]
+    member_id: MemberId | None = None
+    """The member the answer is for (resolved from an anonymous id when linked)."""
+    degraded: tuple[str, ...] = ()
+    """Why the answer is less than it should be (a feature-store read that did not answer in time)."""
+
+
+async def _member(source: MemberSource, bundle: Bundle, member_id: MemberId | None,
+                  anonymous_id: AnonymousId | None, filters: Filters,
+                  budget: TimeBudget) -> tuple[MemberContext, Filters, list[str]]:
+    read = member_read(bundle, member_id, filters)
+    try:
+        if read is MemberRead.NONE:
+            return MemberContext(member_id=member_id), filters, []
+        if read is MemberRead.PURCHASES and member_id:
+            return await source.purchased(member_id, budget()), filters, []
+        return await source.member(member_id, anonymous_id, budget()), filters, []
+    except Unavailable as exc:
+        return (MemberContext(member_id=member_id), replace(filters, exclude_purchased=False),
+                [f"member features unavailable (purchases not excluded): {exc}"])
+
+
+async def _finish(source: MemberSource, bundle: Bundle, ranked: Ranked, request: Request, budget: TimeBudget,
+                  degraded: list[str], member_id: MemberId | None = None) -> Answer:
+    """The first k candidates, in stock at the store (physical channels) or online when asked.
+
+    Stock lives in the feature store: if it cannot be read in time the list goes out unchecked, degraded.
+    """
+    if request.filters.in_stock_only:
+        ids = bundle.items.to_external(ranked.idx).tolist()
+        store = request.store_id if request.channel.is_physical else None
+        try:
+            stocked = await source.in_stock(ids, store, budget())
+            ranked = ranked.take(stocked, request.k, stock_reason(request.channel))
+        except Unavailable as exc:
+            degraded.append(f"stock not checked: {exc}")
+    ranked = ranked.head(request.k)
+    return Answer(ranked, bundle.items.to_external(ranked.idx).tolist(), member_id, tuple(degraded))
+
+
+async def for_member(source: MemberSource, bundle: Bundle, categories: CategoryIndex, member_id: MemberId | None,
+                     anonymous_id: AnonymousId | None, request: Request, budget: TimeBudget) -> Answer:
+    """Personal recommendations: collaborative for a known member, content for a cold one, else popular."""
+    member, filters, degraded = await _member(source, bundle, member_id, anonymous_id, request.filters, budget)
+    request = replace(request, filters=filters)
+    ranked = recommend(bundle, categories, member, request.channel, request.store_id, overfetch(request.k, filters),
+                       filters)
+    return await _finish(source, bundle, ranked, request, budget, degraded, member.member_id)
+
+
+async def similar_to(source: MemberSource, bundle: Bundle, categories: CategoryIndex, item_id: ItemId,
+                     request: Request, budget: TimeBudget) -> Answer:
+    ranked = similar(bundle, categories, item_id, overfetch(request.k, request.filters), request.filters)
+    return await _finish(source, bundle, ranked, request, budget, [])
+
+
+async def for_basket(source: MemberSource, bundle: Bundle, categories: CategoryIndex, item_ids: list[ItemId],
+                     member_id: MemberId | None, request: Request, budget: TimeBudget) -> Answer:
+    """Complements of the basket, re-ranked by the member's taste when the model knows them."""
+    taste = bundle.member_scores(member_id) if member_id else None
+    ranked = basket(bundle, categories, item_ids, taste, overfetch(request.k, request.filters), request.filters)
+    return await _finish(source, bundle, ranked, request, budget, [])

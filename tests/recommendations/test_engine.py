@@ -1,0 +1,93 @@
+"""Known, cold and anonymous members are told apart in one place, which decides the feature-store reads."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from test_ranking import CATS, ITEMS, TinyBundle
+
+from omnirec.domain.errors import Unavailable
+from omnirec.domain.profile import ColdStartProfile
+from omnirec.domain.vocab import Channel
+from omnirec.recommendations import engine
+from omnirec.recommendations.engine import MemberRead, Request, for_member, member_read
+from omnirec.recommendations.ranking import Filters, MemberContext, Reason
+
+
+@dataclass
+class FakeSource:
+    """Records every read; `down` makes each one raise `Unavailable` as a dead Redis would."""
+
+    down: bool = False
+    calls: list[str] = field(default_factory=list)
+
+    def _read(self, name: str) -> None:
+        self.calls.append(name)
+        if self.down:
+            raise Unavailable("feature store did not answer within 50 ms")
+
+    async def member(self, member_id: str | None, anonymous_id: str | None, budget_s: float) -> MemberContext:
+        self._read("member")
+        return MemberContext(member_id or "linked", ColdStartProfile(tier="gold"), purchased=("i0",))
+
+    async def purchased(self, member_id: str, budget_s: float) -> MemberContext:
+        self._read("purchased")
+        return MemberContext(member_id, purchased=("i1",))
+
+    async def in_stock(self, item_ids: list[str], store_id: str | None, budget_s: float) -> np.ndarray:
+        self._read("in_stock")
+        return np.array([i != "i3" for i in item_ids])
+
+
+def ask(source: FakeSource, member_id: str | None, filters: Filters | None = None, anonymous_id: str | None = None,
+        channel: Channel = Channel.APP) -> engine.Answer:
+    request = Request(channel, "s1" if channel.is_physical else None, 3, filters or Filters())
+    return asyncio.run(for_member(source, TinyBundle(), CATS, member_id, anonymous_id, request, lambda: 0.05))
+
+
+@pytest.mark.parametrize(("member_id", "filters", "read"), [
+    ("m1", Filters(), MemberRead.NONE),
+    ("m1", Filters(exclude_purchased=True), MemberRead.PURCHASES),
+    ("new", Filters(), MemberRead.PROFILE),
+    (None, Filters(exclude_purchased=True), MemberRead.PROFILE),
+])
+def test_the_read_follows_what_the_model_knows(member_id: str | None, filters: Filters, read: MemberRead) -> None:
+    assert member_read(TinyBundle(), member_id, filters) is read
+
+
+def test_known_member_without_purchase_filter_reads_nothing() -> None:
+    source = FakeSource()
+    answer = ask(source, "m1")
+    assert source.calls == [] and answer.ranked.reasons == [Reason.COLLABORATIVE] * 3 and not answer.degraded
+
+
+def test_known_member_with_purchase_filter_reads_only_purchases() -> None:
+    source = FakeSource()
+    answer = ask(source, "m1", Filters(exclude_purchased=True))
+    assert source.calls == ["purchased"] and "i1" not in answer.item_ids
+    assert answer.ranked.applied == [Reason.EXCLUDED_PURCHASED]
+
+
+def test_cold_and_anonymous_members_read_the_profile() -> None:
+    source = FakeSource()
+    cold = ask(source, "new")
+    assert source.calls == ["member"] and cold.ranked.reasons == [Reason.CONTENT_COLD_START] * 3
+    linked = ask(FakeSource(), None, anonymous_id="device-1")
+    assert linked.member_id == "linked"
+
+
+def test_a_dead_feature_store_degrades_instead_of_failing() -> None:
+    answer = ask(FakeSource(down=True), "m1", Filters(exclude_purchased=True, in_stock_only=True))
+    assert answer.ranked.reasons == [Reason.COLLABORATIVE] * 3 and len(answer.degraded) == 2
+    assert Reason.EXCLUDED_PURCHASED not in answer.ranked.applied
+    cold = ask(FakeSource(down=True), "new")
+    assert cold.ranked.reasons[0] is Reason.POPULAR_IN_CHANNEL and cold.degraded
+
+
+def test_stock_is_checked_at_the_store_on_physical_channels() -> None:
+    answer = ask(FakeSource(), "m1", Filters(in_stock_only=True), channel=Channel.POS)
+    assert "i3" not in answer.item_ids and ITEMS.to_external(answer.ranked.idx).tolist() == answer.item_ids
+    assert answer.ranked.applied == [Reason.IN_STOCK_AT_STORE]
