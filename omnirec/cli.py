@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from omnirec import campaign_cli
 from omnirec.config import OmnirecConfig
 
 if TYPE_CHECKING:
@@ -294,6 +295,10 @@ def check_catalogue(
         typer.echo(str(exc))
         raise typer.Exit(code=1) from None
     console.print(f"catalogue {catalogue.version}: {len(catalogue.offers)} offers OK")
+
+app.command()(campaign_cli.audience)
+app.command("confirm-send")(campaign_cli.confirm_send)
+app.command()(campaign_cli.lift)
 
 if __name__ == "__main__":
     main()

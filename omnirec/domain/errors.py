@@ -58,3 +58,9 @@ class Unavailable(OmnirecError):
     """A dependency (Redis, a model bundle) cannot answer; callers may degrade or retry."""
 
     status_code = "UNAVAILABLE"
+
+
+class AlreadyExists(OmnirecError):
+    """An idempotency key (a send id, a request id) was reused for a different request."""
+
+    status_code = "ALREADY_EXISTS"

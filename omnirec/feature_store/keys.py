@@ -46,6 +46,7 @@ META = "meta"
 OFFER_BUDGET = "offer_budget"
 OFFER_DECISION = "offer_decision"
 OFFER_STATS = "offer_stats"
+OFFER_SEND = "offer_send"
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,10 @@ class Keys:
     def offer_stats(self, member_id: str) -> str:
         """Hash: a member's coupon redemptions and last_redeem_ts (features for the next uplift training)."""
         return self.durable(OFFER_STATS, member_id)
+
+    def offer_send(self, send_id: str) -> str:
+        """String: digest of a confirmed campaign send (offer, channel, members), so a retry records nothing twice."""
+        return self.durable(OFFER_SEND, send_id)
 
 
 def event_digest(*fields: object) -> str:

@@ -232,6 +232,21 @@ class ReadPlans:
 
         batch.add(len(item_ids) + (1 if item_ids else 0), parse)
 
+    def profiles(self, member_ids: Sequence[str]) -> Plan[tuple[int, list[MemberProfile | None]]]:
+        """Many members' profiles in one round trip (audiences), under one generation."""
+        ids = list(member_ids)
+        out: dict[str, Any] = {}
+
+        def queue(batch: _Batch, k: Keys) -> None:
+            for member_id in ids:
+                batch.pipe.get(k.member(member_id))
+            batch.add(len(ids), lambda r: out.update(keys=k, raw=r))
+
+        generation = yield from self._consistent(queue, "profiles")
+        k = out["keys"]
+        return generation, [None if raw is None else MemberProfile.from_packed(m, k.member(m), raw)
+                            for m, raw in zip(ids, out["raw"], strict=True)]
+
     def purchased(self, member_id: str) -> Plan[tuple[str, ...]]:
         out: dict[str, Any] = {}
 
@@ -297,6 +312,10 @@ class FeatureReader:
                      item_ids: Sequence[str] = (), store_id: str | None = None) -> RequestFeatures:
         """All features of one request. `store_id` None reads online stock (app, mini-program, web)."""
         return self._run(self.plans.read_request(member_id, anonymous_id, item_ids, store_id))
+
+    def profiles(self, member_ids: Sequence[str]) -> tuple[int, list[MemberProfile | None]]:
+        """(generation, profile or None per member), one round trip: audiences read members in chunks."""
+        return self._run(self.plans.profiles(member_ids))
 
     def in_stock(self, item_ids: Sequence[str], store_id: str | None = None) -> np.ndarray:
         """Boolean mask over `item_ids`: units on hand > 0 at `store_id` (online when None); one round trip."""

@@ -25,6 +25,8 @@ class RecordType(StrEnum):
     NEXT_BEST_OFFER = "next_best_offer"
     DECIDE_COUPON = "decide_coupon"
     REDEEM_COUPON = "redeem_coupon"
+    AUDIENCE_PULL = "audience_pull"
+    CONFIRM_SEND = "confirm_send"
 
 
 @dataclass(frozen=True)
@@ -57,11 +59,33 @@ class DecisionRecord:
     redemption_id: str = ""
     order_value: float | None = None
     discount: float | None = None
+    caller: str = ""
+    """Audiences: the role that pulled or confirmed (campaign, admin)."""
+    send_id: str = ""
+    request: Mapping[str, object] = field(default_factory=dict)
+    """Audience pull: the request as the domain saw it."""
+    counts: Mapping[str, int] = field(default_factory=dict)
+    """Audience pull: total, holdout, examined, scored and members kept out per rule."""
+    feature_generation: int | None = None
+    members: Sequence[str] = ()
+    """Confirmed send: members contacted."""
+    holdout_members: Sequence[str] = ()
+    """Confirmed send: the carve-out, not contacted (the control group of `omnirec lift`)."""
+    sent_at: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"ts": self.ts, "type": self.type.value, "decision_id": self.decision_id,
                                "member_id": self.member_id, "channel": self.channel, "store_id": self.store_id,
                                "catalogue_version": self.catalogue_version}
+        if self.type in (RecordType.AUDIENCE_PULL, RecordType.CONFIRM_SEND):
+            out.update(caller=self.caller, send_id=self.send_id, offer_id=self.offer_id)
+            if self.type is RecordType.AUDIENCE_PULL:
+                out.update(model_version=self.model_version, feature_generation=self.feature_generation,
+                           request=dict(self.request), counts=dict(self.counts))
+            else:
+                out.update(members=list(self.members), holdout_members=list(self.holdout_members),
+                           sent_at=self.sent_at)
+            return out
         if self.type is not RecordType.REDEEM_COUPON:
             out.update(model_version=self.model_version, uplift_version=self.uplift_version,
                        basket=list(self.basket), scored=[_scored(s) for s in self.scored],

@@ -15,6 +15,7 @@ channel]`; entries older than `contact_ttl_s` are trimmed on every write.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -23,7 +24,7 @@ from typing import Any
 
 import redis
 
-from omnirec.domain.errors import FailedPrecondition, NotFound
+from omnirec.domain.errors import AlreadyExists, FailedPrecondition, NotFound
 from omnirec.domain.vocab import Channel
 from omnirec.feature_store.config import RedisConfig
 from omnirec.feature_store.errors import FeatureStoreError, redis_unavailable
@@ -256,6 +257,18 @@ class OfferStore:
         """The member's contacts (offers shown or issued) since `since_ts`, oldest first."""
         return self.read(member_id, (), since_ts)[0]
 
+    def marketing_states(self, member_ids: Sequence[str], since: float,
+                         now: float) -> list[tuple[ContactHistory, Wallet]]:
+        """Contacts since `since` and the wallet of many members in one round trip (audiences)."""
+        with redis_unavailable("read marketing state"):
+            pipe = self.client.pipeline(transaction=False)
+            for m in member_ids:
+                pipe.zrangebyscore(self.keys.contacts(m), since, "+inf", withscores=True)
+                pipe.hgetall(self.keys.wallet(m))
+            raw = pipe.execute()
+        return [(parse_contacts(self.keys.contacts(m), raw[2 * i], since),
+                 parse_wallet(self.keys.wallet(m), raw[2 * i + 1], now)) for i, m in enumerate(member_ids)]
+
     def wallet(self, member_id: str, now: float) -> Wallet:
         key = self.keys.wallet(member_id)
         with redis_unavailable("wallet"):
@@ -313,18 +326,51 @@ class OfferStore:
                 cents(offer.redemption_cost)])
         return bool(ok)
 
+    def _queue_contacts(self, pipe: Any, member_id: str, channel: Channel | str, decision_id: str,
+                        offer_ids: Sequence[str], now: float) -> None:
+        key = self.keys.contacts(member_id)
+        pipe.zadd(key, {_contact_entry(decision_id, o, channel): now for o in offer_ids})
+        pipe.zremrangebyscore(key, "-inf", now - self.config.contact_ttl_s)
+        pipe.expire(key, self.config.contact_ttl_s)
+
     def record_contacts(self, member_id: str, channel: Channel, decision_id: str, offer_ids: Sequence[str],
                         now: float) -> None:
         """Log that `offer_ids` were shown to the member on `channel`; trims entries past retention."""
         if not offer_ids:
             return
-        key = self.keys.contacts(member_id)
         with redis_unavailable("record_contacts"):
             pipe = self.client.pipeline(transaction=False)
-            pipe.zadd(key, {_contact_entry(decision_id, o, channel): now for o in offer_ids})
-            pipe.zremrangebyscore(key, "-inf", now - self.config.contact_ttl_s)
-            pipe.expire(key, self.config.contact_ttl_s)
+            self._queue_contacts(pipe, member_id, channel, decision_id, offer_ids, now)
             pipe.execute()
+
+    def confirm_send(self, send_id: str, offer_id: str, channel: Channel, member_ids: Sequence[str],
+                     sent_at: float | None, now: float, batch: int = 2_000) -> tuple[bool, float]:
+        """Record a campaign send as one contact per member (decision id = send id).
+
+        Returns (first time, the send's time). Contacts are written before the send is marked done, and
+        writing them again changes nothing (same sorted-set member, same score), so a retry after any
+        failure completes the send exactly once; a retry without `sent_at` reuses the first one's time. The
+        same send id with another offer, channel, member list or time is refused: it would mix two sends.
+        """
+        digest = hashlib.blake2b("\x1f".join([offer_id, channel.value, *sorted(member_ids)]).encode(),
+                                 digest_size=16).hexdigest()
+        key = self.keys.offer_send(send_id)
+        with redis_unavailable("confirm_send"):
+            raw = self.client.get(key)
+            earlier = None if raw is None else json.loads(raw)
+            if earlier is not None and (earlier["digest"] != digest or
+                                        sent_at is not None and abs(sent_at - earlier["sent_at"]) > 1e-3):
+                raise AlreadyExists(f"send_id: {send_id!r} was confirmed with another offer, channel, member list "
+                                    "or time; use a new send id")
+            when = earlier["sent_at"] if earlier is not None else (now if sent_at is None else sent_at)
+            for start in range(0, len(member_ids), batch):
+                pipe = self.client.pipeline(transaction=False)
+                for m in member_ids[start:start + batch]:
+                    self._queue_contacts(pipe, m, channel, send_id, [offer_id], when)
+                pipe.execute()
+            first = self.client.set(key, json.dumps({"digest": digest, "sent_at": when}), nx=True,
+                                    ex=self.config.contact_ttl_s)
+        return bool(first), when
 
     def redeem(self, coupon: Coupon, offer: Offer, order_value: float, now: float, redemption_id: str) -> bool:
         """Record the redemption once and book its cost; False (and no change) when it was redeemed before."""

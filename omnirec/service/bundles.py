@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from omnirec.bundle import BundleRegistry, ModelBundle
+from omnirec.audience.builder import FactorModel
+from omnirec.bundle import Array, BundleRegistry, ModelBundle
 from omnirec.domain.readers import ITEMS_FILE
 from omnirec.recommendations.ranking import CategoryIndex
 from omnirec.service.model import ModelHolder, ServingModel
@@ -44,3 +45,10 @@ def holder_for(bundle_root: Path, data_dir: Path) -> ModelHolder:
     """A holder following the registry's `current` pointer under `bundle_root`."""
     registry = BundleRegistry(bundle_root)
     return ModelHolder(registry.current_path, lambda path: load_serving_model(path, data_dir))
+
+
+def factor_model(bundle: ModelBundle, version: str) -> FactorModel:
+    """The bundle's collaborative factors as audiences score them (memory-mapped, not copied)."""
+    arrays = bundle.arrays
+    return FactorModel(version, bundle.members, arrays[Array.MEMBER_FACTORS], bundle.items, arrays[Array.ITEM_FACTORS],
+                       arrays.get(Array.POPULARITY))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
@@ -42,22 +42,38 @@ def rich_status(exc: OmnirecError) -> grpc.Status:
 
 
 def _mapping_errors(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """`handler` with an `OmnirecError` it raises answered as its rich status (`rich_status`).
+    """`handler` (unary or server-streaming) with an `OmnirecError` it raises answered as its rich status.
 
     The request is decoded here rather than by grpc, so bytes that are not a valid request (malformed,
     invalid UTF-8 in a string) are INVALID_ARGUMENT naming the field, not UNKNOWN. Anything else
     propagates: grpc answers UNKNOWN and logs the traceback, so bugs stay visible.
     """
+    parse = handler.request_deserializer
+
+    async def fail(exc: OmnirecError, context: grpc.aio.ServicerContext) -> None:
+        status = rich_status(exc)
+        await context.abort(status.code, status.details, status.trailing_metadata)
+
+    if handler.unary_stream is not None:
+        stream = handler.unary_stream
+
+        async def streaming(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                async for reply in stream(decode(parse, raw), context):
+                    yield reply
+            except OmnirecError as exc:
+                await fail(exc, context)
+
+        return grpc.unary_stream_rpc_method_handler(streaming, response_serializer=handler.response_serializer)
     if handler.unary_unary is None:
         return handler
-    inner, parse = handler.unary_unary, handler.request_deserializer
+    inner = handler.unary_unary
 
     async def behaviour(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await inner(decode(parse, raw), context)
         except OmnirecError as exc:
-            status = rich_status(exc)
-            await context.abort(status.code, status.details, status.trailing_metadata)
+            await fail(exc, context)
 
     return grpc.unary_unary_rpc_method_handler(behaviour, response_serializer=handler.response_serializer)
 

@@ -22,12 +22,22 @@ import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from threadpoolctl import threadpool_limits
 
+from omnirec.audience import AudienceBuilder, AudienceSources, Campaigns
 from omnirec.bundle import BundleRegistry
 from omnirec.config import OmnirecConfig
 from omnirec.domain.errors import OmnirecError
 from omnirec.domain.readers import LIVE_EVENTS_DIR
-from omnirec.service import admin_servicer, event_servicer, offer_servicer, recommendation_servicer, reflection
-from omnirec.service.bundles import holder_for, load_serving_model
+from omnirec.feature_store.reader import FeatureReader
+from omnirec.offers.engine import OfferEngine
+from omnirec.service import (
+    admin_servicer,
+    audience_servicer,
+    event_servicer,
+    offer_servicer,
+    recommendation_servicer,
+    reflection,
+)
+from omnirec.service.bundles import factor_model, holder_for, load_serving_model
 from omnirec.service.event_log import EventLog
 from omnirec.service.features import Features
 from omnirec.service.interceptors import ApiInterceptor
@@ -96,13 +106,32 @@ class ServingState:
 
 def service_specs(state: ServingState) -> list[ServiceSpec]:
     """Every omnirec service this server exposes; a new service is one line here."""
-    deadline = state.config.service.default_deadline_s
+    config = state.config
+    deadline = config.service.default_deadline_s
+    engine = offer_servicer.build_engine(config, state.models)
     return [
         recommendation_servicer.spec(state.models, state.features, deadline),
         event_servicer.spec(state.features, state.event_log, deadline),
         admin_servicer.spec(state.models),
-        offer_servicer.spec(offer_servicer.build_engine(state.config, state.models), deadline),
+        offer_servicer.spec(engine, deadline),
+        audience_servicer.spec(campaigns(config, engine, state.models), config.tiers, config.service.api_keys),
     ]
+
+
+def campaigns(config: OmnirecConfig, engine: OfferEngine, models: ModelHolder) -> Campaigns:
+    """Audiences read the offers engine's catalogue, items, store and uplift scores, and the serving bundle."""
+    reader = FeatureReader(engine.store.client, config.redis)
+
+    def sources() -> AudienceSources:
+        current = models.current
+        return AudienceSources(
+            model=None if current is None else factor_model(current.bundle, current.version),
+            uplift=engine.uplift, catalogue=engine.catalogue.current(),
+            target_items=lambda t: engine.items.ids.to_external(engine.items.target_items(t)),
+            profiles=reader.profiles, marketing=engine.store.marketing_states)
+
+    builder = AudienceBuilder(config.tiers, config.lifecycle, config.offers.fatigue)
+    return Campaigns(builder, sources, engine.store, engine.log)
 
 
 async def serve(state: ServingState, port: int | None = None) -> tuple[grpc.aio.Server, int]:

@@ -36,6 +36,7 @@ def test_durable_keys_ignore_the_generation() -> None:
         assert k.offer_budget("o-1") == "omnirec:v1:offer_budget:o-1"
         assert k.offer_decision("req-1") == "omnirec:v1:offer_decision:req-1"
         assert k.offer_stats("m1") == "omnirec:v1:offer_stats:m1"
+        assert k.offer_send("s-1") == "omnirec:v1:offer_send:s-1"
 
 
 def test_at_switches_generation_only() -> None:

@@ -1,0 +1,151 @@
+"""AudienceService: proto <-> domain only; audiences are built by `omnirec.audience` (the CLI runs the same code).
+
+A pull is CPU and Redis work that takes seconds, so it runs on a worker thread; the event loop keeps
+serving the real-time RPCs. A cancelled call or a passed deadline sets a flag the builder polls between
+chunks of members, so the work stops with the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+
+import grpc
+
+from omnirec.audience import Audience, AudienceRequest, Campaigns, RankBy
+from omnirec.domain.errors import InvalidArgument
+from omnirec.domain.tiers import TierLadder
+from omnirec.domain.vocab import LifecycleStage
+from omnirec.offers.catalogue import Target
+from omnirec.service import validation as v
+from omnirec.service.config import Role
+from omnirec.service.interceptors import API_KEY_HEADER
+from omnirec.service.registry import ServiceSpec
+from omnirec.v1 import audience_pb2, audience_pb2_grpc
+
+CAMPAIGN_ADMIN = frozenset({Role.CAMPAIGN, Role.ADMIN})
+DEFAULT_CHUNK, MAX_CHUNK = 5_000, 50_000
+_RANKING = {audience_pb2.AUDIENCE_RANKING_UNSPECIFIED: RankBy.AFFINITY,
+            audience_pb2.AUDIENCE_RANKING_AFFINITY: RankBy.AFFINITY,
+            audience_pb2.AUDIENCE_RANKING_UPLIFT: RankBy.UPLIFT}
+
+
+def _target(spec: audience_pb2.AudienceSpec) -> Target | None:
+    given = [(scope, ids) for scope, ids in (("items", spec.item_ids), ("categories", spec.category_ids),
+                                             ("brands", spec.brand_ids)) if ids]
+    if len(given) > 1:
+        raise InvalidArgument("audience.item_ids", "give item_ids, category_ids or brand_ids, not several")
+    return Target(scope=given[0][0], ids=tuple(given[0][1])) if given else None
+
+
+def _stages(values: list[str]) -> frozenset[LifecycleStage]:
+    try:
+        return frozenset(LifecycleStage(s) for s in values)
+    except ValueError:
+        raise InvalidArgument("audience.lifecycle_stages", f"unknown stage in {values}; stages are "
+                              f"{', '.join(s.value for s in LifecycleStage)}") from None
+
+
+def audience_request(spec: audience_pb2.AudienceSpec, tiers: TierLadder) -> AudienceRequest:
+    if spec.ranking not in _RANKING:
+        raise InvalidArgument("audience.ranking", f"unknown ranking {spec.ranking}")
+    request = AudienceRequest(
+        channel=v.channel(spec.channel, "audience.channel"), max_size=spec.max_size, offer_id=spec.offer_id,
+        target=_target(spec), tiers=frozenset(spec.tiers), stages=_stages(list(spec.lifecycle_stages)),
+        home_stores=frozenset(spec.home_store_ids),
+        min_score=spec.min_score if spec.HasField("min_score") else None, rank_by=_RANKING[spec.ranking],
+        holdout_share=spec.holdout_share, send_id=spec.send_id)
+    with _in_spec():
+        request.validate(tiers)
+    return request
+
+
+@contextlib.contextmanager
+def _in_spec() -> Iterator[None]:
+    """The domain names the spec's fields (`max_size`); on the wire they sit in `audience` (`audience.max_size`)."""
+    try:
+        yield
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"audience.{exc.field}", exc.description) from None
+
+
+def _header(audience: Audience, send_id: str) -> audience_pb2.StreamAudienceResponse:
+    return audience_pb2.StreamAudienceResponse(header=audience_pb2.AudienceHeader(
+        total=len(audience.rows), holdout_count=audience.holdout_count, examined=audience.examined,
+        scored=audience.scored, suppressed={str(k): n for k, n in audience.suppressed.items()},
+        model_version=audience.model_version, feature_generation=audience.feature_generation,
+        catalogue_version=audience.catalogue_version, send_id=send_id))
+
+
+class AudienceServicer(audience_pb2_grpc.AudienceServiceServicer):
+    def __init__(self, campaigns: Campaigns, tiers: TierLadder, api_keys: Mapping[str, Role]) -> None:
+        self._campaigns = campaigns
+        self._tiers = tiers
+        self._api_keys = dict(api_keys)
+
+    def _caller(self, context: grpc.aio.ServicerContext) -> str:
+        """The caller's role (the interceptor has already checked the key) for the decision log."""
+        key = next((val for k, val in context.invocation_metadata() or () if k == API_KEY_HEADER), None)
+        role = self._api_keys.get(key) if isinstance(key, str) else None
+        return role.value if role is not None else "unknown"
+
+    async def StreamAudience(self, request: audience_pb2.StreamAudienceRequest,
+                             context: grpc.aio.ServicerContext) -> AsyncIterator[audience_pb2.StreamAudienceResponse]:
+        spec = audience_request(request.audience, self._tiers)
+        chunk = request.chunk_size or DEFAULT_CHUNK
+        if not 1 <= chunk <= MAX_CHUNK:
+            raise InvalidArgument("chunk_size", f"must be between 1 and {MAX_CHUNK:,} (got {chunk})")
+        stop = threading.Event()
+        remaining = context.time_remaining()
+        ends = None if remaining is None else time.monotonic() + remaining
+        caller = self._caller(context)
+
+        def cancelled() -> bool:
+            return stop.is_set() or (ends is not None and time.monotonic() > ends)
+
+        try:
+            with _in_spec():
+                audience = await asyncio.to_thread(self._campaigns.pull, spec, caller, cancelled)
+        except asyncio.CancelledError:
+            stop.set()  # the thread stops at its next chunk
+            raise
+        yield _header(audience, spec.send_id)
+        rows = audience.rows
+        ranks = rows.ranks
+        for start in range(0, len(rows), chunk):
+            part = slice(start, start + chunk)
+            yield audience_pb2.StreamAudienceResponse(chunk=audience_pb2.AudienceChunk(
+                member_ids=rows.member_ids[part].tolist(), scores=rows.scores[part].tolist(),
+                ranks=ranks[part].tolist(), tiers=rows.tiers[part].tolist(),
+                lifecycle_stages=rows.stages[part].tolist(), holdout=rows.holdout[part].tolist()))
+
+    async def ExplainAudienceMember(self, request: audience_pb2.ExplainAudienceMemberRequest,
+                                    context: grpc.aio.ServicerContext) -> audience_pb2.ExplainAudienceMemberResponse:
+        spec = audience_request(request.audience, self._tiers)
+        member_id = v.required(request.member_id, "member_id")
+        with _in_spec():
+            verdict = await asyncio.to_thread(self._campaigns.explain, spec, member_id)
+        return audience_pb2.ExplainAudienceMemberResponse(
+            member_id=member_id, scored=verdict.score is not None, score=verdict.score or 0.0,
+            included=verdict.included, suppression=verdict.suppression.value if verdict.suppression else "",
+            detail=verdict.detail, holdout=verdict.holdout)
+
+    async def ConfirmSend(self, request: audience_pb2.ConfirmSendRequest,
+                          context: grpc.aio.ServicerContext) -> audience_pb2.ConfirmSendResponse:
+        send_id = v.required(request.send_id, "send_id")
+        channel = v.channel(request.channel)
+        sent_at = request.sent_at.ToSeconds() + request.sent_at.nanos / 1e9 if request.HasField("sent_at") else None
+        new = await asyncio.to_thread(self._campaigns.confirm, send_id, request.offer_id, channel,
+                                      list(request.member_ids), list(request.holdout_member_ids),
+                                      self._caller(context), sent_at)
+        return audience_pb2.ConfirmSendResponse(replayed=not new, contacts_recorded=len(request.member_ids))
+
+
+def spec(campaigns: Campaigns, tiers: TierLadder, api_keys: Mapping[str, Role]) -> ServiceSpec:
+    return ServiceSpec.of(audience_pb2, "AudienceService", audience_pb2_grpc.add_AudienceServiceServicer_to_server,
+                          AudienceServicer(campaigns, tiers, api_keys),
+                          {"StreamAudience": CAMPAIGN_ADMIN, "ExplainAudienceMember": CAMPAIGN_ADMIN,
+                           "ConfirmSend": CAMPAIGN_ADMIN})

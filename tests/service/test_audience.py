@@ -1,0 +1,165 @@
+"""AudienceService on a real server and Redis: the stream, its errors, explain, ConfirmSend and the caps it feeds,
+and the CLI writing the same rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pyarrow.parquet as pq
+import pytest
+from service_harness import API_KEYS, RunningServer, materialize
+from typer.testing import CliRunner
+
+from omnirec.cli import app
+from omnirec.config import OmnirecConfig
+from omnirec.domain.readers import RetailData
+from omnirec.offers.config import OfferConfig
+from omnirec.offers.decision_log import DecisionLog
+from omnirec.v1 import audience_pb2, audience_pb2_grpc, common_pb2, offers_pb2, offers_pb2_grpc
+
+
+@pytest.fixture
+def category(retail: RetailData, item_id: str) -> str:
+    """A full category path (offer targets match categories exactly, as the offer engine does)."""
+    items = retail.items.to_pydict()
+    return items["category"][items["item_id"].index(item_id)]
+
+
+def key(role: str) -> list[tuple[str, str]]:
+    return [("x-api-key", API_KEYS[role])]
+
+
+@pytest.fixture
+def campaign_config(config: OmnirecConfig, tmp_path: Path) -> OmnirecConfig:
+    return config.model_copy(update={"offers": OfferConfig(decision_log_dir=tmp_path / "decisions")})
+
+
+@pytest.fixture
+def running(campaign_config: OmnirecConfig, retail: RetailData) -> Iterator[RunningServer]:
+    materialize(retail, campaign_config)
+    server = RunningServer(campaign_config, retail)
+    yield server
+    server.stop()
+
+
+def pull(server: RunningServer, role: str = "campaign", chunk: int = 0,
+         **spec: object) -> list[audience_pb2.StreamAudienceResponse]:
+    stub = audience_pb2_grpc.AudienceServiceStub(server.channel)
+    args: dict[str, object] = {"channel": common_pb2.CHANNEL_APP, "max_size": 300}
+    args.update(spec)
+    request = audience_pb2.StreamAudienceRequest(audience=audience_pb2.AudienceSpec(**args), chunk_size=chunk)
+    return list(stub.StreamAudience(request, metadata=key(role), timeout=60))
+
+
+def rows(messages: list[audience_pb2.StreamAudienceResponse]) -> list[tuple[str, float, int, bool]]:
+    out = []
+    for m in messages[1:]:
+        c = m.chunk
+        out += list(zip(c.member_ids, c.scores, c.ranks, c.holdout, strict=True))
+    return out
+
+
+def test_stream_header_then_chunks_best_first(running: RunningServer, category: str) -> None:
+    messages = pull(running, chunk=70, category_ids=[category], holdout_share=0.2, send_id="s1")
+    header = messages[0].header
+    assert messages[0].WhichOneof("payload") == "header"
+    assert all(m.WhichOneof("payload") == "chunk" for m in messages[1:])
+    got = rows(messages)
+    assert header.total == len(got) == 300 and len(messages) == 1 + 5
+    assert [r[2] for r in got] == list(range(1, 301))
+    assert all(a[1] >= b[1] for a, b in zip(got, got[1:], strict=False))
+    assert header.holdout_count == sum(r[3] for r in got) and 20 < header.holdout_count < 100
+    assert header.model_version and header.feature_generation >= 1 and header.catalogue_version
+    assert header.examined == 300 + sum(header.suppressed.values())
+    assert rows(pull(running, chunk=70, category_ids=[category], holdout_share=0.2, send_id="s1")) == got
+    records = [r for r in DecisionLog(running.config.offers.decision_log_dir).records() if r["type"] == "audience_pull"]
+    assert len(records) == 2 and records[0]["caller"] == "campaign" and records[0]["counts"]["total"] == 300
+
+
+@pytest.mark.parametrize(("spec", "field"), [
+    ({"offer_id": "no-such-offer"}, "audience.offer_id"),
+    ({"max_size": 0}, "audience.max_size"),
+    ({}, "audience.target"),
+    ({"category_ids": ["x"], "tiers": ["diamond"]}, "audience.tiers"),
+    ({"category_ids": ["x"], "lifecycle_stages": ["sleepy"]}, "audience.lifecycle_stages"),
+    ({"category_ids": ["x"], "channel": common_pb2.CHANNEL_UNSPECIFIED}, "audience.channel"),
+])
+def test_bad_requests_are_invalid_argument_naming_the_field(running: RunningServer, spec: dict[str, object],
+                                                           field: str) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        pull(running, **spec)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith(field)
+
+
+@pytest.mark.parametrize("role", ["app", "pos"])
+def test_only_campaign_and_admin_may_pull(running: RunningServer, role: str, category: str) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        pull(running, role=role, category_ids=[category])
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert pull(running, role="admin", category_ids=[category], max_size=5)[0].header.total == 5
+
+
+def test_explain_one_member(running: RunningServer, category: str, known_member: str) -> None:
+    stub = audience_pb2_grpc.AudienceServiceStub(running.channel)
+    spec = audience_pb2.AudienceSpec(channel=common_pb2.CHANNEL_APP, max_size=10, category_ids=[category],
+)
+    verdict = stub.ExplainAudienceMember(audience_pb2.ExplainAudienceMemberRequest(audience=spec,
+                                                                                   member_id=known_member),
+                                         metadata=key("campaign"))
+    assert verdict.scored and verdict.member_id == known_member
+    assert verdict.included == (verdict.suppression == "")
+
+
+def test_confirmed_sends_count_against_the_apps_caps(running: RunningServer, category: str) -> None:
+    audience = rows(pull(running, category_ids=[category], max_size=1))
+    member = audience[0][0]  # in the audience: consent on the app, not fatigued
+    offers = offers_pb2_grpc.OfferServiceStub(running.channel)
+    nbo = offers_pb2.NextBestOfferRequest(member_id=member, channel=common_pb2.CHANNEL_APP, k=5, explain=True)
+    before = offers.NextBestOffer(nbo, metadata=key("app"))
+    assert all(e.rule != "fatigue_cap" for e in before.excluded)
+    stub = audience_pb2_grpc.AudienceServiceStub(running.channel)
+    for i in range(6):  # the app's default fatigue cap: 6 contacts in 7 days
+        send = audience_pb2.ConfirmSendRequest(send_id=f"send-{i}", channel=common_pb2.CHANNEL_APP,
+                                               member_ids=[member])
+        assert not stub.ConfirmSend(send, metadata=key("campaign")).replayed
+        assert stub.ConfirmSend(send, metadata=key("campaign")).replayed  # idempotent by send id
+    after = offers.NextBestOffer(nbo, metadata=key("app"))
+    assert not after.offers and any(e.rule == "fatigue_cap" for e in after.excluded)
+    decision = offers.DecideCoupon(offers_pb2.DecideCouponRequest(request_id="r1", member_id=member,
+                                                                  channel=common_pb2.CHANNEL_APP),
+                                   metadata=key("app"))
+    assert not decision.issued
+    assert decision.reason in (offers_pb2.COUPON_REASON_CAP_REACHED, offers_pb2.COUPON_REASON_NO_ELIGIBLE_OFFER)
+    assert member not in {r[0] for r in rows(pull(running, category_ids=[category], max_size=300))}
+    with pytest.raises(grpc.RpcError) as err:  # the same send id with other content
+        stub.ConfirmSend(audience_pb2.ConfirmSendRequest(send_id="send-0", channel=common_pb2.CHANNEL_APP,
+                                                         member_ids=[member, "m-other"]), metadata=key("campaign"))
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_cli_writes_the_rows_the_stream_sends(running: RunningServer, campaign_config: OmnirecConfig,
+                                              category: str, tmp_path: Path) -> None:
+    config_file = tmp_path / "omnirec.toml"
+    config_file.write_text(
+        f'data_dir = "{campaign_config.data_dir}"\n[train]\nbundle_root = "{campaign_config.train.bundle_root}"\n'
+        f'[redis]\nurl = "{campaign_config.redis.url}"\nnamespace = "{campaign_config.redis.namespace}"\n'
+        f'[offers]\ndecision_log_dir = "{campaign_config.offers.decision_log_dir}"\n')
+    out = tmp_path / "audience.parquet"
+    result = CliRunner().invoke(app, ["audience", "--category", category, "--channel", "app", "--max-size", "120",
+                                      "--holdout-share", "0.1", "--send-id", "cli", "--out", str(out),
+                                      "--no-progress", "--config", str(config_file)])
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out).to_pydict()
+    streamed = rows(pull(running, category_ids=[category], max_size=120, holdout_share=0.1, send_id="cli"))
+    assert list(zip(table["member_id"], table["rank"], table["holdout"], strict=True)) == \
+        [(r[0], r[2], r[3]) for r in streamed]
+    result = CliRunner().invoke(app, ["confirm-send", "--send-id", "cli", "--channel", "app", "--audience", str(out),
+                                      "--config", str(config_file)])
+    assert result.exit_code == 0, result.output
+    (sent,) = [r for r in DecisionLog(campaign_config.offers.decision_log_dir).records()
+               if r["type"] == "confirm_send"]
+    assert len(sent["members"]) + len(sent["holdout_members"]) == 120
+    assert set(sent["holdout_members"]) == {m for m, h in zip(table["member_id"], table["holdout"], strict=True) if h}
