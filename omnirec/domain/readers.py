@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from omnirec.domain.errors import DataError
 from omnirec.domain.idmap import IdMap
 from omnirec.domain.schema import (
+    EVENT_ID,
     EVENT_SCHEMA,
     IDENTITY_SCHEMA,
     INVENTORY_SCHEMA,
@@ -40,7 +41,8 @@ IDENTITY_FILE = "identity_links.parquet"
 EXPOSURES_FILE = "coupon_exposures.parquet"
 GROUND_TRUTH_FILE = "coupon_ground_truth.parquet"
 LIVE_EVENTS_DIR = "events_live"
-"""Folder in the data dir where the service appends the events it accepted (`events-<pid>-<ns>.parquet`)."""
+"""Folder in the data dir where the service logs the events (`events-<pid>-<ns>.parquet`) and identity links
+(`links-<pid>-<ns>.parquet`) it accepted."""
 
 
 @dataclass(frozen=True)
@@ -97,12 +99,34 @@ def read_events(path: Path) -> pa.Table:
     return check_events(pq.read_table(path), str(path))
 
 
+def _log_files(directory: Path, prefix: str) -> list[Path]:
+    """The service's log files of one kind, oldest first (`<prefix>-<pid>-<ns>.parquet`)."""
+    return sorted(Path(directory).glob(f"{prefix}-*.parquet"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+
+
 def read_event_log(directory: Path) -> pa.Table:
-    """Every event the service logged in `directory`, oldest file first (an empty table if none)."""
-    files = sorted(Path(directory).glob("events-*.parquet"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+    """Every event the service logged in `directory`, oldest file first, one row per `event_id` (an empty
+    table if none). Files without an `event_id` column are read as they are."""
+    seen: set[str] = set()
+    tables = []
+    for f in _log_files(directory, "events"):
+        table = pq.read_table(f)
+        if EVENT_ID in table.column_names:
+            keep = np.ones(table.num_rows, bool)
+            for i, event_id in enumerate(table[EVENT_ID].to_pylist()):
+                keep[i] = event_id not in seen
+                seen.add(event_id)
+            table = table.filter(keep).drop_columns([EVENT_ID])
+        tables.append(check_events(table, str(f)))
+    return pa.concat_tables(tables) if tables else EVENT_SCHEMA.empty_table()
+
+
+def read_link_log(directory: Path) -> pa.Table:
+    """Every identity link the service logged in `directory`, oldest first (later links win)."""
+    files = _log_files(directory, "links")
     if not files:
-        return EVENT_SCHEMA.empty_table()
-    return pa.concat_tables(check_events(pq.read_table(f), str(f)) for f in files)
+        return IDENTITY_SCHEMA.empty_table()
+    return pa.concat_tables(pq.read_table(f).cast(IDENTITY_SCHEMA) for f in files)
 
 
 def resolve_identities(events: pa.Table, links: pa.Table) -> pa.Table:
@@ -164,7 +188,7 @@ class RetailData:
         for required in (EVENTS_FILE, ITEMS_FILE):
             if not (d / required).exists():
                 raise DataFileMissing(d / required)
-        links = _optional(d / IDENTITY_FILE, IDENTITY_SCHEMA)
+        links = pa.concat_tables([_optional(d / IDENTITY_FILE, IDENTITY_SCHEMA), read_link_log(d / LIVE_EVENTS_DIR)])
         stores = _optional(d / STORES_FILE, STORE_SCHEMA)
         events = resolve_identities(
             pa.concat_tables([read_events(d / EVENTS_FILE), read_event_log(d / LIVE_EVENTS_DIR)]), links)

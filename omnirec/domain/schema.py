@@ -28,6 +28,11 @@ EVENT_SCHEMA = pa.schema(
 )
 """One row per behaviour event. `ts` is unix seconds; `price` is the unit price paid (0 if none)."""
 
+EVENT_ID = "event_id"
+LIVE_EVENT_SCHEMA = EVENT_SCHEMA.append(pa.field(EVENT_ID, pa.string(), nullable=False))
+"""The service's event log (`events_live/`): the event schema plus the caller's `event_id`, so a reader keeps
+one row per event even where a crash between logging and applying made a retry log it twice."""
+
 MEMBER_SCHEMA = pa.schema(
     [
         pa.field("member_id", pa.string(), nullable=False),
@@ -76,7 +81,8 @@ IDENTITY_SCHEMA = pa.schema(
         pa.field("member_id", pa.string(), nullable=False),
     ]
 )
-"""A device, cookie or app id that a login tied to a member."""
+"""A device, cookie or app id that a login tied to a member: the export's `identity_links.parquet` and the
+service's live link log (later rows win)."""
 
 
 ID_COLUMNS = (Col.MEMBER_ID, Col.ANONYMOUS_ID, Col.ITEM_ID, Col.STORE_ID, "home_store")

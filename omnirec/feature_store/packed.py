@@ -27,51 +27,64 @@ def unpack(raw: bytes | None) -> list[str]:
     return raw.decode().split(SEP) if raw else []
 
 
-_SET_TAIL = """
+LIBRARY = """
 local function store(key, value, ttl)
   if ttl == '0' then redis.call('SET', key, value, 'KEEPTTL') else redis.call('SET', key, value, 'EX', ttl) end
 end
-"""
 
-PATCH_RECORD = _SET_TAIL + """
--- KEYS[1] packed record; ARGV: field count, ttl (0 keeps it), n, then n (position, value) pairs to set,
--- then (position, integer delta) pairs to add. Positions are 1-based. A missing record stays missing.
-local raw = redis.call('GET', KEYS[1])
-if not raw then return 0 end
-local fields = {}
-for v in string.gmatch(raw .. '\\31', '([^\\31]*)\\31') do fields[#fields + 1] = v end
-if #fields ~= tonumber(ARGV[1]) then
-  return redis.error_reply('malformed packed record ' .. KEYS[1] .. ': ' .. #fields .. ' fields, expected ' .. ARGV[1])
+local function split(raw)
+  local fields = {}
+  for v in string.gmatch(raw .. '\\31', '([^\\31]*)\\31') do fields[#fields + 1] = v end
+  return fields
 end
-local n = tonumber(ARGV[3])
-for i = 4, 3 + 2 * n, 2 do fields[tonumber(ARGV[i])] = ARGV[i + 1] end
-for i = 4 + 2 * n, #ARGV, 2 do
-  local pos = tonumber(ARGV[i])
-  local current = tonumber(fields[pos])
-  if not current then
-    return redis.error_reply('malformed packed record ' .. KEYS[1] .. ': field ' .. pos .. ' is not a number')
+
+-- A packed record's fields, or an error reply when it does not have `count` of them.
+local function record_fields(key, raw, count)
+  local fields = split(raw)
+  if #fields ~= tonumber(count) then
+    return nil, redis.error_reply('malformed packed record ' .. key .. ': ' .. #fields .. ' fields, expected ' .. count)
   end
-  fields[pos] = string.format('%d', current + tonumber(ARGV[i + 1]))
+  return fields
 end
-store(KEYS[1], table.concat(fields, '\\31'), ARGV[2])
-return 1
-"""
-"""Set some fields of a packed record and add to others, atomically (HSET + HINCRBY for a packed value)."""
 
-PUSH_DISTINCT = _SET_TAIL + """
--- KEYS[1] packed id list, newest first; ARGV: limit, ttl (0 keeps it), then ids oldest first.
--- The ids become the newest entries; older copies of them are dropped; the list keeps `limit` ids.
-local limit = tonumber(ARGV[1])
-local out, seen = {}, {}
-local function add(id)
-  if #out < limit and not seen[id] then seen[id] = true; out[#out + 1] = id end
+-- args: field count, ttl (0 keeps it), n, then n (position, value) pairs to set, then (position, integer
+-- delta) pairs to add. Positions are 1-based. A missing record stays missing.
+local function patch_record(key, args)
+  local raw = redis.call('GET', key)
+  if not raw then return 0 end
+  local fields, err = record_fields(key, raw, args[1])
+  if not fields then return err end
+  local n = tonumber(args[3])
+  for i = 4, 3 + 2 * n, 2 do fields[tonumber(args[i])] = args[i + 1] end
+  for i = 4 + 2 * n, #args, 2 do
+    local pos = tonumber(args[i])
+    local current = tonumber(fields[pos])
+    if not current then
+      return redis.error_reply('malformed packed record ' .. key .. ': field ' .. pos .. ' is not a number')
+    end
+    fields[pos] = string.format('%d', current + tonumber(args[i + 1]))
+  end
+  store(key, table.concat(fields, '\\31'), args[2])
+  return 1
 end
-for i = #ARGV, 3, -1 do add(ARGV[i]) end
-local raw = redis.call('GET', KEYS[1])
-if raw then
-  for id in string.gmatch(raw, '[^\\31]+') do add(id) end
+
+-- args: limit, ttl (0 keeps it), then ids oldest first. The ids become the newest entries of a packed,
+-- newest-first list; older copies of them are dropped; the list keeps `limit` ids.
+local function push_distinct(key, args)
+  local limit = tonumber(args[1])
+  local out, seen = {}, {}
+  local function add(id)
+    if #out < limit and not seen[id] then seen[id] = true; out[#out + 1] = id end
+  end
+  for i = #args, 3, -1 do add(args[i]) end
+  local raw = redis.call('GET', key)
+  if raw then
+    for id in string.gmatch(raw, '[^\\31]+') do add(id) end
+  end
+  store(key, table.concat(out, '\\31'), args[2])
+  return #out
 end
-store(KEYS[1], table.concat(out, '\\31'), ARGV[2])
-return #out
 """
-"""LREM + LPUSH + LTRIM for a packed list, atomically."""
+"""Lua functions `feature_store.live`'s batch script is built from: `patch_record` sets fields of a packed
+record and adds to others (HSET + HINCRBY for a packed value); `push_distinct` is LREM + LPUSH + LTRIM for a
+packed list."""

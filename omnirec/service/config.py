@@ -32,7 +32,15 @@ class ServiceConfig(BaseModel):
     """Where TrackEvents appends accepted events (Parquet, `domain.schema.EVENT_SCHEMA`); by default
     `<data_dir>/events_live`, which the next `omnirec train` and `omnirec materialize` read with the export."""
     event_log_flush_rows: int = Field(10_000, ge=1)
-    """Buffered events are written as one Parquet file when this many have accumulated (and on shutdown)."""
+    """Journaled events are rolled into one Parquet file when this many have accumulated (also every
+    `poll_interval_s` and on shutdown)."""
+    event_log_fsync: bool = True
+    """fsync the journal after each accepted batch (about 2 ms), so an accepted event survives a machine crash,
+    not only a process crash."""
+    max_clock_skew_s: float = Field(300.0, ge=0)
+    """TrackEvents refuses an event whose `ts` is further ahead of the server's clock than this."""
+    max_event_age_s: float = Field(30 * 86_400.0, gt=0)
+    """TrackEvents refuses an event older than this (send history through the batch export instead)."""
     api_keys: dict[str, Role] = {}
     """API key -> role. Keys live in the config file only; with none configured every RPC is refused."""
     default_deadline_s: float = Field(1.0, gt=0)

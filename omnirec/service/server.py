@@ -27,6 +27,7 @@ from omnirec.bundle import BundleRegistry
 from omnirec.config import OmnirecConfig
 from omnirec.domain.errors import OmnirecError
 from omnirec.domain.readers import LIVE_EVENTS_DIR
+from omnirec.feature_store.live import LiveUpdater
 from omnirec.feature_store.reader import FeatureReader
 from omnirec.offers.engine import OfferEngine
 from omnirec.service import (
@@ -38,8 +39,8 @@ from omnirec.service import (
     reflection,
 )
 from omnirec.service.bundles import factor_model, holder_for, load_serving_model
-from omnirec.service.event_log import EventLog
 from omnirec.service.features import Features
+from omnirec.service.ingest import Ingest
 from omnirec.service.interceptors import ApiInterceptor
 from omnirec.service.model import ModelHolder, ServingModel
 from omnirec.service.registry import ServiceSpec
@@ -53,12 +54,12 @@ NEEDS_MODEL = ("", recommendation_servicer.SERVICE)
 
 @dataclass
 class ServingState:
-    """Everything the servicers share inside one worker process: the model, the features, the event log."""
+    """Everything the servicers share inside one worker process: the model, the features, the ingest unit."""
 
     config: OmnirecConfig
     models: ModelHolder
     features: Features
-    event_log: EventLog
+    ingest: Ingest
     health: health.aio.HealthServicer = field(default_factory=health.aio.HealthServicer)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -69,11 +70,15 @@ class ServingState:
         models = holder_for(config.train.bundle_root, config.data_dir)
         if preloaded is not None:
             models.adopt(preloaded)
-        return cls(config, models, Features.connect(config.redis, config.tiers, config.lifecycle),
-                   EventLog(svc.event_log_dir or config.data_dir / LIVE_EVENTS_DIR, svc.event_log_flush_rows))
+        features = Features.connect(config.redis)
+        live = LiveUpdater(features.client, config.redis, config.tiers, config.lifecycle)
+        return cls(config, models, features, Ingest(live, svc.event_log_dir or config.data_dir / LIVE_EVENTS_DIR,
+                                                    svc.event_log_flush_rows, svc.event_log_fsync))
 
     async def start(self) -> None:
-        """Load the published bundle if there is one, then poll for newer ones and flush the event log."""
+        """Recover what dead workers journaled, load the published bundle if there is one, then poll for newer
+        ones and roll the event log."""
+        await asyncio.to_thread(self.ingest.recover)
         try:
             await self.models.reload()
         except OmnirecError as exc:
@@ -94,24 +99,25 @@ class ServingState:
     async def _flush_events(self, interval_s: float) -> None:
         while True:
             await asyncio.sleep(interval_s)
-            await self.event_log.flush()
+            await asyncio.to_thread(self.ingest.roll)
 
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.event_log.flush()
+        await asyncio.to_thread(self.ingest.close)
         await self.features.close()
 
 
 def service_specs(state: ServingState) -> list[ServiceSpec]:
     """Every omnirec service this server exposes; a new service is one line here."""
     config = state.config
-    deadline = config.service.default_deadline_s
+    svc = config.service
+    deadline = svc.default_deadline_s
     engine = offer_servicer.build_engine(config, state.models)
     return [
         recommendation_servicer.spec(state.models, state.features, deadline),
-        event_servicer.spec(state.features, state.event_log, deadline),
+        event_servicer.spec(state.ingest, event_servicer.EventRules(svc.max_clock_skew_s, svc.max_event_age_s)),
         admin_servicer.spec(state.models),
         offer_servicer.spec(engine, deadline),
         audience_servicer.spec(campaigns(config, engine, state.models), config.tiers, config.service.api_keys),

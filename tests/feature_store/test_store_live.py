@@ -15,7 +15,7 @@ from omnirec.domain.vocab import Channel
 from omnirec.feature_store.config import RedisConfig
 from omnirec.feature_store.errors import FeatureStoreError
 from omnirec.feature_store.keys import Keys
-from omnirec.feature_store.live import LiveUpdater
+from omnirec.feature_store.live import ClaimTaken, LiveUpdater
 from omnirec.feature_store.materialize import BatchFeatures, LoadReport
 from omnirec.feature_store.reader import FeatureReader
 
@@ -183,3 +183,18 @@ def test_malformed_member_record_is_refused_not_rewritten(
     with pytest.raises(FeatureStoreError, match="malformed member record"):
         live.apply(events({"member_id": "m0000003", "item_id": "i000001", "ts": 1_800_000_000}))
     assert redis_client.get(key) == b"gold\x1factive"
+
+
+def test_a_plan_whose_claim_was_taken_meanwhile_writes_nothing(live: LiveUpdater, reader: FeatureReader) -> None:
+    batch = events({"member_id": "m0000004", "item_id": "i000005", "channel": "web", "ts": 1_800_000_000},
+                   {"member_id": "m0000004", "item_id": "i000006", "channel": "web", "ts": 1_800_000_001})
+    plan = live.prepare(batch, ["a", "b"])
+    assert plan.fresh == (True, True)
+    live.apply(batch.slice(1), ["b"])  # a concurrent retry takes "b" first
+    before = reader.read_request("m0000004").profile.activity[Channel.WEB]  # type: ignore[union-attr]
+    with pytest.raises(ClaimTaken):
+        live.commit(plan)
+    assert reader.read_request("m0000004").profile.activity[Channel.WEB] == before  # type: ignore[union-attr]
+    report = live.apply(batch, ["a", "b"])
+    assert (report.applied, report.duplicates) == (1, 1)
+    assert reader.read_request("m0000004").profile.activity[Channel.WEB] == before + 1  # type: ignore[union-attr]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
@@ -13,12 +15,17 @@ from omnirec.v1 import recommendation_pb2 as rec
 from omnirec.v1 import recommendation_pb2_grpc as rec_grpc
 
 MD = (("x-api-key", API_KEYS["app"]),)
+NOW = int(time.time())
+
+
+def _at(seconds: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=seconds)
 
 
 def _event(i: int, **overrides: object) -> events_pb2.Event:
-    fields: dict[str, object] = {"event_id": f"e{i}", "member_id": "m-live", "item_id": "", "channel":
-                                 common_pb2.CHANNEL_APP, "event_type": events_pb2.EVENT_TYPE_VIEW,
-                                 "event_time": timestamp_pb2.Timestamp(seconds=1_700_000_000)}
+    fields: dict[str, object] = {"event_id": f"e{i}", "member_id": "m-live", "item_id": "",
+                                 "channel": common_pb2.CHANNEL_APP, "event_type": events_pb2.EVENT_TYPE_VIEW,
+                                 "event_time": _at(NOW)}
     fields.update(overrides)
     return events_pb2.Event(**fields)  # type: ignore[arg-type]
 
@@ -40,7 +47,7 @@ def test_track_events_applies_logs_and_dedups(server: RunningServer, item_id: st
     assert logged.column("event_type").to_pylist() == ["view", "purchase", "store_visit"]
     assert logged.column("quantity").to_pylist() == [1, 2, 1]
     assert logged.column("price").to_pylist()[1] == 9.5  # minor units on the wire, major units in the log
-    assert set(logged.column("ts").to_pylist()) == {1_700_000_000}
+    assert set(logged.column("ts").to_pylist()) == {NOW}
 
     # The live purchase is now excluded for that member, who is unknown to the model (cold start).
     recs = rec_grpc.RecommendationServiceStub(server.channel).Recommend(
@@ -58,7 +65,19 @@ def test_track_events_applies_logs_and_dedups(server: RunningServer, item_id: st
     ({"channel": common_pb2.CHANNEL_POS}, "events[1].store_id"),
     ({"quantity": -1}, "events[1].quantity"),
     ({"price_minor_units": -200}, "events[1].price_minor_units"),
-    ({"event_time": timestamp_pb2.Timestamp(seconds=1, nanos=-1)}, "events[1].event_time"),
+    ({"price_minor_units": 2**63 - 1}, "events[1].price_minor_units"),
+    ({"price_minor_units": 100_000_001}, "events[1].price_minor_units"),
+    ({"quantity": 2_147_483_647}, "events[1].quantity"),
+    ({"event_time": timestamp_pb2.Timestamp(seconds=NOW, nanos=-1)}, "events[1].event_time"),
+    ({"event_time": _at(NOW * 1000)}, "events[1].event_time"),  # milliseconds sent as seconds
+    ({"event_time": _at(4_102_444_800)}, "events[1].event_time"),  # 2100-01-01
+    ({"event_time": _at(253_402_300_799)}, "events[1].event_time"),  # the largest valid Timestamp
+    ({"event_time": _at(-1)}, "events[1].event_time"),
+    ({"event_time": _at(NOW - 400 * 86_400)}, "events[1].event_time"),
+    ({"event_id": "e\n2"}, "events[1].event_id"),
+    ({"anonymous_id": "dev\x00"}, "events[1].anonymous_id"),
+    ({"member_id": "m" * 129}, "events[1].member_id"),
+    ({"store_id": "s\x7f"}, "events[1].store_id"),
 ])
 def test_invalid_event_rejects_the_whole_batch(server: RunningServer, item_id: str, bad: dict[str, object],
                                                field: str) -> None:
