@@ -158,6 +158,7 @@ def train(
     publish: Annotated[bool, typer.Option(help="Publish the new bundle when it beats popularity.")] = True,
     force: Annotated[bool, typer.Option("--force", help="Publish even if the model does not beat popularity.")]
         = False,
+    as_of: AsOfOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Train every model, evaluate on a time split, write the next versioned bundle and publish it."""
@@ -167,7 +168,8 @@ def train(
     cfg = _setup(config)
     overrides = {k: v for k, v in (("bundle_root", bundles), ("seed", seed)) if v is not None}
     train_cfg = cfg.train.model_copy(update=overrides)
-    result = run(data or cfg.data_dir, train_cfg, force=force, publish=publish)
+    result = run(data or cfg.data_dir, train_cfg, force=force, publish=publish, as_of=_as_of_ts(as_of, cfg),
+                 rules=cfg.lifecycle)
     print_training(result, console)
     if publish and not result.published:
         console.print(f"[red]v{result.version} does not beat popularity; not published (use --force)[/red]")
@@ -194,7 +196,7 @@ def publish(
 @app.command()
 def materialize(
     data: Annotated[Path | None, typer.Option(help="Folder with the retail Parquet files (default: data_dir).")] = None,
-    now: Annotated[int | None, typer.Option(help="Unix seconds to compute features at (default: last event).")] = None,
+    as_of: AsOfOpt = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar while loading.")] = True,
     config: ConfigOpt = None,
 ) -> None:
@@ -202,7 +204,7 @@ def materialize(
     from omnirec.feature_store.materialize import materialize as run
 
     cfg = _setup(config)
-    s = run(data or cfg.data_dir, cfg.redis, cfg.tiers, cfg.lifecycle, now=now, progress=progress)
+    s = run(data or cfg.data_dir, cfg.redis, cfg.tiers, cfg.lifecycle, now=_as_of_ts(as_of, cfg), progress=progress)
     table = Table(title=f"Materialised generation {s.load.generation} into {cfg.redis.url or cfg.redis.embedded_path}")
     table.add_column("what")
     table.add_column("value", justify="right")
@@ -222,6 +224,7 @@ def train_uplift(
     data: Annotated[Path | None, typer.Option(help="Folder with the retail and coupon exposure Parquet files.")] = None,
     out: Annotated[Path | None, typer.Option(help="Where to write uplift_model.npz and uplift_scores.npz "
                                                   "(default: beside offers.uplift_path, else data_dir).")] = None,
+    as_of: AsOfOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Train the coupon uplift model (T-learner) on logged exposures and score every member for the service."""
@@ -229,7 +232,7 @@ def train_uplift(
 
     cfg = _setup(config)
     dest = out or (cfg.offers.uplift_path.parent if cfg.offers.uplift_path else cfg.data_dir)
-    scores = run(data or cfg.data_dir, dest, cfg.tiers)
+    scores = run(data or cfg.data_dir, dest, cfg.tiers, as_of=_as_of_ts(as_of, cfg))
     lift = scores.p_treated - scores.p_control
     console.print(f"uplift model {scores.model_version}: {len(lift):,} members scored into {dest}; "
                   f"mean estimated uplift {lift.mean():+.3f}, share positive {(lift > 0).mean():.0%}. "
@@ -279,22 +282,39 @@ def _as_of(value: str | None, cfg: OmnirecConfig) -> datetime | None:
     return parse_time(value, "--as-of") if value else cfg.as_of
 
 
+def _as_of_ts(value: str | None, cfg: OmnirecConfig) -> float:
+    """The batch jobs' clock: --as-of, else the config's as_of, else now."""
+    from omnirec.domain.clock import as_of_ts
+
+    return as_of_ts(_as_of(value, cfg))
+
+
 @app.command("check-catalogue")
 def check_catalogue(
     path: Annotated[Path | None, typer.Argument(help="Offer catalogue (default: the config's offers.catalogue_path).")]
         = None,
+    data: Annotated[Path | None, typer.Option(help="Data directory whose items.parquet the targets must exist in "
+                                                   "(default: the config's data_dir, when it has one).")] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Validate an offer catalogue; lists every error and exits 1 if it would be rejected."""
-    from omnirec.offers.catalogue import CatalogueError, load_catalogue
+    """Validate an offer catalogue and its targets against the imported items; lists every error, exits 1."""
+    import pyarrow.parquet as pq
+
+    from omnirec.domain.readers import ITEMS_FILE
+    from omnirec.offers.catalogue import CatalogueError, check_catalogue
 
     cfg = _setup(config)
+    items_path = (data or cfg.data_dir) / ITEMS_FILE
+    if data is not None and not items_path.exists():
+        raise FileNotFoundError(f"{items_path} not found; import your data first (omnirec import)")
+    items = pq.read_table(items_path, columns=["item_id", "category", "brand"]) if items_path.exists() else None
     try:
-        catalogue = load_catalogue(path or cfg.offers.catalogue_path, cfg.tiers)
+        catalogue = check_catalogue(path or cfg.offers.catalogue_path, cfg.tiers, items)
     except CatalogueError as exc:
         typer.echo(str(exc))
         raise typer.Exit(code=1) from None
-    console.print(f"catalogue {catalogue.version}: {len(catalogue.offers)} offers OK")
+    checked = f", targets checked against {items_path}" if items is not None else ""
+    console.print(f"catalogue {catalogue.version}: {len(catalogue.offers)} offers OK{checked}")
 
 app.command()(campaign_cli.audience)
 app.command("confirm-send")(campaign_cli.confirm_send)

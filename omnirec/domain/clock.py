@@ -7,6 +7,8 @@ end of its history.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from omnirec.domain.errors import InvalidArgument
@@ -31,6 +33,14 @@ def parse_time(value: str, field: str) -> datetime:
 def as_of_ts(as_of: datetime | None) -> float:
     """Unix seconds of `as_of`, now when unset."""
     return (as_of or datetime.now(UTC)).timestamp()
+
+
+def clock_at(as_of: datetime | None) -> Callable[[], float]:
+    """The service's clock: standing still at `as_of` when one is set (replaying a history), else wall time."""
+    if as_of is None:
+        return time.time
+    ts = as_of.timestamp()
+    return lambda: ts
 
 
 def stale_data_warning(newest_event_ts: float, as_of: float, job: str) -> str | None:

@@ -129,6 +129,19 @@ def complete_members(
     return pa.table({f.name: columns[f.name].cast(f.type) for f in MEMBER_SCHEMA}, schema=MEMBER_SCHEMA)
 
 
+def restage(members: pa.Table, events: pa.Table, rules: LifecycleRules, as_of: float) -> pa.Table:
+    """`members` with `lifecycle_stage` recomputed at `as_of` from their signup and purchases."""
+    ids = members["member_id"].combine_chunks()
+    m = _codes(events[Col.MEMBER_ID], ids)
+    buy = (m >= 0) & (_codes(events[Col.EVENT_TYPE], pa.array([EventType.PURCHASE.value])) == 0)
+    last, prev = last_two(m[buy], events[Col.TS].to_numpy()[buy].astype(np.float64), len(ids))
+    stage_names = np.array([s.value for s in STAGES], dtype=object)
+    stages = stage_names[lifecycle_stages(rules, as_of, members["signup_ts"].to_numpy().astype(np.float64), last,
+                                          prev)]
+    at = members.schema.get_field_index("lifecycle_stage")
+    return members.set_column(at, members.schema.field(at), pa.array(stages, pa.string()))
+
+
 def _prefer(given: pa.ChunkedArray, derived: pa.Array) -> pa.Array:
     """The given value where there is one, else the derived one; rows past the given table are derived."""
     head = given.combine_chunks().cast(derived.type)

@@ -5,6 +5,7 @@ nothing is dropped silently.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,6 +206,13 @@ class RetailData:
             events=events,
             identity_links=links,
         )
+
+    def until(self, as_of: float) -> RetailData:
+        """The data as it stood at `as_of` (unix seconds): later events left out, as if the job ran then."""
+        keep = pc.less_equal(self.events[Col.TS], int(as_of))
+        if pc.all(keep).as_py() is not False:
+            return self
+        return dataclasses.replace(self, events=self.events.filter(keep))
 
     def interactions(self) -> Interactions:
         """Member-item events indexed against the full member and item catalogues."""

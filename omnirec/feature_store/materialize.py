@@ -22,6 +22,7 @@ import redis
 from redis.cluster import RedisCluster
 from tqdm import tqdm
 
+from omnirec.domain.clock import stale_data_warning
 from omnirec.domain.derive import last_two
 from omnirec.domain.lifecycle import DAY, STAGES, LifecycleRules, lifecycle_stages
 from omnirec.domain.readers import RetailData
@@ -384,9 +385,13 @@ class MaterializeSummary:
 
 def materialize(data_dir: Path, config: RedisConfig, tiers: TierLadder, rules: LifecycleRules,
                 now: float | None = None, progress: bool = False) -> MaterializeSummary:
-    """Read the retail files in `data_dir`, compute features and load them as a new generation."""
+    """Read the retail files in `data_dir`, compute features at `now` (as_of; default the newest event)
+    and load them as a new generation. Events after `now` are left out; a stale history is logged."""
     started = time.perf_counter()
     data = RetailData.read(data_dir)
+    if now is not None:
+        data = data.until(now)
+        stale_data_warning(float(pc.max(data.events[Col.TS]).as_py() or 0), now, "materialize")
     read = time.perf_counter()
     features = compute_features(data, tiers, rules, now, config.recent_items, config.purchased_items)
     computed = time.perf_counter()

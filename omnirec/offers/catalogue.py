@@ -18,6 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from omnirec.domain.errors import InvalidArgument
@@ -226,6 +227,47 @@ def parse_catalogue(raw: bytes, path: Path, tiers: TierLadder) -> Catalogue:
 def load_catalogue(path: Path, tiers: TierLadder | None = None) -> Catalogue:
     path = Path(path)
     return parse_catalogue(path.read_bytes(), path, tiers or TierLadder())
+
+
+_TARGET_COLUMNS = {"items": ("item_id", "item"), "categories": ("category", "category"), "brands": ("brand", "brand")}
+
+
+def check_catalogue(path: Path, tiers: TierLadder, items: pa.Table | None) -> Catalogue:
+    """`load_catalogue`, plus every target id that names no item, category or brand of `items` (the
+    imported item table), all in one `CatalogueError`."""
+    path = Path(path)
+    raw = path.read_bytes()
+    errors: list[str] = []
+    catalogue = None
+    try:
+        catalogue = parse_catalogue(raw, path, tiers)
+    except CatalogueError as exc:
+        errors = exc.errors
+    if items is not None:
+        try:
+            data = json.loads(raw) if path.suffix == ".json" else tomllib.loads(raw.decode())
+        except (ValueError, UnicodeDecodeError):
+            data = {}
+        entries = data.get("offers") if isinstance(data.get("offers"), list) else []
+        errors += unknown_targets(entries, items)
+    if errors or catalogue is None:
+        raise CatalogueError(path, errors)
+    return catalogue
+
+
+def unknown_targets(entries: list[object], items: pa.Table) -> list[str]:
+    """One error per target id that no item, category or brand in `items` carries."""
+    known = {scope: set(items[column].to_pylist()) for scope, (column, _) in _TARGET_COLUMNS.items()}
+    errors = []
+    for i, entry in enumerate(entries):
+        target = entry.get("target") if isinstance(entry, dict) else None
+        if not isinstance(target, dict) or target.get("scope") not in known:
+            continue
+        label = f"offers[{i}]" + (f" ({entry['id']})" if "id" in entry else "")
+        missing = [t for t in target.get("ids") or [] if t not in known[target["scope"]]]
+        noun = _TARGET_COLUMNS[target["scope"]][1]
+        errors += [f"{label}.target.ids: {t!r} is not a known {noun} in the imported items" for t in missing]
+    return errors
 
 
 class CatalogueSource:

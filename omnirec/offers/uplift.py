@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from omnirec.domain.clock import stale_data_warning
 from omnirec.domain.idmap import IdMap
 from omnirec.domain.readers import EXPOSURES_FILE, RetailData
 from omnirec.domain.tiers import TierLadder
@@ -204,17 +205,23 @@ class UpliftScores:
             return cls(IdMap.from_ids(f["member_ids"]), f["p_control"], f["p_treated"], str(f["model_version"]))
 
 
-def train_uplift(data_dir: Path, out_dir: Path, tiers: TierLadder | None = None) -> UpliftScores:
-    """Train on every logged exposure in `data_dir`, score all members as of the end of the event log.
+def train_uplift(data_dir: Path, out_dir: Path, tiers: TierLadder | None = None,
+                 as_of: float | None = None) -> UpliftScores:
+    """Train on every logged exposure in `data_dir`, score all members at `as_of` (default: just after the
+    newest event). Events and exposures after as_of are left out; a stale history is logged.
 
     Writes `uplift_model.npz` (the model) and `uplift_scores.npz` (what the service loads); the version
     is a digest of the model's parameters, logged with every decision that used it.
     """
     data = RetailData.read(data_dir)
     exposures = pq.read_table(Path(data_dir) / EXPOSURES_FILE)
+    if as_of is not None:
+        data = data.until(as_of)
+        exposures = exposures.filter(pc.less_equal(exposures["exposed_ts"], int(as_of)))
+        stale_data_warning(float(pc.max(data.events[Col.TS]).as_py() or 0), as_of, "train-uplift")
     x, treated, converted = exposure_training_set(exposures, data.events, data.items, data.members, tiers)
     model = UpliftModel.fit(x, treated, converted)
-    as_of = float(pc.max(data.events[Col.TS]).as_py()) + 1
+    as_of = float(pc.max(data.events[Col.TS]).as_py()) + 1 if as_of is None else as_of
     p0, p1 = model.predict(behaviour_features(data.events, data.items, data.members, as_of, exposures, tiers))
     digest = hashlib.sha256(model.coef.tobytes() + model.intercept.tobytes()).hexdigest()[:12]
     out = Path(out_dir)

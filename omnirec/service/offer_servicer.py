@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -19,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from omnirec.config import OmnirecConfig
+from omnirec.domain.clock import clock_at
 from omnirec.domain.errors import Unavailable
 from omnirec.domain.readers import INVENTORY_FILE, ITEMS_FILE
 from omnirec.feature_store.connection import connect
@@ -119,13 +119,14 @@ def build_engine(config: OmnirecConfig, models: ModelHolder) -> OfferEngine:
     client = connect(config.redis)
     reader = FeatureReader(client, config.redis)
     cfg = config.offers
+    clock = clock_at(config.as_of)
 
     def profile(member_id: str) -> MemberView | None:
         features = reader.read_request(member_id)
         p = features.profile
         if p is None:
             return None
-        return MemberView(member_id, p.tier, p.stage_at(config.lifecycle, time.time()),
+        return MemberView(member_id, p.tier, p.stage_at(config.lifecycle, clock()),
                           frozenset(c for c, ok in p.consent.items() if ok), f"generation-{features.generation}")
 
     def model() -> tuple[AffinityModel | None, str]:
@@ -135,7 +136,7 @@ def build_engine(config: OmnirecConfig, models: ModelHolder) -> OfferEngine:
     return OfferEngine(cfg, CatalogueSource(cfg.catalogue_path, config.tiers, cfg.catalogue_poll_s),
                        OfferStore(client, config.redis, cfg.idempotency_days), profile,
                        _items(config.data_dir), DecisionLog(cfg.decision_log_dir), config.tiers, model,
-                       UpliftScores.load(cfg.uplift_path) if cfg.uplift_path else None)
+                       UpliftScores.load(cfg.uplift_path) if cfg.uplift_path else None, clock=clock)
 
 
 def _items(data_dir: Path) -> ItemCatalogue:

@@ -6,6 +6,7 @@ collaborative model beats overall popularity on NDCG@k, unless forced.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.metadata
 import json
@@ -16,12 +17,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 from rich.console import Console
 from rich.table import Table
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from omnirec.bundle import Array, BundleArtifacts, BundleRegistry, Index, Manifest, Sparse, write_bundle
+from omnirec.domain.clock import stale_data_warning
+from omnirec.domain.derive import restage
+from omnirec.domain.lifecycle import LifecycleRules
 from omnirec.domain.readers import Interactions, RetailData
 from omnirec.domain.vocab import Col
 from omnirec.training.complements import purchase_lift
@@ -119,9 +124,19 @@ def beats_popularity(metrics: dict[str, dict[str, float]], model: str, k: int) -
 
 
 def train(data_dir: Path, config: TrainConfig, force: bool = False, publish: bool = True,
-          progress: bool = True) -> TrainResult:
-    """Train, evaluate and write the next bundle version from the retailer files in `data_dir`."""
-    return train_retail(RetailData.read(data_dir), config, force=force, publish=publish, progress=progress)
+          progress: bool = True, as_of: float | None = None, rules: LifecycleRules | None = None) -> TrainResult:
+    """Train, evaluate and write the next bundle version from the retailer files in `data_dir`.
+
+    With `as_of` (unix seconds) the data is taken as it stood then: later events are left out and the
+    members' lifecycle stages (a member feature) are recomputed at as_of; a stale history is logged.
+    """
+    retail = RetailData.read(data_dir)
+    if as_of is not None:
+        retail = retail.until(as_of)
+        stale_data_warning(float(pc.max(retail.events[Col.TS]).as_py() or 0), as_of, "train")
+        retail = dataclasses.replace(retail, members=restage(retail.members, retail.events,
+                                                             rules or LifecycleRules(), as_of))
+    return train_retail(retail, config, force=force, publish=publish, progress=progress)
 
 
 def train_retail(retail: RetailData, config: TrainConfig, force: bool = False, publish: bool = True,

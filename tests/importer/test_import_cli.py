@@ -80,3 +80,21 @@ def test_clock_parsing_and_stale_warning() -> None:
     day = 86_400
     assert stale_data_warning(100 * day, 120 * day, "train") is None
     assert "--as-of 1970-04-11" in stale_data_warning(100 * day, 200 * day, "train")
+
+
+def test_replay_at_as_of_leaves_out_later_events_and_restages_members(tmp_path: Path) -> None:
+    from omnirec.domain.derive import restage
+    from omnirec.domain.lifecycle import LifecycleRules
+
+    mapping = write_source(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["import", str(mapping), "--out", str(tmp_path / "out"), "--as-of", "2024-03-01"])
+    data = RetailData.read(tmp_path / "out")
+    cut = datetime(2024, 1, 10, tzinfo=UTC).timestamp()
+    then = data.until(cut)
+    assert then.events.num_rows == 2 and data.until(datetime(2030, 1, 1).timestamp()) is data
+    stages = dict(zip(*restage(then.members, then.events, LifecycleRules(), cut).select(
+        ["member_id", "lifecycle_stage"]).to_pydict().values(), strict=True))
+    assert stages == {"c1": "new", "c2": "new"}  # c1 signed up 5 days before; c2 signs up later
+    late = restage(data.members, data.events, LifecycleRules(), datetime(2025, 1, 1, tzinfo=UTC).timestamp())
+    assert set(late["lifecycle_stage"].to_pylist()) == {"dormant"}
