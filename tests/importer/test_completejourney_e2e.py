@@ -14,7 +14,6 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
-from omnirec.config import OmnirecConfig
 from omnirec.domain import LifecycleRules, TierLadder
 from omnirec.domain.readers import RetailData
 from omnirec.feature_store.config import RedisConfig
