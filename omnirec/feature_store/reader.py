@@ -237,10 +237,16 @@ class ReadPlans:
         ids = list(member_ids)
         out: dict[str, Any] = {}
 
+        cluster = self.config.cluster or (self.config.url or "").startswith("redis+cluster")
+
         def queue(batch: _Batch, k: Keys) -> None:
-            for member_id in ids:
-                batch.pipe.get(k.member(member_id))
-            batch.add(len(ids), lambda r: out.update(keys=k, raw=r))
+            if cluster:  # keys of many members span slots: one GET each (the cluster client groups them by node)
+                for member_id in ids:
+                    batch.pipe.get(k.member(member_id))
+                batch.add(len(ids), lambda r: out.update(keys=k, raw=r))
+            else:  # one MGET: a tenth of the client's per-command cost
+                batch.pipe.mget([k.member(m) for m in ids])
+                batch.add(1, lambda r: out.update(keys=k, raw=r[0]))
 
         generation = yield from self._consistent(queue, "profiles")
         k = out["keys"]

@@ -62,9 +62,10 @@ class World:
         self.reads += 1
         return 7, [self.profiles[m] for m in ids]
 
-    def marketing(self, ids: Sequence[str], since: float, now: float) -> list[tuple[ContactHistory, Wallet]]:
+    def marketing(self, ids: Sequence[str], since: float, now: float,
+                  wallets: bool) -> list[tuple[ContactHistory, Wallet]]:
         return [(ContactHistory(tuple(c for c in self.contacts[m] if c.ts >= since), since),
-                 Wallet(tuple(self.coupons[m]), now)) for m in ids]
+                 Wallet(tuple(self.coupons[m]) if wallets else (), now)) for m in ids]
 
     def sources(self) -> AudienceSources:
         def target_items(target: Target) -> list[str]:

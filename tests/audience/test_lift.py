@@ -38,7 +38,7 @@ def test_holdout_lift_contains_the_ground_truth_effect(campaign_retailer: Path, 
     store = OfferStore(redis_client, RedisConfig(namespace=redis_prefix, contact_ttl_s=10 * 365 * 86_400))
     log = DecisionLog(tmp_path / "decisions")
     catalogue = load_catalogue(EXAMPLE_CATALOGUE)
-    sources = AudienceSources(None, None, catalogue, lambda t: [], lambda ids: (0, []), lambda ids, s, n: [])
+    sources = AudienceSources(None, None, catalogue, lambda t: [], lambda ids: (0, []), lambda ids, s, n, w: [])
     campaigns = Campaigns(AudienceBuilder(TierLadder(), LifecycleRules(), {}), lambda: sources, store, log)
     expected = {}
     for campaign in pc.unique(exposures["campaign_id"]).to_pylist():
