@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -26,6 +27,7 @@ from omnirec.feature_store.model import MemberProfile
 from omnirec.offers.catalogue import Cap, Target, load_catalogue
 from omnirec.offers.config import EXAMPLE_CATALOGUE
 from omnirec.offers.store import Contact, ContactHistory, Coupon, Wallet
+from omnirec.offers.uplift import UpliftScores
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC).timestamp()
 ITEMS = ["beauty/skincare-1", "beauty/makeup-1", "home/kitchen-1"]
@@ -184,3 +186,16 @@ def test_bad_requests_name_the_field(request_args: dict[str, object], field: str
 def test_uplift_ranking_needs_an_uplift_model() -> None:
     with pytest.raises(FailedPrecondition, match="uplift"):
         build(World(), rank_by=RankBy.UPLIFT)
+
+
+def test_uplift_ranking_orders_by_estimated_uplift() -> None:
+    world = World(5)
+    uplift = UpliftScores(IdMap.from_ids(np.array(world.ids, object)), np.array([0.5, 0.1, 0.2, 0.3, 0.0]),
+                          np.array([0.6, 0.6, 0.3, 0.9, 0.05]), "u1")
+    sources = world.sources()
+    builder = AudienceBuilder(TierLadder(), LifecycleRules(), FATIGUE)
+    request = AudienceRequest(Channel.APP, 3, target=Target(scope="items", ids=("beauty/makeup-1",)),
+                              rank_by=RankBy.UPLIFT)
+    audience = builder.build(request, replace(sources, uplift=uplift), NOW)
+    assert list(audience.rows.member_ids) == ["m3", "m1", "m0"]
+    assert audience.model_version == "uplift:u1"
