@@ -40,12 +40,12 @@ def _serve(data_dir: Path, redis_url: str, namespace: str, dim: int, port: int, 
     from omnirec.domain.lifecycle import LifecycleRules
     from omnirec.domain.tiers import TierLadder
     from omnirec.feature_store.config import RedisConfig
-    from omnirec.feature_store.connection import connect
+    from omnirec.feature_store.connection import connect, connect_async
     from omnirec.feature_store.reader import FeatureReader
     from omnirec.offers.catalogue import load_catalogue
     from omnirec.offers.config import EXAMPLE_CATALOGUE, OfferConfig
     from omnirec.offers.decision_log import DecisionLog
-    from omnirec.offers.engine import ItemCatalogue
+    from omnirec.offers.engine import selection
     from omnirec.offers.store import OfferStore
     from omnirec.service import audience_servicer
     from omnirec.service.config import Role
@@ -54,15 +54,16 @@ def _serve(data_dir: Path, redis_url: str, namespace: str, dim: int, port: int, 
     config = RedisConfig(url=redis_url, namespace=namespace)
     client = connect(config)
     members = pq.read_table(data_dir / "members.parquet", columns=["member_id"])["member_id"]
-    items = ItemCatalogue(pq.read_table(data_dir / "items.parquet"))
+    item_ids = IdMap.from_ids(pq.read_table(data_dir / "items.parquet", columns=["item_id"])["item_id"]
+                              .to_numpy(zero_copy_only=False))
     rng = np.random.default_rng(0)
     model = FactorModel("bench", IdMap.from_ids(members.to_numpy(zero_copy_only=False)),
-                        rng.standard_normal((len(members), dim), np.float32), items.ids,
-                        rng.standard_normal((len(items.ids), dim), np.float32))
-    store = OfferStore(client, config)
+                        rng.standard_normal((len(members), dim), np.float32), item_ids,
+                        rng.standard_normal((len(item_ids), dim), np.float32))
+    store = OfferStore(connect_async(config, client), config, sync_client=client)
     reader = FeatureReader(client, config)
     sources = AudienceSources(model, None, load_catalogue(EXAMPLE_CATALOGUE),
-                              lambda t: items.ids.to_external(items.target_items(t)), reader.profiles,
+                              lambda t: reader.selection_items([selection(t)])[1][0], reader.profiles,
                               store.marketing_states)
     campaigns = Campaigns(AudienceBuilder(TierLadder(), LifecycleRules(), OfferConfig().fatigue), lambda: sources,
                           store, DecisionLog(data_dir / "bench-decisions"))

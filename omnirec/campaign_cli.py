@@ -25,13 +25,12 @@ def _campaigns(cfg: OmnirecConfig):  # type: ignore[no-untyped-def]
     """The service's composition, outside a server: the published bundle, the offers engine, the stores."""
     import asyncio
 
+    from omnirec.service import wiring
     from omnirec.service.bundles import holder_for
-    from omnirec.service.offer_servicer import build_engine
-    from omnirec.service.server import campaigns
 
     holder = holder_for(cfg.train.bundle_root, cfg.data_dir)
     asyncio.run(holder.reload())
-    return campaigns(cfg, build_engine(cfg, holder), holder)
+    return wiring.build(cfg, holder).campaigns
 
 
 def _write(rows, out: Path) -> None:  # type: ignore[no-untyped-def]
@@ -132,11 +131,13 @@ def lift(
     config: Annotated[Path | None, typer.Option("--config", help="TOML config file.")] = None,
 ) -> None:
     """Response of treated members vs their holdout, per send and pooled, with 95% confidence intervals."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     from omnirec.audience import estimate_lift, sends
     from omnirec.domain.readers import RetailData
     from omnirec.offers.catalogue import load_catalogue
     from omnirec.offers.decision_log import DecisionLog
-    from omnirec.offers.engine import ItemCatalogue
 
     cfg = OmnirecConfig.load(config)
     start = datetime.fromisoformat(since).replace(tzinfo=UTC).timestamp() if since else 0.0
@@ -147,8 +148,9 @@ def lift(
     target = None
     spec = load_catalogue(cfg.offers.catalogue_path, cfg.tiers).get(offer)
     if spec is not None and spec.target.scope != "basket":
-        items = ItemCatalogue(data.items)
-        target = frozenset(items.ids.to_external(items.target_items(spec.target)).tolist())
+        column = {"items": "item_id", "categories": "category", "brands": "brand"}[spec.target.scope]
+        matched = data.items.filter(pc.is_in(data.items[column], pa.array(list(spec.target.ids))))
+        target = frozenset(matched["item_id"].to_pylist())
     table = Table(title=f"Lift of {offer} ({window_days:g}-day window; 95% intervals)")
     for col in ("send", "treated", "holdout", "response treated", "response holdout", "lift", "95% CI",
                 "extra purchases/member", "95% CI"):

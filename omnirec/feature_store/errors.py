@@ -11,7 +11,13 @@ from omnirec.domain.errors import FailedPrecondition, Unavailable
 
 
 class FeatureStoreError(FailedPrecondition):
-    """Stored data cannot be served: malformed value, schema-version mismatch or nothing materialised."""
+    """Stored data cannot be served: malformed value or schema-version mismatch."""
+
+
+class NotMaterialised(FeatureStoreError):
+    """Nothing is materialised yet (an empty or flushed Redis): retryable once `omnirec materialize` ran."""
+
+    status_code = Unavailable.status_code
 
 
 @contextmanager

@@ -34,6 +34,8 @@ PURCHASED = "purchased"
 ANON_RECENT = "anon_recent"
 ITEM = "item"
 STOCK = "stock"
+CATEGORY_ITEMS = "category_items"
+BRAND_ITEMS = "brand_items"
 
 # Durable entities (written live; survive re-materialisation).
 IDENTITY = "identity"
@@ -103,6 +105,13 @@ class Keys:
 
     def stock(self, store_id: str) -> str:
         return self.feature(STOCK, store_id)
+
+    def category_items(self, category: str) -> str:
+        """Packed list: the items of one category (exact path), so offers resolve their targets in Redis."""
+        return self.feature(CATEGORY_ITEMS, category)
+
+    def brand_items(self, brand: str) -> str:
+        return self.feature(BRAND_ITEMS, brand)
 
     # --- durable records ------------------------------------------------------------------------
     def pointer(self) -> str:

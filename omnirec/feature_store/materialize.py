@@ -325,6 +325,12 @@ class Materializer:
         keys = _prefixed(k.stock(""), store.take(pa.array(starts[:-1])))
         rows = resp.join(resp.bulk(f.stock_item.take(pa.array(order))), resp.bulk(f.stock_qty.take(pa.array(order))))
         self._send(sender, [(keys, resp.grouped("HSET", keys, starts, rows, 2))], ttl)
+        for column, prefix in (("category", k.category_items("")), ("brand", k.brand_items(""))):
+            groups = pa.table({"group": f.items[column], "item": f.item_ids}).group_by("group").aggregate(
+                [("item", "list")])
+            keys = _prefixed(prefix, groups["group"].combine_chunks())
+            lists = pc.binary_join(groups["item_list"].combine_chunks(), packed.SEP)
+            self._send(sender, [(keys, resp.set_values(keys, lists, ttl))], None)
 
     def _load_links(self, f: BatchFeatures, sender: resp.BulkSender, stamp: str) -> None:
         """Batch identity links are durable (they survive re-materialisation), like links made live."""

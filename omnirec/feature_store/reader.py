@@ -27,7 +27,7 @@ from redis.cluster import RedisCluster
 
 from omnirec.domain.vocab import ONLINE_STORE
 from omnirec.feature_store.config import RedisConfig
-from omnirec.feature_store.errors import FeatureStoreError, redis_call
+from omnirec.feature_store.errors import FeatureStoreError, NotMaterialised, redis_call
 from omnirec.feature_store.keys import SCHEMA_VERSION, Keys
 from omnirec.feature_store.model import ItemFeatures, MemberProfile, parse_stock
 from omnirec.feature_store.packed import unpack
@@ -35,6 +35,44 @@ from omnirec.feature_store.packed import unpack
 Pipeline = Any
 """A redis-py pipeline, synchronous or asyncio: both queue commands through the same methods."""
 T = TypeVar("T")
+Extra = Callable[["Batch", Keys], None]
+"""Reads another module adds to a request's round trip; given the keys of the generation being read."""
+
+_ANY_IN_STOCK = """
+local stock, key_at, arg_at, out = KEYS[1], 2, 2, {}
+local function stocked(id) return (tonumber(redis.call('HGET', stock, id) or '0') or 0) > 0 end
+for g = 1, tonumber(ARGV[1]) do
+  local n_ids, n_lists, found = tonumber(ARGV[arg_at]), tonumber(ARGV[arg_at + 1]), 0
+  for i = 1, n_ids do
+    if found == 0 and stocked(ARGV[arg_at + 1 + i]) then found = 1 end
+  end
+  for i = 0, n_lists - 1 do
+    local list = found == 0 and redis.call('GET', KEYS[key_at + i])
+    if list then
+      for id in string.gmatch(list, "[^\\031]+") do
+        if stocked(id) then found = 1 break end
+      end
+    end
+  end
+  arg_at, key_at, out[g] = arg_at + 2 + n_ids, key_at + n_lists, found
+end
+return out
+"""
+"""KEYS: stock hash, then the item lists of every selection. ARGV: number of selections, then per selection
+its number of ids, its number of lists and the ids. Stops at the first item in stock, so a category of
+thousands of items costs a few lookups inside Redis and nothing on the wire."""
+
+
+@dataclass(frozen=True)
+class ItemSelection:
+    """Items named by id, category or brand (what an offer targets)."""
+
+    item_ids: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    brands: tuple[str, ...] = ()
+
+    def lists(self, k: Keys) -> list[str]:
+        return [*(k.category_items(c) for c in self.categories), *(k.brand_items(b) for b in self.brands)]
 
 
 @dataclass(frozen=True)
@@ -65,6 +103,8 @@ class RequestFeatures:
     """Requested item -> its features, None when the item is not in the store."""
     stock: Mapping[str, int]
     """Requested item -> units on hand at `store_id` (0: none or not carried)."""
+    selections_in_stock: tuple[bool, ...] = ()
+    """Per requested selection: some item of it is in stock at `store_id`."""
 
     @property
     def profile(self) -> MemberProfile | None:
@@ -96,9 +136,10 @@ class _Recorder:
         return pipe
 
 
-class _Batch:
+class Batch:
     """The reads of one round trip and their parsers, run in queueing order; no I/O of its own, so the
-    synchronous and the asyncio reader execute the same plans."""
+    synchronous and the asyncio reader execute the same plans. Other owners of Redis state (the offers
+    store) add their reads to a request's batch through `read_request(extra=...)`."""
 
     def __init__(self, what: str) -> None:
         self.what = what
@@ -115,7 +156,7 @@ class _Batch:
             at += n
 
 
-Plan = Generator[_Batch, None, T]
+Plan = Generator[Batch, None, T]
 """A read as a generator: it yields each round trip's batch and returns the result once all are parsed."""
 
 
@@ -123,7 +164,7 @@ def parse_pointer(keys: Keys, raw: Sequence[bytes | None]) -> int:
     """The generation to serve, or `FeatureStoreError` when nothing usable is materialised."""
     generation, schema = raw
     if generation is None:
-        raise FeatureStoreError(f"{keys.pointer()}: no materialised features (run `omnirec materialize`)")
+        raise NotMaterialised(f"{keys.pointer()}: no materialised features (run `omnirec materialize`)")
     try:
         gen, version = int(generation), int(schema or b"-1")
     except ValueError:
@@ -142,23 +183,23 @@ class ReadPlans:
         self._generation: int | None = None
 
     def generation(self) -> Plan[int]:
-        batch = _Batch("read pointer")
+        batch = Batch("read pointer")
         found: list[int] = []
         self._queue_pointer(batch, found)
         yield batch
         return found[0]
 
-    def _queue_pointer(self, batch: _Batch, found: list[int]) -> None:
+    def _queue_pointer(self, batch: Batch, found: list[int]) -> None:
         batch.pipe.hmget(self.base.pointer(), ["generation", "schema"])
         batch.add(1, lambda r: found.append(parse_pointer(self.base, r[0])))
 
-    def _consistent(self, queue: Callable[[_Batch, Keys], None], what: str) -> Plan[int]:
+    def _consistent(self, queue: Callable[[Batch, Keys], None], what: str) -> Plan[int]:
         """Run `queue`'s reads plus the pointer in one pipeline; re-run under a newer generation (3 tries)."""
         if self._generation is None:
             self._generation = yield from self.generation()
         for _ in range(3):
             generation = self._generation
-            batch = _Batch(what)
+            batch = Batch(what)
             found: list[int] = []
             self._queue_pointer(batch, found)
             queue(batch, self.base.at(generation))
@@ -169,13 +210,14 @@ class ReadPlans:
         raise FeatureStoreError(f"{what}: the generation kept changing during the read")
 
     def read_request(self, member_id: str | None = None, anonymous_id: str | None = None,
-                     item_ids: Sequence[str] = (), store_id: str | None = None) -> Plan[RequestFeatures]:
+                     item_ids: Sequence[str] = (), store_id: str | None = None,
+                     selections: Sequence[ItemSelection] = (), extra: Extra | None = None) -> Plan[RequestFeatures]:
         if not member_id and not anonymous_id:
             raise ValueError("read_request needs a member_id or an anonymous_id")
         store = store_id or ONLINE_STORE
         out: dict[str, Any] = {}
 
-        def queue(batch: _Batch, k: Keys) -> None:
+        def queue(batch: Batch, k: Keys) -> None:
             out.clear()
             if member_id:
                 self._queue_member(batch, k, member_id, out)
@@ -184,16 +226,22 @@ class ReadPlans:
                 batch.pipe.get(k.anon_recent(anonymous_id))
                 batch.add(2, lambda r: out.update(linked=r[0], anon_recent=tuple(unpack(r[1]))))
             self._queue_items(batch, k, list(item_ids), store, out)
+            self._queue_selections(batch, k, selections, store, out)
+            if extra is not None:
+                extra(batch, k)
 
         generation = yield from self._consistent(queue, "read_request")
         resolved = None
         if not member_id and out["linked"] is not None:
             resolved = out["linked"].decode()
 
-            def queue_linked(batch: _Batch, k: Keys) -> None:
+            def queue_linked(batch: Batch, k: Keys) -> None:
                 out.update(anon_recent=())
                 self._queue_member(batch, k, resolved, out)
                 self._queue_items(batch, k, list(item_ids), store, out)  # again: one generation per answer
+                self._queue_selections(batch, k, selections, store, out)
+                if extra is not None:
+                    extra(batch, k)
 
             generation = yield from self._consistent(queue_linked, "read_request")
         who = member_id or resolved
@@ -201,10 +249,10 @@ class ReadPlans:
             generation=generation, member_id=who, anonymous_id=anonymous_id,
             resolved_from_anonymous=resolved is not None, member=out.get("member"),
             anonymous_recent_items=out.get("anon_recent", ()), store_id=store, items=out["items"],
-            stock=out["stock"])
+            stock=out["stock"], selections_in_stock=out["selections"])
 
     @staticmethod
-    def _queue_member(batch: _Batch, k: Keys, member_id: str, out: dict[str, Any]) -> None:
+    def _queue_member(batch: Batch, k: Keys, member_id: str, out: dict[str, Any]) -> None:
         batch.pipe.get(k.member(member_id))
         batch.pipe.get(k.recent(member_id))
         batch.pipe.get(k.purchased(member_id))
@@ -218,7 +266,7 @@ class ReadPlans:
         batch.add(3, parse)
 
     @staticmethod
-    def _queue_items(batch: _Batch, k: Keys, item_ids: list[str], store: str, out: dict[str, Any]) -> None:
+    def _queue_items(batch: Batch, k: Keys, item_ids: list[str], store: str, out: dict[str, Any]) -> None:
         for item_id in item_ids:
             batch.pipe.hgetall(k.item(item_id))
         if item_ids:
@@ -232,6 +280,46 @@ class ReadPlans:
 
         batch.add(len(item_ids) + (1 if item_ids else 0), parse)
 
+    @staticmethod
+    def _queue_selections(batch: Batch, k: Keys, selections: Sequence[ItemSelection], store: str,
+                          out: dict[str, Any]) -> None:
+        out["selections"] = ()
+        if not selections:
+            return
+        keys, args = [k.stock(store)], [len(selections)]
+        for s in selections:
+            lists = s.lists(k)
+            keys += lists
+            args += [len(s.item_ids), len(lists), *s.item_ids]
+        batch.pipe.eval(_ANY_IN_STOCK, len(keys), *keys, *args)
+        batch.add(1, lambda r: out.update(selections=tuple(bool(f) for f in r[0])))
+
+    def selection_items(self, selections: Sequence[ItemSelection]) -> Plan[tuple[int, list[tuple[str, ...]]]]:
+        """(generation, the item ids of each selection): the catalogue behind offer targets, read once per
+        generation by its users (a category can hold thousands of items)."""
+        out: dict[str, Any] = {}
+
+        def queue(batch: Batch, k: Keys) -> None:
+            lists = [s.lists(k) for s in selections]
+            for keys in lists:
+                for key in keys:
+                    batch.pipe.get(key)
+
+            def parse(r: list[Any]) -> None:
+                at, found = 0, []
+                for s, keys in zip(selections, lists, strict=True):
+                    ids = dict.fromkeys(s.item_ids)
+                    for raw in r[at:at + len(keys)]:
+                        ids.update(dict.fromkeys(unpack(raw)))
+                    at += len(keys)
+                    found.append(tuple(ids))
+                out["items"] = found
+
+            batch.add(sum(map(len, lists)), parse)
+
+        generation = yield from self._consistent(queue, "selection_items")
+        return generation, out["items"]
+
     def profiles(self, member_ids: Sequence[str]) -> Plan[tuple[int, list[MemberProfile | None]]]:
         """Many members' profiles in one round trip (audiences), under one generation."""
         ids = list(member_ids)
@@ -239,7 +327,7 @@ class ReadPlans:
 
         cluster = self.config.cluster or (self.config.url or "").startswith("redis+cluster")
 
-        def queue(batch: _Batch, k: Keys) -> None:
+        def queue(batch: Batch, k: Keys) -> None:
             if cluster:  # keys of many members span slots: one GET each (the cluster client groups them by node)
                 for member_id in ids:
                     batch.pipe.get(k.member(member_id))
@@ -256,7 +344,7 @@ class ReadPlans:
     def purchased(self, member_id: str) -> Plan[tuple[str, ...]]:
         out: dict[str, Any] = {}
 
-        def queue(batch: _Batch, k: Keys) -> None:
+        def queue(batch: Batch, k: Keys) -> None:
             batch.pipe.get(k.purchased(member_id))
             batch.add(1, lambda r: out.update(items=tuple(unpack(r[0]))))
 
@@ -271,7 +359,7 @@ class ReadPlans:
             yield  # a plan with no round trip
         out: dict[str, Any] = {}
 
-        def queue(batch: _Batch, k: Keys) -> None:
+        def queue(batch: Batch, k: Keys) -> None:
             batch.pipe.hmget(k.stock(key_store), ids)
             batch.add(1, lambda r: out.update(keys=k, stock=r[0]))
 
@@ -283,7 +371,7 @@ class ReadPlans:
         key_store = store_id or ONLINE_STORE
         out: dict[str, Any] = {}
 
-        def queue(batch: _Batch, k: Keys) -> None:
+        def queue(batch: Batch, k: Keys) -> None:
             batch.pipe.hgetall(k.stock(key_store))
             batch.add(1, lambda r: out.update(keys=k, stock=r[0]))
 
@@ -315,13 +403,19 @@ class FeatureReader:
         return self._run(self.plans.generation())
 
     def read_request(self, member_id: str | None = None, anonymous_id: str | None = None,
-                     item_ids: Sequence[str] = (), store_id: str | None = None) -> RequestFeatures:
-        """All features of one request. `store_id` None reads online stock (app, mini-program, web)."""
-        return self._run(self.plans.read_request(member_id, anonymous_id, item_ids, store_id))
+                     item_ids: Sequence[str] = (), store_id: str | None = None,
+                     selections: Sequence[ItemSelection] = (), extra: Extra | None = None) -> RequestFeatures:
+        """All features of one request. `store_id` None reads online stock (app, mini-program, web);
+        `selections`: which of them has an item in stock there; `extra`: reads another owner adds."""
+        return self._run(self.plans.read_request(member_id, anonymous_id, item_ids, store_id, selections, extra))
 
     def profiles(self, member_ids: Sequence[str]) -> tuple[int, list[MemberProfile | None]]:
         """(generation, profile or None per member), one round trip: audiences read members in chunks."""
         return self._run(self.plans.profiles(member_ids))
+
+    def selection_items(self, selections: Sequence[ItemSelection]) -> tuple[int, list[tuple[str, ...]]]:
+        """(generation, the item ids of each selection): offer targets resolved in the feature store."""
+        return self._run(self.plans.selection_items(selections))
 
     def in_stock(self, item_ids: Sequence[str], store_id: str | None = None) -> np.ndarray:
         """Boolean mask over `item_ids`: units on hand > 0 at `store_id` (online when None); one round trip."""
@@ -354,8 +448,13 @@ class AsyncFeatureReader:
             return done.value  # type: ignore[no-any-return]
 
     async def read_request(self, member_id: str | None = None, anonymous_id: str | None = None,
-                           item_ids: Sequence[str] = (), store_id: str | None = None) -> RequestFeatures:
-        return await self._run(self.plans.read_request(member_id, anonymous_id, item_ids, store_id))
+                           item_ids: Sequence[str] = (), store_id: str | None = None,
+                           selections: Sequence[ItemSelection] = (), extra: Extra | None = None) -> RequestFeatures:
+        return await self._run(self.plans.read_request(member_id, anonymous_id, item_ids, store_id, selections,
+                                                       extra))
+
+    async def selection_items(self, selections: Sequence[ItemSelection]) -> tuple[int, list[tuple[str, ...]]]:
+        return await self._run(self.plans.selection_items(selections))
 
     async def purchased(self, member_id: str) -> tuple[str, ...]:
         """The member's purchased items, most recent first (empty when none are stored); one round trip."""

@@ -1,25 +1,32 @@
 """The offers engine: NextBestOffer, DecideCoupon and RedeemCoupon in domain terms (no grpc).
 
-It reads everything one request needs (profile, contacts, budgets) up front, runs the pure pipeline in
-`offers.policy`, commits state through `offers.budget.OfferStore` and appends the decision to the
-decision log. The servicer only converts protos.
+A decision reads everything it needs in one round trip: the member's profile and which offer targets
+have an item in stock where the member is (the feature store), with the member's recent contacts, the
+offers' budgets and any decision stored under the request id (the offer store), planned together through
+`AsyncFeatureReader.read_request(extra=...)`. It then runs the pure pipeline in `offers.policy`, commits
+with one script call of `offers.store` (issue a coupon; record what was shown) and appends the decision to
+the decision log. The servicer only converts protos; the engine runs on the worker's event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol, TypeVar
 
 import numpy as np
-import pyarrow as pa
 
-from omnirec.domain.errors import FailedPrecondition, NotFound
+from omnirec.domain.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from omnirec.domain.idmap import IdMap
+from omnirec.domain.lifecycle import LifecycleRules
 from omnirec.domain.tiers import TierLadder
-from omnirec.domain.vocab import ONLINE_STORE, Channel
+from omnirec.domain.vocab import Channel
+from omnirec.feature_store.errors import FeatureStoreError
+from omnirec.feature_store.reader import AsyncFeatureReader, ItemSelection, RequestFeatures
 from omnirec.offers.catalogue import Catalogue, CatalogueSource, Offer, Target
 from omnirec.offers.config import OfferConfig
 from omnirec.offers.decision_log import DecisionLog, DecisionRecord, RecordType
@@ -31,13 +38,14 @@ from omnirec.offers.policy import (
     Ranking,
     Rule,
     ScoredOffer,
-    UpliftEstimate,
     rank_offers,
 )
-from omnirec.offers.store import DAY, OfferStore, budget_left
+from omnirec.offers.store import DAY, OfferSnapshot, OfferStore, StoredDecision, budget_left
 from omnirec.offers.uplift import UpliftScores
 
+T = TypeVar("T")
 ISSUED = "issued"
+NO_ELIGIBLE_OFFER = "no_eligible_offer"
 COUPON_RULES = (Rule.NOT_VALID_NOW, Rule.WRONG_CHANNEL, Rule.OUT_OF_STOCK, Rule.NO_CONSENT, Rule.NOT_ELIGIBLE_TIER,
                 Rule.NOT_ELIGIBLE_LIFECYCLE, Rule.HOLDOUT, Rule.CAP_REACHED, Rule.FATIGUE_CAP, Rule.BUDGET_EXHAUSTED,
                 Rule.NOT_WORTH_IT)
@@ -57,54 +65,25 @@ ModelSource = Callable[[], tuple[AffinityModel | None, str]]
 """The model serving now and its version (the service's bundle changes on hot reload)."""
 
 
-class ItemCatalogue:
-    """Item ids with category and brand, to resolve an offer's target to items; plus stock per store."""
-
-    def __init__(self, items: pa.Table, inventory: pa.Table | None = None) -> None:
-        self.ids = IdMap.from_ids(items["item_id"].to_numpy(zero_copy_only=False))
-        self.category = items["category"].to_numpy(zero_copy_only=False).astype(str)
-        self.brand = items["brand"].to_numpy(zero_copy_only=False).astype(str)
-        self._stock: dict[str, np.ndarray] = {}
-        if inventory is not None:
-            stores = inventory["store_id"].to_numpy(zero_copy_only=False).astype(str)
-            idx = self.ids.to_internal(inventory["item_id"].to_numpy(zero_copy_only=False), strict=False)
-            qty = inventory["quantity"].to_numpy()
-            for store in np.unique(stores):
-                rows = (stores == store) & (idx >= 0) & (qty > 0)
-                flags = np.zeros(len(self.ids), bool)
-                flags[idx[rows]] = True
-                self._stock[str(store)] = flags
-        self._targets: dict[str, np.ndarray] = {}
-
-    def target_items(self, target: Target) -> np.ndarray:
-        """Internal indexes of the items a target covers (empty for a whole-basket target)."""
-        cached = self._targets.get(target.key)
-        if cached is None:
-            if target.scope == "items":
-                cached = self.ids.to_internal(target.ids, strict=False)
-                cached = cached[cached >= 0]
-            elif target.scope == "categories":
-                cached = np.flatnonzero(np.isin(self.category, target.ids))
-            elif target.scope == "brands":
-                cached = np.flatnonzero(np.isin(self.brand, target.ids))
-            else:
-                cached = np.zeros(0, np.int64)
-            self._targets[target.key] = cached
-        return cached
-
-    def in_stock(self, target: Target, store_id: str) -> bool:
-        """A basket offer is always sellable; otherwise some target item must be in stock where the member is."""
-        if target.scope == "basket" or not self._stock:
-            return True
-        flags = self._stock.get(store_id)
-        return flags is not None and bool(flags[self.target_items(target)].any())
-
-
 def affinity(scores: np.ndarray, targets: np.ndarray) -> float:
     """Quantile of the member's best-scored target item among all their item scores, in [0, 1]."""
     if len(targets) == 0:
         return NEUTRAL_AFFINITY
     return float((scores < scores[targets].max()).mean())
+
+
+def selection(target: Target) -> ItemSelection:
+    """The feature store's view of an offer target (a basket target names no items)."""
+    return ItemSelection(item_ids=target.ids if target.scope == "items" else (),
+                         categories=target.ids if target.scope == "categories" else (),
+                         brands=target.ids if target.scope == "brands" else ())
+
+
+def request_fingerprint(member_id: str, channel: Channel, store_id: str | None, basket_item_ids: Sequence[str],
+                        basket_value: float) -> str:
+    """What a DecideCoupon request id is bound to: a retry must send the same member, channel, store and basket."""
+    raw = "\x1f".join([member_id, channel.value, store_id or "", *sorted(basket_item_ids), repr(float(basket_value))])
+    return hashlib.blake2b(raw.encode(), digest_size=12).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -114,7 +93,8 @@ class NextBestOffers:
     catalogue_version: str
     model_version: str
     degraded: bool
-    """No model was serving, so every affinity was neutral."""
+    """Something the answer needs was missing: no model (every affinity neutral) or no member state."""
+    degraded_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -133,153 +113,200 @@ class CouponDecision:
         return {"decision_id": self.decision_id, "issued": self.issued, "coupon_id": self.coupon_id,
                 "offer_id": self.offer_id, "reason": self.reason, "detail": self.detail, "score": self.score}
 
-    @classmethod
-    def from_json(cls, data: dict[str, object], replayed: bool) -> CouponDecision:
-        return cls(**data, replayed=replayed)  # type: ignore[arg-type]
 
+class TargetItems:
+    """Offer target -> the serving model's item indexes, for one feature generation and model version.
 
-NO_ELIGIBLE_OFFER = "no_eligible_offer"
+    Categories and brands are resolved in the feature store (a category can hold thousands of items), so
+    this is read once per generation, model and new target, not per request (as a bundle's category index
+    is built once per bundle)."""
+
+    def __init__(self, reader: AsyncFeatureReader) -> None:
+        self.reader = reader
+        self._for: tuple[int, str] | None = None
+        self._items: dict[str, np.ndarray] = {}
+
+    async def of(self, targets: Sequence[Target], generation: int, model: AffinityModel,
+                 model_version: str) -> dict[str, np.ndarray]:
+        if self._for != (generation, model_version):
+            self._for, self._items = (generation, model_version), {}
+        missing = list({t.key: t for t in targets if t.scope != "basket" and t.key not in self._items}.values())
+        if missing:
+            _, found = await self.reader.selection_items([selection(t) for t in missing])
+            for target, ids in zip(missing, found, strict=True):
+                idx = model.items.to_internal(np.array(ids, dtype=object), strict=False) if ids else np.zeros(0, int)
+                self._items[target.key] = idx[idx >= 0]
+        return self._items
 
 
 class OfferEngine:
-    def __init__(self, config: OfferConfig, catalogue: CatalogueSource, store: OfferStore,
-                 profiles: Callable[[str], MemberView | None], items: ItemCatalogue, log: DecisionLog,
-                 tiers: TierLadder | None = None, model: ModelSource | None = None,
-                 uplift: UpliftScores | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, config: OfferConfig, catalogue: CatalogueSource, reader: AsyncFeatureReader,
+                 store: OfferStore, log: DecisionLog, tiers: TierLadder | None = None,
+                 lifecycle: LifecycleRules | None = None, model: ModelSource | None = None,
+                 uplift: UpliftScores | None = None, clock: Callable[[], float] = time.time,
+                 default_budget_s: float = 1.0) -> None:
         self.config = config
         self.catalogue = catalogue
+        self.reader = reader
         self.store = store
-        self.profiles = profiles
-        self.items = items
         self.log = log
         self.tiers = tiers or TierLadder()
+        self.lifecycle = lifecycle or LifecycleRules()
         self.model = model or (lambda: (None, ""))
         self.uplift = uplift
         self.clock = clock
-        self._model_targets: tuple[str, dict[str, np.ndarray]] = ("", {})
-        """Target -> the serving model's item indexes, for one model version (mapping ids per request is slow)."""
+        self.default_budget_s = default_budget_s
+        self.targets = TargetItems(reader)
 
-    def _member(self, member_id: str) -> MemberView:
-        member = self.profiles(member_id)
-        if member is None:
-            raise NotFound(f"member_id: unknown member {member_id!r}")
-        return member
+    @staticmethod
+    async def _within(deadline: float, step: Awaitable[T], what: str) -> T:
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await step
+        except TimeoutError:
+            raise Unavailable(f"{what} did not finish within the request's time budget") from None
 
-    def _states(self, offers: Sequence[Offer], member_id: str, channel: Channel, store_id: str | None,
-                now: float, model: AffinityModel | None, model_version: str) -> tuple[dict[str, OfferState], int]:
-        """Per-offer state and the member's contacts on `channel` within the fatigue period."""
+    def _deadline(self, budget_s: float | None) -> float:
+        return asyncio.get_running_loop().time() + (self.default_budget_s if budget_s is None else budget_s)
+
+    def _horizon(self, offers: Sequence[Offer], channel: Channel) -> float:
+        """How far back contacts matter: the longest per-member cap period and the channel's fatigue period."""
         fatigue = self.config.fatigue.get(channel)
         periods = [o.per_member_cap.period_days for o in offers if o.per_member_cap]
-        horizon = max([*periods, fatigue.period_days if fatigue else 0.0, 1.0])
-        contacts, usages = self.store.read(member_id, offers, now - horizon * DAY)
-        scores = model.member_scores(member_id) if model is not None else None
-        where = store_id if channel.is_physical and store_id else ONLINE_STORE
+        return max([*periods, fatigue.period_days if fatigue else 0.0, 1.0]) * DAY
+
+    async def _read(self, member_id: str, channel: Channel, store_id: str | None, offers: Sequence[Offer],
+                    now: float, deadline: float,
+                    request_id: str | None = None) -> tuple[RequestFeatures, OfferSnapshot, dict[str, bool]]:
+        """Profile, stock of every target and the offer state, in one round trip."""
+        where = store_id if channel.is_physical and store_id else None
+        targeted = [o for o in offers if o.target.scope != "basket"]
+        snapshot = self.store.plan_snapshot(member_id, offers, now - self._horizon(offers, channel), request_id)
+        features = await self._within(deadline, self.reader.read_request(
+            member_id, store_id=where, selections=[selection(o.target) for o in targeted], extra=snapshot.queue),
+            "the offer read")
+        in_stock = {o.id: ok for o, ok in zip(targeted, features.selections_in_stock, strict=True)}
+        return features, snapshot.result, in_stock
+
+    def _member(self, features: RequestFeatures, now: float) -> MemberView:
+        p = features.profile
+        if p is None:
+            raise NotFound(f"member_id: unknown member {features.member_id!r}")
+        return MemberView(p.member_id, p.tier, p.stage_at(self.lifecycle, now),
+                          frozenset(c for c, ok in p.consent.items() if ok), f"generation-{features.generation}")
+
+    async def _rank(self, offers: Sequence[Offer], member: MemberView, channel: Channel, k: int, now: float,
+                    snapshot: OfferSnapshot, in_stock: dict[str, bool], generation: int,
+                    model: AffinityModel | None, model_version: str, deadline: float) -> Ranking:
+        scores = model.member_scores(member.member_id) if model is not None else None
+        targets: dict[str, np.ndarray] = {}
+        if model is not None and scores is not None:
+            targets = await self._within(deadline, self.targets.of([o.target for o in offers], generation, model,
+                                                                   model_version), "the offer targets' items")
+        contacts = snapshot.contacts
         states = {}
-        for offer, usage in zip(offers, usages, strict=True):
+        for offer in offers:
             cap = offer.per_member_cap
+            idx = targets.get(offer.target.key)
             states[offer.id] = OfferState(
                 member_contacts=contacts.count(now - cap.period_days * DAY, offer_id=offer.id) if cap else 0,
-                budget_left=budget_left(offer, usage),
-                target_in_stock=self.items.in_stock(offer.target, where),
-                affinity=self._affinity(model, model_version, scores, offer.target),
+                budget_left=budget_left(offer, snapshot.usage[offer.id]),
+                target_in_stock=in_stock.get(offer.id, True),
+                affinity=NEUTRAL_AFFINITY if scores is None or idx is None else affinity(scores, idx),
             )
+        fatigue = self.config.fatigue.get(channel)
         channel_contacts = contacts.count(now - fatigue.period_days * DAY, channel=channel) if fatigue else 0
-        return states, channel_contacts
-
-    def _affinity(self, model: AffinityModel | None, model_version: str, scores: np.ndarray | None,
-                  target: Target) -> float:
-        if model is None or scores is None or target.scope == "basket":
-            return NEUTRAL_AFFINITY
-        version, cache = self._model_targets
-        if version != model_version:
-            cache = {}
-            self._model_targets = (model_version, cache)
-        idx = cache.get(target.key)
-        if idx is None:
-            idx = model.items.to_internal(self.items.ids.to_external(self.items.target_items(target)), strict=False)
-            idx = cache[target.key] = idx[idx >= 0]
-        return affinity(scores, idx)
-
-    def _uplift(self, member_id: str) -> UpliftEstimate | None:
-        return self.uplift.get(member_id) if self.uplift is not None else None
-
-    def _rank(self, offers: Sequence[Offer], member: MemberView, channel: Channel, store_id: str | None, k: int,
-              now: float, model: AffinityModel | None, model_version: str) -> Ranking:
-        states, channel_contacts = self._states(offers, member.member_id, channel, store_id, now, model,
-                                                model_version)
-        return rank_offers(offers, member, channel, now, states, self.tiers, k, channel_contacts,
-                           self.config.fatigue.get(channel), self._uplift(member.member_id))
+        uplift = self.uplift.get(member.member_id) if self.uplift is not None else None
+        return rank_offers(offers, member, channel, now, states, self.tiers, k, channel_contacts, fatigue, uplift)
 
     def _versions(self, catalogue: Catalogue, model_version: str) -> dict[str, str]:
         return {"catalogue_version": catalogue.version, "model_version": model_version,
                 "uplift_version": self.uplift.model_version if self.uplift else ""}
 
-    def next_best_offer(self, member_id: str, channel: Channel, store_id: str | None, k: int,
-                        basket_item_ids: Sequence[str] = (), context: dict[str, str] | None = None) -> NextBestOffers:
-        """Ranked offers; the chosen ones are recorded as contacts, so caps and fatigue count them."""
+    async def next_best_offer(self, member_id: str, channel: Channel, store_id: str | None, k: int,
+                              basket_item_ids: Sequence[str] = (), context: dict[str, str] | None = None,
+                              shown: bool = False, budget_s: float | None = None) -> NextBestOffers:
+        """Ranked offers. With `shown`, the chosen ones are recorded as contacts (so caps and fatigue count
+        them) and invitations are charged to their budgets; without it the call changes nothing.
+
+        When the member's state cannot be read (Redis down or slow, nothing materialised) the answer is
+        degraded: no offer, because eligibility and marketing consent are unknown."""
         now = self.clock()
+        deadline = self._deadline(budget_s)
         catalogue = self.catalogue.current()
-        member = self._member(member_id)
         model, model_version = self.model()
-        ranking = self._charge_invitations(self._rank(catalogue.offers, member, channel, store_id, k, now, model,
-                                                         model_version))
         decision_id = uuid.uuid4().hex
-        self.store.record_contacts(member_id, channel, decision_id, [s.offer.id for s in ranking.chosen], now)
-        self.log.append(DecisionRecord(
-            now, RecordType.NEXT_BEST_OFFER, decision_id, member_id, channel.value, store_id,
-            **self._versions(catalogue, model_version), member=member, basket=tuple(basket_item_ids),
-            context=context or {}, scored=ranking.scored, excluded=ranking.excluded,
-            chosen=[s.offer.id for s in ranking.chosen]))
-        return NextBestOffers(decision_id, ranking, catalogue.version, model_version, model is None)
+        record = DecisionRecord(now, RecordType.NEXT_BEST_OFFER, decision_id, member_id, channel.value, store_id,
+                                **self._versions(catalogue, model_version), basket=tuple(basket_item_ids),
+                                context=context or {})
+        try:
+            features, snapshot, in_stock = await self._read(member_id, channel, store_id, catalogue.offers, now,
+                                                            deadline)
+        except (Unavailable, FeatureStoreError) as exc:
+            self.log.append(record)
+            return NextBestOffers(decision_id, Ranking([], []), catalogue.version, model_version, True,
+                                  f"member state unavailable, no offer made: {exc}")
+        member = self._member(features, now)
+        ranking = await self._rank(catalogue.offers, member, channel, k, now, snapshot, in_stock,
+                                   features.generation, model, model_version, deadline)
+        if shown:
+            ranking = await self._show(ranking, member_id, channel, decision_id, now, deadline)
+        self.log.append(replace(record, member=member, scored=ranking.scored, excluded=ranking.excluded,
+                                chosen=[s.offer.id for s in ranking.chosen]))
+        return NextBestOffers(decision_id, ranking, catalogue.version, model_version, model is None,
+                              "no model serving: affinities are neutral" if model is None else "")
 
-    def _charge_invitations(self, ranking: Ranking) -> Ranking:
-        """Offers that are shown, not issued (event invitations), spend their budget when shown.
-
-        A showing the budget cannot cover is dropped with `budget_exhausted`; the list is not back-filled.
-        """
-        chosen, excluded = [], list(ranking.excluded)
-        for s in ranking.chosen:
-            b = s.offer.budget
-            if s.offer.kind.is_coupon or (b.max_count is None and b.max_money is None) or self.store.reserve(s.offer):
-                chosen.append(s)
-            else:
-                excluded.append(Exclusion(s.offer.id, Rule.BUDGET_EXHAUSTED, "invitation budget spent"))
+    async def _show(self, ranking: Ranking, member_id: str, channel: Channel, decision_id: str, now: float,
+                    deadline: float) -> Ranking:
+        """Record the chosen offers; an invitation whose budget ran out meanwhile is dropped, not back-filled."""
+        flags = await self._within(deadline, self.store.show(member_id, channel, decision_id,
+                                                             [s.offer for s in ranking.chosen], now), "recording")
+        chosen = [s for s, ok in zip(ranking.chosen, flags, strict=True) if ok]
+        excluded = list(ranking.excluded) + [Exclusion(s.offer.id, Rule.BUDGET_EXHAUSTED, "invitation budget spent")
+                                             for s, ok in zip(ranking.chosen, flags, strict=True) if not ok]
         return Ranking(chosen, excluded, ranking.scored)
 
-    def decide_coupon(self, request_id: str, member_id: str, channel: Channel, store_id: str | None,
-                      basket_item_ids: Sequence[str] = (), basket_value: float = 0.0) -> CouponDecision:
-        """Issue at most one coupon; a retried `request_id` gets the stored decision and never a second coupon."""
-        stored = self.store.stored_decision(request_id)
-        if stored is not None:
-            return CouponDecision.from_json(stored, replayed=True)
+    async def decide_coupon(self, request_id: str, member_id: str, channel: Channel, store_id: str | None,
+                            basket_item_ids: Sequence[str] = (), basket_value: float = 0.0,
+                            budget_s: float | None = None) -> CouponDecision:
+        """Issue at most one coupon; a retried `request_id` gets the stored decision and never a second coupon.
+
+        A request id is bound to its request: reused for another member, channel, store or basket it is
+        refused (`InvalidArgument` naming `request_id`), never answered with another request's decision."""
         now = self.clock()
+        deadline = self._deadline(budget_s)
+        fingerprint = request_fingerprint(member_id, channel, store_id, basket_item_ids, basket_value)
         catalogue = self.catalogue.current()
-        member = self._member(member_id)
         coupons = [o for o in catalogue.offers if o.kind.is_coupon]
+        features, snapshot, in_stock = await self._read(member_id, channel, store_id, coupons, now, deadline,
+                                                        request_id)
+        if snapshot.stored is not None:
+            return self._replay(snapshot.stored, fingerprint, request_id)
+        member = self._member(features, now)
         model, model_version = self.model()
-        ranking = self._rank(coupons, member, channel, store_id, len(coupons), now, model, model_version)
+        ranking = await self._rank(coupons, member, channel, len(coupons), now, snapshot, in_stock,
+                                   features.generation, model, model_version, deadline)
         decision_id = uuid.uuid4().hex
         fatigue = self.config.fatigue.get(channel)
-        failures: list[tuple[ScoredOffer, str, str]] = []
+        failures: list[tuple[ScoredOffer, Rule, str]] = []
         decision: CouponDecision | None = None
         for cand in (s for s in ranking.scored if s.score > 0):  # best first; a same-target runner-up too
-            coupon_id = f"cpn-{uuid.uuid4().hex[:20]}"
-            issued = CouponDecision(decision_id, True, coupon_id, cand.offer.id, ISSUED,
+            issued = CouponDecision(decision_id, True, f"cpn-{uuid.uuid4().hex[:20]}", cand.offer.id, ISSUED,
                                     f"issued {cand.offer.id}: {', '.join(cand.reasons)}", cand.score)
-            result = self.store.issue(cand.offer, member_id, channel.value, now, request_id, decision_id, coupon_id,
-                                      issued.to_json(), fatigue)
-            if result.outcome == "replayed":
-                assert result.stored is not None
-                return CouponDecision.from_json(result.stored, replayed=True)
+            result = await self._within(deadline, self.store.issue(
+                cand.offer, member_id, channel, now, request_id, fingerprint, issued.to_json(), fatigue), "issuing")
+            if result.stored is not None:
+                return self._replay(result.stored, fingerprint, request_id)
             if result.outcome == ISSUED:
                 decision = issued
                 break
-            failures.append((cand, result.outcome, f"{cand.offer.id}: {result.outcome} at reservation"))
+            failures.append((cand, Rule(result.outcome), f"{cand.offer.id}: {result.outcome} at reservation"))
         if decision is None:
             decision = self._refusal(decision_id, ranking, failures)
-            earlier = self.store.store_decision(request_id, decision.to_json())
+            earlier = await self._within(deadline, self.store.store_decision(request_id, fingerprint,
+                                                                             decision.to_json()), "storing")
             if earlier is not None:
-                return CouponDecision.from_json(earlier, replayed=True)
+                return self._replay(earlier, fingerprint, request_id)
         self.log.append(DecisionRecord(
             now, RecordType.DECIDE_COUPON, decision.decision_id, member_id, channel.value, store_id,
             **self._versions(catalogue, model_version), member=member, basket=tuple(basket_item_ids),
@@ -287,8 +314,15 @@ class OfferEngine:
             basket_value=basket_value))
         return decision
 
-    def _refusal(self, decision_id: str, ranking: Ranking,
-                 failures: list[tuple[ScoredOffer, str, str]]) -> CouponDecision:
+    def _replay(self, stored: StoredDecision, fingerprint: str, request_id: str) -> CouponDecision:
+        if stored.request is not None and stored.request != fingerprint:
+            raise InvalidArgument("request_id", f"{request_id!r} was already used for a different request "
+                                  f"(member, channel, store or basket) within the last "
+                                  f"{self.config.idempotency_days:g} days; send a new request_id per checkout")
+        return CouponDecision(**stored.decision, replayed=True)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _refusal(decision_id: str, ranking: Ranking, failures: list[tuple[ScoredOffer, Rule, str]]) -> CouponDecision:
         if failures:
             cand, rule, detail = failures[0]
             return CouponDecision(decision_id, False, "", cand.offer.id, rule, detail, cand.score)
@@ -302,11 +336,12 @@ class OfferEngine:
         score = next((s.score for s in ranking.scored if s.offer.id == furthest.offer_id), 0.0)
         return CouponDecision(decision_id, False, "", furthest.offer_id, furthest.rule, furthest.detail, score)
 
-    def redeem(self, coupon_id: str, member_id: str, order_value: float, store_id: str | None = None,
-               channel: Channel | None = None) -> tuple[bool, str]:
+    async def redeem(self, coupon_id: str, member_id: str, order_value: float, store_id: str | None = None,
+                     channel: Channel | None = None, budget_s: float | None = None) -> tuple[bool, str]:
         """(newly_redeemed, offer_id); a retry returns newly_redeemed=False and books nothing twice."""
         now = self.clock()
-        coupon = self.store.coupon(member_id, coupon_id, now)
+        deadline = self._deadline(budget_s)
+        coupon = await self._within(deadline, self.store.coupon(member_id, coupon_id, now), "reading the coupon")
         if coupon is None:
             raise NotFound(f"coupon_id: member {member_id!r} holds no coupon {coupon_id!r}")
         catalogue = self.catalogue.current()
@@ -314,7 +349,8 @@ class OfferEngine:
         if offer is None:
             raise FailedPrecondition(f"coupon {coupon_id}: offer {coupon.offer_id} is no longer in the catalogue")
         redemption_id = uuid.uuid4().hex
-        newly = self.store.redeem(coupon, offer, order_value, now, redemption_id)
+        newly = await self._within(deadline, self.store.redeem(coupon, offer, order_value, now, redemption_id),
+                                   "redeeming")
         if newly:
             self.log.append(DecisionRecord(
                 now, RecordType.REDEEM_COUPON, coupon.decision_id, member_id, channel.value if channel else None,

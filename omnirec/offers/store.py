@@ -17,18 +17,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
 import redis
+from redis.asyncio import Redis
 
 from omnirec.domain.errors import AlreadyExists, FailedPrecondition, NotFound
 from omnirec.domain.vocab import Channel
 from omnirec.feature_store.config import RedisConfig
 from omnirec.feature_store.errors import FeatureStoreError, redis_unavailable
 from omnirec.feature_store.keys import Keys
+from omnirec.feature_store.reader import Batch
 from omnirec.offers.catalogue import Cap, Offer
 
 DAY = 86_400.0
@@ -71,16 +73,32 @@ return {'issued', ''}
 12 channel, 13 contact entry, 14 contact ttl, 15 coupon id, 16 coupon json, 17 wallet ttl.
 Negative limits mean "no limit"."""
 
-_RESERVE = """
-local max_count, max_cents, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local count = tonumber(redis.call('HGET', KEYS[1], 'issued') or '0')
-local cents = tonumber(redis.call('HGET', KEYS[1], 'reserved_cents') or '0')
-if (max_count >= 0 and count + 1 > max_count) or (max_cents >= 0 and cents + cost > max_cents) then return 0 end
-redis.call('HINCRBY', KEYS[1], 'issued', 1)
-redis.call('HINCRBY', KEYS[1], 'reserved_cents', cost)
-return 1
+_SHOW = """
+local shown, ttl, now = {}, tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 2, #KEYS do
+  local at = 3 + (i - 2) * 4
+  local max_count, max_cents, cost = tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
+  local ok = 1
+  if max_count >= 0 or max_cents >= 0 then
+    local count = tonumber(redis.call('HGET', KEYS[i], 'issued') or '0')
+    local cents = tonumber(redis.call('HGET', KEYS[i], 'reserved_cents') or '0')
+    if (max_count >= 0 and count + 1 > max_count) or (max_cents >= 0 and cents + cost > max_cents) then
+      ok = 0
+    else
+      redis.call('HINCRBY', KEYS[i], 'issued', 1)
+      redis.call('HINCRBY', KEYS[i], 'reserved_cents', cost)
+    end
+  end
+  if ok == 1 then redis.call('ZADD', KEYS[1], now, ARGV[at]) end
+  shown[i - 1] = ok
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
+redis.call('EXPIRE', KEYS[1], ttl)
+return shown
 """
-"""KEYS: budget. ARGV: 1 max count, 2 max cents, 3 cost cents. Budget only: invitations shown by NextBestOffer."""
+"""KEYS: contacts, then one budget per offer shown. ARGV: 1 contact ttl, 2 now, then per offer: contact entry,
+max count, max cents, cost cents (negative limits: no limit; coupons pass -1, their budget is charged when
+issued). Records the offers a member was shown and charges invitations' budgets, all or nothing per offer."""
 
 _REDEEM = """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
@@ -187,7 +205,7 @@ class BudgetUsage:
 class IssueResult:
     outcome: str
     """`issued`, `replayed`, `budget_exhausted`, `cap_reached` or `fatigue_cap`."""
-    stored: dict[str, Any] | None = None
+    stored: StoredDecision | None = None
     """The decision stored earlier under the request id (for `replayed`)."""
 
 
@@ -226,36 +244,204 @@ def budget_left(offer: Offer, usage: BudgetUsage) -> bool:
     return b.max_money is None or usage.reserved_cents + cents(offer.redemption_cost) <= cents(b.max_money)
 
 
-class OfferStore:
-    """All offer reads and writes against one Redis namespace.
+@dataclass(frozen=True)
+class StoredDecision:
+    """A DecideCoupon decision kept under its request id, with the request it answered."""
 
-    `idempotency_days` is how long a request id's decision is remembered for retries.
+    request: str | None
+    """Fingerprint of (member, channel, store, basket) of the request that made it; None for records
+    written before requests were fingerprinted."""
+    decision: dict[str, Any]
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> StoredDecision:
+        data = json.loads(raw)
+        return cls(data.pop("request", None), data)
+
+    @staticmethod
+    def to_json(request: str, decision: Mapping[str, Any]) -> str:
+        return json.dumps({"request": request, **decision}, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class OfferSnapshot:
+    """The offer state one decision reads: the member's recent contacts, budgets, an earlier decision."""
+
+    contacts: ContactHistory
+    usage: Mapping[str, BudgetUsage]
+    stored: StoredDecision | None = None
+
+
+class SnapshotRead:
+    """The reads of an `OfferSnapshot`, added to a feature-store request's round trip (`read_request(extra=)`)."""
+
+    def __init__(self, keys: Keys, member_id: str, offers: Sequence[Offer], since: float,
+                 request_id: str | None) -> None:
+        self.keys, self.member_id, self.offers, self.since, self.request_id = keys, member_id, offers, since, request_id
+        self._result: OfferSnapshot | None = None
+
+    def queue(self, batch: Batch, _generation_keys: Keys | None = None) -> None:
+        """Durable keys: the same whatever generation the feature store reads."""
+        contacts = self.keys.contacts(self.member_id)
+        batch.pipe.zrangebyscore(contacts, self.since, "+inf", withscores=True)
+        for o in self.offers:
+            batch.pipe.hgetall(self.keys.offer_budget(o.id))
+        if self.request_id is not None:
+            batch.pipe.get(self.keys.offer_decision(self.request_id))
+
+        def parse(r: list[Any]) -> None:
+            budgets = r[1:1 + len(self.offers)]
+            stored = r[-1] if self.request_id is not None else None
+            self._result = OfferSnapshot(parse_contacts(contacts, r[0], self.since),
+                                         {o.id: _usage(b) for o, b in zip(self.offers, budgets, strict=True)},
+                                         None if stored is None else StoredDecision.from_json(stored))
+
+        batch.add(1 + len(self.offers) + (self.request_id is not None), parse)
+
+    @property
+    def result(self) -> OfferSnapshot:
+        if self._result is None:
+            raise RuntimeError("the snapshot's round trip has not run")
+        return self._result
+
+
+def _limits(offer: Offer) -> list[int]:
+    b = offer.budget
+    return [-1 if b.max_count is None else b.max_count, -1 if b.max_money is None else cents(b.max_money),
+            cents(offer.redemption_cost)]
+
+
+class OfferStore:
+    """The only reader and writer of offer state, on the worker's Redis client pair.
+
+    Request-time methods (decisions, redemptions) are coroutines on the asyncio `client`: reads for a
+    decision are planned (`plan_snapshot`) so they travel in the feature-store request's round trip, and
+    each write is one script call. Campaign jobs (audiences: many members at once, on a worker thread or
+    the CLI) use the synchronous `sync_client`: `marketing_states`, `confirm_send`.
+    `idempotency_days`: how long a DecideCoupon request id's decision is kept for retries.
     """
 
-    def __init__(self, client: redis.Redis, config: RedisConfig, idempotency_days: float = 7.0) -> None:
+    def __init__(self, client: Redis, config: RedisConfig, idempotency_days: float = 7.0,
+                 sync_client: redis.Redis | None = None) -> None:
         self.client = client
+        self.sync_client = sync_client
         self.config = config
         self.keys = Keys(config.namespace)
         self.idempotency_ttl = int(idempotency_days * DAY)
         self._issue = client.register_script(_ISSUE)
+        self._show = client.register_script(_SHOW)
         self._redeem = client.register_script(_REDEEM)
-        self._reserve = client.register_script(_RESERVE)
 
     # --- reads ---------------------------------------------------------------------------------------
-    def read(self, member_id: str, offers: Sequence[Offer], since: float) -> tuple[ContactHistory, list[BudgetUsage]]:
-        """The member's contacts since `since` and every offer's budget usage, in one round trip."""
-        key = self.keys.contacts(member_id)
-        with redis_unavailable("read offers state"):
-            pipe = self.client.pipeline(transaction=False)
-            pipe.zrangebyscore(key, since, "+inf", withscores=True)
-            for o in offers:
-                pipe.hgetall(self.keys.offer_budget(o.id))
-            raw, *budgets = pipe.execute()
-        return parse_contacts(key, raw, since), [_usage(b) for b in budgets]
+    def plan_snapshot(self, member_id: str, offers: Sequence[Offer], since: float,
+                      request_id: str | None = None) -> SnapshotRead:
+        """Contacts since `since`, every offer's budget usage and the decision stored under `request_id`."""
+        return SnapshotRead(self.keys, member_id, offers, since, request_id)
 
-    def contacts(self, member_id: str, since_ts: float) -> ContactHistory:
-        """The member's contacts (offers shown or issued) since `since_ts`, oldest first."""
-        return self.read(member_id, (), since_ts)[0]
+    async def snapshot(self, member_id: str, offers: Sequence[Offer], since: float,
+                       request_id: str | None = None) -> OfferSnapshot:
+        """`plan_snapshot` in a round trip of its own."""
+        read = self.plan_snapshot(member_id, offers, since, request_id)
+        batch = Batch("offer state")
+        read.queue(batch)
+        with redis_unavailable("read offer state"):
+            replies = await batch.pipe.replay(self.client.pipeline(transaction=False)).execute()
+        batch.parse(replies)
+        return read.result
+
+    async def contacts(self, member_id: str, since_ts: float) -> ContactHistory:
+        """The member's contacts (offers shown or issued to them) since `since_ts`, oldest first."""
+        return (await self.snapshot(member_id, (), since_ts)).contacts
+
+    async def usage(self, offer_id: str) -> BudgetUsage:
+        with redis_unavailable("budget usage"):
+            return _usage(await self.client.hgetall(self.keys.offer_budget(offer_id)))
+
+    async def wallet(self, member_id: str, now: float) -> Wallet:
+        key = self.keys.wallet(member_id)
+        with redis_unavailable("wallet"):
+            raw = await self.client.hgetall(key)
+        return parse_wallet(key, raw, now)
+
+    async def coupon(self, member_id: str, coupon_id: str, now: float) -> Coupon | None:
+        key = self.keys.wallet(member_id)
+        with redis_unavailable("coupon"):
+            raw = await self.client.hget(key, coupon_id)
+        return None if raw is None else Coupon.from_json(key, raw)
+
+    # --- writes --------------------------------------------------------------------------------------
+    async def issue(self, offer: Offer, member_id: str, channel: Channel, now: float, request_id: str,
+                    request: str, decision: Mapping[str, Any], fatigue: Cap | None = None) -> IssueResult:
+        """Reserve budget, log the contact and put the decision's coupon in the member's wallet, or report
+        which limit stops it; all or nothing. `request` fingerprints the request the decision answers."""
+        cap = offer.per_member_cap
+        decision_id, coupon_id = str(decision["decision_id"]), str(decision["coupon_id"])
+        coupon = Coupon(coupon_id, member_id, offer.id, decision_id, now, offer.valid_until.timestamp(),
+                        offer.redemption_cost)
+        with redis_unavailable("issue_coupon"):
+            outcome, stored = await self._issue(keys=[
+                self.keys.offer_decision(request_id), self.keys.offer_budget(offer.id),
+                self.keys.contacts(member_id), self.keys.wallet(member_id),
+            ], args=[
+                StoredDecision.to_json(request, decision), *_limits(offer), now,
+                self.idempotency_ttl, -1 if cap is None else cap.count, now - (cap.period_days * DAY if cap else 0),
+                -1 if fatigue is None else fatigue.count, now - (fatigue.period_days * DAY if fatigue else 0),
+                offer.id, channel.value, _contact_entry(decision_id, offer.id, channel), self.config.contact_ttl_s,
+                coupon_id, coupon.to_json(), self.config.wallet_ttl_s,
+            ])
+        outcome = outcome.decode()
+        return IssueResult(outcome, StoredDecision.from_json(stored) if outcome == "replayed" else None)
+
+    async def store_decision(self, request_id: str, request: str,
+                             decision: Mapping[str, Any]) -> StoredDecision | None:
+        """Remember a decision that issued nothing; returns the one stored first if a retry got there before."""
+        key = self.keys.offer_decision(request_id)
+        with redis_unavailable("store_decision"):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.set(key, StoredDecision.to_json(request, decision), nx=True, ex=self.idempotency_ttl)
+            pipe.get(key)
+            created, raw = await pipe.execute()
+        return None if created else StoredDecision.from_json(raw)
+
+    async def show(self, member_id: str, channel: Channel, decision_id: str, offers: Sequence[Offer],
+                   now: float) -> list[bool]:
+        """Record that `offers` were shown to the member (contacts: they count toward caps and fatigue) and
+        charge each invitation (an offer shown, not issued) to its budget; per offer, whether it was shown:
+        False for an invitation whose budget is spent (nothing recorded for it)."""
+        if not offers:
+            return []
+        args: list[object] = [self.config.contact_ttl_s, now]
+        for o in offers:
+            limits = [-1, -1, 0] if o.kind.is_coupon else _limits(o)
+            args += [_contact_entry(decision_id, o.id, channel), *limits]
+        with redis_unavailable("show offers"):
+            shown = await self._show(keys=[self.keys.contacts(member_id),
+                                           *(self.keys.offer_budget(o.id) for o in offers)], args=args)
+        return [bool(x) for x in shown]
+
+    async def redeem(self, coupon: Coupon, offer: Offer, order_value: float, now: float, redemption_id: str) -> bool:
+        """Record the redemption once and book its cost; False (and no change) when it was redeemed before."""
+        if coupon.redeemed_ts is None:
+            if coupon.status_at(now) is CouponStatus.EXPIRED:
+                raise FailedPrecondition(f"coupon {coupon.coupon_id} expired")
+            if order_value < offer.min_spend:
+                raise FailedPrecondition(f"order_value: {order_value:g} is below the offer's minimum spend "
+                                         f"{offer.min_spend:g}")
+        with redis_unavailable("redeem_coupon"):
+            code, _ = await self._redeem(keys=[
+                self.keys.wallet(coupon.member_id), self.keys.offer_budget(offer.id),
+                self.keys.offer_stats(coupon.member_id),
+            ], args=[coupon.coupon_id, now, redemption_id, self.config.wallet_ttl_s,
+                     cents(offer.discount(order_value))])
+        if int(code) == 0:
+            raise NotFound(f"coupon_id: member {coupon.member_id!r} holds no coupon {coupon.coupon_id!r}")
+        return int(code) == 1
+
+    # --- campaign jobs (synchronous, many members) ---------------------------------------------------
+    def _sync(self) -> redis.Redis:
+        if self.sync_client is None:
+            raise RuntimeError("this OfferStore was built without a synchronous client (campaign jobs need one)")
+        return self.sync_client
 
     def marketing_states(self, member_ids: Sequence[str], since: float, now: float,
                          wallets: bool = True) -> list[tuple[ContactHistory, Wallet]]:
@@ -263,7 +449,7 @@ class OfferStore:
         round trip (audiences)."""
         per = 2 if wallets else 1
         with redis_unavailable("read marketing state"):
-            pipe = self.client.pipeline(transaction=False)
+            pipe = self._sync().pipeline(transaction=False)
             for m in member_ids:
                 pipe.zrangebyscore(self.keys.contacts(m), since, "+inf", withscores=True)
                 if wallets:
@@ -272,80 +458,6 @@ class OfferStore:
         return [(parse_contacts(self.keys.contacts(m), raw[per * i], since),
                  parse_wallet(self.keys.wallet(m), raw[per * i + 1], now) if wallets else Wallet((), now))
                 for i, m in enumerate(member_ids)]
-
-    def wallet(self, member_id: str, now: float) -> Wallet:
-        key = self.keys.wallet(member_id)
-        with redis_unavailable("wallet"):
-            raw = self.client.hgetall(key)
-        return parse_wallet(key, raw, now)
-
-    def coupon(self, member_id: str, coupon_id: str, now: float) -> Coupon | None:
-        return next((c for c in self.wallet(member_id, now).coupons if c.coupon_id == coupon_id), None)
-
-    def usage(self, offer_id: str) -> BudgetUsage:
-        with redis_unavailable("budget usage"):
-            return _usage(self.client.hgetall(self.keys.offer_budget(offer_id)))
-
-    def stored_decision(self, request_id: str) -> dict[str, Any] | None:
-        with redis_unavailable("stored_decision"):
-            raw = self.client.get(self.keys.offer_decision(request_id))
-        return None if raw is None else json.loads(raw)
-
-    # --- writes --------------------------------------------------------------------------------------
-    def store_decision(self, request_id: str, decision: dict[str, Any]) -> dict[str, Any] | None:
-        """Remember a decision that issued nothing; returns the one stored first if a retry got there before."""
-        with redis_unavailable("store_decision"):
-            created = self.client.set(self.keys.offer_decision(request_id), json.dumps(decision), nx=True,
-                                      ex=self.idempotency_ttl)
-        return None if created else self.stored_decision(request_id)
-
-    def issue(self, offer: Offer, member_id: str, channel: str, now: float, request_id: str, decision_id: str,
-              coupon_id: str, decision: dict[str, Any], fatigue: Cap | None = None) -> IssueResult:
-        """Reserve budget and put `coupon_id` in the member's wallet, or report which limit stops it; all or nothing."""
-        cap = offer.per_member_cap
-        b = offer.budget
-        coupon = Coupon(coupon_id, member_id, offer.id, decision_id, now, offer.valid_until.timestamp(),
-                        offer.redemption_cost)
-        with redis_unavailable("issue_coupon"):
-            outcome, stored = self._issue(keys=[
-                self.keys.offer_decision(request_id), self.keys.offer_budget(offer.id),
-                self.keys.contacts(member_id), self.keys.wallet(member_id),
-            ], args=[
-                json.dumps(decision), -1 if b.max_count is None else b.max_count,
-                -1 if b.max_money is None else cents(b.max_money), cents(offer.redemption_cost), now,
-                self.idempotency_ttl, -1 if cap is None else cap.count, now - (cap.period_days * DAY if cap else 0),
-                -1 if fatigue is None else fatigue.count, now - (fatigue.period_days * DAY if fatigue else 0),
-                offer.id, channel, _contact_entry(decision_id, offer.id, channel), self.config.contact_ttl_s,
-                coupon_id, coupon.to_json(), self.config.wallet_ttl_s,
-            ])
-        outcome = outcome.decode()
-        return IssueResult(outcome, json.loads(stored) if outcome == "replayed" else None)
-
-    def reserve(self, offer: Offer) -> bool:
-        """Charge one showing of a non-coupon offer (an event invitation) to its budget, if any is left."""
-        b = offer.budget
-        with redis_unavailable("reserve budget"):
-            ok = self._reserve(keys=[self.keys.offer_budget(offer.id)], args=[
-                -1 if b.max_count is None else b.max_count, -1 if b.max_money is None else cents(b.max_money),
-                cents(offer.redemption_cost)])
-        return bool(ok)
-
-    def _queue_contacts(self, pipe: Any, member_id: str, channel: Channel | str, decision_id: str,
-                        offer_ids: Sequence[str], now: float) -> None:
-        key = self.keys.contacts(member_id)
-        pipe.zadd(key, {_contact_entry(decision_id, o, channel): now for o in offer_ids})
-        pipe.zremrangebyscore(key, "-inf", now - self.config.contact_ttl_s)
-        pipe.expire(key, self.config.contact_ttl_s)
-
-    def record_contacts(self, member_id: str, channel: Channel, decision_id: str, offer_ids: Sequence[str],
-                        now: float) -> None:
-        """Log that `offer_ids` were shown to the member on `channel`; trims entries past retention."""
-        if not offer_ids:
-            return
-        with redis_unavailable("record_contacts"):
-            pipe = self.client.pipeline(transaction=False)
-            self._queue_contacts(pipe, member_id, channel, decision_id, offer_ids, now)
-            pipe.execute()
 
     def confirm_send(self, send_id: str, offer_id: str, channel: Channel, member_ids: Sequence[str],
                      sent_at: float | None, now: float, batch: int = 2_000) -> tuple[bool, float]:
@@ -356,40 +468,27 @@ class OfferStore:
         failure completes the send exactly once; a retry without `sent_at` reuses the first one's time. The
         same send id with another offer, channel, member list or time is refused: it would mix two sends.
         """
+        client = self._sync()
         digest = hashlib.blake2b("\x1f".join([offer_id, channel.value, *sorted(member_ids)]).encode(),
                                  digest_size=16).hexdigest()
         key = self.keys.offer_send(send_id)
+        ttl = self.config.contact_ttl_s
         with redis_unavailable("confirm_send"):
-            raw = self.client.get(key)
+            raw = client.get(key)
             earlier = None if raw is None else json.loads(raw)
             if earlier is not None and (earlier["digest"] != digest or
                                         sent_at is not None and abs(sent_at - earlier["sent_at"]) > 1e-3):
                 raise AlreadyExists(f"send_id: {send_id!r} was confirmed with another offer, channel, member list "
                                     "or time; use a new send id")
             when = earlier["sent_at"] if earlier is not None else (now if sent_at is None else sent_at)
+            entry = _contact_entry(send_id, offer_id, channel)
             for start in range(0, len(member_ids), batch):
-                pipe = self.client.pipeline(transaction=False)
+                pipe = client.pipeline(transaction=False)
                 for m in member_ids[start:start + batch]:
-                    self._queue_contacts(pipe, m, channel, send_id, [offer_id], when)
+                    contacts = self.keys.contacts(m)
+                    pipe.zadd(contacts, {entry: when})
+                    pipe.zremrangebyscore(contacts, "-inf", now - ttl)
+                    pipe.expire(contacts, ttl)
                 pipe.execute()
-            first = self.client.set(key, json.dumps({"digest": digest, "sent_at": when}), nx=True,
-                                    ex=self.config.contact_ttl_s)
+            first = client.set(key, json.dumps({"digest": digest, "sent_at": when}), nx=True, ex=ttl)
         return bool(first), when
-
-    def redeem(self, coupon: Coupon, offer: Offer, order_value: float, now: float, redemption_id: str) -> bool:
-        """Record the redemption once and book its cost; False (and no change) when it was redeemed before."""
-        if coupon.redeemed_ts is None:
-            if coupon.status_at(now) is CouponStatus.EXPIRED:
-                raise FailedPrecondition(f"coupon {coupon.coupon_id} expired")
-            if order_value < offer.min_spend:
-                raise FailedPrecondition(f"order_value: {order_value:g} is below the offer's minimum spend "
-                                         f"{offer.min_spend:g}")
-        with redis_unavailable("redeem_coupon"):
-            code, _ = self._redeem(keys=[
-                self.keys.wallet(coupon.member_id), self.keys.offer_budget(offer.id),
-                self.keys.offer_stats(coupon.member_id),
-            ], args=[coupon.coupon_id, now, redemption_id, self.config.wallet_ttl_s,
-                     cents(offer.discount(order_value))])
-        if int(code) == 0:
-            raise NotFound(f"coupon_id: member {coupon.member_id!r} holds no coupon {coupon.coupon_id!r}")
-        return int(code) == 1

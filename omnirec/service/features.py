@@ -22,7 +22,6 @@ from omnirec.domain.errors import Unavailable
 from omnirec.domain.profile import ColdStartProfile
 from omnirec.domain.vocab import AnonymousId, ItemId, MemberId, StoreId
 from omnirec.feature_store.config import RedisConfig
-from omnirec.feature_store.connection import connect, connect_async
 from omnirec.feature_store.errors import FeatureStoreError
 from omnirec.feature_store.reader import AsyncFeatureReader, RequestFeatures
 from omnirec.recommendations.ranking import MemberContext
@@ -50,12 +49,6 @@ class Features:
         self._async_client = async_client
         self._config = config
         self._reader = AsyncFeatureReader(async_client, config)
-
-    @classmethod
-    def connect(cls, config: RedisConfig) -> Features:
-        """Connects lazily: a Redis that is down at start-up only makes answers degraded."""
-        client = connect(config)
-        return cls(client, connect_async(config, client), config)
 
     async def _within(self, budget_s: float, read: Awaitable[T]) -> T:
         try:

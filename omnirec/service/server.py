@@ -22,13 +22,10 @@ import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from threadpoolctl import threadpool_limits
 
-from omnirec.audience import AudienceBuilder, AudienceSources, Campaigns
+from omnirec.audience import Campaigns
 from omnirec.bundle import BundleRegistry
 from omnirec.config import OmnirecConfig
 from omnirec.domain.errors import OmnirecError
-from omnirec.domain.readers import LIVE_EVENTS_DIR
-from omnirec.feature_store.live import LiveUpdater
-from omnirec.feature_store.reader import FeatureReader
 from omnirec.offers.engine import OfferEngine
 from omnirec.service import (
     admin_servicer,
@@ -37,8 +34,9 @@ from omnirec.service import (
     offer_servicer,
     recommendation_servicer,
     reflection,
+    wiring,
 )
-from omnirec.service.bundles import factor_model, holder_for, load_serving_model
+from omnirec.service.bundles import holder_for, load_serving_model
 from omnirec.service.features import Features
 from omnirec.service.ingest import Ingest
 from omnirec.service.interceptors import ApiInterceptor
@@ -60,20 +58,19 @@ class ServingState:
     models: ModelHolder
     features: Features
     ingest: Ingest
+    offers: OfferEngine
+    campaigns: Campaigns
     health: health.aio.HealthServicer = field(default_factory=health.aio.HealthServicer)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
     def create(cls, config: OmnirecConfig, preloaded: ServingModel | None = None) -> ServingState:
         """`preloaded`: a bundle the parent loaded before forking, so workers share its pages."""
-        svc = config.service
         models = holder_for(config.train.bundle_root, config.data_dir)
         if preloaded is not None:
             models.adopt(preloaded)
-        features = Features.connect(config.redis)
-        live = LiveUpdater(features.client, config.redis, config.tiers, config.lifecycle)
-        return cls(config, models, features, Ingest(live, svc.event_log_dir or config.data_dir / LIVE_EVENTS_DIR,
-                                                    svc.event_log_flush_rows, svc.event_log_fsync))
+        parts = wiring.build(config, models)
+        return cls(config, models, parts.features, parts.ingest, parts.offers, parts.campaigns)
 
     async def start(self) -> None:
         """Recover what dead workers journaled, load the published bundle if there is one, then poll for newer
@@ -114,30 +111,13 @@ def service_specs(state: ServingState) -> list[ServiceSpec]:
     config = state.config
     svc = config.service
     deadline = svc.default_deadline_s
-    engine = offer_servicer.build_engine(config, state.models)
     return [
         recommendation_servicer.spec(state.models, state.features, deadline),
         event_servicer.spec(state.ingest, event_servicer.EventRules(svc.max_clock_skew_s, svc.max_event_age_s)),
         admin_servicer.spec(state.models),
-        offer_servicer.spec(engine, deadline),
-        audience_servicer.spec(campaigns(config, engine, state.models), config.tiers, config.service.api_keys),
+        offer_servicer.spec(state.offers, deadline),
+        audience_servicer.spec(state.campaigns, config.tiers, config.service.api_keys),
     ]
-
-
-def campaigns(config: OmnirecConfig, engine: OfferEngine, models: ModelHolder) -> Campaigns:
-    """Audiences read the offers engine's catalogue, items, store and uplift scores, and the serving bundle."""
-    reader = FeatureReader(engine.store.client, config.redis)
-
-    def sources() -> AudienceSources:
-        current = models.current
-        return AudienceSources(
-            model=None if current is None else factor_model(current.bundle, current.version),
-            uplift=engine.uplift, catalogue=engine.catalogue.current(),
-            target_items=lambda t: engine.items.ids.to_external(engine.items.target_items(t)),
-            profiles=reader.profiles, marketing=engine.store.marketing_states)
-
-    builder = AudienceBuilder(config.tiers, config.lifecycle, config.offers.fatigue)
-    return Campaigns(builder, sources, engine.store, engine.log)
 
 
 async def serve(state: ServingState, port: int | None = None) -> tuple[grpc.aio.Server, int]:

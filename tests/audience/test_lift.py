@@ -9,6 +9,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import redis
+import redis.asyncio
 
 from omnirec.audience import AudienceBuilder, AudienceSources, Campaigns, estimate_lift, sends
 from omnirec.domain.lifecycle import LifecycleRules
@@ -35,7 +36,8 @@ def test_holdout_lift_contains_the_ground_truth_effect(campaign_retailer: Path, 
     exposures = pq.read_table(campaign_retailer / "coupon_exposures.parquet")
     truth = pq.read_table(campaign_retailer / "coupon_ground_truth.parquet").to_pydict()
     uplift = dict(zip(truth["member_id"], truth["uplift"], strict=True))
-    store = OfferStore(redis_client, RedisConfig(namespace=redis_prefix, contact_ttl_s=10 * 365 * 86_400))
+    config = RedisConfig(namespace=redis_prefix, contact_ttl_s=10 * 365 * 86_400)
+    store = OfferStore(redis.asyncio.Redis(), config, sync_client=redis_client)  # campaign jobs: the sync client
     log = DecisionLog(tmp_path / "decisions")
     catalogue = load_catalogue(EXAMPLE_CATALOGUE)
     sources = AudienceSources(None, None, catalogue, lambda t: [], lambda ids: (0, []), lambda ids, s, n, w: [])

@@ -21,6 +21,8 @@ def test_generation_scoped_keys() -> None:
     assert k.anon_recent("anon-0-1") == "omnirec@7:v2:anon_recent:anon-0-1"
     assert k.item("i000001") == "omnirec@7:v2:item:i000001"
     assert k.stock("online") == "omnirec@7:v2:stock:online"
+    assert k.category_items("home/kitchen") == "omnirec@7:v2:category_items:home/kitchen"
+    assert k.brand_items("b1") == "omnirec@7:v2:brand_items:b1"
     assert k.all_generations_pattern() == "omnirec@*"
 
 

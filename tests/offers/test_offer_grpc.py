@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import redis
 
 from omnirec.domain.vocab import LifecycleStage
 from omnirec.offers.engine import OfferEngine
@@ -50,7 +51,7 @@ class Server:
 
 @pytest.fixture
 def server(make_engine: EngineFactory) -> Iterator[Server]:
-    running = Server(make_engine({MEMBER: member(MEMBER, "silver", LifecycleStage.AT_RISK)}))
+    running = Server(make_engine([member(MEMBER, "silver", LifecycleStage.AT_RISK), member("other", "silver")]))
     yield running
     running.stop()
 
@@ -60,10 +61,15 @@ def key(name: str) -> list[tuple[str, str]]:
 
 
 def test_next_best_offer_decide_and_redeem(server: Server) -> None:
-    nbo = server.stub.NextBestOffer(offers_pb2.NextBestOfferRequest(
-        member_id=MEMBER, channel=common_pb2.CHANNEL_APP, k=3, explain=True, context={"page": "home"}),
-        metadata=key("campaign-key"))
+    ask = offers_pb2.NextBestOfferRequest(member_id=MEMBER, channel=common_pb2.CHANNEL_APP, k=3, explain=True,
+                                          context={"page": "home"})
+    for _ in range(3):  # previews record nothing
+        preview = server.stub.NextBestOffer(ask, metadata=key("campaign-key"))
+    ask.shown = True
+    nbo = server.stub.NextBestOffer(ask, metadata=key("campaign-key"))
+    assert [o.offer_id for o in nbo.offers] == [o.offer_id for o in preview.offers]
     assert nbo.decision_id and nbo.catalogue_version and nbo.degraded
+    assert nbo.degraded_reason == "no model serving: affinities are neutral"
     assert 1 <= len(nbo.offers) <= 3
     assert "winback-15off60" in [o.offer_id for o in nbo.offers]
     assert all(o.reasons and o.score > 0 for o in nbo.offers)
@@ -79,6 +85,11 @@ def test_next_best_offer_decide_and_redeem(server: Server) -> None:
     assert decision.reason == offers_pb2.COUPON_REASON_ISSUED and not decision.replayed
     retry = server.stub.DecideCoupon(request, metadata=key("pos-key"))
     assert retry.replayed and retry.coupon_id == decision.coupon_id and retry.decision_id == decision.decision_id
+    request.member_id = "other"  # the same request id for another member: refused, never MEMBER's coupon
+    with pytest.raises(grpc.RpcError) as info:
+        server.stub.DecideCoupon(request, metadata=key("pos-key"))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("request_id: 'checkout-1' was already used for a different request")
 
     redeem = offers_pb2.RedeemCouponRequest(coupon_id=decision.coupon_id, member_id=MEMBER,
                                             order_value_minor_units=9000, channel=common_pb2.CHANNEL_POS,
@@ -135,8 +146,8 @@ def test_64_concurrent_decide_coupon_calls_stay_within_budget(make_engine: Engin
     path = tmp_path / "tight.toml"
     path.write_text(EXAMPLE.read_text().replace("budget = { max_count = 10000, max_money = 50000 }",
                                                 "budget = { max_count = 5 }"))
-    members = {f"c{i}": member(f"c{i}", "basic", LifecycleStage.ACTIVE) for i in range(64)}
-    running = Server(make_engine(members, path))
+    members = [f"c{i}" for i in range(64)]
+    running = Server(make_engine([member(m, "basic", LifecycleStage.ACTIVE) for m in members], path))
     try:
         calls = [running.stub.DecideCoupon.future(offers_pb2.DecideCouponRequest(
             request_id=f"r-{m}", member_id=m, channel=common_pb2.CHANNEL_APP), metadata=key("app-key"))
@@ -150,3 +161,20 @@ def test_64_concurrent_decide_coupon_calls_stay_within_budget(make_engine: Engin
     reasons = {d.reason for d in decisions if not d.issued}
     assert reasons <= {offers_pb2.COUPON_REASON_BUDGET_EXHAUSTED, offers_pb2.COUPON_REASON_HOLDOUT}
     assert sum(d.reason == offers_pb2.COUPON_REASON_HOLDOUT for d in decisions) == len(held)
+
+
+def test_without_materialised_features_next_best_offer_degrades_and_decide_coupon_is_unavailable(
+        make_engine: EngineFactory, redis_client: redis.Redis, redis_prefix: str) -> None:
+    running = Server(make_engine([member(MEMBER)]))
+    try:
+        for k in redis_client.scan_iter(match=f"{redis_prefix}*"):  # an emptied Redis
+            redis_client.delete(k)
+        nbo = running.stub.NextBestOffer(offers_pb2.NextBestOfferRequest(
+            member_id=MEMBER, channel=common_pb2.CHANNEL_APP, k=3, shown=True), metadata=key("app-key"))
+        assert nbo.degraded and not nbo.offers and "no materialised features" in nbo.degraded_reason
+        with pytest.raises(grpc.RpcError) as info:
+            running.stub.DecideCoupon(offers_pb2.DecideCouponRequest(
+                request_id="r", member_id=MEMBER, channel=common_pb2.CHANNEL_APP), metadata=key("app-key"))
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        running.stop()

@@ -1,0 +1,81 @@
+"""Composition of one worker process: its Redis clients, the feature store's reader and live updater, the
+offers engine, the campaign (audience) jobs. Built once per worker (after the fork), and by the campaign
+CLI, so servicers only translate protos.
+
+One client pair per worker: an asyncio client for every request-time read and for offer decisions (on the
+worker's event loop), and a synchronous one for live event writes and campaign jobs (on worker threads).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omnirec.audience import AudienceBuilder, AudienceSources, Campaigns
+from omnirec.config import OmnirecConfig
+from omnirec.domain.clock import clock_at
+from omnirec.domain.readers import LIVE_EVENTS_DIR
+from omnirec.feature_store.connection import connect, connect_async
+from omnirec.feature_store.live import LiveUpdater
+from omnirec.feature_store.reader import AsyncFeatureReader, FeatureReader
+from omnirec.offers.catalogue import CatalogueSource, Target
+from omnirec.offers.decision_log import DecisionLog
+from omnirec.offers.engine import AffinityModel, OfferEngine, selection
+from omnirec.offers.store import OfferStore
+from omnirec.offers.uplift import UpliftScores
+from omnirec.service.bundles import factor_model
+from omnirec.service.features import Features
+from omnirec.service.ingest import Ingest
+from omnirec.service.model import ModelHolder
+
+
+@dataclass(frozen=True)
+class Wiring:
+    features: Features
+    """Recommendation reads; closing it closes the worker's Redis clients."""
+    ingest: Ingest
+    """Accepted events and links: the event log and the live feature-store updates (the sync client)."""
+    offers: OfferEngine
+    campaigns: Campaigns
+    """Audience pulls and confirmed sends (synchronous: the servicer runs them on a thread)."""
+
+
+def build(config: OmnirecConfig, models: ModelHolder) -> Wiring:
+    """Connects lazily: a Redis that is down at start-up only makes answers degraded or UNAVAILABLE."""
+    client = connect(config.redis)
+    async_client = connect_async(config.redis, client)
+    features = Features(client, async_client, config.redis)
+    svc = config.service
+    ingest = Ingest(LiveUpdater(client, config.redis, config.tiers, config.lifecycle),
+                    svc.event_log_dir or config.data_dir / LIVE_EVENTS_DIR, svc.event_log_flush_rows,
+                    svc.event_log_fsync)
+    cfg = config.offers
+
+    def model() -> tuple[AffinityModel | None, str]:
+        current = models.current
+        return (current.bundle, current.version) if current is not None else (None, "")
+
+    offers = OfferEngine(
+        cfg, CatalogueSource(cfg.catalogue_path, config.tiers, cfg.catalogue_poll_s),
+        AsyncFeatureReader(async_client, config.redis),
+        OfferStore(async_client, config.redis, cfg.idempotency_days, sync_client=client),
+        DecisionLog(cfg.decision_log_dir), config.tiers, config.lifecycle, model,
+        UpliftScores.load(cfg.uplift_path) if cfg.uplift_path else None, clock=clock_at(config.as_of),
+        default_budget_s=svc.default_deadline_s)
+    return Wiring(features, ingest, offers, campaigns(config, offers, models, FeatureReader(client, config.redis)))
+
+
+def campaigns(config: OmnirecConfig, engine: OfferEngine, models: ModelHolder, reader: FeatureReader) -> Campaigns:
+    """Audiences use the offers engine's catalogue, store, log and uplift scores, the serving bundle, and the
+    feature store (profiles; offer targets' items, as the engine resolves them)."""
+    def target_items(target: Target) -> tuple[str, ...]:
+        return reader.selection_items([selection(target)])[1][0]
+
+    def sources() -> AudienceSources:
+        current = models.current
+        return AudienceSources(
+            model=None if current is None else factor_model(current.bundle, current.version),
+            uplift=engine.uplift, catalogue=engine.catalogue.current(), target_items=target_items,
+            profiles=reader.profiles, marketing=engine.store.marketing_states)
+
+    builder = AudienceBuilder(config.tiers, config.lifecycle, config.offers.fatigue)
+    return Campaigns(builder, sources, engine.store, engine.log)
