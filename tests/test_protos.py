@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,10 +12,11 @@ from pathlib import Path
 import pytest
 from google.protobuf import descriptor
 
-from omnirec.v1 import admin_pb2, common_pb2, events_pb2, offers_pb2, recommendation_pb2
+import omnirec.v1
 
 ROOT = Path(__file__).resolve().parents[1]
-FILES = [admin_pb2, common_pb2, events_pb2, offers_pb2, recommendation_pb2]
+FILES = [importlib.import_module(f"omnirec.v1.{m.name}") for m in pkgutil.iter_modules(omnirec.v1.__path__)
+         if m.name.endswith("_pb2")]
 BUF = os.environ.get("BUF") or shutil.which("buf")
 LANGUAGE_OPTIONS = ("go_package", "java_package", "java_multiple_files", "java_outer_classname",
                     "csharp_namespace", "objc_class_prefix", "php_namespace", "ruby_package")

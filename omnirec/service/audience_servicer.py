@@ -137,7 +137,7 @@ class AudienceServicer(audience_pb2_grpc.AudienceServiceServicer):
                           context: grpc.aio.ServicerContext) -> audience_pb2.ConfirmSendResponse:
         send_id = v.required(request.send_id, "send_id")
         channel = v.channel(request.channel)
-        sent_at = request.sent_at.ToSeconds() + request.sent_at.nanos / 1e9 if request.HasField("sent_at") else None
+        sent_at = v.unix_seconds(request.sent_at, "sent_at") if request.HasField("sent_at") else None
         new = await asyncio.to_thread(self._campaigns.confirm, send_id, request.offer_id, channel,
                                       list(request.member_ids), list(request.holdout_member_ids),
                                       self._caller(context), sent_at)

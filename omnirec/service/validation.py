@@ -130,14 +130,31 @@ def money(minor_units: int, field: str) -> float:
     return minor_units / MINOR_UNITS_PER_MAJOR
 
 
+MAX_TIMESTAMP_S = 253_402_300_799
+"""9999-12-31T23:59:59Z, the last second a google.protobuf.Timestamp may hold."""
+
+
+def _nanos(value: timestamp_pb2.Timestamp, field: str) -> None:
+    if not 0 <= value.nanos < 1_000_000_000:
+        raise InvalidArgument(field, f"nanos must be in 0..999999999 (got {value.nanos})")
+
+
+def unix_seconds(value: timestamp_pb2.Timestamp, field: str) -> int:
+    """A Timestamp as whole unix seconds, within 1970..9999 and with nanos in 0..999,999,999 as the
+    Timestamp contract requires; anything else is the caller's error."""
+    _nanos(value, field)
+    if not 0 <= value.seconds <= MAX_TIMESTAMP_S:
+        raise InvalidArgument(field, f"seconds must be in 0..{MAX_TIMESTAMP_S} (1970..9999; got {value.seconds})")
+    return value.seconds
+
+
 def event_time(value: timestamp_pb2.Timestamp | None, field: str, now: int, max_skew_s: float,
                max_age_s: float) -> int:
     """A Timestamp as whole unix seconds (the event log's resolution), no more than `max_skew_s` ahead of `now`
     nor `max_age_s` behind it; unset means `now`."""
     if value is None:
         return now
-    if not 0 <= value.nanos < 1_000_000_000:
-        raise InvalidArgument(field, f"nanos must be in 0..999999999 (got {value.nanos})")
+    _nanos(value, field)
     if value.seconds > now + max_skew_s:
         hint = " (milliseconds sent as seconds?)" if value.seconds > 100 * now else ""
         raise InvalidArgument(field, f"at most {max_skew_s:.0f}s ahead of the server's clock ({now} s){hint} "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
+import pkgutil
 import threading
 from collections.abc import Coroutine
 from pathlib import Path
@@ -12,7 +14,9 @@ import grpc
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from google.protobuf import descriptor
 
+import omnirec.v1
 from omnirec.config import OmnirecConfig
 from omnirec.domain.readers import RetailData
 from omnirec.domain.vocab import Col
@@ -90,6 +94,26 @@ def materialize(retail: RetailData, config: OmnirecConfig) -> None:
     client = connect(config.redis)
     Materializer(client, config.redis).load(compute_features(retail, config.tiers, config.lifecycle))
     client.close()
+
+
+PROTO_MODULES = [importlib.import_module(f"omnirec.v1.{m.name}") for m in pkgutil.iter_modules(omnirec.v1.__path__)
+                 if m.name.endswith("_pb2")]
+METHODS: dict[str, descriptor.MethodDescriptor] = {
+    f"/{s.full_name}/{m.name}": m for module in PROTO_MODULES
+    for s in module.DESCRIPTOR.services_by_name.values() for m in s.methods}
+"""Every RPC of the public contract by its full path, so tests that cover "every RPC" pick up new ones."""
+
+
+
+def call_raw(channel: grpc.Channel, method: str, body: bytes, metadata: tuple[tuple[str, str], ...],
+             timeout: float = 10) -> None:
+    """Send raw bytes to `method` (as a client with hand-made or corrupted bodies would); a streaming
+    answer is read to its end. Errors raise `grpc.RpcError`."""
+    if METHODS[method].server_streaming:
+        for _ in channel.unary_stream(method)(body, metadata=metadata, timeout=timeout):
+            pass
+    else:
+        channel.unary_unary(method)(body, metadata=metadata, timeout=timeout)
 
 
 API_KEYS = {"app": "test-app-key", "pos": "test-pos-key", "campaign": "test-campaign-key", "admin": "test-admin-key"}

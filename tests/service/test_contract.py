@@ -9,21 +9,18 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 from grpc_status import rpc_status
-from service_harness import API_KEYS, RunningServer
+from service_harness import API_KEYS, METHODS, RunningServer, call_raw
 
-from omnirec.v1 import admin_pb2, common_pb2, events_pb2, offers_pb2, recommendation_pb2
+from omnirec.v1 import common_pb2, events_pb2, offers_pb2, recommendation_pb2
 
 MD = (("x-api-key", API_KEYS["admin"]),)
-METHODS = [f"/{s.full_name}/{m.name}" for f in (admin_pb2, events_pb2, offers_pb2, recommendation_pb2)
-           for s in f.DESCRIPTOR.services_by_name.values() for m in s.methods]
 BAD = b"\xff\xfe\xfd\xfc"
 """Four bytes that are not UTF-8; they replace the same-length marker `@@@@` in a serialised request."""
 
 
 def _call(server: RunningServer, method: str, body: bytes) -> grpc.RpcError:
-    """Send raw bytes to `method` (as a client with hand-made or corrupted bodies would) and return the error."""
     with pytest.raises(grpc.RpcError) as err:
-        server.channel.unary_unary(method)(body, metadata=MD, timeout=10)
+        call_raw(server.channel, method, body, MD)
     return err.value
 
 

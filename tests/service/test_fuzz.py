@@ -17,17 +17,14 @@ from google.protobuf import descriptor, message_factory
 from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from service_harness import API_KEYS, RunningServer
+from service_harness import API_KEYS, METHODS, RunningServer, call_raw
 
-from omnirec.v1 import admin_pb2, common_pb2, events_pb2, offers_pb2, recommendation_pb2, recommendation_pb2_grpc
+from omnirec.offers.catalogue import load_catalogue
+from omnirec.v1 import common_pb2, events_pb2, recommendation_pb2, recommendation_pb2_grpc
 
 MD = (("x-api-key", API_KEYS["admin"]),)  # admin may call every RPC
 EXAMPLES = int(os.environ.get("OMNIREC_FUZZ_EXAMPLES", "500"))
 FORBIDDEN = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
-METHODS: dict[str, descriptor.MethodDescriptor] = {
-    f"/{s.full_name}/{m.name}": m
-    for f in (recommendation_pb2, events_pb2, offers_pb2, admin_pb2)
-    for s in f.DESCRIPTOR.services_by_name.values() for m in s.methods}
 
 BAD_UTF8_MARKER = "\x01BADUTF8\x01"
 """Strings drawn as this marker are swapped, after serialisation, for as many bytes that are not UTF-8."""
@@ -41,9 +38,10 @@ _INT_RANGES = {_T.TYPE_INT32: (-2**31, 2**31 - 1), _T.TYPE_SINT32: (-2**31, 2**3
                _T.TYPE_FIXED64: (0, 2**64 - 1), _T.TYPE_ENUM: (-2**31, 2**31 - 1)}
 
 
-HOSTILE, PLAUSIBLE, MIXED = "hostile", "plausible", "mixed"
+HOSTILE, PLAUSIBLE, SPARSE, MIXED = "hostile", "plausible", "sparse", "mixed"
 """Generation modes: every field hostile (and each maybe absent); every field plausible, so the request reaches
-the deep paths; or plausible but for one hostile field (per nesting level)."""
+the deep paths; plausible values in some fields only (for "set one of these" rules); or plausible but for one
+hostile field (per nesting level)."""
 NOW = 1_764_000_000
 
 
@@ -81,7 +79,7 @@ def _plausible(field: descriptor.FieldDescriptor, ids: st.SearchStrategy[str]) -
 def _field(field: descriptor.FieldDescriptor, ids: st.SearchStrategy[str], mode: str,
            depth: int) -> st.SearchStrategy[object]:
     entry = field.message_type
-    scalar = _plausible if mode == PLAUSIBLE else _hostile
+    scalar = _plausible if mode in (PLAUSIBLE, SPARSE) else _hostile
     if entry is not None and entry.GetOptions().map_entry:
         key, value = entry.fields_by_name["key"], entry.fields_by_name["value"]
         return st.dictionaries(scalar(key, ids), scalar(value, ids), max_size=4)
@@ -99,12 +97,12 @@ def _message(desc: descriptor.Descriptor, ids: st.SearchStrategy[str], mode: str
     """An instance of `desc` generated in `mode` (see HOSTILE, PLAUSIBLE, MIXED)."""
     cls = message_factory.GetMessageClass(desc)
     fields = list(desc.fields)
-    if desc.full_name == "google.protobuf.Timestamp" and mode == PLAUSIBLE:
+    if desc.full_name == "google.protobuf.Timestamp" and mode in (PLAUSIBLE, SPARSE):
         return st.builds(cls, seconds=st.integers(NOW - 30 * 86_400, NOW), nanos=st.integers(0, 999_999_999))
     if not fields:
         return st.just(cls())
-    if mode == HOSTILE:
-        kwargs = st.fixed_dictionaries({}, optional={f.name: _field(f, ids, HOSTILE, depth) for f in fields})
+    if mode in (HOSTILE, SPARSE):
+        kwargs = st.fixed_dictionaries({}, optional={f.name: _field(f, ids, mode, depth) for f in fields})
     elif mode == PLAUSIBLE:
         kwargs = st.fixed_dictionaries({f.name: _field(f, ids, PLAUSIBLE, depth) for f in fields})
     else:
@@ -119,8 +117,8 @@ def _serialise(msg: Message) -> bytes:
 
 
 def _bodies(method: descriptor.MethodDescriptor, ids: st.SearchStrategy[str]) -> st.SearchStrategy[bytes]:
-    """A plausible request, one with a hostile field, an all-hostile one, random bytes, another RPC's request
-    (wrong types on the wire), or a plausible request with bytes overwritten."""
+    """A plausible request (all or some fields), one with a hostile field, an all-hostile one, random bytes,
+    another RPC's request (wrong types on the wire), or a plausible request with bytes overwritten."""
     def own(mode: str) -> st.SearchStrategy[bytes]:
         return _message(method.input_type, ids, mode).map(_serialise)
 
@@ -128,7 +126,8 @@ def _bodies(method: descriptor.MethodDescriptor, ids: st.SearchStrategy[str]) ->
         lambda m: _message(m.input_type, ids, HOSTILE)).map(_serialise)
     flipped = st.tuples(own(PLAUSIBLE), st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)),
                                                  min_size=1, max_size=4)).map(_flip)
-    return st.one_of(own(PLAUSIBLE), own(MIXED), own(MIXED), own(HOSTILE), st.binary(max_size=256), other, flipped)
+    return st.one_of(own(PLAUSIBLE), own(SPARSE), own(MIXED), own(MIXED), own(HOSTILE), st.binary(max_size=256),
+                     other, flipped)
 
 
 def _flip(drawn: tuple[bytes, list[tuple[int, int]]]) -> bytes:
@@ -154,9 +153,11 @@ def _assert_serving(server: RunningServer, member: str) -> None:
 
 def test_random_and_hostile_requests_never_answer_unknown_or_internal(server: RunningServer, known_member: str,
                                                                      item_id: str, store_id: str) -> None:
-    # Real ids (a known member, a popular item, a stocked store) as well, so requests also reach the deep paths.
-    ids = st.sampled_from([known_member, item_id, store_id, "online", "m-new", "i-unknown", "coupon-x"])
-    calls = {path: server.channel.unary_unary(path) for path in METHODS}
+    # Real names too (a known member, a popular item and its category, a stocked store, an offer, a tier, a
+    # stage), so plausible requests get past validation and reach the deep paths.
+    offers = [o.id for o in load_catalogue(server.config.offers.catalogue_path).offers]
+    ids = st.sampled_from([known_member, item_id, server.category(item_id).split("/")[0], store_id, "online",
+                           offers[0], offers[-1], "gold", "active", "m-new", "i-unknown", "coupon-x"])
 
     @settings(max_examples=EXAMPLES, deadline=None, database=None, print_blob=True,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -164,7 +165,7 @@ def test_random_and_hostile_requests_never_answer_unknown_or_internal(server: Ru
     def fuzz(data: st.DataObject) -> None:
         path = data.draw(st.sampled_from(sorted(METHODS)), label="method")
         body = data.draw(_bodies(METHODS[path], ids), label="body")
-        _assert_deliberate(lambda: calls[path](body, metadata=MD, timeout=10), path)
+        _assert_deliberate(lambda: call_raw(server.channel, path, body, MD), path)
 
     fuzz()
     _assert_serving(server, known_member)
@@ -196,5 +197,5 @@ def test_huge_repeated_fields_are_refused_or_answered(server: RunningServer, kno
                     target.add(**{k: v.format(i=i, member=known_member, item=item_id) if isinstance(v, str) else v
                                   for k, v in template.items()})
         body = request.SerializeToString()
-        _assert_deliberate(lambda p=path, b=body: server.channel.unary_unary(p)(b, metadata=MD, timeout=30), path)
+        _assert_deliberate(lambda p=path, b=body: call_raw(server.channel, p, b, MD, timeout=30), path)
     _assert_serving(server, known_member)
