@@ -18,6 +18,7 @@ from omnirec.domain.lifecycle import LifecycleRules
 from omnirec.domain.tiers import TierLadder
 from omnirec.feature_store.config import RedisConfig
 from omnirec.offers.config import OfferConfig
+from omnirec.recommendations.config import RecommendationConfig
 from omnirec.service.config import ServiceConfig
 from omnirec.training.config import TrainConfig
 
@@ -38,6 +39,7 @@ class OmnirecConfig(BaseModel):
     train: TrainConfig = TrainConfig()
     redis: RedisConfig = RedisConfig()
     offers: OfferConfig = OfferConfig()
+    recommendations: RecommendationConfig = RecommendationConfig()
 
     @field_validator("as_of")
     @classmethod

@@ -59,9 +59,13 @@ class CategoryIndex:
 
     masks: Mapping[str, np.ndarray]
     n_items: int
+    never: np.ndarray | None = None
+    """Items no answer may contain (`RecommendationConfig`); None when nothing is excluded."""
 
     @classmethod
-    def from_categories(cls, categories: np.ndarray) -> CategoryIndex:
+    def from_categories(cls, categories: np.ndarray, never_items: np.ndarray | None = None,
+                        never_categories: tuple[str, ...] = ()) -> CategoryIndex:
+        """`never_items` is a mask over items; `never_categories` adds every item under those paths."""
         uniques, inverse = np.unique(np.asarray(categories).astype(str), return_inverse=True)
         prefix_codes: dict[str, list[int]] = {}
         for code, path in enumerate(uniques.tolist()):
@@ -69,7 +73,15 @@ class CategoryIndex:
             for depth in range(1, len(parts) + 1):
                 prefix_codes.setdefault("/".join(parts[:depth]), []).append(code)
         masks = {p: np.isin(inverse, codes) for p, codes in prefix_codes.items()}
-        return cls(masks, len(categories))
+        index = cls(masks, len(categories))
+        never = np.zeros(len(categories), bool) if never_items is None else np.asarray(never_items, bool).copy()
+        for prefix in never_categories:
+            never |= index.mask(prefix)
+        return cls(masks, len(categories), never if never.any() else None)
+
+    def allowed(self, idx: np.ndarray) -> np.ndarray:
+        """True for the item indexes (>= 0) an answer may contain."""
+        return np.ones(len(idx), bool) if self.never is None else ~self.never[np.where(idx >= 0, idx, 0)]
 
     def mask(self, prefix: str) -> np.ndarray:
         """Items under `prefix` (a whole path segment); an unknown category matches nothing."""
@@ -142,6 +154,8 @@ def _exclusions(bundle: Bundle, categories: CategoryIndex, scores: np.ndarray, f
     if excluded_ids:
         idx = bundle.items.to_internal(excluded_ids, strict=False)
         out[idx[idx >= 0]] = -np.inf
+    if categories.never is not None:
+        out[categories.never] = -np.inf
     return out, applied
 
 
@@ -155,12 +169,14 @@ def recommend(bundle: Bundle, categories: CategoryIndex, member: MemberContext, 
     excluded = list(member.purchased) if filters.exclude_purchased else []
     applied = [Reason.EXCLUDED_PURCHASED] if filters.exclude_purchased and member.member_id is not None else []
     if member.member_id and not filters.category:
-        found = bundle.member_top(member.member_id, n + len(excluded))
+        wanted = n + len(excluded) + (n if categories.never is not None else 0)
+        found = bundle.member_top(member.member_id, wanted)
         if found is not None:
             idx, scores = found
             drop = bundle.items.to_internal(excluded, strict=False)
-            keep = np.flatnonzero(~np.isin(idx, drop))[:n]
-            return Ranked(idx[keep], scores[keep], [Reason.COLLABORATIVE] * len(keep), applied)
+            keep = np.flatnonzero(~np.isin(idx, drop) & categories.allowed(idx))[:n]
+            if len(keep) == n or len(idx) < wanted:
+                return Ranked(idx[keep], scores[keep], [Reason.COLLABORATIVE] * len(keep), applied)
     scores, reason = personal_scores(bundle, member, channel, store_id)
     masked, filtered = _exclusions(bundle, categories, scores, filters, excluded)
     best = top_finite(masked, n)
@@ -169,7 +185,7 @@ def recommend(bundle: Bundle, categories: CategoryIndex, member: MemberContext, 
 
 def _filter_list(idx: np.ndarray, scores: np.ndarray, reason: Reason, categories: CategoryIndex,
                  filters: Filters, drop_idx: np.ndarray) -> Ranked:
-    keep = (idx >= 0) & ~np.isin(idx, drop_idx)
+    keep = (idx >= 0) & ~np.isin(idx, drop_idx) & categories.allowed(idx)
     applied: list[Reason] = []
     if filters.category:
         keep &= categories.mask(filters.category)[np.where(idx >= 0, idx, 0)]

@@ -10,11 +10,13 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from omnirec.audience.builder import FactorModel
 from omnirec.bundle import Array, BundleRegistry, ModelBundle
 from omnirec.domain.readers import ITEMS_FILE
+from omnirec.recommendations.config import RecommendationConfig
 from omnirec.recommendations.ranking import CategoryIndex
 from omnirec.service.model import ModelHolder, ServingModel
 
@@ -35,16 +37,32 @@ def item_categories(bundle: ModelBundle, data_dir: Path) -> np.ndarray:
     return categories.astype(str)
 
 
-def load_serving_model(path: Path, data_dir: Path) -> ServingModel:
+def never_items(bundle: ModelBundle, data_dir: Path, rules: RecommendationConfig) -> np.ndarray:
+    """Mask of the bundle items listed in `never_items` or (with `never_zero_price`) priced 0 in the catalogue."""
+    never = np.zeros(len(bundle.items), bool)
+    idx = bundle.items.to_internal(list(rules.never_items), strict=False)
+    never[idx[idx >= 0]] = True
+    path = data_dir / ITEMS_FILE
+    if rules.never_zero_price and path.exists():
+        table = pq.read_table(path, columns=["item_id", "price"])
+        free = table.filter(pc.equal(table["price"], 0.0))["item_id"].to_numpy(zero_copy_only=False).astype(str)
+        idx = bundle.items.to_internal(free, strict=False)
+        never[idx[idx >= 0]] = True
+    return never
+
+
+def load_serving_model(path: Path, data_dir: Path, rules: RecommendationConfig | None = None) -> ServingModel:
+    rules = rules or RecommendationConfig()
     bundle = ModelBundle.load(path, mmap=True)
-    return ServingModel(bundle, CategoryIndex.from_categories(item_categories(bundle, data_dir)),
-                        str(bundle.version), path)
+    categories = CategoryIndex.from_categories(item_categories(bundle, data_dir), never_items(bundle, data_dir, rules),
+                                               rules.never_categories)
+    return ServingModel(bundle, categories, str(bundle.version), path)
 
 
-def holder_for(bundle_root: Path, data_dir: Path) -> ModelHolder:
+def holder_for(bundle_root: Path, data_dir: Path, rules: RecommendationConfig | None = None) -> ModelHolder:
     """A holder following the registry's `current` pointer under `bundle_root`."""
     registry = BundleRegistry(bundle_root)
-    return ModelHolder(registry.current_path, lambda path: load_serving_model(path, data_dir))
+    return ModelHolder(registry.current_path, lambda path: load_serving_model(path, data_dir, rules))
 
 
 def factor_model(bundle: ModelBundle, version: str) -> FactorModel:

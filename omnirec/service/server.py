@@ -66,7 +66,7 @@ class ServingState:
     @classmethod
     def create(cls, config: OmnirecConfig, preloaded: ServingModel | None = None) -> ServingState:
         """`preloaded`: a bundle the parent loaded before forking, so workers share its pages."""
-        models = holder_for(config.train.bundle_root, config.data_dir)
+        models = holder_for(config.train.bundle_root, config.data_dir, config.recommendations)
         if preloaded is not None:
             models.adopt(preloaded)
         parts = wiring.build(config, models)
@@ -177,7 +177,7 @@ def _preload(config: OmnirecConfig) -> ServingModel | None:
     objects' headers, which would copy their pages into each worker. Later hot reloads load per worker.
     """
     path = BundleRegistry(config.train.bundle_root).current_path()
-    model = load_serving_model(path, config.data_dir) if path is not None else None
+    model = load_serving_model(path, config.data_dir, config.recommendations) if path is not None else None
     gc.freeze()
     return model
 

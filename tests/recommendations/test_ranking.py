@@ -123,3 +123,42 @@ def test_member_top_reads_precomputed_rows_and_searches_beyond_them(bundle_root:
     assert listed[0].tolist() == searched[0][:depth].tolist()
     np.testing.assert_allclose(listed[1], searched[1][:depth], rtol=1e-5)
     assert model.bundle.member_top("nobody", 10) is None
+
+
+NEVER = CategoryIndex.from_categories(CATEGORIES, np.array([False, True, False, False, False, False]), ("toys",))
+
+
+def test_never_recommend_items_and_categories_on_every_path() -> None:
+    assert NEVER.never is not None and np.flatnonzero(NEVER.never).tolist() == [1, 2, 4]  # i1, toys, toys/lego
+    scored = recommend(TinyBundle(), NEVER, MemberContext("m1"), Channel.APP, None, 3, Filters())
+    assert scored.idx.tolist() == [3, 5, 0]
+    indexed = TinyBundle(top=(np.array([1, 3, 2, 5, 0, 4]), np.linspace(1, 0, 6, dtype=np.float32)))
+    fast = recommend(indexed, NEVER, MemberContext("m1"), Channel.APP, None, 3, Filters())
+    assert fast.idx.tolist() == [3, 5, 0]
+    nearest = similar(TinyBundle(), NEVER, "i0", 5, Filters())
+    assert not set(nearest.idx.tolist()) & {1, 2, 4}
+    assert CategoryIndex.from_categories(CATEGORIES).never is None
+
+
+def test_never_recommend_from_config_and_zero_prices(bundle_root: Path, small_retail_dir: Path,
+                                                     tmp_path: Path) -> None:
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from omnirec.recommendations.config import RecommendationConfig
+
+    items = pq.read_table(small_retail_dir / "items.parquet")
+    first, free = str(items["item_id"][0]), str(items["item_id"][-1])
+    prices = items["price"].to_numpy().copy()
+    prices[-1] = 0.0  # a carrier bag
+    pq.write_table(items.set_column(items.schema.get_field_index("price"), "price", [prices]),
+                   tmp_path / "items.parquet")
+    department = str(items["category"][1]).split("/")[0]
+    rules = RecommendationConfig(never_items=(first,), never_categories=(department,), never_zero_price=True)
+    model = load_serving_model(BundleRegistry(bundle_root).current_path(), tmp_path, rules)  # type: ignore[arg-type]
+    banned = set(items.filter(pc.starts_with(items["category"], department))["item_id"].to_pylist()) | {first, free}
+    assert model.categories.never is not None and model.categories.never[model.bundle.items.get(free)]
+    for member_id in model.bundle.members.external_ids[:20].tolist():
+        ranked = recommend(model.bundle, model.categories, MemberContext(member_id), Channel.APP, None, 10, Filters())
+        got = set(model.bundle.items.external_ids[ranked.idx].tolist())
+        assert len(got) == 10 and not got & banned
