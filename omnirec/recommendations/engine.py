@@ -80,6 +80,8 @@ class Answer:
     """The member the answer is for (resolved from an anonymous id when linked)."""
     degraded: tuple[str, ...] = ()
     """Why the answer is less than it should be (a feature-store read that did not answer in time)."""
+    empty_reason: str = ""
+    """Why an answer holds no item ("" when it holds some)."""
 
 
 async def _member(source: MemberSource, bundle: Bundle, member_id: MemberId | None,
@@ -97,12 +99,13 @@ async def _member(source: MemberSource, bundle: Bundle, member_id: MemberId | No
                 [f"member features unavailable (purchases not excluded): {exc}"])
 
 
-async def _finish(source: MemberSource, bundle: Bundle, ranked: Ranked, request: Request, budget: TimeBudget,
-                  degraded: list[str], member_id: MemberId | None = None) -> Answer:
+async def _finish(source: MemberSource, bundle: Bundle, categories: CategoryIndex, ranked: Ranked, request: Request,
+                  budget: TimeBudget, degraded: list[str], member_id: MemberId | None = None) -> Answer:
     """The first k candidates, in stock at the store (physical channels) or online when asked.
 
     Stock lives in the feature store: if it cannot be read in time the list goes out unchecked, degraded.
     """
+    candidates = len(ranked.idx)
     if request.filters.in_stock_only:
         ids = bundle.items.to_external(ranked.idx).tolist()
         store = request.store_id if request.channel.is_physical else None
@@ -112,7 +115,22 @@ async def _finish(source: MemberSource, bundle: Bundle, ranked: Ranked, request:
         except Unavailable as exc:
             degraded.append(f"stock not checked: {exc}")
     ranked = ranked.head(request.k)
-    return Answer(ranked, bundle.items.to_external(ranked.idx).tolist(), member_id, tuple(degraded))
+    empty = "" if len(ranked.idx) else empty_reason(categories, request, candidates)
+    return Answer(ranked, bundle.items.to_external(ranked.idx).tolist(), member_id, tuple(degraded), empty)
+
+
+def empty_reason(categories: CategoryIndex, request: Request, candidates: int) -> str:
+    """Why an answer is empty, from the filter that emptied it."""
+    category = request.filters.category
+    if category and not categories.mask(category).any():
+        return f"category {category!r} has no items in the catalogue"
+    if candidates and request.filters.in_stock_only:
+        where = f"at store {request.store_id!r}" if request.channel.is_physical else "online"
+        return (f"none of the {candidates} best candidates is in stock {where} (an unknown store, or no "
+                "stock loaded for it)")
+    scope = f"in category {category!r} " if category else ""
+    return (f"every candidate {scope}was filtered out (already purchased, the item itself or the basket, or "
+            "the never-recommend list)")
 
 
 async def for_member(source: MemberSource, bundle: Bundle, categories: CategoryIndex, member_id: MemberId | None,
@@ -122,13 +140,13 @@ async def for_member(source: MemberSource, bundle: Bundle, categories: CategoryI
     request = replace(request, filters=filters)
     ranked = recommend(bundle, categories, member, request.channel, request.store_id, overfetch(request.k, filters),
                        filters)
-    return await _finish(source, bundle, ranked, request, budget, degraded, member.member_id)
+    return await _finish(source, bundle, categories, ranked, request, budget, degraded, member.member_id)
 
 
 async def similar_to(source: MemberSource, bundle: Bundle, categories: CategoryIndex, item_id: ItemId,
                      request: Request, budget: TimeBudget) -> Answer:
     ranked = similar(bundle, categories, item_id, overfetch(request.k, request.filters), request.filters)
-    return await _finish(source, bundle, ranked, request, budget, [])
+    return await _finish(source, bundle, categories, ranked, request, budget, [])
 
 
 async def for_basket(source: MemberSource, bundle: Bundle, categories: CategoryIndex, item_ids: list[ItemId],
@@ -136,4 +154,4 @@ async def for_basket(source: MemberSource, bundle: Bundle, categories: CategoryI
     """Complements of the basket, re-ranked by the member's taste when the model knows them."""
     taste = bundle.member_scores(member_id) if member_id else None
     ranked = basket(bundle, categories, item_ids, taste, overfetch(request.k, request.filters), request.filters)
-    return await _finish(source, bundle, ranked, request, budget, [])
+    return await _finish(source, bundle, categories, ranked, request, budget, [])

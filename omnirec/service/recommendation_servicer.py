@@ -28,7 +28,8 @@ def _reply(model: ServingModel, answer: engine.Answer) -> tuple[common_pb2.Ranke
                                    reasons=[_REASONS[r] for r in ranked.reasons])
     info = common_pb2.ResponseInfo(model_version=model.version, degraded=bool(answer.degraded),
                                    degraded_reason="; ".join(answer.degraded),
-                                   applied_filters=[_REASONS[r] for r in ranked.applied])
+                                   applied_filters=[_REASONS[r] for r in ranked.applied],
+                                   empty_reason=answer.empty_reason)
     return items, info
 
 
