@@ -9,6 +9,7 @@ touching this file. `OMNIREC_FUZZ_EXAMPLES` (default 500, about 15 s) sets how m
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 
 import grpc
@@ -42,7 +43,7 @@ HOSTILE, PLAUSIBLE, SPARSE, MIXED = "hostile", "plausible", "sparse", "mixed"
 """Generation modes: every field hostile (and each maybe absent); every field plausible, so the request reaches
 the deep paths; plausible values in some fields only (for "set one of these" rules); or plausible but for one
 hostile field (per nesting level)."""
-NOW = 1_764_000_000
+NOW = int(time.time())
 
 
 def _hostile(field: descriptor.FieldDescriptor, ids: st.SearchStrategy[str]) -> st.SearchStrategy[object]:
@@ -89,7 +90,7 @@ def _field(field: descriptor.FieldDescriptor, ids: st.SearchStrategy[str], mode:
     if mode == MIXED:  # valid elements, then the one hostile element
         fine = _message(entry, ids, PLAUSIBLE, depth + 1) if entry is not None else _plausible(field, ids)
         return st.tuples(st.lists(fine, max_size=4), one).map(lambda t: [*t[0], t[1]])
-    return st.lists(one, max_size=4 if depth else 10)
+    return st.lists(one, min_size=int(mode == PLAUSIBLE), max_size=4 if depth else 10)
 
 
 def _message(desc: descriptor.Descriptor, ids: st.SearchStrategy[str], mode: str,
