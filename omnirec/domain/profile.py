@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from dataclasses import astuple, dataclass, fields
 
+import numpy as np
+
+from omnirec.domain.vocab import Channel
+
 
 @dataclass(frozen=True)
 class ColdStartProfile:
@@ -31,3 +35,13 @@ PROFILE_KEYS: tuple[str, ...] = tuple(f.name for f in fields(ColdStartProfile))
 
 def feature_name(key: str, value: str) -> str:
     return f"{key}={value}"
+
+
+CHANNEL_NAMES = np.array([c.value for c in Channel])
+
+
+def preferred_channels(activity: np.ndarray) -> np.ndarray:
+    """The busiest channel per row of event counts (columns in `Channel` order), "" for a row without events;
+    a tie goes to the channel listed first. Training and the feature store both call this."""
+    activity = np.atleast_2d(activity)
+    return np.where(activity.sum(axis=1) > 0, CHANNEL_NAMES[activity.argmax(axis=1)], "")

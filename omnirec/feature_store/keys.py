@@ -18,7 +18,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Version of the materialised features' layout: bump when a field's meaning or encoding changes. The
 pointer names the version of the generation it serves, and readers refuse another one."""
 DURABLE_VERSION = 1

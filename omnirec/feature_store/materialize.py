@@ -166,7 +166,6 @@ def compute_features(data: RetailData, tiers: TierLadder, rules: LifecycleRules,
     np.fmax.at(last_seen, m[known], ts[known].astype(np.float64))
     activity = np.bincount(m[known] * len(CHANNELS) + ch[known], minlength=n * len(CHANNELS)).reshape(
         n, len(CHANNELS))
-    preferred = np.where(activity.sum(1) > 0, np.array([c.value for c in CHANNELS])[activity.argmax(1)], "")
 
     buy = known & (et == EVENT_TYPES.index(EventType.PURCHASE))
     last, prev = last_two(m[buy], ts[buy].astype(np.float64), n)
@@ -188,7 +187,7 @@ def compute_features(data: RetailData, tiers: TierLadder, rules: LifecycleRules,
         "monetary_score": _text(quintile_scores(monetary, bought)),
         "points": _text(points),
         "home_store": members["home_store"].combine_chunks(),
-        "preferred_channel": pa.array(preferred.astype(str)),
+        "region": members["region"].combine_chunks(),
     }
     for j, c in enumerate(CHANNELS):
         profile[f"act_{c.value}"] = _text(activity[:, j])

@@ -11,7 +11,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
+import numpy as np
+
 from omnirec.domain.lifecycle import LifecycleRules, lifecycle_stage
+from omnirec.domain.profile import ColdStartProfile, preferred_channels
 from omnirec.domain.vocab import Channel, LifecycleStage
 from omnirec.feature_store.errors import FeatureStoreError
 from omnirec.feature_store.packed import unpack
@@ -24,7 +27,7 @@ ACTIVITY_FIELDS = tuple(f"act_{c.value}" for c in CHANNELS)
 CONSENT_FIELDS = tuple(f"consent_{c.value}" for c in CHANNELS)
 PROFILE_FIELDS: tuple[str, ...] = (
     "tier", "lifecycle_stage", "recency_score", "frequency_score", "monetary_score", "points", "home_store",
-    "preferred_channel", *ACTIVITY_FIELDS, *CONSENT_FIELDS, "signup_ts", "last_seen_ts", "last_purchase_ts",
+    "region", *ACTIVITY_FIELDS, *CONSENT_FIELDS, "signup_ts", "last_seen_ts", "last_purchase_ts",
     "prev_purchase_ts", TS,
 )
 """Fields of a packed member record, in order (`feature_store.packed`). Empty string = no value."""
@@ -84,7 +87,8 @@ class MemberProfile:
     monetary_score: int
     points: int
     home_store: str
-    preferred_channel: Channel | None
+    region: str
+    """Region of the home store."""
     activity: Mapping[Channel, int]
     consent: Mapping[Channel, bool]
     signup_ts: float
@@ -113,7 +117,7 @@ class MemberProfile:
             monetary_score=num("monetary_score", _score),
             points=num("points", int),
             home_store=v["home_store"],
-            preferred_channel=None if v["preferred_channel"] == "" else num("preferred_channel", Channel),
+            region=v["region"],
             activity={c: num(f, int) for c, f in zip(CHANNELS, ACTIVITY_FIELDS, strict=True)},
             consent={c: num(f, _flag) for c, f in zip(CHANNELS, CONSENT_FIELDS, strict=True)},
             signup_ts=num("signup_ts", float),
@@ -122,6 +126,18 @@ class MemberProfile:
             prev_purchase_ts=_optional_ts(key, "prev_purchase_ts", v["prev_purchase_ts"]),
             written_ts=num(TS, float),
         )
+
+    @property
+    def preferred_channel(self) -> Channel | None:
+        """The channel with the most events, from the live activity counts (`domain.profile.preferred_channels`)."""
+        name = str(preferred_channels(np.array([self.activity[c] for c in CHANNELS]))[0])
+        return Channel(name) if name else None
+
+    def cold_start(self) -> ColdStartProfile:
+        """What the content model scores this member from; the same fields training gave every member."""
+        channel = self.preferred_channel
+        return ColdStartProfile(tier=self.tier, lifecycle_stage=self.lifecycle_stage.value,
+                                channel=channel.value if channel else None, region=self.region or None)
 
     def stage_at(self, rules: LifecycleRules, now: float) -> LifecycleStage:
         """The stage at `now` from the stored timestamps (stages drift as time passes without events)."""

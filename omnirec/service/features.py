@@ -19,7 +19,6 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
 from omnirec.domain.errors import Unavailable
-from omnirec.domain.profile import ColdStartProfile
 from omnirec.domain.vocab import AnonymousId, ItemId, MemberId, StoreId
 from omnirec.feature_store.config import RedisConfig
 from omnirec.feature_store.errors import FeatureStoreError
@@ -30,11 +29,7 @@ T = TypeVar("T")
 
 
 def _member_context(features: RequestFeatures) -> MemberContext:
-    profile = features.profile
-    cold_start = None
-    if profile is not None:
-        cold_start = ColdStartProfile(tier=profile.tier, lifecycle_stage=profile.lifecycle_stage.value,
-                                      channel=profile.preferred_channel and profile.preferred_channel.value)
+    cold_start = features.profile.cold_start() if features.profile is not None else None
     purchased = tuple(features.member.purchased_items) if features.member else ()
     return MemberContext(member_id=features.member_id, profile=cold_start, purchased=purchased)
 

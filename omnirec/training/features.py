@@ -14,8 +14,7 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from omnirec.domain.idmap import IdMap
-from omnirec.domain.profile import PROFILE_KEYS, feature_name
-from omnirec.domain.readers import Interactions
+from omnirec.domain.profile import CHANNEL_NAMES, PROFILE_KEYS, feature_name, preferred_channels
 from omnirec.domain.vocab import Col
 from omnirec.training.columns import encode
 
@@ -61,20 +60,22 @@ def item_features(items: pa.Table, item_map: IdMap) -> FeatureMatrix:
         _part(np.repeat(rows, lengths), attrs.flatten(), "attr")])
 
 
-def preferred_channel(interactions: Interactions, weights: np.ndarray) -> np.ndarray:
-    """Each member's channel with the most positive event weight, '' for members without events."""
-    names, codes = encode(interactions.events[Col.CHANNEL])
-    n_members, n_names = len(interactions.members), max(len(names), 1)
-    totals = np.bincount(interactions.member_idx.astype(np.int64) * n_names + codes,
-                         weights=np.maximum(weights, 0), minlength=n_members * n_names).reshape(n_members, n_names)
-    if not len(names):
-        return np.full(n_members, "")
-    return np.where(totals.max(axis=1) > 0, names[totals.argmax(axis=1)], "").astype(str)
+def member_activity(events: pa.Table, members: IdMap, until_ts: int) -> np.ndarray:
+    """Events per member and channel (columns in `Channel` order) up to `until_ts`, counted as the feature
+    store counts them, so `domain.profile.preferred_channels` gives both the same preferred channel."""
+    seen = events.filter(pc.and_(pc.is_valid(events[Col.MEMBER_ID]), pc.less_equal(events[Col.TS], until_ts)))
+    rows = members.to_internal(seen[Col.MEMBER_ID].to_numpy(zero_copy_only=False).astype(str), strict=False)
+    codes = pc.index_in(seen[Col.CHANNEL], value_set=pa.array(CHANNEL_NAMES)).to_numpy(zero_copy_only=False)
+    keep = rows >= 0
+    n_channels = len(CHANNEL_NAMES)
+    return np.bincount(rows[keep] * n_channels + codes[keep].astype(np.int64),
+                       minlength=len(members) * n_channels).reshape(len(members), n_channels)
 
 
-def member_features(members: pa.Table, member_map: IdMap, channel: np.ndarray) -> FeatureMatrix:
+def member_features(members: pa.Table, member_map: IdMap, activity: np.ndarray) -> FeatureMatrix:
     """One column per `ColdStartProfile` field value: tier, lifecycle stage, preferred channel (from
-    `preferred_channel`, by member row) and home region; serving builds the same names from the same fields."""
+    `member_activity`) and home region; serving builds the same names from the same fields."""
+    channel = preferred_channels(activity)
     rows = member_map.to_internal(members["member_id"].to_numpy(zero_copy_only=False).astype(str))
     columns = {key: members[key] for key in PROFILE_KEYS if key != "channel"}
     parts = [_part(rows, column, key) for key, column in columns.items()]

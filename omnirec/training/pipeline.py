@@ -32,7 +32,7 @@ from omnirec.domain.vocab import Col
 from omnirec.training.complements import purchase_lift
 from omnirec.training.config import TrainConfig
 from omnirec.training.evaluation import eval_members, evaluate, relevant_items
-from omnirec.training.features import item_features, member_features, preferred_channel
+from omnirec.training.features import item_features, member_activity, member_features
 from omnirec.training.index import build_index, measure_recall, normalize, top_lists
 from omnirec.training.models import (
     ALSRecommender,
@@ -98,13 +98,12 @@ def train_set(retail: RetailData, interactions: Interactions, config: TrainConfi
               now_ts: int) -> TrainSet:
     """Weights anchored at `now_ts` (the cut-off), matrix and side features from `rows` only."""
     weights = event_weights(interactions, config, now_ts=now_ts)
-    in_rows = np.where(rows, weights, 0.0)
     shape = (len(interactions.members), len(interactions.items))
     matrix = confidence_matrix(interactions.member_idx[rows], interactions.item_idx[rows], weights[rows], shape,
                                config.log_scale)
     return TrainSet(matrix=matrix, interactions=interactions, rows=rows, weights=weights,
                     member_features=member_features(retail.members, interactions.members,
-                                                    preferred_channel(interactions, in_rows)),
+                                                    member_activity(retail.events, interactions.members, now_ts)),
                     item_features=item_features(retail.items, interactions.items))
 
 
