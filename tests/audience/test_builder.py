@@ -40,8 +40,9 @@ def profile(member_id: str, tier: str = "gold", last_purchase_days: float = 3, c
     last = NOW - last_purchase_days * DAY
     return MemberProfile(
         member_id=member_id, tier=tier, lifecycle_stage=LifecycleStage.ACTIVE, recency_score=3, frequency_score=3,
-        monetary_score=3, points=0, home_store=home_store, preferred_channel=Channel.APP,
-        activity={c: 0 for c in Channel}, consent={c: consent for c in Channel}, signup_ts=NOW - 800 * DAY,
+        monetary_score=3, points=0, home_store=home_store, region="north",
+        activity={c: int(c is Channel.APP) for c in Channel}, consent={c: consent for c in Channel},
+        signup_ts=NOW - 800 * DAY,
         last_seen_ts=last, last_purchase_ts=last, prev_purchase_ts=last - 10 * DAY, written_ts=NOW)
 
 
