@@ -16,7 +16,7 @@ from omnirec.training.features import member_activity, member_features
 
 
 async def _serving_names(config: OmnirecConfig, member_ids: list[str]) -> list[list[str]]:
-    features = Features.connect(config.redis, config.tiers, config.lifecycle)
+    features = Features.connect(config.redis)
     try:
         members = [await features.member(member_id, None, 5.0) for member_id in member_ids]
     finally:
