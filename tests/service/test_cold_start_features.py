@@ -11,16 +11,20 @@ from service_harness import materialize
 from omnirec.config import OmnirecConfig
 from omnirec.domain.readers import RetailData
 from omnirec.domain.vocab import Col
+from omnirec.feature_store.connection import connect, connect_async
 from omnirec.service.features import Features
 from omnirec.training.features import member_activity, member_features
 
 
 async def _serving_names(config: OmnirecConfig, member_ids: list[str]) -> list[list[str]]:
-    features = Features.connect(config.redis)
+    client = connect(config.redis)
+    async_client = connect_async(config.redis, client)
     try:
+        features = Features(client, async_client, config.redis)
         members = [await features.member(member_id, None, 5.0) for member_id in member_ids]
     finally:
-        await features.close()
+        await async_client.aclose()
+        client.close()
     return [sorted(m.profile.feature_names()) if m.profile else [] for m in members]
 
 
