@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from omnirec import campaign_cli
+from omnirec import campaign_cli, logs
 from omnirec.config import OmnirecConfig
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 app = typer.Typer(help="omnirec: recommendations and personalised offers for omnichannel retailers.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 console = Console()
+log = logging.getLogger("omnirec.jobs")
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML config file (default: $OMNIREC_CONFIG).")]
 AsOfOpt = Annotated[str | None, typer.Option(
     "--as-of", help="Compute at this time: ISO date/time or unix seconds (default: the config's as_of, else now).")]
@@ -55,8 +56,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _setup(config: Path | None) -> OmnirecConfig:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return OmnirecConfig.load(config)
+    cfg = OmnirecConfig.load(config)
+    logs.setup(cfg.logging)
+    return cfg
 
 
 @app.command()
@@ -84,6 +86,7 @@ def simulate(
     except ValidationError as exc:
         raise typer.BadParameter(_first_error(exc)) from None
     summary = run(sim, out or cfg.data_dir, rules=cfg.lifecycle)
+    logs.stage_done(log, "simulate", "total", summary.seconds, members=summary.members, events=summary.events)
     print_summary(summary)
 
 
@@ -170,6 +173,7 @@ def train(
     train_cfg = cfg.train.model_copy(update=overrides)
     result = run(data or cfg.data_dir, train_cfg, force=force, publish=publish, as_of=_as_of_ts(as_of, cfg),
                  rules=cfg.lifecycle)
+    logs.job_done(log, "train", result.seconds, model_version=str(result.version))
     print_training(result, console)
     if publish and not result.published:
         console.print(f"[red]v{result.version} does not beat popularity; not published (use --force)[/red]")
@@ -205,6 +209,8 @@ def materialize(
 
     cfg = _setup(config)
     s = run(data or cfg.data_dir, cfg.redis, cfg.tiers, cfg.lifecycle, now=_as_of_ts(as_of, cfg), progress=progress)
+    logs.job_done(log, "materialize", {"read": s.read_seconds, "compute": s.compute_seconds, "load": s.load.seconds},
+                  generation=s.load.generation, members=s.load.members)
     table = Table(title=f"Materialised generation {s.load.generation} into {cfg.redis.url or cfg.redis.embedded_path}")
     table.add_column("what")
     table.add_column("value", justify="right")
@@ -272,6 +278,7 @@ def import_(
         typer.echo(exc.report.render(), err=True)
         raise
     typer.echo(result.report.render())
+    logs.stage_done(log, "import", "total", result.seconds, events=result.events, members=result.members)
     console.print(f"imported {result.events:,} events, {result.members:,} members, {result.items:,} items into "
                   f"{result.out_dir} in {result.seconds:.1f} s; newest event {result.newest_event:%Y-%m-%d %H:%M}")
 

@@ -17,9 +17,11 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from omnirec.domain.lifecycle import LifecycleRules
 from omnirec.domain.tiers import TierLadder
 from omnirec.feature_store.config import RedisConfig
+from omnirec.logs import LoggingConfig
 from omnirec.offers.config import OfferConfig
 from omnirec.recommendations.config import RecommendationConfig
 from omnirec.service.config import ServiceConfig
+from omnirec.tracing import TracingConfig
 from omnirec.training.config import TrainConfig
 
 CONFIG_ENV = "OMNIREC_CONFIG"
@@ -40,6 +42,8 @@ class OmnirecConfig(BaseModel):
     redis: RedisConfig = RedisConfig()
     offers: OfferConfig = OfferConfig()
     recommendations: RecommendationConfig = RecommendationConfig()
+    logging: LoggingConfig = LoggingConfig()
+    tracing: TracingConfig = TracingConfig()
 
     @field_validator("as_of")
     @classmethod

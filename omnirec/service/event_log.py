@@ -27,6 +27,8 @@ from typing import BinaryIO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from omnirec.service import metrics
+
 log = logging.getLogger(__name__)
 
 JOURNAL_PREFIX = ".journal-"
@@ -88,11 +90,13 @@ class Journal:
             segment.rows += table.num_rows
             if segment.rows >= self.flush_rows:
                 self._roll()
+            metrics.event_log_pending(self.kind, self._segment.rows if self._segment else 0)
 
     def roll(self) -> None:
         """Turn what the journal holds into a Parquet file now (timer, shutdown)."""
         with self._lock:
             self._roll()
+            metrics.event_log_pending(self.kind, 0)
 
     def _open(self) -> _Segment:
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ degraded answer. Writes (live events, links) are `service.ingest`'s, on the sync
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -22,8 +23,11 @@ from omnirec.domain.errors import Unavailable
 from omnirec.domain.vocab import AnonymousId, ItemId, MemberId, StoreId
 from omnirec.feature_store.config import RedisConfig
 from omnirec.feature_store.errors import FeatureStoreError
+from omnirec.feature_store.keys import Keys
+from omnirec.feature_store.model import TS
 from omnirec.feature_store.reader import AsyncFeatureReader, RequestFeatures
 from omnirec.recommendations.ranking import MemberContext
+from omnirec.service import metrics
 
 T = TypeVar("T")
 
@@ -44,13 +48,31 @@ class Features:
         self._async_client = async_client
         self._config = config
         self._reader = AsyncFeatureReader(async_client, config)
+        self._pointer = Keys(config.namespace).pointer()
 
-    async def _within(self, budget_s: float, read: Awaitable[T]) -> T:
+    async def _within(self, budget_s: float, read: Awaitable[T], what: str = "") -> T:
+        """`read` cut at `budget_s`; a named read (`what`) is timed for the feature-read metrics."""
+        start = time.perf_counter()
+        timed_out = False
         try:
             async with asyncio.timeout(budget_s):
                 return await read
         except TimeoutError:
+            timed_out = True
             raise Unavailable(f"feature store did not answer within {budget_s * 1000:.0f} ms") from None
+        finally:
+            if what:
+                metrics.feature_read(what, time.perf_counter() - start, timed_out)
+
+    async def generation(self, budget_s: float) -> tuple[int, float | None]:
+        """The generation readers are pointed at and when it was switched in (Unix seconds), for freshness."""
+        try:
+            generation, ts = await self._within(budget_s, self._async_client.hmget(self._pointer, ["generation", TS]))
+        except redis.RedisError as exc:
+            raise Unavailable(f"feature store pointer: {exc}") from exc
+        if generation is None:
+            raise Unavailable("no materialised features")
+        return int(generation), None if ts is None else float(ts)
 
     async def member(self, member_id: MemberId | None, anonymous_id: AnonymousId | None,
                      budget_s: float) -> MemberContext:
@@ -59,7 +81,7 @@ class Features:
         Unavailable when Redis is down or slow, or holds nothing servable (no or malformed materialisation).
         """
         try:
-            features = await self._within(budget_s, self._reader.read_request(member_id, anonymous_id))
+            features = await self._within(budget_s, self._reader.read_request(member_id, anonymous_id), "member")
         except FeatureStoreError as exc:
             raise Unavailable(str(exc)) from exc
         return _member_context(features)
@@ -67,7 +89,7 @@ class Features:
     async def purchased(self, member_id: MemberId, budget_s: float) -> MemberContext:
         """Only what the purchase filter needs, for a member the model already knows (no profile read)."""
         try:
-            purchased = await self._within(budget_s, self._reader.purchased(member_id))
+            purchased = await self._within(budget_s, self._reader.purchased(member_id), "purchased")
         except FeatureStoreError as exc:
             raise Unavailable(str(exc)) from exc
         return MemberContext(member_id=member_id, purchased=purchased)
@@ -75,7 +97,7 @@ class Features:
     async def in_stock(self, item_ids: list[ItemId], store_id: StoreId | None, budget_s: float) -> np.ndarray:
         """Mask over `item_ids`: on hand at `store_id`, or online when None."""
         try:
-            return await self._within(budget_s, self._reader.in_stock(item_ids, store_id))
+            return await self._within(budget_s, self._reader.in_stock(item_ids, store_id), "stock")
         except FeatureStoreError as exc:
             raise Unavailable(str(exc)) from exc
 

@@ -9,6 +9,7 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from omnirec import logs
 from omnirec.domain.errors import InvalidArgument, OmnirecError
 from omnirec.service.config import Role
 from omnirec.service.decoding import decode
@@ -52,7 +53,9 @@ def _mapping_errors(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 
     async def fail(exc: OmnirecError, context: grpc.aio.ServicerContext) -> None:
         status = rich_status(exc)
-        await context.abort(status.code, status.details, status.trailing_metadata)
+        # Keep what outer layers already set for the trailers (the request id) beside the details.
+        await context.abort(status.code, status.details,
+                            (*(context.trailing_metadata() or ()), *status.trailing_metadata))
 
     if handler.unary_stream is not None:
         stream = handler.unary_stream
@@ -71,7 +74,9 @@ def _mapping_errors(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 
     async def behaviour(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return await inner(decode(parse, raw), context)
+            request = decode(parse, raw)
+            logs.note_request(request)
+            return await inner(request, context)
         except OmnirecError as exc:
             await fail(exc, context)
 

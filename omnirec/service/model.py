@@ -10,11 +10,13 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from omnirec.bundle import ModelBundle
 from omnirec.domain.errors import OmnirecError, Unavailable
 from omnirec.recommendations.ranking import CategoryIndex
+from omnirec.service import metrics
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,15 @@ class ServingModel:
     categories: CategoryIndex
     version: str
     path: Path
+
+    @property
+    def created_at(self) -> float | None:
+        """When training wrote the bundle (Unix seconds), from its manifest; None if it does not say."""
+        stamp = self.bundle.manifest.created_at
+        try:
+            return datetime.fromisoformat(stamp).timestamp() if stamp else None
+        except ValueError:
+            return None
 
 
 BundleLoader = Callable[[Path], ServingModel]
@@ -46,6 +57,7 @@ class ModelHolder:
         """Serve a bundle loaded elsewhere (by the parent process before it forked the workers)."""
         self.current = model
         self.loaded.set()
+        metrics.model_loaded(model.version, model.created_at)
 
     def get(self) -> ServingModel:
         model = self.current
@@ -64,6 +76,7 @@ class ModelHolder:
             model = await asyncio.to_thread(self._load, path)
             old, self.current = self.current, model
             self.loaded.set()
+            metrics.model_loaded(model.version, model.created_at)
             log.info("model bundle %s loaded from %s (was %s)", model.version, path, old and old.version)
             return model
 

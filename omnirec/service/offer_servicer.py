@@ -12,6 +12,7 @@ import grpc
 from omnirec.offers.catalogue import OfferKind
 from omnirec.offers.engine import ISSUED, NO_ELIGIBLE_OFFER, CouponDecision, OfferEngine
 from omnirec.offers.policy import Rule
+from omnirec.service import metrics
 from omnirec.service import validation as v
 from omnirec.service.registry import ALL_ROLES, APP_POS_ADMIN, ServiceSpec
 from omnirec.v1 import offers_pb2, offers_pb2_grpc
@@ -54,6 +55,8 @@ class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
             member_id, channel, store_id, k, list(request.basket_item_ids), dict(request.context), request.shown,
             v.time_budget(context, self._default_deadline_s))
         ranking = result.ranking
+        if result.degraded:
+            metrics.degraded("no_model")
         return offers_pb2.NextBestOfferResponse(
             decision_id=result.decision_id,
             offers=[offers_pb2.ScoredOffer(offer_id=s.offer.id, kind=_KINDS[s.offer.kind], score=s.score,
@@ -74,6 +77,8 @@ class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
         decision = await self._engine.decide_coupon(request_id, member_id, channel, store_id,
                                                     list(request.basket_item_ids), basket_value,
                                                     v.time_budget(context, self._default_deadline_s))
+        if not decision.replayed:
+            metrics.coupon_decided(decision.issued, decision.reason)
         return _decision(decision)
 
     async def RedeemCoupon(self, request: offers_pb2.RedeemCouponRequest,

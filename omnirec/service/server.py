@@ -14,6 +14,7 @@ import logging
 import multiprocessing
 import os
 import signal
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 
 import faiss
@@ -22,6 +23,7 @@ import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from threadpoolctl import threadpool_limits
 
+from omnirec import tracing
 from omnirec.audience import Campaigns
 from omnirec.bundle import BundleRegistry
 from omnirec.config import OmnirecConfig
@@ -31,6 +33,7 @@ from omnirec.service import (
     admin_servicer,
     audience_servicer,
     event_servicer,
+    metrics,
     offer_servicer,
     recommendation_servicer,
     reflection,
@@ -42,6 +45,7 @@ from omnirec.service.ingest import Ingest
 from omnirec.service.interceptors import ApiInterceptor
 from omnirec.service.model import ModelHolder, ServingModel
 from omnirec.service.registry import ServiceSpec
+from omnirec.service.telemetry import TelemetryInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,7 @@ class ServingState:
     offers: OfferEngine
     campaigns: Campaigns
     health: health.aio.HealthServicer = field(default_factory=health.aio.HealthServicer)
+    tracing: tracing.Tracing | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -70,7 +75,8 @@ class ServingState:
         if preloaded is not None:
             models.adopt(preloaded)
         parts = wiring.build(config, models)
-        return cls(config, models, parts.features, parts.ingest, parts.offers, parts.campaigns)
+        return cls(config, models, parts.features, parts.ingest, parts.offers, parts.campaigns,
+                   tracing=tracing.setup(config.tracing))
 
     async def start(self) -> None:
         """Recover what dead workers journaled, load the published bundle if there is one, then poll for newer
@@ -84,6 +90,13 @@ class ServingState:
         self._tasks = [asyncio.create_task(self.models.poll(interval)),
                        asyncio.create_task(self._flush_events(interval)),
                        asyncio.create_task(self._report_health())]
+        if metrics.current() is not None:
+            self.watch(self._watch_features(interval))
+            self.watch(self._report_budgets(interval))
+
+    def watch(self, task: Coroutine[None, None, None]) -> None:
+        """Run a background task until the worker closes."""
+        self._tasks.append(asyncio.create_task(task))
 
     async def _report_health(self) -> None:
         """Recommendations, and so the server as a whole (""), are NOT_SERVING until a model is loaded."""
@@ -92,6 +105,31 @@ class ServingState:
         await self.models.loaded.wait()
         for name in NEEDS_MODEL:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def _watch_features(self, interval_s: float) -> None:
+        """Feature generation and when it was switched in, for the freshness metrics (one HMGET per interval)."""
+        while True:
+            try:
+                metrics.feature_generation(*await self.features.generation(interval_s))
+            except OmnirecError as exc:
+                log.debug("feature generation not read: %s", exc)
+            await asyncio.sleep(interval_s)
+
+    async def _report_budgets(self, interval_s: float) -> None:
+        """Budget used vs limit of every budgeted offer in the catalogue in force, for the budget-burn alert."""
+        while True:
+            for offer in self.offers.catalogue.current().offers:
+                b = offer.budget
+                if b.max_count is None and b.max_money is None:
+                    continue
+                try:
+                    usage = await self.offers.store.usage(offer.id)
+                except OmnirecError as exc:
+                    log.debug("offer budgets not read: %s", exc)
+                    break
+                metrics.offer_budget(offer.id, "count", usage.issued, b.max_count)
+                metrics.offer_budget(offer.id, "money", usage.reserved_cents / 100, b.max_money)
+            await asyncio.sleep(interval_s)
 
     async def _flush_events(self, interval_s: float) -> None:
         while True:
@@ -104,6 +142,8 @@ class ServingState:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.to_thread(self.ingest.close)
         await self.features.close()
+        if self.tracing is not None:
+            self.tracing.close()
 
 
 def service_specs(state: ServingState) -> list[ServiceSpec]:
@@ -125,8 +165,11 @@ async def serve(state: ServingState, port: int | None = None) -> tuple[grpc.aio.
     svc = state.config.service
     specs = service_specs(state)
     method_roles = {m: roles for s in specs for m, roles in s.method_roles.items()}
+    interceptors = [TelemetryInterceptor(state.config.logging), ApiInterceptor(svc.api_keys, method_roles)]
+    if state.tracing is not None:
+        interceptors.insert(0, state.tracing.interceptor)
     server = grpc.aio.server(
-        interceptors=[ApiInterceptor(svc.api_keys, method_roles)],
+        interceptors=interceptors,
         options=[("grpc.so_reuseport", 1)],
     )
     for s in specs:
@@ -185,22 +228,38 @@ def _preload(config: OmnirecConfig) -> ServingModel | None:
 def run(config: OmnirecConfig) -> None:
     """`omnirec serve`: `workers` processes forked now, before any gRPC object or event loop exists.
 
-    The parent only forwards SIGTERM/SIGINT to the workers and waits for them to drain.
+    The parent only forwards SIGTERM/SIGINT to the workers, waits for them to drain and, with
+    `metrics_port` set, serves the metrics of all of them.
     """
     if not config.service.api_keys:
         log.warning("no [service.api_keys] configured: every RPC but health and reflection will be refused")
-    n = config.service.workers
-    if n == 1:
+    svc = config.service
+    if svc.workers > 1 and svc.port == 0:
+        raise ValueError("service.port: several workers must share a fixed port, not 0")
+    if svc.metrics_port:
+        metrics.enable()  # before the fork: the workers inherit where to write their samples
+    try:
+        _run(config)
+    finally:
+        metrics.disable()
+
+
+def _run(config: OmnirecConfig) -> None:
+    svc = config.service
+    if svc.workers == 1:
+        if svc.metrics_port:
+            metrics.serve_http(svc.metrics_port, svc.host)
         _worker_process(config)
         return
-    if config.service.port == 0:
-        raise ValueError("service.port: several workers must share a fixed port, not 0")
     preloaded = _preload(config)
     ctx = multiprocessing.get_context("fork")
     workers = [ctx.Process(target=_worker_process, args=(config, preloaded), name=f"omnirec-worker-{i}")
-               for i in range(n)]
+               for i in range(svc.workers)]
     for w in workers:
         w.start()
+    if svc.metrics_port:
+        metrics.serve_http(svc.metrics_port, svc.host)
+        log.info("metrics on http://%s:%d/metrics", svc.host, svc.metrics_port)
 
     def forward(signum: int, frame: object) -> None:
         for w in workers:
@@ -212,3 +271,4 @@ def run(config: OmnirecConfig) -> None:
     signal.signal(signal.SIGINT, forward)
     for w in workers:
         w.join()
+        metrics.worker_exited(w.pid)  # type: ignore[arg-type]

@@ -1,0 +1,157 @@
+"""`omnirec serve` with metrics and JSON logs: counts summed over two workers, request ids in the log."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+from service_harness import API_KEYS
+
+from omnirec.feature_store.config import RedisConfig
+from omnirec.v1 import common_pb2
+from omnirec.v1 import recommendation_pb2 as rec
+from omnirec.v1 import recommendation_pb2_grpc as rec_grpc
+
+APP = (("x-api-key", API_KEYS["app"]),)
+RECOMMEND = {"grpc_type": "unary", "grpc_service": "omnirec.v1.RecommendationService", "grpc_method": "Recommend"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _samples(text: str) -> list[tuple[str, dict[str, str], float]]:
+    return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def _value(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    return sum(v for n, lab, v in samples if n == name and labels.items() <= lab.items())
+
+
+def _wait_serving(port: int, proc: subprocess.Popen[bytes]) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        deadline = time.time() + 60
+        while True:
+            try:
+                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
+                        health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            assert time.time() < deadline and proc.poll() is None, "omnirec serve did not become healthy"
+            time.sleep(0.2)
+
+
+def _access_lines(log: Path) -> list[dict[str, object]]:
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    return [line for line in lines if line["logger"] == "omnirec.access"]
+
+
+def _three_calls(port: int, known_member: str, sent_id: str) -> str:
+    """One OK, one INVALID_ARGUMENT and one degraded Recommend on a connection of its own; returns the
+    request id the server generated for the OK call (sent without `x-request-id`)."""
+    options = [("grpc.use_local_subchannel_pool", 1)]  # a new TCP connection: the kernel picks its worker
+    with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+        stub = rec_grpc.RecommendationServiceStub(channel)
+        ok, call = stub.Recommend.with_call(rec.RecommendRequest(member_id=known_member, k=5,
+                                                                 channel=common_pb2.CHANNEL_APP),
+                                            metadata=APP, timeout=5)
+        assert len(ok.items.item_ids) == 5 and not ok.info.degraded
+        generated = dict(call.trailing_metadata())["x-request-id"]
+        with pytest.raises(grpc.RpcError) as bad:
+            stub.Recommend(rec.RecommendRequest(member_id=known_member, k=0, channel=common_pb2.CHANNEL_APP),
+                           metadata=(*APP, ("x-request-id", sent_id)), timeout=5)
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert dict(bad.value.trailing_metadata())["x-request-id"] == sent_id
+        # Nothing is materialised in this test's namespace: a visitor the model does not know gets a degraded answer.
+        degraded = stub.Recommend(rec.RecommendRequest(anonymous_id="visitor-1", k=5, channel=common_pb2.CHANNEL_APP),
+                                  metadata=APP, timeout=5)
+        assert degraded.info.degraded and len(degraded.items.item_ids) == 5
+    return str(generated)
+
+
+def test_metrics_sum_over_two_workers_and_json_logs_carry_request_ids(
+        small_retail_dir: Path, bundle_root: Path, redis_config: RedisConfig, tmp_path: Path,
+        known_member: str) -> None:
+    port, metrics_port = _free_port(), _free_port()
+    keys = "\n".join(f'"{key}" = "{role}"' for role, key in API_KEYS.items())
+    config = tmp_path / "omnirec.toml"
+    config.write_text(f"""data_dir = "{small_retail_dir}"
+[train]
+bundle_root = "{bundle_root}"
+[redis]
+url = "{redis_config.url}"
+namespace = "{redis_config.namespace}"
+[service]
+host = "127.0.0.1"
+port = {port}
+metrics_port = {metrics_port}
+workers = 2
+poll_interval_s = 0.2
+event_log_dir = "{tmp_path / 'events'}"
+[service.api_keys]
+{keys}
+[logging]
+format = "json"
+access_log = "all"
+""")
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "OMNIREC_CONFIG": str(config)}
+    with log.open("wb") as err:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "omnirec"), "serve"], env=env, stderr=err)
+    try:
+        _wait_serving(port, proc)
+        rounds, pids, sent, generated = 0, set(), [], []
+        while len(pids) < 2:  # new connections until both workers have answered some
+            assert rounds < 40, "every connection went to one worker"
+            sent.append(uuid.uuid4().hex)
+            generated.append(_three_calls(port, known_member, sent[-1]))
+            rounds += 1
+            pids = {line["pid"] for line in _access_lines(log)}
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        samples = _samples(text)
+        assert _value(samples, "grpc_server_started_total", **RECOMMEND) == 3 * rounds
+        assert _value(samples, "grpc_server_handled_total", **RECOMMEND, grpc_code="OK") == 2 * rounds
+        assert _value(samples, "grpc_server_handled_total", **RECOMMEND, grpc_code="INVALID_ARGUMENT") == rounds
+        assert _value(samples, "grpc_server_handling_seconds_count", **RECOMMEND) == 3 * rounds
+        assert _value(samples, "omnirec_degraded_answers_total", grpc_method="Recommend",
+                      reason="member_features_unavailable") == rounds
+        assert _value(samples, "omnirec_answers_total", grpc_method="Recommend", reason="collaborative") == rounds
+        assert _value(samples, "omnirec_answers_total", grpc_method="Recommend") == 2 * rounds
+        versions = [lab for n, lab, _ in samples if n == "omnirec_model_bundle_version"]
+        assert {lab["pid"] for lab in versions} == {str(p) for p in pids}
+        assert _value(samples, "omnirec_model_bundle_created_timestamp_seconds") > 0
+
+        lines = _access_lines(log)
+        by_id = {line["request_id"]: line for line in lines}
+        for request_id in sent:
+            line = by_id[request_id]
+            assert line["status"] == "INVALID_ARGUMENT" and line["method"] == "Recommend"
+            assert line["level"] == "INFO" and "T" in str(line["ts"]) and float(line["duration_ms"]) > 0  # type: ignore[arg-type]
+        for request_id in generated:
+            assert by_id[request_id]["status"] == "OK" and by_id[request_id]["model_version"]
+        assert sum(bool(line.get("degraded")) for line in lines) == rounds
+        assert not any("member_id" in line for line in lines)  # [logging] member_ids is off by default
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
