@@ -83,16 +83,16 @@ def text_formatter() -> logging.Formatter:
     return logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def setup(config: LoggingConfig, stream: object = None) -> None:
-    """Configure the root logger once per process (CLI start-up); replaces earlier handlers."""
-    out = stream or sys.stderr
-    use_json = config.format == "json" or (config.format == "auto" and not getattr(out, "isatty", lambda: False)())
-    handler = logging.StreamHandler(out)  # type: ignore[arg-type]
+def setup(config: LoggingConfig) -> None:
+    """Log to stderr in the configured format (CLI start-up). Like `logging.basicConfig`, it leaves a root
+    logger that something else already configured (a test runner, an embedding application) alone."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    use_json = config.format == "json" or (config.format == "auto" and not sys.stderr.isatty())
+    handler = logging.StreamHandler()
     handler.setFormatter(json_formatter() if use_json else text_formatter())
     handler.addFilter(_RequestFields())
-    root = logging.getLogger()
-    for old in root.handlers[:]:
-        root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(config.level)
 
