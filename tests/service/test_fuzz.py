@@ -24,6 +24,10 @@ from omnirec.offers.catalogue import load_catalogue
 from omnirec.v1 import common_pb2, events_pb2, recommendation_pb2, recommendation_pb2_grpc
 
 MD = (("x-api-key", API_KEYS["admin"]),)  # admin may call every RPC
+CALLERS = st.sampled_from([MD, MD, MD, *((("x-api-key", key),) for key in API_KEYS.values()), (),
+                           (("x-api-key", "not-a-key"),), (("x-api-key", ""),), (("x-api-key", "x" * 4000),),
+                           (("x-api-key", API_KEYS["admin"]), ("x-api-key", "second"))])
+"""Mostly admin (so the request reaches the handler), sometimes another role, no key, a wrong or huge key."""
 EXAMPLES = int(os.environ.get("OMNIREC_FUZZ_EXAMPLES", "500"))
 FORBIDDEN = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
 
@@ -166,7 +170,8 @@ def test_random_and_hostile_requests_never_answer_unknown_or_internal(server: Ru
     def fuzz(data: st.DataObject) -> None:
         path = data.draw(st.sampled_from(sorted(METHODS)), label="method")
         body = data.draw(_bodies(METHODS[path], ids), label="body")
-        _assert_deliberate(lambda: call_raw(server.channel, path, body, MD), path)
+        metadata = data.draw(CALLERS, label="metadata")
+        _assert_deliberate(lambda: call_raw(server.channel, path, body, metadata), path)
 
     fuzz()
     _assert_serving(server, known_member)
