@@ -22,7 +22,8 @@ UNKNOWN = "unknown"
 """Category and brand of an item the retailer did not describe."""
 
 
-def _codes(values: pa.ChunkedArray | pa.Array, value_set: pa.Array) -> np.ndarray:
+def codes(values: pa.ChunkedArray | pa.Array, value_set: pa.Array) -> np.ndarray:
+    """Position of each value in `value_set`, -1 for null or unknown (vectorised, Arrow hash join)."""
     return pc.fill_null(pc.index_in(values, value_set=value_set), -1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
@@ -75,7 +76,7 @@ def complete_members(
     extra = pc.filter(seen, pc.invert(pc.is_in(seen, value_set=given_ids)))
     ids = pa.concat_arrays([given_ids.cast(pa.string()), extra.take(pc.sort_indices(extra)).cast(pa.string())])
     n = len(ids)
-    m = _codes(events[Col.MEMBER_ID], ids)
+    m = codes(events[Col.MEMBER_ID], ids)
     known = m >= 0
     ts = events[Col.TS].to_numpy().astype(np.float64)
     newest = float(ts.max()) if len(ts) else float(as_of)
@@ -86,26 +87,26 @@ def complete_members(
 
     totals = spend(events)
     member_spend = np.zeros(n)
-    idx = _codes(totals["member_id"], ids)
+    idx = codes(totals["member_id"], ids)
     member_spend[idx[idx >= 0]] = totals["amount_sum"].to_numpy()[idx >= 0]
     points = np.maximum(np.floor(member_spend * points_per_currency), 0).astype(np.int64)
 
     store_ids = pc.unique(events[Col.STORE_ID].drop_null()) if events.num_rows else pa.array(
         [], pa.string())
-    st = _codes(events[Col.STORE_ID], store_ids)
+    st = codes(events[Col.STORE_ID], store_ids)
     visited = known & (st >= 0)
     home_code = _mode(m[visited], st[visited], n)
     home = np.where(home_code >= 0, store_ids.to_numpy(zero_copy_only=False).astype(object)[home_code], "")
-    at = _codes(pa.array(home, pa.string()), stores["store_id"].combine_chunks())
+    at = codes(pa.array(home, pa.string()), stores["store_id"].combine_chunks())
     region = np.where(at >= 0, stores["region"].to_numpy().astype(object)[np.maximum(at, 0)] if len(stores)
                       else "", "")
 
     channels = [c.value for c in Channel]
-    ch = _codes(events[Col.CHANNEL], pa.array(channels))
+    ch = codes(events[Col.CHANNEL], pa.array(channels))
     habit_code = _mode(m[known], ch[known], n)
     habit = np.where(habit_code >= 0, np.array(channels, dtype=object)[np.maximum(habit_code, 0)], "")
 
-    buy = known & (_codes(events[Col.EVENT_TYPE], pa.array([EventType.PURCHASE.value])) == 0)
+    buy = known & (codes(events[Col.EVENT_TYPE], pa.array([EventType.PURCHASE.value])) == 0)
     last, prev = last_two(m[buy], ts[buy], n)
 
     columns: dict[str, pa.Array] = {
@@ -132,8 +133,8 @@ def complete_members(
 def restage(members: pa.Table, events: pa.Table, rules: LifecycleRules, as_of: float) -> pa.Table:
     """`members` with `lifecycle_stage` recomputed at `as_of` from their signup and purchases."""
     ids = members["member_id"].combine_chunks()
-    m = _codes(events[Col.MEMBER_ID], ids)
-    buy = (m >= 0) & (_codes(events[Col.EVENT_TYPE], pa.array([EventType.PURCHASE.value])) == 0)
+    m = codes(events[Col.MEMBER_ID], ids)
+    buy = (m >= 0) & (codes(events[Col.EVENT_TYPE], pa.array([EventType.PURCHASE.value])) == 0)
     last, prev = last_two(m[buy], events[Col.TS].to_numpy()[buy].astype(np.float64), len(ids))
     stage_names = np.array([s.value for s in STAGES], dtype=object)
     stages = stage_names[lifecycle_stages(rules, as_of, members["signup_ts"].to_numpy().astype(np.float64), last,
@@ -166,10 +167,10 @@ def last_two(member: np.ndarray, ts: np.ndarray, n: int) -> tuple[np.ndarray, np
 
 def price_bands(category: pa.Array, price: np.ndarray) -> pa.Array:
     """`PRICE_BANDS` by quartile of price within each category (the simulator's rule)."""
-    codes = pc.dictionary_encode(category).indices.to_numpy(zero_copy_only=False)
+    category_code = pc.dictionary_encode(category).indices.to_numpy(zero_copy_only=False)
     band = np.zeros(len(price), np.int64)
-    order = np.lexsort((price, codes))
-    sorted_codes = codes[order]
+    order = np.lexsort((price, category_code))
+    sorted_codes = category_code[order]
     starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
     sizes = np.diff(np.r_[starts, len(order)])
     rank = np.arange(len(order)) - np.repeat(starts, sizes)
@@ -181,8 +182,8 @@ def median_paid(events: pa.Table, item_ids: pa.Array) -> np.ndarray:
     """Median unit price paid in purchases per item of `item_ids` (NaN if never bought): the price of an
     item the catalogue does not price. One sort instead of a group-by (10x faster at 1.5M rows)."""
     out = np.full(len(item_ids), np.nan)
-    buy = _codes(events[Col.EVENT_TYPE], pa.array([EventType.PURCHASE.value])) == 0
-    item = _codes(events[Col.ITEM_ID], item_ids)
+    buy = codes(events[Col.EVENT_TYPE], pa.array([EventType.PURCHASE.value])) == 0
+    item = codes(events[Col.ITEM_ID], item_ids)
     keep = buy & (item >= 0)
     item, price = item[keep], events[Col.PRICE].to_numpy()[keep]
     if len(item) == 0:

@@ -23,7 +23,7 @@ from redis.cluster import RedisCluster
 from tqdm import tqdm
 
 from omnirec.domain.clock import stale_data_warning
-from omnirec.domain.derive import last_two
+from omnirec.domain.derive import codes, last_two
 from omnirec.domain.lifecycle import DAY, STAGES, LifecycleRules, lifecycle_stages
 from omnirec.domain.readers import RetailData
 from omnirec.domain.tiers import TierLadder
@@ -89,12 +89,6 @@ def quintile_scores(value: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return scores
 
 
-def _index(values: pa.ChunkedArray | pa.Array, value_set: pa.Array) -> np.ndarray:
-    """Position of each value in `value_set`, -1 for null or unknown (vectorised, Arrow hash join)."""
-    idx = pc.index_in(values, value_set=value_set)
-    return pc.fill_null(idx, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-
-
 def _text(values: np.ndarray | pa.Array | pa.ChunkedArray) -> pa.Array:
     arr = values if isinstance(values, pa.Array | pa.ChunkedArray) else pa.array(values)
     out = pc.cast(arr, pa.string())
@@ -126,7 +120,7 @@ class BatchFeatures:
     links: pa.Table
 
     def member_index(self, member_id: str) -> int:
-        return int(_index(pa.array([member_id]), self.member_ids)[0])
+        return int(codes(pa.array([member_id]), self.member_ids)[0])
 
     def profile_of(self, member_id: str) -> dict[str, str]:
         i = self.member_index(member_id)
@@ -151,10 +145,10 @@ def compute_features(data: RetailData, tiers: TierLadder, rules: LifecycleRules,
     n = members.num_rows
     member_ids = members["member_id"].combine_chunks()
     item_ids = data.items["item_id"].combine_chunks()
-    m = _index(ev[Col.MEMBER_ID], member_ids)
-    item = _index(ev[Col.ITEM_ID], item_ids)
-    ch = _index(ev[Col.CHANNEL], pa.array([c.value for c in CHANNELS]))
-    et = _index(ev[Col.EVENT_TYPE], pa.array([e.value for e in EVENT_TYPES]))
+    m = codes(ev[Col.MEMBER_ID], member_ids)
+    item = codes(ev[Col.ITEM_ID], item_ids)
+    ch = codes(ev[Col.CHANNEL], pa.array([c.value for c in CHANNELS]))
+    et = codes(ev[Col.EVENT_TYPE], pa.array([e.value for e in EVENT_TYPES]))
     ts = ev[Col.TS].to_numpy().astype(np.int64)
     now = float(ts.max()) if now is None and len(ts) else float(now or time.time())
     known = m >= 0
