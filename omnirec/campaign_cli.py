@@ -54,7 +54,7 @@ def audience(
     max_size: Annotated[int, typer.Option(help="At most this many members.")],
     offer: Annotated[str, typer.Option(help="Offer id from the catalogue (its rules apply).")] = "",
     item: Many = None, category: Many = None, brand: Many = None,
-    tier: Many = None, stage: Many = None, home_store: Many = None,
+    tier: Many = None, stage: Many = None, home_store: Many = None, region: Many = None,
     min_score: Annotated[float | None, typer.Option(help="Only members scoring at least this.")] = None,
     ranking: Annotated[str, typer.Option(help="affinity or uplift.")] = "affinity",
     holdout_share: Annotated[float, typer.Option(help="Share carved out as this send's control group.")] = 0.0,
@@ -77,7 +77,8 @@ def audience(
         channel=Channel(channel), max_size=max_size, offer_id=offer,
         target=Target(scope=scopes[0][0], ids=scopes[0][1]) if scopes else None,  # type: ignore[arg-type]
         tiers=frozenset(tier or ()), stages=frozenset(LifecycleStage(s) for s in stage or ()),
-        home_stores=frozenset(home_store or ()), min_score=min_score, rank_by=RankBy(ranking),
+        home_stores=frozenset(home_store or ()), regions=frozenset(region or ()), min_score=min_score,
+        rank_by=RankBy(ranking),
         holdout_share=holdout_share, send_id=send_id)
     campaigns = _campaigns(cfg)
     with tqdm(total=max_size, unit="member", desc="audience", disable=not progress) as bar:

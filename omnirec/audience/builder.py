@@ -149,6 +149,8 @@ class AudienceBuilder:
             return Suppression.FILTERED_STAGE, f"stage {stage} not in {'|'.join(sorted(request.stages))}"
         if request.home_stores and profile.home_store not in request.home_stores:
             return Suppression.FILTERED_STORE, f"home store {profile.home_store or '-'} not selected"
+        if request.regions and profile.region not in request.regions:
+            return Suppression.FILTERED_REGION, f"region {profile.region or '-'} not selected"
         if not profile.consent.get(request.channel, False):
             return Suppression.NO_CONSENT, f"member has no marketing consent on {request.channel}"
         return None, ""

@@ -78,6 +78,7 @@ def _request_json(request: AudienceRequest) -> dict[str, object]:
     out: dict[str, Any] = asdict(request)
     out.update(channel=request.channel.value, rank_by=request.rank_by.value, tiers=sorted(request.tiers),
                stages=sorted(s.value for s in request.stages), home_stores=sorted(request.home_stores),
+               regions=sorted(request.regions),
                target=None if request.target is None else request.target.model_dump(mode="json"))
     return out
 

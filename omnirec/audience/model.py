@@ -33,6 +33,7 @@ class Suppression(StrEnum):
     FILTERED_TIER = "filtered_tier"
     FILTERED_STAGE = "filtered_stage"
     FILTERED_STORE = "filtered_store"
+    FILTERED_REGION = "filtered_region"
     NO_CONSENT = "no_consent"
     NOT_ELIGIBLE_TIER = "not_eligible_tier"
     NOT_ELIGIBLE_LIFECYCLE = "not_eligible_lifecycle"
@@ -56,6 +57,8 @@ class AudienceRequest:
     tiers: frozenset[str] = frozenset()
     stages: frozenset[LifecycleStage] = frozenset()
     home_stores: frozenset[str] = frozenset()
+    regions: frozenset[str] = frozenset()
+    """Regions of the members' home stores."""
     min_score: float | None = None
     rank_by: RankBy = RankBy.AFFINITY
     holdout_share: float = 0.0

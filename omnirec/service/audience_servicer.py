@@ -55,7 +55,7 @@ def audience_request(spec: audience_pb2.AudienceSpec, tiers: TierLadder) -> Audi
     request = AudienceRequest(
         channel=v.channel(spec.channel, "audience.channel"), max_size=spec.max_size, offer_id=spec.offer_id,
         target=_target(spec), tiers=frozenset(spec.tiers), stages=_stages(list(spec.lifecycle_stages)),
-        home_stores=frozenset(spec.home_store_ids),
+        home_stores=frozenset(spec.home_store_ids), regions=frozenset(spec.regions),
         min_score=spec.min_score if spec.HasField("min_score") else None, rank_by=_RANKING[spec.ranking],
         holdout_share=spec.holdout_share, send_id=spec.send_id)
     with _in_spec():

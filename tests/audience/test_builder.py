@@ -36,11 +36,11 @@ CATEGORY = {"beauty/skincare-1": "beauty/skincare", "beauty/makeup-1": "beauty/m
 
 
 def profile(member_id: str, tier: str = "gold", last_purchase_days: float = 3, consent: bool = True,
-            home_store: str = "s1") -> MemberProfile:
+            home_store: str = "s1", region: str = "north") -> MemberProfile:
     last = NOW - last_purchase_days * DAY
     return MemberProfile(
         member_id=member_id, tier=tier, lifecycle_stage=LifecycleStage.ACTIVE, recency_score=3, frequency_score=3,
-        monetary_score=3, points=0, home_store=home_store, region="north",
+        monetary_score=3, points=0, home_store=home_store, region=region,
         activity={c: int(c is Channel.APP) for c in Channel}, consent={c: consent for c in Channel},
         signup_ts=NOW - 800 * DAY,
         last_seen_ts=last, last_purchase_ts=last, prev_purchase_ts=last - 10 * DAY, written_ts=NOW)
@@ -109,6 +109,8 @@ def test_scores_every_member_best_first_and_stops_when_full() -> None:
      {"stages": frozenset({LifecycleStage.ACTIVE})}, Suppression.FILTERED_STAGE),
     (lambda w: w.profiles.update(m0=profile("m0", home_store="s9")), {"home_stores": frozenset({"s1"})},
      Suppression.FILTERED_STORE),
+    (lambda w: w.profiles.update(m0=profile("m0", region="south")), {"regions": frozenset({"north"})},
+     Suppression.FILTERED_REGION),
     (lambda w: w.profiles.update(m0=profile("m0", consent=False)), {}, Suppression.NO_CONSENT),
     (lambda w: w.contacts["m0"].extend(Contact(NOW - DAY, Channel.APP, "x", f"d{i}") for i in range(2)), {},
      Suppression.FATIGUE_CAP),
