@@ -57,7 +57,7 @@ def run(data_dir: Path, config: TrainConfig = CONFIG) -> dict[str, object]:
     weights = event_weights(train, config)
     matrix = confidence_matrix(train.member_idx, train.item_idx, weights, (len(train.members), len(train.items)),
                                config.log_scale)
-    model = ALSRecommender(seed=config.seed, **config.als)
+    model = ALSRecommender(seed=config.seed, **config.als.kwargs())
     fit_start = time.perf_counter()
     model.fit(TrainSet(matrix=matrix, interactions=train, rows=np.ones(len(train), bool), weights=weights))
     fit_s = time.perf_counter() - fit_start
@@ -67,7 +67,7 @@ def run(data_dir: Path, config: TrainConfig = CONFIG) -> dict[str, object]:
     metrics = sampled_hit_rate(scores, 10)
     total_s = time.perf_counter() - start
     return {"hr@10": metrics["hr@10"], "ndcg@10": metrics["ndcg@10"], "fit_s": fit_s, "read_s": read_s,
-            "pipeline_s": total_s, "pipeline_over_fit": total_s / fit_s, "params": config.als,
+            "pipeline_s": total_s, "pipeline_over_fit": total_s / fit_s, "params": config.als.kwargs(),
             "members": len(train.members), "items": len(train.items), "interactions": int(matrix.nnz)}
 
 
@@ -78,7 +78,7 @@ def main(data_dir: Path) -> None:
         table.add_column(column, justify="left" if column == "method" else "right")
     for name, hr, ndcg in PUBLISHED:
         table.add_row(name, f"{hr:.4f}", f"{ndcg:.4f}")
-    table.add_row(f"omnirec ALS d={CONFIG.als['factors']} (this run)", f"{result['hr@10']:.4f}",
+    table.add_row(f"omnirec ALS d={CONFIG.als.factors} (this run)", f"{result['hr@10']:.4f}",
                   f"{result['ndcg@10']:.4f}", style="bold")
     console = Console()
     console.print(table)

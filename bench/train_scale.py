@@ -28,9 +28,7 @@ RESULTS = Path(__file__).parent / "results" / "train_scale.json"
 
 def main(data_dir: Path, lightfm_epochs: int | None = None, refit: bool = True) -> None:
     with tempfile.TemporaryDirectory(prefix="omnirec-bundles-") as root:
-        lightfm = dict(TrainConfig().lightfm)
-        if lightfm_epochs is not None:
-            lightfm.update(epochs=lightfm_epochs, num_threads=2)
+        lightfm = {} if lightfm_epochs is None else {"epochs": lightfm_epochs, "num_threads": 2}
         config = TrainConfig(bundle_root=Path(root), lightfm=lightfm, refit_full=refit)
         start = time.perf_counter()
         result = train(data_dir, config, force=True)

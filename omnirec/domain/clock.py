@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from omnirec.domain.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
+DAY = 86_400
+"""Seconds in a day: the one definition."""
 STALE_DAYS = 30
 """A newest event further than this before as_of is worth a warning: stages and recency will look old."""
 
@@ -45,7 +47,7 @@ def clock_at(as_of: datetime | None) -> Callable[[], float]:
 
 def stale_data_warning(newest_event_ts: float, as_of: float, job: str) -> str | None:
     """A warning (also logged) when the newest event is far older than as_of, else None."""
-    days = (as_of - newest_event_ts) / 86_400
+    days = (as_of - newest_event_ts) / DAY
     if days <= STALE_DAYS:
         return None
     newest = datetime.fromtimestamp(newest_event_ts, UTC)

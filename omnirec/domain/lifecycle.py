@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from omnirec.domain.clock import DAY
 from omnirec.domain.vocab import LifecycleStage
 
-DAY = 86_400.0
 STAGES: tuple[LifecycleStage, ...] = tuple(LifecycleStage)
 """Stage codes returned by `lifecycle_stages` index into this tuple."""
 

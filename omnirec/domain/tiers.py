@@ -29,6 +29,8 @@ class TierLadder(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     tiers: tuple[Tier, ...] = DEFAULT_TIERS
+    points_per_unit: float = Field(5.0, ge=0)
+    """Loyalty points a member earns per currency unit spent (live purchases and the simulator)."""
 
     @model_validator(mode="after")
     def _check_order(self) -> TierLadder:

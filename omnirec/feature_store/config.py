@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-DAY_S = 86_400
+from omnirec.domain.clock import DAY
 
 
 class RedisConfig(BaseModel):
@@ -26,10 +26,10 @@ class RedisConfig(BaseModel):
                                 "they live until the next switch expires their generation")
     old_generation_ttl_s: int = Field(600, gt=0,
                                       description="grace TTL of the previous generation after a switch")
-    identity_ttl_s: int = Field(365 * DAY_S, gt=0, description="retention of an anonymous id -> member link")
-    dedup_ttl_s: int = Field(2 * DAY_S, gt=0, description="how long a live event id is remembered for dedup")
-    contact_ttl_s: int = Field(180 * DAY_S, gt=0, description="contact ledger retention")
-    wallet_ttl_s: int = Field(365 * DAY_S, gt=0, description="coupon wallet retention after its last write")
+    identity_ttl_s: int = Field(365 * DAY, gt=0, description="retention of an anonymous id -> member link")
+    dedup_ttl_s: int = Field(2 * DAY, gt=0, description="how long a live event id is remembered for dedup")
+    contact_ttl_s: int = Field(180 * DAY, gt=0, description="contact ledger retention")
+    wallet_ttl_s: int = Field(365 * DAY, gt=0, description="coupon wallet retention after its last write")
     recent_items: int = Field(50, ge=1, description="recent items kept per member, newest first")
     purchased_items: int = Field(200, ge=1, description="purchased items kept per member (most recent)")
     batch_members: int = Field(10_000, ge=100, description="members per pipelined flush when materialising")

@@ -181,12 +181,11 @@ class LiveUpdater:
     """Applies behaviour events to the current generation, and identity links to the durable map."""
 
     def __init__(self, client: redis.Redis | RedisCluster, config: RedisConfig, tiers: TierLadder,
-                 rules: LifecycleRules, points_per_unit: float = 5.0, dedup: bool = True) -> None:
+                 rules: LifecycleRules, dedup: bool = True) -> None:
         self.client = client
         self.config = config
         self.tiers = tiers
         self.rules = rules
-        self.points_per_unit = points_per_unit
         """Loyalty points per currency unit spent, as the retailer's CRM awards them."""
         self.dedup = dedup
         self.base = Keys(config.namespace)
@@ -300,7 +299,7 @@ class LiveUpdater:
         if kind is EventType.PURCHASE and (state.last_purchase_ts is None or ts > state.last_purchase_ts):
             state.prev_purchase_ts, state.last_purchase_ts = state.last_purchase_ts, ts
         if kind is EventType.PURCHASE:
-            state.points += math.floor(row["price"] * row["quantity"] * self.points_per_unit)
+            state.points += math.floor(row["price"] * row["quantity"] * self.tiers.points_per_unit)
             state.tier = self.tiers.upgraded(state.tier, state.points)
 
     @property

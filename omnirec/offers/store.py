@@ -25,6 +25,7 @@ from typing import Any
 import redis
 from redis.asyncio import Redis
 
+from omnirec.domain.clock import DAY
 from omnirec.domain.errors import AlreadyExists, FailedPrecondition, NotFound
 from omnirec.domain.vocab import Channel
 from omnirec.feature_store.config import RedisConfig
@@ -32,8 +33,6 @@ from omnirec.feature_store.errors import FeatureStoreError, redis_unavailable
 from omnirec.feature_store.keys import Keys
 from omnirec.feature_store.reader import Batch
 from omnirec.offers.catalogue import Cap, Offer
-
-DAY = 86_400.0
 
 _ISSUE = """
 local stored = redis.call('GET', KEYS[1])

@@ -20,14 +20,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from omnirec.domain.clock import stale_data_warning
+from omnirec.domain.clock import DAY, stale_data_warning
 from omnirec.domain.idmap import IdMap
 from omnirec.domain.readers import EXPOSURES_FILE, RetailData
 from omnirec.domain.tiers import TierLadder
 from omnirec.domain.vocab import Channel, Col, EventType
 from omnirec.offers.policy import UpliftEstimate
 
-DAY = 86_400.0
 RESPONSE_WINDOW_DAYS = 14
 """A campaign's conversions are known this long after exposure (`simulator.coupons.WINDOW_DAYS`)."""
 PRIOR_RATE, PRIOR_WEIGHT = 0.3, 2.0

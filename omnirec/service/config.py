@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from omnirec.domain.clock import DAY
+
 
 class Role(StrEnum):
     """What a caller is allowed to do; each API key maps to one role."""
@@ -39,7 +41,7 @@ class ServiceConfig(BaseModel):
     not only a process crash."""
     max_clock_skew_s: float = Field(300.0, ge=0)
     """TrackEvents refuses an event whose `ts` is further ahead of the server's clock than this."""
-    max_event_age_s: float = Field(30 * 86_400.0, gt=0)
+    max_event_age_s: float = Field(30.0 * DAY, gt=0)
     """TrackEvents refuses an event older than this (send history through the batch export instead)."""
     api_keys: dict[str, Role] = {}
     """API key -> role. Keys live in the config file only; with none configured every RPC is refused."""

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 import grpc
 from google.protobuf import timestamp_pb2
 
+from omnirec.domain.clock import DAY
 from omnirec.domain.errors import InvalidArgument
 from omnirec.domain.vocab import Channel, StoreId
 from omnirec.v1 import common_pb2
@@ -160,7 +161,7 @@ def event_time(value: timestamp_pb2.Timestamp | None, field: str, now: int, max_
         raise InvalidArgument(field, f"at most {max_skew_s:.0f}s ahead of the server's clock ({now} s){hint} "
                                      f"(got {value.seconds} s)")
     if value.seconds < now - max_age_s:
-        raise InvalidArgument(field, f"older than {max_age_s / 86_400:g} days (server time {now} s; "
+        raise InvalidArgument(field, f"older than {max_age_s / DAY:g} days (server time {now} s; "
                                      f"got {value.seconds} s)")
     return value.seconds
 

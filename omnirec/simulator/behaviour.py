@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from omnirec.domain.clock import DAY
 from omnirec.domain.schema import EVENT_SCHEMA
 from omnirec.domain.vocab import Channel, Col, EventType
 from omnirec.simulator.config import SimulationConfig
 from omnirec.simulator.world import COMPLEMENTS, SUBCATS, Catalogue, Population, season_factor
 
-DAY = 86_400
 EVENT_CODES = list(EventType)
 CHANNEL_CODES = list(Channel)
 ONLINE = np.array([not c.is_physical for c in CHANNEL_CODES])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from omnirec.domain.clock import DAY
 from omnirec.domain.tiers import TierLadder
 from omnirec.domain.vocab import Channel
 
@@ -24,7 +25,6 @@ class SimulationConfig(BaseModel):
     sessions_per_member: float = Field(14.0, gt=0, description="mean sessions per member per active year")
     anonymous_share: float = Field(0.1, ge=0, le=1, description="share of browse-only online sessions not logged in")
     store_assortment: int = Field(2_000, ge=1, description="items stocked per physical store")
-    points_per_unit: float = Field(5.0, ge=0, description="loyalty points per currency unit spent")
     chunk_members: int = Field(50_000, ge=1, description="members generated per batch (bounds memory)")
     tiers: TierLadder = TierLadder()
 
@@ -47,4 +47,4 @@ class SimulationConfig(BaseModel):
 
     @property
     def start_ts(self) -> int:
-        return self.end_ts - self.days * 86_400
+        return self.end_ts - self.days * DAY

@@ -140,7 +140,7 @@ def member_table(cfg: SimulationConfig, pop: Population, stores: pa.Table, ledge
                  rules: LifecycleRules) -> pa.Table:
     """Members as the retailer's CRM would export them: tiers follow spend, stages follow behaviour."""
     n = cfg.n_members
-    points = np.floor(np.maximum(ledger.spend, 0) * cfg.points_per_unit).astype(np.int64)
+    points = np.floor(np.maximum(ledger.spend, 0) * cfg.tiers.points_per_unit).astype(np.int64)
     last, prev = ledger.last_two_purchases(n)
     stage = lifecycle_stages(rules, cfg.end_ts, pop.signup_ts, last, prev)
     tier_names = np.array(cfg.tiers.names)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from omnirec.domain.clock import DAY
 from omnirec.domain.schema import INVENTORY_SCHEMA, ITEM_SCHEMA, STORE_SCHEMA
 from omnirec.domain.vocab import ONLINE_STORE, Channel
 from omnirec.simulator.config import SimulationConfig
@@ -171,13 +172,13 @@ def make_population(cfg: SimulationConfig, cat: Catalogue, rng: np.random.Genera
     probs = habit_probs[habit][:, allowed] + 1e-9
     probs /= probs.sum(1, keepdims=True)
 
-    signup = rng.uniform(cfg.end_ts - 3 * cfg.days * 86_400, cfg.end_ts - 86_400, n)
+    signup = rng.uniform(cfg.end_ts - 3 * cfg.days * DAY, cfg.end_ts - DAY, n)
     active_from = np.maximum(signup, cfg.start_ts)
     quits = rng.random(n) < 0.4
     active_until = np.where(quits, rng.uniform(active_from, cfg.end_ts), cfg.end_ts)
     comeback = np.where(quits & (rng.random(n) < 0.15),
-                        active_until + rng.uniform(130, 250, n) * 86_400, np.nan)
-    comeback = np.where(comeback < cfg.end_ts - 86_400, comeback, np.nan)
+                        active_until + rng.uniform(130, 250, n) * DAY, np.nan)
+    comeback = np.where(comeback < cfg.end_ts - DAY, comeback, np.nan)
 
     return Population(
         member_ids=_ids("m", n, 7),

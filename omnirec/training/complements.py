@@ -10,10 +10,9 @@ import numpy as np
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
+from omnirec.domain.clock import DAY
 from omnirec.domain.readers import Interactions
 from omnirec.domain.vocab import Col, EventType
-
-DAY = 86_400
 
 
 def top_per_row(matrix: sp.csr_matrix, n: int) -> sp.csr_matrix:

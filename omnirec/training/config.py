@@ -1,7 +1,8 @@
 """`TrainConfig`: every knob of `omnirec train` in one validated object (the `[train]` config section).
 
-Weights are plain numbers so a retailer can retune them in TOML; model hyperparameters stay plain keyword
-dictionaries handed to the model constructors, so a new `implicit` or `lightfm` option needs no code change.
+Weights are plain numbers so a retailer can retune them in TOML. Each model's hyperparameters are a typed
+section with a default per key, so `[train.lightfm] epochs = 5` changes the epochs and keeps every other
+default, and a misspelt key is an error that names it; the models receive them as keyword arguments.
 """
 
 from __future__ import annotations
@@ -36,6 +37,45 @@ def _check_weights(field: str, weights: dict[str, float], allowed: set[str]) -> 
     return weights
 
 
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def kwargs(self) -> dict[str, Any]:
+        """The settings as keyword arguments for the model's constructor."""
+        return self.model_dump()
+
+
+class ALSSettings(_Section):
+    """`implicit` AlternatingLeastSquares."""
+
+    factors: int = Field(32, ge=1)
+    regularization: float = Field(2.0, ge=0)
+    alpha: float = Field(3.0, gt=0, description="confidence = 1 + alpha * matrix value")
+    iterations: int = Field(15, ge=1)
+
+
+class BPRSettings(_Section):
+    """`implicit` BayesianPersonalizedRanking."""
+
+    factors: int = Field(64, ge=1)
+    learning_rate: float = Field(0.05, gt=0)
+    regularization: float = Field(0.01, ge=0)
+    iterations: int = Field(100, ge=1)
+    num_threads: int = Field(1, ge=0, description="0: every core; 1 keeps runs reproducible")
+
+
+class LightFMSettings(_Section):
+    """LightFM; `epochs` and `num_threads` go to `fit`, the rest to `LightFM()`."""
+
+    no_components: int = Field(32, ge=1)
+    loss: Literal["warp", "bpr", "warp-kos", "logistic"] = "warp"
+    learning_rate: float = Field(0.08, gt=0)
+    item_alpha: float = Field(0.0, ge=0, description="L2 penalty on item features")
+    user_alpha: float = Field(0.0, ge=0, description="L2 penalty on member features")
+    epochs: int = Field(30, ge=1)
+    num_threads: int = Field(1, ge=1, description="1 keeps runs reproducible")
+
+
 class TrainConfig(BaseModel):
     """Weighting, split, model hyperparameters, index thresholds and where bundles go."""
 
@@ -54,13 +94,9 @@ class TrainConfig(BaseModel):
     eval_k: int = Field(10, ge=1)
     eval_members: int = Field(20_000, ge=1, description="members sampled for evaluation (bounds time at scale)")
     collaborative: Literal["als", "bpr"] = "als"
-    als: dict[str, Any] = Field(default_factory=lambda: {
-        "factors": 32, "regularization": 2.0, "alpha": 3.0, "iterations": 15})
-    bpr: dict[str, Any] = Field(default_factory=lambda: {
-        "factors": 64, "learning_rate": 0.05, "regularization": 0.01, "iterations": 100, "num_threads": 1})
-    lightfm: dict[str, Any] = Field(default_factory=lambda: {
-        "no_components": 32, "loss": "warp", "learning_rate": 0.08, "epochs": 30, "num_threads": 1})
-    """`epochs` and `num_threads` go to `fit`, the rest to `LightFM()`; one thread keeps runs reproducible."""
+    als: ALSSettings = ALSSettings()
+    bpr: BPRSettings = BPRSettings()
+    lightfm: LightFMSettings = LightFMSettings()
     eval_batch: int = Field(512, ge=1, description="members scored at once (bounds memory: batch x items floats)")
     exact_index_max_items: int = Field(50_000, ge=1, description="above this, HNSW instead of exact search")
     hnsw_m: int = Field(32, ge=4)

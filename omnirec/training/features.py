@@ -74,11 +74,13 @@ def member_activity(events: pa.Table, members: IdMap, until_ts: int) -> np.ndarr
 
 def member_features(members: pa.Table, member_map: IdMap, activity: np.ndarray) -> FeatureMatrix:
     """One column per `ColdStartProfile` field value: tier, lifecycle stage, preferred channel (from
-    `member_activity`) and home region; serving builds the same names from the same fields."""
-    channel = preferred_channels(activity)
+    `member_activity`) and home region; serving builds the same names from the same fields. An empty value
+    (no events, a region nobody knows) is no feature, as `ColdStartProfile` leaves it out."""
     rows = member_map.to_internal(members["member_id"].to_numpy(zero_copy_only=False).astype(str))
-    columns = {key: members[key] for key in PROFILE_KEYS if key != "channel"}
-    parts = [_part(rows, column, key) for key, column in columns.items()]
-    parts.append(_part(np.arange(len(member_map)), pa.array(np.where(channel == "", None, channel), pa.string()),
-                       "channel"))
-    return FeatureMatrix.from_parts(len(member_map), parts)
+    columns = {"channel": (np.arange(len(member_map)), preferred_channels(activity))}
+    for key in PROFILE_KEYS:
+        if key != "channel":
+            columns[key] = (rows, members[key].to_numpy(zero_copy_only=False).astype(str))
+    return FeatureMatrix.from_parts(len(member_map), [
+        _part(at, pa.array(np.where(values == "", None, values), pa.string()), key)
+        for key, (at, values) in columns.items()])

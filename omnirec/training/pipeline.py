@@ -83,15 +83,15 @@ def library_versions() -> dict[str, str]:
 
 def collaborative_model(config: TrainConfig) -> Recommender:
     if config.collaborative == "bpr":
-        return BPRRecommender(seed=config.seed, **config.bpr)
-    return ALSRecommender(seed=config.seed, **config.als)
+        return BPRRecommender(seed=config.seed, **config.bpr.kwargs())
+    return ALSRecommender(seed=config.seed, **config.als.kwargs())
 
 
 def make_models(config: TrainConfig) -> list[Recommender]:
     """Baselines first, then the collaborative and hybrid models; all share the `Recommender` contract."""
     return [PopularityRecommender(), SegmentPopularityRecommender(Col.CHANNEL),
             SegmentPopularityRecommender(Col.STORE_ID), collaborative_model(config),
-            LightFMRecommender(seed=config.seed, **config.lightfm)]
+            LightFMRecommender(seed=config.seed, **config.lightfm.kwargs())]
 
 
 def train_set(retail: RetailData, interactions: Interactions, config: TrainConfig, rows: np.ndarray,

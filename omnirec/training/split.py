@@ -6,11 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from omnirec.domain.clock import DAY
 from omnirec.domain.errors import InvalidArgument
 from omnirec.domain.readers import Interactions
 from omnirec.domain.vocab import Col
-
-DAY = 86_400
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,12 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
+from omnirec.domain.clock import DAY
 from omnirec.domain.errors import InvalidArgument
 from omnirec.domain.readers import Interactions
 from omnirec.domain.vocab import Col, EventType
 from omnirec.training.columns import lookup
 from omnirec.training.config import TrainConfig
-
-DAY = 86_400
 
 
 def _lookup_weights(column: pa.ChunkedArray, table: dict[str, float], field: str) -> np.ndarray:

@@ -83,7 +83,7 @@ def test_lightfm_gives_cold_items_content_vectors(small_retail_dir, train_config
     rows = inter.item_idx != cold
     data = train_set(retail, inter, train_config, rows, int(inter.events[Col.TS].to_numpy().max()))
     assert data.matrix[:, cold].nnz == 0
-    model = LightFMRecommender(seed=0, **train_config.lightfm)
+    model = LightFMRecommender(seed=0, **train_config.lightfm.kwargs())
     model.fit(data)
     unit = normalize(model.similarity_vectors)
     neighbours = top_k((unit @ unit[cold])[None], 11)[0][1:]
