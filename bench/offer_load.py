@@ -7,13 +7,13 @@ Set-up (as `bench/service_load.py`): `omnirec simulate`, `omnirec train`, `omnir
 database 1), `[service] port`, `workers` and an `app` key in `[service.api_keys]`. The README's figures
 use 100,000 members and 20,000 items (see the Offers section).
 
-Both servers run at once as separate processes with the same number of workers (the echo server on
-port + 1); one grpc.aio client process keeps 1, 8 and 64 requests in flight over `--connections` TCP
-connections, and at each level the runs alternate: echo, then each offer call, `--rounds` times, so a
-change in the machine's load hits all of them alike. Calls: NextBestOffer (random member, app, k=3; also
-with `shown=true` where the contract has that flag) and DecideCoupon (random member, app, a fresh
-request id per call). Counts errors by status code and the coupons issued. Prints a table and writes
-bench/results/offer_load-<label>.json.
+Both servers run at once as separate processes with the same number of workers (the echo server of
+`bench/service_load.py`, on port + 1); one grpc.aio client process keeps 1, 8 and 64 requests in flight
+over `--connections` TCP connections, and at each level the runs alternate: echo, then each offer call,
+`--rounds` times, so a change in the machine's load hits all of them alike. Calls: NextBestOffer
+(random member, app, k=3; also with `shown=true` where the contract has that flag) and DecideCoupon
+(random member, app, a fresh request id per call). Counts errors by status code and the coupons
+issued. Prints a table and writes bench/results/offer_load-<label>.json.
 """
 
 from __future__ import annotations
@@ -34,45 +34,16 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pyarrow.parquet as pq
+import service_load  # the echo server (bench/ is on sys.path when this file runs as a script)
 import uvloop
 
 from omnirec.config import OmnirecConfig
 from omnirec.v1 import common_pb2, offers_pb2, offers_pb2_grpc
 
-ECHO_METHOD = "/bench.Echo/Echo"
+ECHO_METHOD = service_load.ECHO_METHOD
 HAS_SHOWN = "shown" in offers_pb2.NextBestOfferRequest.DESCRIPTOR.fields_by_name
 KINDS = ("next_best_offer", *(("next_best_offer_shown",) if HAS_SHOWN else ()), "decide_coupon")
 RESULTS = Path(__file__).parent / "results"
-
-
-async def _echo_worker(port: int) -> None:
-    async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        return request
-
-    handler = grpc.method_handlers_generic_handler("bench.Echo", {
-        "Echo": grpc.unary_unary_rpc_method_handler(echo)})
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
-    server.add_generic_rpc_handlers((handler,))
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    await server.stop(0)
-
-
-def echo_server(port: int, workers: int) -> None:
-    """The ceiling: grpc.aio with nothing behind it, forked into `workers` processes like `omnirec serve`."""
-    pids = []
-    for _ in range(workers):
-        pid = os.fork()
-        if pid == 0:
-            uvloop.run(_echo_worker(port))
-            os._exit(0)
-        pids.append(pid)
-    signal.signal(signal.SIGTERM, lambda *_: [os.kill(p, signal.SIGTERM) for p in pids])
-    for pid in pids:
-        os.waitpid(pid, 0)
 
 
 class Client:
@@ -204,11 +175,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rounds", type=int, default=2, help="alternating runs of each kind per level")
     parser.add_argument("--connections", type=int, default=4)
-    parser.add_argument("--echo-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.echo_server:
-        echo_server(args.echo_server, args.workers)
-        return
 
     config = OmnirecConfig.load(args.config)
     api_key = next(k for k, role in config.service.api_keys.items() if role == "app")
@@ -217,7 +184,7 @@ def main() -> None:
     member_ids = members.to_numpy(zero_copy_only=False).astype(str)
     levels = [int(x) for x in args.levels.split(",")]
     env = {**os.environ, "OMNIREC_CONFIG": str(args.config)}
-    echo = subprocess.Popen([sys.executable, "-P", __file__, "--config", str(args.config), "--data-dir",
+    echo = subprocess.Popen([sys.executable, "-P", service_load.__file__, "--config", str(args.config), "--data-dir",
                              str(args.data_dir), "--workers", str(args.workers), "--echo-server", str(port + 1)])
     serve = subprocess.Popen([sys.executable, "-m", "omnirec", "serve", "--workers", str(args.workers)], env=env)
     try:

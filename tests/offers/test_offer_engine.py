@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Awaitable
 from pathlib import Path
 
 import numpy as np
@@ -380,5 +381,32 @@ base_response = 0.2
         last = (await engine.next_best_offer("m005", Channel.APP, None, k=1)).ranking.excluded
         assert [e.rule for e in last] == [Rule.BUDGET_EXHAUSTED]
         assert (await engine.store.usage("evening")).issued == 3
+
+    drive(engine, body)
+
+
+def test_a_decision_is_one_read_and_one_write(make_engine: EngineFactory, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = make_engine(many_members(3), single_offer(tmp_path, "max_count = 100", cap=50))
+    round_trips: list[bytes] = []
+    send = redis.asyncio.connection.AbstractConnection.send_packed_command
+
+    async def counted(self, command, check_health=True):  # type: ignore[no-untyped-def]
+        round_trips.append(command)
+        return await send(self, command, check_health)
+
+    async def count(call: Awaitable[object]) -> int:
+        round_trips.clear()
+        await call
+        return len(round_trips)
+
+    async def body() -> None:
+        await engine.decide_coupon("warm-up", "m000", Channel.APP, None)  # the pointer, scripts loaded once
+        await engine.next_best_offer("m000", Channel.APP, None, k=3, shown=True)
+        monkeypatch.setattr(redis.asyncio.connection.AbstractConnection, "send_packed_command", counted)
+        assert await count(engine.decide_coupon("r1", "m001", Channel.APP, None)) == 2  # read, issue script
+        assert await count(engine.decide_coupon("r1", "m001", Channel.APP, None)) == 1  # a retry: the read only
+        assert await count(engine.next_best_offer("m002", Channel.APP, None, k=3)) == 1  # a preview
+        assert await count(engine.next_best_offer("m002", Channel.APP, None, k=3, shown=True)) == 2  # + show script
 
     drive(engine, body)
