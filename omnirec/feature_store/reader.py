@@ -211,7 +211,8 @@ class ReadPlans:
 
     def read_request(self, member_id: str | None = None, anonymous_id: str | None = None,
                      item_ids: Sequence[str] = (), store_id: str | None = None,
-                     selections: Sequence[ItemSelection] = (), extra: Extra | None = None) -> Plan[RequestFeatures]:
+                     selections: Sequence[ItemSelection] = (), extra: Extra | None = None,
+                     member_lists: bool = True) -> Plan[RequestFeatures]:
         if not member_id and not anonymous_id:
             raise ValueError("read_request needs a member_id or an anonymous_id")
         store = store_id or ONLINE_STORE
@@ -220,7 +221,7 @@ class ReadPlans:
         def queue(batch: Batch, k: Keys) -> None:
             out.clear()
             if member_id:
-                self._queue_member(batch, k, member_id, out)
+                self._queue_member(batch, k, member_id, member_lists, out)
             else:
                 batch.pipe.hget(k.identity(anonymous_id), "member_id")
                 batch.pipe.get(k.anon_recent(anonymous_id))
@@ -237,7 +238,7 @@ class ReadPlans:
 
             def queue_linked(batch: Batch, k: Keys) -> None:
                 out.update(anon_recent=())
-                self._queue_member(batch, k, resolved, out)
+                self._queue_member(batch, k, resolved, member_lists, out)
                 self._queue_items(batch, k, list(item_ids), store, out)  # again: one generation per answer
                 self._queue_selections(batch, k, selections, store, out)
                 if extra is not None:
@@ -252,18 +253,19 @@ class ReadPlans:
             stock=out["stock"], selections_in_stock=out["selections"])
 
     @staticmethod
-    def _queue_member(batch: Batch, k: Keys, member_id: str, out: dict[str, Any]) -> None:
+    def _queue_member(batch: Batch, k: Keys, member_id: str, lists: bool, out: dict[str, Any]) -> None:
         batch.pipe.get(k.member(member_id))
-        batch.pipe.get(k.recent(member_id))
-        batch.pipe.get(k.purchased(member_id))
+        if lists:
+            batch.pipe.get(k.recent(member_id))
+            batch.pipe.get(k.purchased(member_id))
 
         def parse(r: list[Any]) -> None:
             profile = MemberProfile.from_packed(member_id, k.member(member_id), r[0]) if r[0] is not None else None
             out["member"] = MemberFeatures(
-                member_id=member_id, profile=profile, recent_items=tuple(unpack(r[1])),
-                purchased_items=frozenset(unpack(r[2])))
+                member_id=member_id, profile=profile, recent_items=tuple(unpack(r[1])) if lists else (),
+                purchased_items=frozenset(unpack(r[2])) if lists else frozenset())
 
-        batch.add(3, parse)
+        batch.add(3 if lists else 1, parse)
 
     @staticmethod
     def _queue_items(batch: Batch, k: Keys, item_ids: list[str], store: str, out: dict[str, Any]) -> None:
@@ -404,10 +406,13 @@ class FeatureReader:
 
     def read_request(self, member_id: str | None = None, anonymous_id: str | None = None,
                      item_ids: Sequence[str] = (), store_id: str | None = None,
-                     selections: Sequence[ItemSelection] = (), extra: Extra | None = None) -> RequestFeatures:
+                     selections: Sequence[ItemSelection] = (), extra: Extra | None = None,
+                     member_lists: bool = True) -> RequestFeatures:
         """All features of one request. `store_id` None reads online stock (app, mini-program, web);
-        `selections`: which of them has an item in stock there; `extra`: reads another owner adds."""
-        return self._run(self.plans.read_request(member_id, anonymous_id, item_ids, store_id, selections, extra))
+        `selections`: which of them has an item in stock there; `extra`: reads another owner adds;
+        `member_lists=False` leaves the recent and purchased lists out (empty): the profile is all offers need."""
+        return self._run(self.plans.read_request(member_id, anonymous_id, item_ids, store_id, selections, extra,
+                                                 member_lists))
 
     def profiles(self, member_ids: Sequence[str]) -> tuple[int, list[MemberProfile | None]]:
         """(generation, profile or None per member), one round trip: audiences read members in chunks."""
@@ -449,9 +454,10 @@ class AsyncFeatureReader:
 
     async def read_request(self, member_id: str | None = None, anonymous_id: str | None = None,
                            item_ids: Sequence[str] = (), store_id: str | None = None,
-                           selections: Sequence[ItemSelection] = (), extra: Extra | None = None) -> RequestFeatures:
+                           selections: Sequence[ItemSelection] = (), extra: Extra | None = None,
+                           member_lists: bool = True) -> RequestFeatures:
         return await self._run(self.plans.read_request(member_id, anonymous_id, item_ids, store_id, selections,
-                                                       extra))
+                                                       extra, member_lists))
 
     async def selection_items(self, selections: Sequence[ItemSelection]) -> tuple[int, list[tuple[str, ...]]]:
         return await self._run(self.plans.selection_items(selections))

@@ -183,7 +183,8 @@ class OfferEngine:
         targeted = [o for o in offers if o.target.scope != "basket"]
         snapshot = self.store.plan_snapshot(member_id, offers, now - self._horizon(offers, channel), request_id)
         features = await self._within(deadline, self.reader.read_request(
-            member_id, store_id=where, selections=[selection(o.target) for o in targeted], extra=snapshot.queue),
+            member_id, store_id=where, selections=[selection(o.target) for o in targeted], extra=snapshot.queue,
+            member_lists=False),
             "the offer read")
         in_stock = {o.id: ok for o, ok in zip(targeted, features.selections_in_stock, strict=True)}
         return features, snapshot.result, in_stock
