@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from omnirec.domain.errors import DataError
+from omnirec.domain.errors import DataError, OmnirecError
 from omnirec.domain.idmap import IdMap
 from omnirec.domain.schema import (
     EVENT_ID,
@@ -154,8 +154,9 @@ class DataFileMissing(DataError):
     """A required file of the data directory is absent."""
 
     def __init__(self, path: Path) -> None:
-        super().__init__(str(path), 0, path.stem, "file not found; run `omnirec import` (your own data) or "
-                         f"`omnirec simulate --out {path.parent}` first")
+        OmnirecError.__init__(self, f"{path} not found; run `omnirec import` (your own data) or "
+                              f"`omnirec simulate --out {path.parent}` first")
+        self.path, self.line, self.field = str(path), 0, path.stem
 
 
 def _optional(path: Path, schema: pa.Schema) -> pa.Table:

@@ -191,18 +191,37 @@ def _keep(src: Source, table: pa.Table, drop_duplicates: bool, unique: str | Non
 
 
 def _duplicates(table: pa.Table, among: np.ndarray | None = None) -> np.ndarray:
-    """True for each row equal in every column to an earlier row (among the rows `among` marks)."""
-    rows = np.arange(table.num_rows)
+    """True for each row equal in every column to an earlier row (among the rows `among` marks).
+
+    A 64-bit key mixed from each column's dictionary codes finds the rows that may repeat; only those
+    are compared exactly (a group-by over every row and column costs several times more, and
+    duplicates are rare).
+    """
+    rows = np.arange(table.num_rows) if among is None else np.flatnonzero(among)
     if among is not None:
-        rows = rows[among]
         table = table.take(pa.array(rows))
+    key = np.zeros(table.num_rows, np.uint64)
+    for column in table.columns:
+        encoded = pc.dictionary_encode(column.combine_chunks()).indices
+        code = pc.fill_null(encoded, -1).to_numpy(zero_copy_only=False).astype(np.int64) + 1
+        key = key * np.uint64(1_000_003) + code.astype(np.uint64)
+    _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+    candidates = np.flatnonzero(counts[inverse] > 1)
+    dup = np.zeros(table.num_rows, bool)
+    if candidates.size:
+        dup[candidates] = _first_seen(table.take(pa.array(candidates)))
+    out = np.zeros(table.num_rows if among is None else len(among), bool)
+    out[rows] = dup
+    return out
+
+
+def _first_seen(table: pa.Table) -> np.ndarray:
+    """True for each row equal in every column to an earlier row."""
     keyed = table.append_column("__row", pa.array(np.arange(table.num_rows)))
     first = keyed.group_by(table.column_names, use_threads=False).aggregate([("__row", "min")])["__row_min"]
     dup = np.ones(table.num_rows, bool)
     dup[first.to_numpy()] = False
-    out = np.zeros(len(among) if among is not None else len(dup), bool)
-    out[rows] = dup
-    return out
+    return dup
 
 
 def _events(src: Source, m: EventsMapping, earliest: datetime, latest: datetime) -> pa.Table:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -236,3 +237,13 @@ def test_parquet_input_with_numeric_ids(tmp_path: Path) -> None:
     import_data(Mapping.load(src / "m.toml"), src, tmp_path / "out", TierLadder(), LifecycleRules(), as_of=AS_OF)
     data = RetailData.read(tmp_path / "out")
     assert data.events["member_id"].to_pylist() == ["1", "2"] and data.items["item_id"].to_pylist() == ["10", "11"]
+
+
+def test_duplicate_detection_is_exact_across_nulls_and_types() -> None:
+    from omnirec.importer.run import _duplicates
+
+    table = pa.table({"a": ["x", "x", None, None, "x", "y"], "b": [1, 1, 2, 2, 1, 1],
+                      "c": [0.5, 0.5, None, None, 0.25, 0.5]})
+    assert _duplicates(table).tolist() == [False, True, False, True, False, False]
+    among = np.array([False, True, True, True, True, True])
+    assert _duplicates(table, among=among).tolist() == [False, False, False, True, False, False]
