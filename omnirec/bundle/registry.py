@@ -54,8 +54,3 @@ class BundleRegistry:
         if not link.is_symlink():
             return None
         return self.root / os.readlink(link)
-
-    def current_version(self) -> int | None:
-        path = self.current_path()
-        match = _VERSION_DIR.match(path.name) if path else None
-        return int(match.group(1)) if match else None

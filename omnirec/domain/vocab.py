@@ -49,17 +49,6 @@ class LifecycleStage(StrEnum):
     REACTIVATED = "reactivated"
 
 
-def parse_enum(enum: type[StrEnum], value: str, field: str) -> StrEnum:
-    """Turn a caller's string into an enum member, or raise an error that names the field."""
-    from omnirec.domain.errors import InvalidArgument
-
-    try:
-        return enum(value)
-    except ValueError:
-        allowed = ", ".join(m.value for m in enum)
-        raise InvalidArgument(field, f"unknown value {value!r}; expected one of: {allowed}") from None
-
-
 class Col:
     """Column names of the event log and entity tables (Parquet files and Arrow tables)."""
 

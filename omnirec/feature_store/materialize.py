@@ -189,7 +189,7 @@ def compute_features(data: RetailData, tiers: TierLadder, rules: LifecycleRules,
         profile[field] = pa.array(np.where(members[f"consent_{c.value}"].to_numpy(zero_copy_only=False), "1", "0"))
     profile |= {"signup_ts": _text(signup.astype(np.int64)), "last_seen_ts": _optional_ts(last_seen),
                 "last_purchase_ts": _optional_ts(last), "prev_purchase_ts": _optional_ts(prev)}
-    assert tuple(profile) == PROFILE_FIELDS[:-1], "profile fields drifted from model.PROFILE_FIELDS"
+    profile = {name: profile[name] for name in PROFILE_FIELDS[:-1]}  # the record's field order, `_ts` added below
 
     touched = known & (item >= 0) & (et != EVENT_TYPES.index(EventType.RETURN))
     anon = ~known & (item >= 0) & pc.is_valid(ev[Col.ANONYMOUS_ID]).to_numpy(zero_copy_only=False)

@@ -13,13 +13,7 @@ keeps the key's TTL (`KEEPTTL`) unless a new one is given: an old generation's g
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 SEP = "\x1f"
-
-
-def pack(values: Iterable[str]) -> str:
-    return SEP.join(values)
 
 
 def unpack(raw: bytes | None) -> list[str]:

@@ -400,10 +400,6 @@ class FeatureReader:
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 
-    def generation(self) -> int:
-        """The generation readers are pointed at now (one round trip)."""
-        return self._run(self.plans.generation())
-
     def read_request(self, member_id: str | None = None, anonymous_id: str | None = None,
                      item_ids: Sequence[str] = (), store_id: str | None = None,
                      selections: Sequence[ItemSelection] = (), extra: Extra | None = None,

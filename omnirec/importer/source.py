@@ -177,7 +177,8 @@ class Source:
             seconds = self._parse_text(joined, fmt, tz, field)
         else:
             column = date_col or time_col
-            assert column is not None
+            if column is None:
+                raise InvalidArgument(key, "names neither a date nor a time column")
             self.require(column, key)
             col = self.table[column].combine_chunks()
             if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):

@@ -106,7 +106,8 @@ class Eligibility(BaseModel):
 def _ladder(info: ValidationInfo) -> TierLadder:
     context = info.context or {}
     ladder = context.get("tiers", TierLadder())
-    assert isinstance(ladder, TierLadder)
+    if not isinstance(ladder, TierLadder):
+        raise TypeError(f"validation context 'tiers' must be a TierLadder, not {type(ladder).__name__}")
     return ladder
 
 
@@ -165,7 +166,8 @@ class Offer(BaseModel):
     def redemption_cost(self) -> float:
         """Most one redemption can cost: what the money budget reserves per issued coupon."""
         if self.kind in (OfferKind.PERCENT_OFF, OfferKind.POINTS_MULTIPLIER):
-            assert self.max_cost is not None
+            if self.max_cost is None:
+                raise InvalidArgument(f"offers ({self.id}).max_cost", f"required for {self.kind.value}")
             return self.max_cost
         return self.amount
 

@@ -180,7 +180,7 @@ def rank_offers(offers: Sequence[Offer], member: MemberView, channel: Channel, n
     """The pipeline for one member: the top `k` offers worth making, one per target, and every exclusion."""
     excluded: list[Exclusion] = []
     scored: list[ScoredOffer] = []
-    fatigued = fatigue is not None and channel_contacts >= fatigue.count
+    fatigued = fatigue if fatigue is not None and channel_contacts >= fatigue.count else None
     for offer in offers:
         state = states.get(offer.id, OfferState())
         verdict = screen(offer, member, channel, now, state, tiers)
@@ -188,9 +188,8 @@ def rank_offers(offers: Sequence[Offer], member: MemberView, channel: Channel, n
             excluded.append(verdict)
             continue
         if fatigued:
-            assert fatigue is not None
             excluded.append(Exclusion(offer.id, Rule.FATIGUE_CAP, f"{channel_contacts} contacts on {channel} "
-                                      f"in {fatigue.period_days:g} days (cap {fatigue.count})"))
+                                      f"in {fatigued.period_days:g} days (cap {fatigued.count})"))
             continue
         s = score_offer(offer, state, uplift)
         scored.append(ScoredOffer(s.offer, s.score, s.propensity, s.uplift, (*verdict, *s.reasons)))

@@ -45,7 +45,7 @@ from omnirec.training.models import (
     TrainSet,
 )
 from omnirec.training.split import time_split
-from omnirec.training.weighting import confidence_matrix, event_weights
+from omnirec.training.weighting import confidence_matrix, event_weights, interaction_matrix
 
 LIBRARIES = ("implicit", "rectools-lightfm", "faiss-cpu", "numpy", "scipy", "pyarrow")
 
@@ -148,9 +148,7 @@ def train_retail(retail: RetailData, config: TrainConfig, force: bool = False, p
     evaluation_set = train_set(retail, interactions, config, split.train_rows, split.cutoff_ts)
     models = make_models(config)
     timings.update({f"fit_{k}": v for k, v in fit_all(models, evaluation_set, progress).items()})
-    test_weights = event_weights(interactions, config)
-    test = confidence_matrix(interactions.member_idx[split.test_rows], interactions.item_idx[split.test_rows],
-                             test_weights[split.test_rows], evaluation_set.matrix.shape, config.log_scale)
+    test = interaction_matrix(interactions, config, split.test_rows)
     relevant = relevant_items(test, evaluation_set.matrix)
     members = eval_members(relevant, evaluation_set.matrix, config.eval_members, config.seed)
     metrics = evaluate(models, evaluation_set.matrix, relevant, members, config.eval_k, config.eval_batch, progress)

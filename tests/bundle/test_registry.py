@@ -29,10 +29,10 @@ def test_versions_and_pointer(tmp_path: Path) -> None:
     reg.publish(1)
     assert reg.current_path() == tmp_path / "v1"
     reg.publish(2)
-    assert os.readlink(tmp_path / "current") == "v2" and reg.current_version() == 2
+    assert os.readlink(tmp_path / "current") == "v2" and reg.current_path() == reg.path(2)
     with pytest.raises(NotFound):
         reg.publish(9)
-    assert reg.current_version() == 2
+    assert reg.current_path() == reg.path(2)
 
 
 def test_readers_never_see_a_missing_pointer(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ def bundle(trained: TrainResult) -> ModelBundle:
     return ModelBundle.load(trained.path)
 
 
-def test_manifest_records_what_the_issue_asks(bundle: ModelBundle, trained: TrainResult) -> None:
+def test_manifest_records_version_provenance_and_evaluation(bundle: ModelBundle, trained: TrainResult) -> None:
     m = Manifest.read(trained.path)
     assert m == bundle.manifest and m.version == bundle.version == trained.version
     assert m.created_at and len(m.data_fingerprint) == 64 and m.params["seed"] == 3 and m.library_versions

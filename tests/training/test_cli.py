@@ -16,7 +16,7 @@ def test_train_then_publish(small_retail_dir: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "popularity" in result.output
     registry = BundleRegistry(tmp_path)
-    assert registry.current_version() == 1
+    assert registry.current_path() == registry.path(1)
     result = runner.invoke(app, ["publish", "--bundles", str(tmp_path), "--version", "1"])
     assert result.exit_code == 0, result.output
     for command in ("train", "publish"):
