@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 import grpc
 
 from omnirec.audience import Audience, AudienceRequest, Campaigns, RankBy
+from omnirec.audience.campaigns import MAX_SEND
 from omnirec.domain.errors import InvalidArgument
 from omnirec.domain.tiers import TierLadder
 from omnirec.domain.vocab import LifecycleStage
@@ -138,8 +139,10 @@ class AudienceServicer(audience_pb2_grpc.AudienceServiceServicer):
         send_id = v.required(request.send_id, "send_id")
         channel = v.channel(request.channel)
         sent_at = v.unix_seconds(request.sent_at, "sent_at") if request.HasField("sent_at") else None
-        new = await asyncio.to_thread(self._campaigns.confirm, send_id, request.offer_id, channel,
-                                      list(request.member_ids), list(request.holdout_member_ids),
+        offer_id = v.optional_id(request.offer_id, "offer_id") or ""
+        members = v.id_list(request.member_ids, "member_ids", max_len=MAX_SEND)
+        holdout = v.id_list(request.holdout_member_ids, "holdout_member_ids", max_len=MAX_SEND)
+        new = await asyncio.to_thread(self._campaigns.confirm, send_id, offer_id, channel, members, holdout,
                                       self._caller(context), sent_at)
         return audience_pb2.ConfirmSendResponse(replayed=not new, contacts_recorded=len(request.member_ids))
 

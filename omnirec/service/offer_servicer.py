@@ -51,8 +51,9 @@ class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
         channel = v.channel(request.channel)
         store_id = v.store(request.store_id, channel)
         k = v.k(request.k, upper=MAX_OFFERS)
+        basket = v.id_list(request.basket_item_ids, "basket_item_ids")
         result = await self._engine.next_best_offer(
-            member_id, channel, store_id, k, list(request.basket_item_ids), dict(request.context), request.shown,
+            member_id, channel, store_id, k, basket, v.text_map(request.context, "context"), request.shown,
             v.time_budget(context, self._default_deadline_s))
         ranking = result.ranking
         if result.degraded:
@@ -73,9 +74,9 @@ class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
         member_id = v.required(request.member_id, "member_id")
         channel = v.channel(request.channel)
         store_id = v.store(request.store_id, channel)
+        basket = v.id_list(request.basket_item_ids, "basket_item_ids")
         basket_value = v.money(request.basket_value_minor_units, "basket_value_minor_units")
-        decision = await self._engine.decide_coupon(request_id, member_id, channel, store_id,
-                                                    list(request.basket_item_ids), basket_value,
+        decision = await self._engine.decide_coupon(request_id, member_id, channel, store_id, basket, basket_value,
                                                     v.time_budget(context, self._default_deadline_s))
         if not decision.replayed:
             metrics.coupon_decided(decision.issued, decision.reason)
@@ -86,9 +87,10 @@ class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
         coupon_id = v.required(request.coupon_id, "coupon_id")
         member_id = v.required(request.member_id, "member_id")
         order_value = v.money(request.order_value_minor_units, "order_value_minor_units")
-        channel = v.channel(request.channel) if request.channel else None
-        newly, offer_id = await self._engine.redeem(coupon_id, member_id, order_value, request.store_id or None,
-                                                    channel, v.time_budget(context, self._default_deadline_s))
+        channel = v.channel(request.channel)
+        store_id = v.store(request.store_id, channel)
+        newly, offer_id = await self._engine.redeem(coupon_id, member_id, order_value, store_id, channel,
+                                                    v.time_budget(context, self._default_deadline_s))
         return offers_pb2.RedeemCouponResponse(newly_redeemed=newly, offer_id=offer_id)
 
 

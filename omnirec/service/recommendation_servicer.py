@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import grpc
 
-from omnirec.domain.errors import InvalidArgument
 from omnirec.recommendations import engine
 from omnirec.recommendations.ranking import Filters, Reason
 from omnirec.service import validation as v
@@ -46,16 +45,16 @@ class RecommendationServicer(recommendation_pb2_grpc.RecommendationServiceServic
     def _request(proto: _Request, exclude_purchased: bool = False) -> engine.Request:
         channel = v.channel(proto.channel)
         return engine.Request(channel, v.store(proto.store_id, channel), v.k(proto.k),
-                              Filters(category=proto.filter.category, in_stock_only=proto.filter.in_stock_only,
-                                      exclude_purchased=exclude_purchased))
+                              Filters(category=v.optional_id(proto.filter.category, "filter.category") or "",
+                                      in_stock_only=proto.filter.in_stock_only, exclude_purchased=exclude_purchased))
 
     async def Recommend(self, request: recommendation_pb2.RecommendRequest,
                         context: grpc.aio.ServicerContext) -> recommendation_pb2.RecommendResponse:
-        v.one_of(request.member_id, request.anonymous_id, "member_id", "anonymous_id")
+        member_id, anonymous_id = v.one_of(request.member_id, request.anonymous_id, "member_id", "anonymous_id")
         asked = self._request(request, request.exclude_purchased)
         model = self._models.get()
-        answer = await engine.for_member(self._features, model.bundle, model.categories, request.member_id or None,
-                                         request.anonymous_id or None, asked, self._budget(context))
+        answer = await engine.for_member(self._features, model.bundle, model.categories, member_id, anonymous_id,
+                                         asked, self._budget(context))
         items, info = _reply(model, answer)
         return recommendation_pb2.RecommendResponse(items=items, info=info, member_id=answer.member_id or "")
 
@@ -71,14 +70,11 @@ class RecommendationServicer(recommendation_pb2_grpc.RecommendationServiceServic
 
     async def RecommendForBasket(self, request: recommendation_pb2.RecommendForBasketRequest,
                                  context: grpc.aio.ServicerContext) -> recommendation_pb2.RecommendForBasketResponse:
-        if not request.basket_item_ids:
-            raise InvalidArgument("basket_item_ids", "at least one item is required")
-        for i, item_id in enumerate(request.basket_item_ids):
-            v.required(item_id, f"basket_item_ids[{i}]")
+        basket = v.id_list(request.basket_item_ids, "basket_item_ids", min_len=1)
+        member_id = v.optional_id(request.member_id, "member_id")
         asked = self._request(request)
         model = self._models.get()
-        answer = await engine.for_basket(self._features, model.bundle, model.categories,
-                                         list(request.basket_item_ids), request.member_id or None, asked,
+        answer = await engine.for_basket(self._features, model.bundle, model.categories, basket, member_id, asked,
                                          self._budget(context))
         items, info = _reply(model, answer)
         return recommendation_pb2.RecommendForBasketResponse(items=items, info=info)

@@ -100,10 +100,10 @@ def store(value: str, ch: Channel, field: str = "store_id") -> StoreId | None:
     return optional_id(value, field)
 
 
-def id_list(values: Sequence[str], field: str, min_len: int = 0) -> list[str]:
-    """A repeated id field: `min_len`..`MAX_LIST` non-empty ids, named `field[i]`."""
-    if not min_len <= len(values) <= MAX_LIST:
-        raise InvalidArgument(field, f"send {min_len}..{MAX_LIST} ids (got {len(values)})")
+def id_list(values: Sequence[str], field: str, min_len: int = 0, max_len: int = MAX_LIST) -> list[str]:
+    """A repeated id field: `min_len`..`max_len` non-empty ids, named `field[i]`."""
+    if not min_len <= len(values) <= max_len:
+        raise InvalidArgument(field, f"send {min_len}..{max_len} ids (got {len(values)})")
     return [required(v, f"{field}[{i}]") for i, v in enumerate(values)]
 
 
