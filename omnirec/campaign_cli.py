@@ -6,6 +6,7 @@ state and decision log, so a file from the CLI holds the rows the stream would h
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -21,16 +22,20 @@ Many = Annotated[list[str] | None, typer.Option()]
 ROWS_SCHEMA_COLUMNS = ("member_id", "score", "rank", "tier", "lifecycle_stage", "holdout")
 
 
+@contextmanager
 def _campaigns(cfg: OmnirecConfig):  # type: ignore[no-untyped-def]
-    """The service's composition, outside a server: the published bundle, the offers engine, the stores."""
+    """The service's composition, outside a server: the published bundle, the offers engine, the stores
+    (on the embedded Redis, for the command's duration, when no URL is configured)."""
     import asyncio
 
+    from omnirec.feature_store.embedded import embedded
     from omnirec.service import wiring
     from omnirec.service.bundles import holder_for
 
     holder = holder_for(cfg.train.bundle_root, cfg.data_dir)
     asyncio.run(holder.reload())
-    return wiring.build(cfg, holder).campaigns
+    with embedded(cfg.redis) as redis_config:
+        yield wiring.build(cfg.model_copy(update={"redis": redis_config}), holder).campaigns
 
 
 def _write(rows, out: Path) -> None:  # type: ignore[no-untyped-def]
@@ -80,8 +85,8 @@ def audience(
         home_stores=frozenset(home_store or ()), regions=frozenset(region or ()), min_score=min_score,
         rank_by=RankBy(ranking),
         holdout_share=holdout_share, send_id=send_id)
-    campaigns = _campaigns(cfg)
-    with tqdm(total=max_size, unit="member", desc="audience", disable=not progress) as bar:
+    with _campaigns(cfg) as campaigns, tqdm(total=max_size, unit="member", desc="audience",
+                                             disable=not progress) as bar:
         def step(examined: int, selected: int) -> None:
             bar.update(selected - bar.n)
             bar.set_postfix(examined=examined)
@@ -119,8 +124,9 @@ def confirm_send(
     members = table["member_id"].to_numpy(zero_copy_only=False).astype(str)
     held = table["holdout"].to_numpy(zero_copy_only=False).astype(bool)
     when = datetime.fromisoformat(sent_at).replace(tzinfo=UTC).timestamp() if sent_at else None
-    new = _campaigns(cfg).confirm(send_id, offer, Channel(channel), members[~held].tolist(),
-                                  members[held].tolist(), caller="cli", sent_at=when)
+    with _campaigns(cfg) as campaigns:
+        new = campaigns.confirm(send_id, offer, Channel(channel), members[~held].tolist(), members[held].tolist(),
+                                caller="cli", sent_at=when)
     verb = "recorded" if new else "already confirmed; nothing new recorded for"
     console.print(f"send {send_id}: {verb} {int((~held).sum()):,} contacts, {int(held.sum()):,} held out")
 

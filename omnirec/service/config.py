@@ -47,6 +47,10 @@ class ServiceConfig(BaseModel):
     """API key -> role. Keys live in the config file only; with none configured every RPC is refused."""
     default_deadline_s: float = Field(1.0, gt=0)
     """Budget for blocking work (feature reads) when the caller set no deadline."""
+    worker_restart_backoff_s: float = Field(0.5, gt=0)
+    """A dead worker is replaced after this long, doubling (up to 30 s) while replacements keep dying young."""
+    worker_max_quick_restarts: int = Field(5, ge=0)
+    """Replacements of one worker that may die within 30 s in a row before `omnirec serve` gives up (exit 1)."""
     shutdown_grace_s: float = Field(5.0, ge=0)
     """On SIGTERM, in-flight RPCs get this long to finish before they are cancelled."""
     metrics_port: int | None = Field(None, ge=0, le=65535)

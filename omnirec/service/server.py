@@ -8,7 +8,7 @@ server or event loop exists, and each worker then serves the same port (SO_REUSE
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import gc
 import logging
 import multiprocessing
@@ -28,6 +28,7 @@ from omnirec.audience import Campaigns
 from omnirec.bundle import BundleRegistry
 from omnirec.config import OmnirecConfig
 from omnirec.domain.errors import OmnirecError
+from omnirec.feature_store.embedded import embedded
 from omnirec.offers.engine import OfferEngine
 from omnirec.service import (
     admin_servicer,
@@ -45,6 +46,7 @@ from omnirec.service.ingest import Ingest
 from omnirec.service.interceptors import ApiInterceptor
 from omnirec.service.model import ModelHolder, ServingModel
 from omnirec.service.registry import ServiceSpec
+from omnirec.service.supervisor import Supervisor
 from omnirec.service.telemetry import TelemetryInterceptor
 
 log = logging.getLogger(__name__)
@@ -225,11 +227,12 @@ def _preload(config: OmnirecConfig) -> ServingModel | None:
     return model
 
 
-def run(config: OmnirecConfig) -> None:
-    """`omnirec serve`: `workers` processes forked now, before any gRPC object or event loop exists.
+def run(config: OmnirecConfig) -> int:
+    """`omnirec serve`: `workers` processes forked now, before any gRPC object or event loop exists, kept
+    alive by `service.supervisor` until SIGTERM/SIGINT; returns the exit code (non-zero: could not serve).
 
-    The parent only forwards SIGTERM/SIGINT to the workers, waits for them to drain and, with
-    `metrics_port` set, serves the metrics of all of them.
+    With no `redis.url` the parent runs the embedded Redis for the workers and stops it after them; with
+    `metrics_port` set it serves the metrics of all of them.
     """
     if not config.service.api_keys:
         log.warning("no [service.api_keys] configured: every RPC but health and reflection will be refused")
@@ -239,36 +242,26 @@ def run(config: OmnirecConfig) -> None:
     if svc.metrics_port:
         metrics.enable()  # before the fork: the workers inherit where to write their samples
     try:
-        _run(config)
+        with embedded(config.redis) as redis_config:
+            return _run(config.model_copy(update={"redis": redis_config}))
     finally:
         metrics.disable()
 
 
-def _run(config: OmnirecConfig) -> None:
+def _serve_metrics(config: OmnirecConfig) -> None:
     svc = config.service
-    if svc.workers == 1:
-        if svc.metrics_port:
-            metrics.serve_http(svc.metrics_port, svc.host)
-        _worker_process(config)
-        return
-    preloaded = _preload(config)
-    ctx = multiprocessing.get_context("fork")
-    workers = [ctx.Process(target=_worker_process, args=(config, preloaded), name=f"omnirec-worker-{i}")
-               for i in range(svc.workers)]
-    for w in workers:
-        w.start()
     if svc.metrics_port:
         metrics.serve_http(svc.metrics_port, svc.host)
         log.info("metrics on http://%s:%d/metrics", svc.host, svc.metrics_port)
 
-    def forward(signum: int, frame: object) -> None:
-        for w in workers:
-            if w.pid is not None and w.is_alive():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(w.pid, signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for w in workers:
-        w.join()
-        metrics.worker_exited(w.pid)  # type: ignore[arg-type]
+def _run(config: OmnirecConfig) -> int:
+    svc = config.service
+    if svc.workers == 1:
+        _serve_metrics(config)
+        _worker_process(config)
+        return 0
+    worker = functools.partial(_worker_process, config, _preload(config))
+    supervisor = Supervisor(multiprocessing.get_context("fork"), worker, svc.workers, svc.worker_restart_backoff_s,
+                            svc.worker_max_quick_restarts)
+    return supervisor.run(started=functools.partial(_serve_metrics, config))

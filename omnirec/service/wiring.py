@@ -42,7 +42,7 @@ class Wiring:
 def build(config: OmnirecConfig, models: ModelHolder) -> Wiring:
     """Connects lazily: a Redis that is down at start-up only makes answers degraded or UNAVAILABLE."""
     client = connect(config.redis)
-    async_client = connect_async(config.redis, client)
+    async_client = connect_async(config.redis)
     features = Features(client, async_client, config.redis)
     svc = config.service
     ingest = Ingest(LiveUpdater(client, config.redis, config.tiers, config.lifecycle),

@@ -137,7 +137,7 @@ def test_asyncio_reader_answers_exactly_as_the_sync_reader(redis_client: redis.R
     items = features.item_ids.to_pylist()[:10]
 
     async def read_all() -> list[object]:
-        async_client = connect_async(store_config, redis_client)
+        async_client = connect_async(store_config)
         try:
             r = AsyncFeatureReader(async_client, store_config)
             got: list[object] = [await r.read_request(m, item_ids=items, store_id="s0000") for m in members]
@@ -163,7 +163,7 @@ def test_async_read_cut_by_its_deadline_leaves_no_stale_reply(redis_client: redi
     want = reader.read_request(second)
 
     async def scenario() -> object:
-        async_client = connect_async(store_config, redis_client)
+        async_client = connect_async(store_config)
         try:
             r = AsyncFeatureReader(async_client, store_config)
             await r.read_request(first)

@@ -137,8 +137,8 @@ def test_roles_and_unknown_ids(server: Server) -> None:
                                                                   k=2), metadata=key("app-key"))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     with pytest.raises(grpc.RpcError) as info:
-        server.stub.RedeemCoupon(offers_pb2.RedeemCouponRequest(coupon_id="nope", member_id=MEMBER),
-                                 metadata=key("pos-key"))
+        redeem = offers_pb2.RedeemCouponRequest(coupon_id="nope", member_id=MEMBER, channel=common_pb2.CHANNEL_APP)
+        server.stub.RedeemCoupon(redeem, metadata=key("pos-key"))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 

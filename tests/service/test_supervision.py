@@ -1,0 +1,132 @@
+"""`omnirec serve` supervises its workers: SIGKILLed workers are replaced (and logged), what they had
+journaled is recovered, and a service whose workers cannot start exits non-zero."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from service_harness import API_KEYS, materialize
+
+from omnirec.config import OmnirecConfig
+from omnirec.domain.readers import RetailData, read_event_log
+from omnirec.feature_store.config import RedisConfig
+from omnirec.feature_store.private_server import free_port
+from omnirec.v1 import common_pb2, events_pb2, events_pb2_grpc
+
+
+def _config(tmp_path: Path, small_retail_dir: Path, bundle_root: Path, redis_config: RedisConfig, port: int,
+            **service: object) -> Path:
+    keys = "\n".join(f'"{key}" = "{role}"' for role, key in API_KEYS.items())
+    extra = "\n".join(f"{k} = {v}" for k, v in service.items())
+    path = tmp_path / "omnirec.toml"
+    path.write_text(f"""data_dir = "{small_retail_dir}"
+[train]
+bundle_root = "{bundle_root}"
+[redis]
+url = "{redis_config.url}"
+namespace = "{redis_config.namespace}"
+[service]
+host = "127.0.0.1"
+port = {port}
+workers = 2
+event_log_dir = "{tmp_path / 'events'}"
+{extra}
+[service.api_keys]
+{keys}
+""")
+    return path
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(config: Path) -> subprocess.Popen[bytes]:
+        log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 (the child writes it; closed with the test dir)
+        env = {**os.environ, "OMNIREC_CONFIG": str(config)}
+        procs.append(subprocess.Popen([str(Path(sys.executable).parent / "omnirec"), "serve"], env=env,
+                                      stdout=log, stderr=subprocess.STDOUT))
+        return procs[-1]
+
+    yield start  # type: ignore[misc]
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _workers(proc: subprocess.Popen[bytes]) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+
+
+def _until(condition: object, what: str, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.time() < deadline, what
+        time.sleep(0.1)
+
+
+def _serving(channel: grpc.Channel) -> bool:
+    try:
+        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
+            health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False
+
+
+def test_sigkilled_workers_are_replaced_and_their_journal_recovered(
+        serve, small_retail_dir: Path, bundle_root: Path, redis_config: RedisConfig,  # type: ignore[no-untyped-def]
+        tmp_path: Path, retail: RetailData) -> None:
+    port = free_port()
+    # Events stay in the workers' journals (no roll before the kill): only recovery can bring them to the log.
+    config = _config(tmp_path, small_retail_dir, bundle_root, redis_config, port, poll_interval_s=3600,
+                     event_log_flush_rows=100_000)
+    materialize(retail, OmnirecConfig.load(config))
+    proc = serve(config)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        _until(lambda: _serving(channel) and len(_workers(proc)) == 2, "omnirec serve did not become healthy")
+        first = _workers(proc)
+        events = events_pb2_grpc.EventServiceStub(channel)
+        for i in range(20):  # several calls, so both workers (one connection each way) journal some
+            reply = events.TrackEvents(events_pb2.TrackEventsRequest(events=[events_pb2.Event(
+                event_id=f"k{i}", member_id="m0000001", item_id="i000001", channel=common_pb2.CHANNEL_APP,
+                event_type=events_pb2.EVENT_TYPE_VIEW)]), metadata=(("x-api-key", API_KEYS["app"]),), timeout=5)
+            assert reply.accepted == 1
+        assert read_event_log(tmp_path / "events").num_rows == 0  # all still journaled
+
+        os.kill(first[0], signal.SIGKILL)
+        _until(lambda: len(_workers(proc)) == 2 and first[0] not in _workers(proc), "worker not replaced")
+        for pid in _workers(proc):  # now every worker at once
+            os.kill(pid, signal.SIGKILL)
+        _until(lambda: len(_workers(proc)) == 2 and not set(_workers(proc)) & set(first), "workers not replaced")
+        _until(lambda: _serving(channel), "replacements do not serve")
+        _until(lambda: read_event_log(tmp_path / "events").num_rows == 20, "journals not recovered", 30)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    log = (tmp_path / "serve.log").read_text()
+    assert log.count("killed by SIGKILL") >= 3 and "replaced" in log
+
+
+def test_serve_exits_non_zero_when_workers_cannot_start(serve, small_retail_dir: Path,  # type: ignore[no-untyped-def]
+                                                       bundle_root: Path, redis_config: RedisConfig,
+                                                       tmp_path: Path) -> None:
+    with socket.socket() as taken:  # a listener without SO_REUSEPORT: no worker can bind the port
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = _config(tmp_path, small_retail_dir, bundle_root, redis_config, port,
+                         worker_restart_backoff_s=0.05, worker_max_quick_restarts=2)
+        proc = serve(config)
+        assert proc.wait(120) == 1
+    assert "giving up" in (tmp_path / "serve.log").read_text()
