@@ -179,8 +179,9 @@ class RetailData:
         """The offline export plus the events the service logged since (`LIVE_EVENTS_DIR`).
 
         Events and items are required. Without a member table the members are derived from the events
-        (`domain.derive.complete_members`, default tiers and lifecycle rules, at the newest event);
-        stores, inventory and identity links default to empty.
+        (`domain.derive.complete_members`, default tiers and lifecycle rules, at the newest event), and so are
+        members that only the events name (e.g. accepted live as new members); stores, inventory and
+        identity links default to empty.
         """
         from omnirec.domain.derive import complete_members
         from omnirec.domain.lifecycle import LifecycleRules
@@ -194,11 +195,13 @@ class RetailData:
         stores = _optional(d / STORES_FILE, STORE_SCHEMA)
         events = resolve_identities(
             pa.concat_tables([read_events(d / EVENTS_FILE), read_event_log(d / LIVE_EVENTS_DIR)]), links)
-        if (d / MEMBERS_FILE).exists():
-            members = check_required(pq.read_table(d / MEMBERS_FILE), MEMBER_SCHEMA, str(d / MEMBERS_FILE))
-        else:
+        members = check_required(pq.read_table(d / MEMBERS_FILE), MEMBER_SCHEMA, str(d / MEMBERS_FILE)) if (
+            d / MEMBERS_FILE).exists() else None
+        seen = pc.unique(events[Col.MEMBER_ID].drop_null())
+        if members is None or not pc.all(pc.is_in(seen, value_set=members["member_id"])).as_py():
+            # Members only the events know (the live log accepts new ones) become new members.
             newest = float(pc.max(events[Col.TS]).as_py() or 0)
-            members = complete_members(events, stores, TierLadder(), LifecycleRules(), newest)
+            members = complete_members(events, stores, TierLadder(), LifecycleRules(), newest, given=members)
         return cls(
             members=members,
             items=check_required(pq.read_table(d / ITEMS_FILE), ITEM_SCHEMA, str(d / ITEMS_FILE)),

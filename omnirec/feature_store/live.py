@@ -13,6 +13,11 @@ apply):
    a timeout whose reply was lost, applies it exactly once. The script checks every record it will edit
    before it writes (a script's writes are not rolled back on error).
 
+Events naming an item the materialised catalogue (`item:{id}` of the served generation) lacks are refused
+with `InvalidArgument` naming `events[i].item_id` (rows are numbered as the caller sent them): every batch
+job indexes events against the item table, so an unknown item would stop the next training run. Unknown
+members are accepted: the batch jobs make them new members (`domain.derive.complete_members`).
+
 The script touches many members' keys at once, so live updates need a single Redis (as offers do), not
 Redis Cluster.
 
@@ -36,7 +41,7 @@ import pyarrow as pa
 import redis
 from redis.cluster import RedisCluster
 
-from omnirec.domain.errors import Unavailable
+from omnirec.domain.errors import InvalidArgument, Unavailable
 from omnirec.domain.lifecycle import LifecycleRules, lifecycle_stage
 from omnirec.domain.schema import check_events
 from omnirec.domain.tiers import TierLadder
@@ -244,7 +249,11 @@ class LiveUpdater:
         for r in todo:
             r["member_id"] = r["member_id"] or links.get(r["anonymous_id"] or "")
         members = sorted({r["member_id"] for r in todo if r["member_id"]})
-        states = self._read_states(k, members)
+        states, unknown = self._read_states(k, members, sorted({r["item_id"] for r in todo if r["item_id"]}))
+        if unknown:
+            i = next(i for i, r in enumerate(rows) if fresh[i] and r["item_id"] in unknown)
+            raise InvalidArgument(f"events[{i}].item_id", f"unknown item {rows[i]['item_id']!r}: not in the "
+                                                          "materialised item catalogue")
 
         writes = _Writes()
         for r in todo:
@@ -270,15 +279,20 @@ class LiveUpdater:
             raise ClaimTaken(plan.claims[taken - 1])
         return replace(plan.report, credited=credited)
 
-    def _read_states(self, k: Keys, members: list[str]) -> dict[str, _MemberState | None]:
-        if not members:
-            return {}
+    def _read_states(self, k: Keys, members: list[str],
+                     items: list[str]) -> tuple[dict[str, _MemberState | None], set[str]]:
+        """The members' stored state, and which of `items` the materialised catalogue lacks (one round trip)."""
+        if not members and not items:
+            return {}, set()
         pipe = self.client.pipeline(transaction=False)
         for m in members:
             pipe.get(k.member(m))
+        for item in items:
+            pipe.exists(k.item(item))
         raw = self._execute(pipe, "live state")
-        return {m: None if r is None else _MemberState.of(MemberProfile.from_packed(m, k.member(m), r))
-                for m, r in zip(members, raw, strict=True)}
+        states = {m: None if r is None else _MemberState.of(MemberProfile.from_packed(m, k.member(m), r))
+                  for m, r in zip(members, raw[:len(members)], strict=True)}
+        return states, {item for item, found in zip(items, raw[len(members):], strict=True) if not found}
 
     def _queue_event(self, writes: _Writes, k: Keys, row: dict[str, Any], state: _MemberState | None) -> None:
         ts, item, kind = float(row["ts"]), row["item_id"], EventType(row["event_type"])

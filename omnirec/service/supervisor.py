@@ -35,6 +35,14 @@ def _describe(code: int | None) -> str:
     return f"exit code {code}"
 
 
+def _worker(target: Callable[[], None]) -> None:
+    """A forked worker starts with the default signal actions, not the parent's handlers (until its own loop
+    installs the graceful ones, a SIGTERM simply ends it)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    target()
+
+
 @dataclass
 class _Slot:
     """One worker position: its current process and how its recent replacements fared."""
@@ -58,7 +66,7 @@ class Supervisor:
         self._stopping = False
 
     def _spawn(self, slot: _Slot) -> None:
-        slot.process = self._ctx.Process(target=self._target, name=f"omnirec-worker-{slot.index}")
+        slot.process = self._ctx.Process(target=_worker, args=(self._target,), name=f"omnirec-worker-{slot.index}")
         slot.process.start()
         slot.started, slot.restart_at = time.monotonic(), None
 
