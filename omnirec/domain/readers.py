@@ -198,7 +198,7 @@ class RetailData:
         members = check_required(pq.read_table(d / MEMBERS_FILE), MEMBER_SCHEMA, str(d / MEMBERS_FILE)) if (
             d / MEMBERS_FILE).exists() else None
         seen = pc.unique(events[Col.MEMBER_ID].drop_null())
-        if members is None or not pc.all(pc.is_in(seen, value_set=members["member_id"])).as_py():
+        if members is None or len(pc.filter(seen, pc.invert(pc.is_in(seen, value_set=members["member_id"])))):
             # Members only the events know (the live log accepts new ones) become new members.
             newest = float(pc.max(events[Col.TS]).as_py() or 0)
             members = complete_members(events, stores, TierLadder(), LifecycleRules(), newest, given=members)

@@ -130,3 +130,27 @@ def service_config(data_dir: Path, bundle_root: Path, redis: RedisConfig, event_
 
 def _column(table: pa.Table, name: str) -> np.ndarray:
     return table[name].to_numpy(zero_copy_only=False).astype(str)
+
+
+def serve_toml(path: Path, data_dir: Path, bundle_root: Path, redis: RedisConfig, port: int, event_dir: Path,
+               **service: object) -> Path:
+    """A config file for `omnirec serve` in a subprocess: 2 workers on `port`, the test keys; `service` adds
+    `[service]` settings (TOML literals: strings quoted by the caller)."""
+    keys = "\n".join(f'"{key}" = "{role}"' for role, key in API_KEYS.items())
+    extra = "\n".join(f"{k} = {v}" for k, v in service.items())
+    path.write_text(f"""data_dir = "{data_dir}"
+[train]
+bundle_root = "{bundle_root}"
+[redis]
+url = "{redis.url}"
+namespace = "{redis.namespace}"
+[service]
+host = "127.0.0.1"
+port = {port}
+workers = 2
+event_log_dir = "{event_dir}"
+{extra}
+[service.api_keys]
+{keys}
+""")
+    return path

@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from service_harness import API_KEYS, materialize
+from service_harness import API_KEYS, materialize, serve_toml
 
 from omnirec.config import OmnirecConfig
 from omnirec.domain.readers import RetailData
@@ -34,23 +34,8 @@ def test_two_workers_serve_one_port_and_stop_on_sigterm(small_retail_dir: Path, 
                                                         redis_config: RedisConfig, tmp_path: Path, retail: RetailData,
                                                         known_member: str, event_loop: str) -> None:
     port = _free_port()
-    keys = "\n".join(f'"{key}" = "{role}"' for role, key in API_KEYS.items())
-    config = tmp_path / "omnirec.toml"
-    config.write_text(f"""data_dir = "{small_retail_dir}"
-[train]
-bundle_root = "{bundle_root}"
-[redis]
-url = "{redis_config.url}"
-namespace = "{redis_config.namespace}"
-[service]
-host = "127.0.0.1"
-port = {port}
-workers = 2
-event_loop = "{event_loop}"
-event_log_dir = "{tmp_path / 'events'}"
-[service.api_keys]
-{keys}
-""")
+    config = serve_toml(tmp_path / "omnirec.toml", small_retail_dir, bundle_root, redis_config, port,
+                        tmp_path / "events", event_loop=f'"{event_loop}"')
     materialize(retail, OmnirecConfig.load(config))
     env = {**os.environ, "OMNIREC_CONFIG": str(config)}
     proc = subprocess.Popen([str(Path(sys.executable).parent / "omnirec"), "serve"], env=env)

@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from service_harness import API_KEYS, materialize
+from service_harness import API_KEYS, materialize, serve_toml
 
 from omnirec.config import OmnirecConfig
 from omnirec.domain.readers import RetailData, read_event_log
@@ -26,25 +26,8 @@ from omnirec.v1 import common_pb2, events_pb2, events_pb2_grpc
 
 def _config(tmp_path: Path, small_retail_dir: Path, bundle_root: Path, redis_config: RedisConfig, port: int,
             **service: object) -> Path:
-    keys = "\n".join(f'"{key}" = "{role}"' for role, key in API_KEYS.items())
-    extra = "\n".join(f"{k} = {v}" for k, v in service.items())
-    path = tmp_path / "omnirec.toml"
-    path.write_text(f"""data_dir = "{small_retail_dir}"
-[train]
-bundle_root = "{bundle_root}"
-[redis]
-url = "{redis_config.url}"
-namespace = "{redis_config.namespace}"
-[service]
-host = "127.0.0.1"
-port = {port}
-workers = 2
-event_log_dir = "{tmp_path / 'events'}"
-{extra}
-[service.api_keys]
-{keys}
-""")
-    return path
+    return serve_toml(tmp_path / "omnirec.toml", small_retail_dir, bundle_root, redis_config, port,
+                      tmp_path / "events", **service)
 
 
 @pytest.fixture
