@@ -60,7 +60,7 @@ def _serve(data_dir: Path, redis_url: str, namespace: str, dim: int, port: int, 
     model = FactorModel("bench", IdMap.from_ids(members.to_numpy(zero_copy_only=False)),
                         rng.standard_normal((len(members), dim), np.float32), item_ids,
                         rng.standard_normal((len(item_ids), dim), np.float32))
-    store = OfferStore(connect_async(config, client), config, sync_client=client)
+    store = OfferStore(connect_async(config), config, sync_client=client)
     reader = FeatureReader(client, config)
     sources = AudienceSources(model, None, load_catalogue(EXAMPLE_CATALOGUE),
                               lambda t: reader.selection_items([selection(t)])[1][0], reader.profiles,

@@ -18,7 +18,7 @@ from omnirec.training.features import member_activity, member_features
 
 async def _serving_names(config: OmnirecConfig, member_ids: list[str]) -> list[list[str]]:
     client = connect(config.redis)
-    async_client = connect_async(config.redis, client)
+    async_client = connect_async(config.redis)
     try:
         features = Features(client, async_client, config.redis)
         members = [await features.member(member_id, None, 5.0) for member_id in member_ids]
