@@ -33,11 +33,9 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import pyarrow.parquet as pq
 import service_load  # the echo server (bench/ is on sys.path when this file runs as a script)
 import uvloop
 
-from omnirec.config import OmnirecConfig
 from omnirec.v1 import common_pb2, offers_pb2, offers_pb2_grpc
 
 ECHO_METHOD = service_load.ECHO_METHOD
@@ -177,13 +175,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=4)
     args = parser.parse_args()
 
-    config = OmnirecConfig.load(args.config)
-    api_key = next(k for k, role in config.service.api_keys.items() if role == "app")
+    config, api_key, member_ids, levels, env = service_load.setup(args)
     port = config.service.port
-    members = pq.read_table(args.data_dir / "members.parquet", columns=["member_id"])["member_id"]
-    member_ids = members.to_numpy(zero_copy_only=False).astype(str)
-    levels = [int(x) for x in args.levels.split(",")]
-    env = {**os.environ, "OMNIREC_CONFIG": str(args.config)}
     echo = subprocess.Popen([sys.executable, "-P", service_load.__file__, "--config", str(args.config), "--data-dir",
                              str(args.data_dir), "--workers", str(args.workers), "--echo-server", str(port + 1)])
     serve = subprocess.Popen([sys.executable, "-m", "omnirec", "serve", "--workers", str(args.workers)], env=env)

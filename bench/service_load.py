@@ -164,6 +164,17 @@ def wait_ready(target: str, timeout_s: float = 120) -> None:
         grpc.channel_ready_future(channel).result(timeout=max(1.0, deadline - time.time()))
 
 
+def setup(args: argparse.Namespace) -> tuple[OmnirecConfig, str, np.ndarray, list[int], dict[str, str]]:
+    """What a serving benchmark takes from its arguments: the config, an `app` key, the member ids to ask
+    for, the in-flight levels and the environment `omnirec serve` runs with."""
+    config = OmnirecConfig.load(args.config)
+    api_key = next(k for k, role in config.service.api_keys.items() if role == "app")
+    members = pq.read_table(args.data_dir / "members.parquet", columns=["member_id"])["member_id"]
+    levels = [int(x) for x in args.levels.split(",")]
+    return (config, api_key, members.to_numpy(zero_copy_only=False).astype(str), levels,
+            {**os.environ, "OMNIREC_CONFIG": str(args.config)})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True, help="omnirec config (bundle root, redis, api key)")
@@ -179,13 +190,8 @@ def main() -> None:
         echo_server(args.echo_server, args.workers)
         return
 
-    config = OmnirecConfig.load(args.config)
-    api_key = next(k for k, role in config.service.api_keys.items() if role == "app")
+    config, api_key, member_ids, levels, env = setup(args)
     port = config.service.port
-    members = pq.read_table(args.data_dir / "members.parquet", columns=["member_id"])["member_id"]
-    member_ids = members.to_numpy(zero_copy_only=False).astype(str)
-    levels = [int(x) for x in args.levels.split(",")]
-    env = {**os.environ, "OMNIREC_CONFIG": str(args.config)}
     results: dict[str, object] = {"workers": args.workers, "connections": args.connections,
                                   "seconds_per_level": args.seconds,
                                   "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
