@@ -28,6 +28,7 @@ from omnirec.service.registry import ServiceSpec
 from omnirec.v1 import audience_pb2, audience_pb2_grpc
 
 CAMPAIGN_ADMIN = frozenset({Role.CAMPAIGN, Role.ADMIN})
+SERVICE = audience_pb2.DESCRIPTOR.services_by_name["AudienceService"].full_name
 DEFAULT_CHUNK, MAX_CHUNK = 5_000, 50_000
 _RANKING = {audience_pb2.AUDIENCE_RANKING_UNSPECIFIED: RankBy.AFFINITY,
             audience_pb2.AUDIENCE_RANKING_AFFINITY: RankBy.AFFINITY,

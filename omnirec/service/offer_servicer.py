@@ -18,6 +18,7 @@ from omnirec.service.registry import ALL_ROLES, APP_POS_ADMIN, ServiceSpec
 from omnirec.v1 import offers_pb2, offers_pb2_grpc
 
 MAX_OFFERS = 20
+SERVICE = offers_pb2.DESCRIPTOR.services_by_name["OfferService"].full_name
 
 _KINDS = {k: offers_pb2.OfferKind.Value(f"OFFER_KIND_{k.name}") for k in OfferKind}
 _REASONS = {

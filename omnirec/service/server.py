@@ -52,8 +52,17 @@ from omnirec.service.telemetry import TelemetryInterceptor
 log = logging.getLogger(__name__)
 
 
-NEEDS_MODEL = ("", recommendation_servicer.SERVICE)
-"""Health-check names that report NOT_SERVING until a bundle is loaded; other services work without one."""
+NEEDS = {
+    "": (True, False),
+    recommendation_servicer.SERVICE: (True, False),
+    event_servicer.SERVICE: (False, True),
+    offer_servicer.SERVICE: (False, True),
+    audience_servicer.SERVICE: (True, True),
+    admin_servicer.SERVICE: (False, False),
+}
+"""Health-check name -> (needs a loaded model, needs a materialised feature store). A service is NOT_SERVING
+while a dependency it cannot answer without is missing: recommendations degrade without the feature store,
+but events, coupons and audiences cannot; the server as a whole ("") follows recommendations."""
 
 
 @dataclass
@@ -69,6 +78,7 @@ class ServingState:
     health: health.aio.HealthServicer = field(default_factory=health.aio.HealthServicer)
     tracing: tracing.Tracing | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _health: dict[str, bool] = field(default_factory=dict)
 
     @classmethod
     def create(cls, config: OmnirecConfig, preloaded: ServingModel | None = None) -> ServingState:
@@ -91,7 +101,8 @@ class ServingState:
         interval = self.config.service.poll_interval_s
         self._tasks = [asyncio.create_task(self.models.poll(interval)),
                        asyncio.create_task(self._flush_events(interval)),
-                       asyncio.create_task(self._report_health())]
+                       asyncio.create_task(self._report_health(interval))]
+        await self._check_health()
         if metrics.current() is not None:
             self.watch(self._watch_features(interval))
             self.watch(self._report_budgets(interval))
@@ -100,13 +111,27 @@ class ServingState:
         """Run a background task until the worker closes."""
         self._tasks.append(asyncio.create_task(task))
 
-    async def _report_health(self) -> None:
-        """Recommendations, and so the server as a whole (""), are NOT_SERVING until a model is loaded."""
-        for name in NEEDS_MODEL:
-            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.models.loaded.wait()
-        for name in NEEDS_MODEL:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    async def _check_health(self) -> None:
+        """Set each service's health from its dependencies now (the only writer of health statuses)."""
+        model = self.models.current is not None
+        try:
+            await self.features.generation(self.config.service.default_deadline_s)
+            store = True
+        except OmnirecError:
+            store = False
+        for name, (needs_model, needs_store) in NEEDS.items():
+            ok = (model or not needs_model) and (store or not needs_store)
+            if self._health.get(name) != ok:
+                self._health[name] = ok
+                await self.health.set(name, health_pb2.HealthCheckResponse.SERVING if ok
+                                      else health_pb2.HealthCheckResponse.NOT_SERVING)
+                log.log(logging.INFO if ok else logging.WARNING, "health: %s %s", name or "(server)",
+                        "SERVING" if ok else "NOT_SERVING")
+
+    async def _report_health(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await self._check_health()
 
     async def _watch_features(self, interval_s: float) -> None:
         """Feature generation and when it was switched in, for the freshness metrics (one HMGET per interval)."""
@@ -179,9 +204,6 @@ async def serve(state: ServingState, port: int | None = None) -> tuple[grpc.aio.
     health_pb2_grpc.add_HealthServicer_to_server(state.health, server)
     names = [s.full_name for s in specs]
     reflection.enable([*names, health.SERVICE_NAME], server)
-    for name in names:
-        if name not in NEEDS_MODEL:
-            await state.health.set(name, health_pb2.HealthCheckResponse.SERVING)
     bound = server.add_insecure_port(f"{svc.host}:{svc.port if port is None else port}")
     return server, bound
 

@@ -13,9 +13,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from service_harness import API_KEYS, RunningServer, service_config
+from service_harness import API_KEYS, RunningServer, materialize, service_config
 
 from omnirec.bundle import BundleRegistry, Manifest
+from omnirec.config import OmnirecConfig
 from omnirec.domain.readers import RetailData
 from omnirec.feature_store.config import RedisConfig
 from omnirec.v1 import admin_pb2, admin_pb2_grpc, common_pb2, events_pb2, events_pb2_grpc
@@ -189,5 +190,29 @@ def test_no_model_yet_is_unavailable_until_one_is_published(small_retail_dir: Pa
                 health_pb2.HealthCheckResponse.SERVING and time.time() < deadline:
             time.sleep(0.05)
         assert len(stub.Recommend(request, metadata=MD, timeout=5).items.item_ids) == 5
+    finally:
+        server.stop()
+
+
+def test_health_is_per_service_and_follows_the_feature_store(config: OmnirecConfig, retail: RetailData) -> None:
+    """Before materialisation events, offers and audiences cannot answer: NOT_SERVING; recommendations degrade
+    and stay SERVING. Once the features are loaded every service turns SERVING within a poll interval."""
+    server = RunningServer(config, retail)
+    health = health_pb2_grpc.HealthStub(server.channel)
+
+    def status(name: str) -> int:
+        return health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5).status
+
+    try:
+        serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        assert status("") == status("omnirec.v1.RecommendationService") == status("omnirec.v1.AdminService") == serving
+        for name in ("omnirec.v1.EventService", "omnirec.v1.OfferService", "omnirec.v1.AudienceService"):
+            assert status(name) == not_serving
+        materialize(retail, config)
+        deadline = time.time() + 10
+        while status("omnirec.v1.OfferService") != serving and time.time() < deadline:
+            time.sleep(0.05)
+        for name in ("omnirec.v1.EventService", "omnirec.v1.OfferService", "omnirec.v1.AudienceService"):
+            assert status(name) == serving
     finally:
         server.stop()
