@@ -163,9 +163,8 @@ def train(
     bundles: Annotated[Path | None, typer.Option(help="Bundle root (default: the config's train.bundle_root).")]
         = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (default: config); same seed, same metrics.")] = None,
-    publish: Annotated[bool, typer.Option(help="Publish the new bundle when it beats popularity.")] = True,
-    force: Annotated[bool, typer.Option("--force", help="Publish even if the model does not beat popularity.")]
-        = False,
+    publish: Annotated[bool, typer.Option(help="Publish the new bundle when it passes the publish gate.")] = True,
+    force: Annotated[bool, typer.Option("--force", help="Publish even if the publish gate refuses.")] = False,
     as_of: AsOfOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -181,7 +180,8 @@ def train(
     logs.job_done(log, "train", result.seconds, model_version=str(result.version))
     print_training(result, console)
     if publish and not result.published:
-        console.print(f"[red]v{result.version} does not beat popularity; not published (use --force)[/red]")
+        reason = result.gate.reason() if result.gate is not None else "the model does not beat popularity"
+        console.print(f"[red]v{result.version} not published: {reason} (use --force)[/red]")
         raise typer.Exit(code=1)
 
 
@@ -190,7 +190,7 @@ def publish(
     version: Annotated[int | None, typer.Option(help="Bundle version to publish (default: the newest).")] = None,
     bundles: Annotated[Path | None, typer.Option(help="Bundle root (default: the config's train.bundle_root).")]
         = None,
-    force: Annotated[bool, typer.Option("--force", help="Publish even if the model does not beat popularity.")]
+    force: Annotated[bool, typer.Option("--force", help="Publish even if the bundle's publish gate refused it.")]
         = False,
     config: ConfigOpt = None,
 ) -> None:

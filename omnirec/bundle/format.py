@@ -92,6 +92,17 @@ class Manifest(BaseModel):
     indexes: dict[str, dict[str, Any]] = {}
     counts: dict[str, int] = {}
     library_versions: dict[str, str] = {}
+    publish_gate: str = "popularity"
+    """Which rule decided `gate_passed`: `next_basket` or `popularity`."""
+    gate_passed: bool | None = None
+    """The next-basket gate's verdict (None for bundles written before it, or with the popularity gate)."""
+    next_basket: dict[str, Any] = {}
+    """The next-basket protocol's rows (served list and baselines, with 95% intervals) and the gate's checks."""
+
+    @property
+    def publishable(self) -> bool:
+        """What `omnirec publish` checks: the gate's verdict, or `beats_popularity` where no gate ran."""
+        return self.beats_popularity if self.gate_passed is None else self.gate_passed
 
     @classmethod
     def read(cls, folder: Path) -> Manifest:

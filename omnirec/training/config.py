@@ -108,6 +108,12 @@ class TrainConfig(BaseModel):
     complements_min_count: int = Field(2, ge=1, description="baskets two items must share to count")
     complement_blend: float = Field(0.7, ge=0, le=1, description="share of lift vs embedding similarity")
     refit_full: bool = Field(True, description="after evaluation, refit on all data before writing the bundle")
+    publish_gate: Literal["next_basket", "popularity"] = Field(
+        "next_basket", description="next_basket: the served list must beat the strongest next-basket baseline "
+                                   "(G/P/GP-TopFreq, TIFU-KNN, store popularity, LightFM) on recall and NDCG; "
+                                   "popularity: the old rule, collaborative NDCG on never-bought items vs popularity")
+    gate_margin: float = Field(0.0, ge=0, description="the 95% interval of the paired gap must clear this margin")
+    gate_bootstrap: int = Field(1000, ge=100, description="bootstrap resamples for the intervals and the gate")
 
     @field_validator("event_weights")
     @classmethod

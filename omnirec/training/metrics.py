@@ -54,3 +54,46 @@ def sampled_hit_rate(scores: np.ndarray, k: int) -> dict[str, float]:
     rank = (scores[:, 1:] > scores[:, :1]).sum(axis=1)
     hit = rank < k
     return {f"hr@{k}": float(hit.mean()), f"ndcg@{k}": float((hit / np.log2(rank + 2.0)).mean())}
+
+
+def next_basket_per_member(top_k: np.ndarray, targets: sp.csr_matrix, seen: sp.csr_matrix) -> dict[str, np.ndarray]:
+    """Per-member recall@k, NDCG@k, and recall on repeat (bought before) and explore (never bought) targets.
+
+    Row i of `top_k` (-1 pads short lists), `targets` and `seen` is one member; repeat and explore recall are
+    NaN for a member without targets of that kind (Li et al. 2023 average them over the members who have some).
+    """
+    k = top_k.shape[1]
+    targets = targets.tocsr()
+    repeat = targets.multiply(seen).tocsr()
+    repeat.eliminate_zeros()
+    explore = (targets - repeat).tocsr()
+    explore.eliminate_zeros()
+    hits = hits_matrix(top_k, targets)
+    n_rel = np.diff(targets.indptr).astype(np.float64)
+    if (n_rel == 0).any():
+        raise ValueError("next_basket_per_member: every member needs a target basket")
+    discounts = 1.0 / np.log2(np.arange(k) + 2.0)
+    ideal = np.cumsum(discounts)[np.minimum(n_rel, k).astype(np.int64) - 1]
+    out = {f"recall@{k}": hits.sum(axis=1) / n_rel, f"ndcg@{k}": (hits * discounts).sum(axis=1) / ideal}
+    for name, part in (("repeat", repeat), ("explore", explore)):
+        n_part = np.diff(part.indptr).astype(np.float64)
+        found = hits_matrix(top_k, part).sum(axis=1) if part.nnz else np.zeros(len(n_part))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[f"{name}_recall@{k}"] = np.where(n_part > 0, found / n_part, np.nan)
+    return out
+
+
+def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean over members (NaNs, members without the metric, left out)."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    step = max(1, 2_000_000 // len(values))  # resamples drawn at once, bounded memory
+    for start in range(0, n_boot, step):
+        draws = rng.integers(0, len(values), (min(step, n_boot - start), len(values)))
+        means[start:start + len(draws)] = values[draws].mean(axis=1)
+    tail = (1.0 - level) / 2.0
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail))

@@ -29,6 +29,7 @@ from omnirec.domain.derive import restage
 from omnirec.domain.lifecycle import LifecycleRules
 from omnirec.domain.readers import Interactions, RetailData
 from omnirec.domain.vocab import Col
+from omnirec.training.baskets import Baskets, NextBasketSplit, next_basket_split
 from omnirec.training.complements import purchase_lift
 from omnirec.training.config import TrainConfig
 from omnirec.training.evaluation import eval_members, evaluate, relevant_items
@@ -44,6 +45,15 @@ from omnirec.training.models import (
     SegmentPopularityRecommender,
     TrainSet,
 )
+from omnirec.training.models.frequency import (
+    TIFUKNN,
+    CollaborativeBaseline,
+    GPTopFreq,
+    GTopFreq,
+    PTopFreq,
+    StorePopularity,
+)
+from omnirec.training.next_basket import GateDecision, MethodResult, evaluate_methods, next_basket_gate
 from omnirec.training.split import time_split
 from omnirec.training.weighting import confidence_matrix, event_weights, interaction_matrix
 
@@ -58,6 +68,14 @@ class TrainResult:
     beats_popularity: bool
     published: bool
     seconds: dict[str, float] = field(default_factory=dict)
+    next_basket: list[MethodResult] = field(default_factory=list)
+    """The next-basket protocol's rows: the served list first, then the baselines."""
+    gate: GateDecision | None = None
+
+    @property
+    def publishable(self) -> bool:
+        """What the configured publish gate says (the next-basket gate unless configured otherwise)."""
+        return self.gate.passed if self.gate is not None else self.beats_popularity
 
 
 def data_fingerprint(retail: RetailData) -> str:
@@ -118,6 +136,33 @@ def fit_all(models: list[Recommender], data: TrainSet, progress: bool) -> dict[s
     return seconds
 
 
+SERVED_LIST = "served (als)"
+"""Next-basket row of what `Recommend` answers today: a known member's collaborative top list, bought items
+included (the default request)."""
+
+
+def next_basket_report(interactions: Interactions, collaborative: Recommender, hybrid: Recommender,
+                       config: TrainConfig) -> tuple[list[MethodResult], GateDecision]:
+    """The next-basket protocol on this data set: the served list against the strongest simple baselines.
+
+    The split is by day: `test_days` before the last purchase day, each member's first basket after it.
+    The collaborative models were fitted on events up to `test_days * DAY` before the newest event, which
+    ends on the cut-off day, so nothing after the cut-off reaches any method.
+    """
+    split = next_basket_split(Baskets.from_interactions(interactions), config.test_days)
+    if len(split.members) > config.eval_members:
+        keep = np.sort(np.random.default_rng(config.seed).choice(len(split.members), config.eval_members,
+                                                                 replace=False))
+        split = NextBasketSplit(split.history, split.members[keep], split.targets[keep], split.seen[keep],
+                                split.cut_day)
+    methods = [CollaborativeBaseline(collaborative, SERVED_LIST), GTopFreq(), PTopFreq(), GPTopFreq(),
+               StorePopularity(), TIFUKNN(seed=config.seed), CollaborativeBaseline(hybrid)]
+    results = evaluate_methods(methods, split, config.eval_k, config.gate_bootstrap, config.seed)
+    metrics = (f"recall@{config.eval_k}", f"ndcg@{config.eval_k}")
+    return results, next_basket_gate(results, SERVED_LIST, metrics, config.gate_margin, config.gate_bootstrap,
+                                     config.seed)
+
+
 def beats_popularity(metrics: dict[str, dict[str, float]], model: str, k: int) -> bool:
     return metrics[model][f"ndcg@{k}"] > metrics["popularity"][f"ndcg@{k}"]
 
@@ -153,6 +198,12 @@ def train_retail(retail: RetailData, config: TrainConfig, force: bool = False, p
     members = eval_members(relevant, evaluation_set.matrix, config.eval_members, config.seed)
     metrics = evaluate(models, evaluation_set.matrix, relevant, members, config.eval_k, config.eval_batch, progress)
     better = beats_popularity(metrics, config.collaborative, config.eval_k)
+    by_name = {model.name: model for model in models}
+    basket_start = time.perf_counter()
+    next_basket, gate = next_basket_report(interactions, by_name[config.collaborative], by_name["lightfm"], config)
+    timings["next_basket"] = time.perf_counter() - basket_start
+    if config.publish_gate == "popularity":
+        gate = None
     timings["read_fit_evaluate"] = time.perf_counter() - start
     if config.refit_full:
         all_rows = np.ones(len(interactions), bool)
@@ -164,14 +215,19 @@ def train_retail(retail: RetailData, config: TrainConfig, force: bool = False, p
     registry = BundleRegistry(config.bundle_root)
     version = registry.next_version()
     bundle_start = time.perf_counter()
+    result = TrainResult(version, registry.path(version), metrics, better, False, timings, next_basket, gate)
     artifacts = bundle_artifacts(models, full, config, version, metrics, better, data_fingerprint(retail), progress)
-    path = write_bundle(artifacts, registry.path(version))
+    verdict = {"publish_gate": config.publish_gate, "gate_passed": None if gate is None else gate.passed,
+               "next_basket": {"rows": [r.row() for r in next_basket], "gate": None if gate is None else
+                               {"passed": gate.passed, "margin": gate.margin, "checks": gate.checks}}}
+    artifacts = dataclasses.replace(artifacts, manifest=artifacts.manifest.model_copy(update=verdict))
+    write_bundle(artifacts, result.path)
     timings["bundle"] = time.perf_counter() - bundle_start
-    published = publish and (better or force)
-    if published:
+    result.published = publish and (result.publishable or force)
+    if result.published:
         registry.publish(version)
     timings["total"] = time.perf_counter() - start
-    return TrainResult(version, path, metrics, better, published, timings)
+    return result
 
 
 def bundle_artifacts(models: list[Recommender], data: TrainSet, config: TrainConfig, version: int,
@@ -232,12 +288,27 @@ def bundle_artifacts(models: list[Recommender], data: TrainSet, config: TrainCon
     )
 
 
+def next_basket_table(result: TrainResult) -> Table:
+    """The next-basket protocol's rows with their 95% intervals, and the gate's verdict."""
+    n = result.next_basket[0].n_members if result.next_basket else 0
+    verdict = "" if result.gate is None else f"; gate: {result.gate.reason()}"
+    table = Table(title=f"next basket after the cut-off, {n:,} members, mean [95% CI]{verdict}")
+    table.add_column("method")
+    columns = list(result.next_basket[0].means) if result.next_basket else []
+    for column in columns:
+        table.add_column(column, justify="right")
+    for row in result.next_basket:
+        table.add_row(row.method, *(f"{row.means[c]:.4f} [{row.ci95[c][0]:.4f}, {row.ci95[c][1]:.4f}]"
+                                    for c in columns))
+    return table
+
+
 def summary_table(result: TrainResult) -> Table:
-    """Metrics per model and baseline, the verdict and where the bundle went."""
+    """Metrics per model and baseline on never-bought items, the verdict and where the bundle went."""
     status = "published" if result.published else "NOT published"
     verdict = "beats" if result.beats_popularity else "does NOT beat"
-    table = Table(title=f"bundle v{result.version} at {result.path} ({status}; model {verdict} popularity; "
-                        f"{result.seconds.get('total', 0):.1f}s)")
+    table = Table(title=f"bundle v{result.version} at {result.path} ({status}; model {verdict} popularity on "
+                        f"never-bought items; {result.seconds.get('total', 0):.1f}s)")
     columns = list(next(iter(result.metrics.values())))
     table.add_column("model")
     for column in columns:
@@ -250,4 +321,7 @@ def summary_table(result: TrainResult) -> Table:
 
 
 def print_summary(result: TrainResult, console: Console | None = None) -> None:
-    (console or Console()).print(summary_table(result))
+    console = console or Console()
+    console.print(summary_table(result))
+    if result.next_basket:
+        console.print(next_basket_table(result))

@@ -10,7 +10,10 @@ from omnirec.domain.errors import FailedPrecondition, NotFound
 
 
 def publish_version(root: Path, version: int | None = None, force: bool = False) -> int:
-    """Publish `version` (default: newest); a bundle that did not beat popularity needs `force`."""
+    """Publish `version` (default: newest); a bundle its publish gate refused needs `force`.
+
+    Bundles written before the next-basket gate carry only `beats_popularity`, which then decides.
+    """
     registry = BundleRegistry(root)
     versions = registry.versions()
     if not versions:
@@ -18,7 +21,9 @@ def publish_version(root: Path, version: int | None = None, force: bool = False)
     version = versions[-1] if version is None else version
     if version not in versions:
         raise NotFound(f"bundle version {version} not found under {root}")
-    if not Manifest.read(registry.path(version)).beats_popularity and not force:
-        raise FailedPrecondition(f"v{version} does not beat popularity on the offline evaluation; use --force")
+    manifest = Manifest.read(registry.path(version))
+    if not manifest.publishable and not force:
+        raise FailedPrecondition(f"v{version} did not pass its publish gate ({manifest.publish_gate}) on the offline "
+                                 "evaluation; use --force")
     registry.publish(version)
     return version

@@ -17,6 +17,7 @@ from omnirec.domain.readers import Interactions
 from omnirec.domain.vocab import Col, EventType
 from omnirec.training.columns import lookup
 from omnirec.training.config import TrainConfig
+from omnirec.training.models.base import TrainSet
 
 
 def _lookup_weights(column: pa.ChunkedArray, table: dict[str, float], field: str) -> np.ndarray:
@@ -80,3 +81,13 @@ def interaction_matrix(interactions: Interactions, config: TrainConfig, rows: np
         weights, members, items = weights[rows], members[rows], items[rows]
     shape = (len(interactions.members), len(interactions.items))
     return confidence_matrix(members, items, weights, shape, config.log_scale)
+
+
+def collaborative_train_set(interactions: Interactions, config: TrainConfig, cut_day: int) -> TrainSet:
+    """The product's weighted confidence matrix from events up to the end of `cut_day` (no side features)."""
+    cut_ts = (cut_day + 1) * DAY - 1
+    rows = interactions.events[Col.TS].to_numpy() <= cut_ts
+    weights = event_weights(interactions, config, now_ts=cut_ts)
+    matrix = confidence_matrix(interactions.member_idx[rows], interactions.item_idx[rows], weights[rows],
+                               (len(interactions.members), len(interactions.items)), config.log_scale)
+    return TrainSet(matrix=matrix, interactions=interactions, rows=rows, weights=weights)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -10,9 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from omnirec.bundle import BundleRegistry
-from omnirec.domain.errors import DataError, InvalidArgument
+from omnirec.domain.errors import DataError, FailedPrecondition, InvalidArgument
 from omnirec.training.config import TrainConfig
-from omnirec.training.pipeline import TrainResult, summary_table, train
+from omnirec.training.pipeline import TrainResult, next_basket_table, summary_table, train
+from omnirec.training.publish import publish_version
 
 
 def copy_with_events(src: Path, dest: Path, events: pa.Table) -> Path:
@@ -21,10 +23,32 @@ def copy_with_events(src: Path, dest: Path, events: pa.Table) -> Path:
     return dest
 
 
-def test_trained_bundle_is_published(trained: TrainResult, train_config: TrainConfig) -> None:
-    assert trained.published
-    assert BundleRegistry(train_config.bundle_root).current_path() == trained.path
-    assert "popularity" in summary_table(trained).title
+def test_publish_gate_compares_the_served_list_with_the_strongest_baseline(trained: TrainResult,
+                                                                           train_config: TrainConfig) -> None:
+    """On the 1,000-member retailer the served ALS list does not clear LightFM's interval (158 test members):
+    the gate refuses, `omnirec publish` refuses without --force, and the manifest says why."""
+    rows = {r.method: r for r in trained.next_basket}
+    assert {"served (als)", "G-TopFreq", "P-TopFreq", "GP-TopFreq", "TIFU-KNN", "LightFM"} <= set(rows)
+    assert rows["served (als)"].n_members > 100
+    gate = trained.gate
+    assert gate is not None and not gate.passed and not trained.published
+    strongest = max((r for r in trained.next_basket if r.method != "served (als)"), key=lambda r: r.means["ndcg@10"])
+    assert gate.checks["ndcg@10"]["rival"] == strongest.method
+    manifest = json.loads((trained.path / "manifest.json").read_text())
+    assert manifest["publishable"] is False and manifest["next_basket"]["gate"]["passed"] is False
+    registry = BundleRegistry(train_config.bundle_root)
+    assert registry.current_path() is None
+    with pytest.raises(FailedPrecondition, match="next_basket"):
+        publish_version(train_config.bundle_root, trained.version)
+    assert publish_version(train_config.bundle_root, trained.version, force=True) == trained.version
+    assert registry.current_path() == trained.path
+    assert "popularity" in summary_table(trained).title and "gate" in next_basket_table(trained).title
+
+
+def test_popularity_gate_is_still_available(small_retail_dir: Path, tmp_path: Path) -> None:
+    result = train(small_retail_dir, TrainConfig(bundle_root=tmp_path, seed=3, publish_gate="popularity",
+                                                 lightfm={**TrainConfig().lightfm, "epochs": 2}), progress=False)
+    assert result.gate is None and result.published == result.beats_popularity
 
 
 def test_unknown_column_names_the_field(small_retail_dir: Path, tmp_path: Path) -> None:

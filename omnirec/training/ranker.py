@@ -1,0 +1,340 @@
+"""Two-stage next-basket recommender: candidates from several sources, ranked by LightGBM `lambdarank`.
+
+Stage one gathers, for each member, the union of: their own items by time-decayed frequency (TIFU vector),
+the items of their nearest neighbours (TIFU-KNN), ALS, items bought with their last basket (lift), their
+main store's and the whole chain's bestsellers. Stage two scores each (member, item) pair from features
+known at the cut-off only: personal frequency and recency, days since the member last bought the item over
+their own interval for it and over the item's repurchase cycle, how overdue the member's next trip is, the
+sources' scores, popularity and its trend, price. The ranker is trained on windows shifted back in time
+(`fit_ranker`): features at an earlier cut-off, labels from the basket after it, never later than the
+evaluation cut-off, so no label or feature sees the test window.
+
+Three lists come out of one candidate set (`Intent`): MIXED (everything, the main ranker), BUY_AGAIN (items
+bought before, by the main ranker, which orders them by how due they are), DISCOVER (never bought, by a
+ranker trained on never-bought targets only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import lightgbm as lgb
+import numpy as np
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+from tqdm import tqdm
+
+from omnirec.domain.errors import InvalidArgument
+from omnirec.domain.readers import Interactions
+from omnirec.training.baskets import Baskets, next_basket_split
+from omnirec.training.complements import top_per_row
+from omnirec.training.config import TrainConfig
+from omnirec.training.models.factorization import ALSRecommender
+from omnirec.training.models.frequency import TIFUKNN, StorePopularity, global_counts
+from omnirec.training.weighting import collaborative_train_set
+
+NEVER = 10_000.0
+"""Days since a purchase that never happened (LightGBM only needs it larger than any real gap)."""
+
+FEATURES = (
+    "bought", "p_count", "p_share", "p_tifu", "days_since_item", "p_interval", "due_personal", "due_item",
+    "in_last_basket", "m_baskets", "m_days_since_last", "m_gap", "m_overdue", "knn", "als", "lift_last",
+    "pop_log", "pop_recent", "pop_trend", "store_pop", "i_repeat_rate", "i_cycle", "i_buyers", "price",
+)
+
+
+class Intent(StrEnum):
+    MIXED = "mixed"
+    BUY_AGAIN = "buy_again"
+    DISCOVER = "discover"
+
+
+@dataclass(frozen=True)
+class RankerParams:
+    """Candidate counts per source and LightGBM settings (kept modest: the machine has 2 cores)."""
+
+    personal: int = 60
+    knn: int = 30
+    als: int = 30
+    lift: int = 20
+    store: int = 15
+    overall: int = 15
+    min_item_baskets: int = 10
+    """Items in fewer baskets are candidates only for members who bought them (bounds time and memory)."""
+    windows: int = 3
+    window_days: int = 14
+    n_estimators: int = 300
+    learning_rate: float = 0.05
+    num_leaves: int = 31
+    n_jobs: int = 2
+    batch: int = 128
+
+
+def item_stats(history: Baskets, cut_day: int) -> dict[str, np.ndarray]:
+    """Per-item popularity, recent popularity and trend, repurchase rate and cycle (median days), price."""
+    n = history.n_items
+    counts = global_counts(history)
+    recent = np.bincount(history.item[history.day > cut_day - 28], minlength=n).astype(np.float32)
+    before = np.bincount(history.item[(history.day > cut_day - 84) & (history.day <= cut_day - 28)],
+                         minlength=n).astype(np.float32)
+    order = np.lexsort((history.day, history.item, history.member))
+    member, item, day = history.member[order], history.item[order], history.day[order]
+    again = (member[1:] == member[:-1]) & (item[1:] == item[:-1])
+    gaps = (day[1:] - day[:-1])[again].astype(np.float64)
+    gap_item = item[1:][again]
+    cycle = np.full(n, np.nan)
+    if len(gaps):
+        by = np.lexsort((gaps, gap_item))
+        gap_item, gaps = gap_item[by], gaps[by]
+        starts = np.searchsorted(gap_item, np.arange(n))
+        ends = np.searchsorted(gap_item, np.arange(n), side="right")
+        has = ends > starts
+        cycle[has] = gaps[(starts[has] + ends[has] - 1) // 2]
+    pairs = history.counts().tocsc()
+    buyers = np.diff(pairs.indptr).astype(np.float32)
+    repeaters = np.bincount(np.repeat(np.arange(n), np.diff(pairs.indptr))[pairs.data >= 2], minlength=n)
+    price_sum = np.bincount(history.item, weights=history.price, minlength=n)
+    return {"pop_log": np.log1p(counts), "pop_recent": np.log1p(recent),
+            "pop_trend": (recent / 28.0 + 0.01) / (before / 56.0 + 0.01), "i_repeat_rate": repeaters /
+            np.maximum(buyers, 1.0), "i_cycle": cycle, "i_buyers": np.log1p(buyers),
+            "price": price_sum / np.maximum(counts, 1.0)}
+
+
+def basket_lift(history: Baskets, pool: np.ndarray, per_item: int, min_count: int = 2) -> sp.csr_matrix:
+    """Item x item lift between `pool` items over the history's baskets (pairs in < `min_count` baskets dropped)."""
+    baskets = sp.csr_matrix((np.ones(len(history), np.float32), (history.basket, history.item)),
+                            shape=(history.n_baskets, history.n_items))[:, pool]
+    together = (baskets.T @ baskets).tocsr()
+    together.setdiag(0)
+    together.data[together.data < min_count] = 0
+    together.eliminate_zeros()
+    counts = global_counts(history)[pool]
+    coo = top_per_row(together, 10 * per_item).tocoo()
+    lift = coo.data * history.n_baskets / (counts[coo.row] * counts[coo.col])
+    best = top_per_row(sp.csr_matrix((lift.astype(np.float32), (coo.row, coo.col)), shape=together.shape),
+                       per_item).tocoo()
+    return sp.csr_matrix((best.data, (pool[best.row], pool[best.col])), shape=(history.n_items, history.n_items))
+
+
+@dataclass
+class Context:
+    """Everything candidates and features need, computed from the history up to `cut_day` only."""
+
+    history: Baskets
+    cut_day: int
+    counts: sp.csr_matrix
+    first_day: sp.csr_matrix
+    last_day: sp.csr_matrix
+    last_basket: sp.csr_matrix
+    member_baskets: np.ndarray
+    member_last: np.ndarray
+    member_gap: np.ndarray
+    items: dict[str, np.ndarray]
+    tifu: TIFUKNN
+    store: StorePopularity
+    als: ALSRecommender
+    lift: sp.csr_matrix
+    pool: np.ndarray
+    """Items every member may get as a candidate (in at least `min_item_baskets` baskets)."""
+
+
+def build_context(baskets: Baskets, interactions: Interactions, config: TrainConfig, cut_day: int,
+                  params: RankerParams, seed: int = 0) -> Context:
+    """Fit the sources and gather statistics on `baskets` up to `cut_day`; nothing later is read."""
+    history = baskets.until(cut_day)
+    shape = (history.n_members, history.n_items)
+    day = history.day.astype(np.float32) - cut_day - 1.0  # negative; 0 never stored, so sparse max/min work
+    order = np.lexsort((history.day, history.item, history.member))
+    m, i, d = history.member[order], history.item[order], day[order]
+    end = np.ones(len(m), bool)
+    end[:-1] = (m[1:] != m[:-1]) | (i[1:] != i[:-1])
+    start = np.ones(len(m), bool)
+    start[1:] = end[:-1]
+    last = sp.csr_matrix((d[end], (m[end], i[end])), shape=shape)
+    first = sp.csr_matrix((d[start], (m[start], i[start])), shape=shape)
+    basket_member, basket_day = history.basket_member(), history.basket_day()
+    n_baskets = np.bincount(basket_member, minlength=history.n_members).astype(np.float32)
+    member_last = np.full(history.n_members, -np.inf)
+    np.maximum.at(member_last, basket_member, basket_day.astype(np.float64))
+    member_first = np.full(history.n_members, np.inf)
+    np.minimum.at(member_first, basket_member, basket_day.astype(np.float64))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gap = np.where(n_baskets > 1, (member_last - member_first) / np.maximum(n_baskets - 1, 1), np.nan)
+    in_last = history.day == member_last[history.member]
+    last_basket = sp.csr_matrix((np.ones(int(in_last.sum()), np.float32), (history.member[in_last],
+                                                                             history.item[in_last])), shape=shape)
+    pool = np.flatnonzero(global_counts(history) >= params.min_item_baskets)
+    als = ALSRecommender(seed=seed, **config.als)
+    with threadpool_limits(1, "blas"):
+        als.fit(collaborative_train_set(interactions, config, cut_day))
+    return Context(history=history, cut_day=cut_day, counts=history.counts(), first_day=first, last_day=last,
+                   last_basket=last_basket, member_baskets=n_baskets, member_last=member_last, member_gap=gap,
+                   items=item_stats(history, cut_day), tifu=TIFUKNN(seed=seed).fit(history),
+                   store=StorePopularity().fit(history), als=als, lift=basket_lift(history, pool, 50), pool=pool)
+
+
+def _top_mask(scores: np.ndarray, n: int, mask: np.ndarray) -> None:
+    """Mark each row's n best finite scores in `mask` (in place)."""
+    n = min(n, scores.shape[1])
+    if n <= 0:
+        return
+    best = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+    ok = np.isfinite(np.take_along_axis(scores, best, axis=1)) & (np.take_along_axis(scores, best, axis=1) > 0)
+    rows = np.repeat(np.arange(len(scores)), n).reshape(best.shape)
+    mask[rows[ok], best[ok]] = True
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """(member, item) pairs, grouped by member in `members` order, and their feature rows."""
+
+    member: np.ndarray
+    item: np.ndarray
+    features: np.ndarray
+
+    def column(self, name: str) -> np.ndarray:
+        return self.features[:, FEATURES.index(name)]
+
+
+def candidates(ctx: Context, members: np.ndarray, params: RankerParams) -> Candidates:
+    """Union of every source's top items per member, with one feature row per pair."""
+    parts: list[Candidates] = []
+    for start in range(0, len(members), params.batch):
+        parts.append(_candidate_batch(ctx, members[start:start + params.batch], params))
+    return Candidates(member=np.concatenate([p.member for p in parts]), item=np.concatenate([p.item for p in parts]),
+                      features=np.concatenate([p.features for p in parts]))
+
+
+def _candidate_batch(ctx: Context, members: np.ndarray, params: RankerParams) -> Candidates:
+    personal = ctx.counts[members]
+    cols = np.union1d(ctx.pool, personal.indices)
+    counts = personal[:, cols].toarray()
+    own = ctx.tifu.vectors[members][:, cols].toarray()
+    knn = ctx.tifu.neighbour_mean(members)[:, cols].toarray()
+    als = ctx.als.member_factors[members] @ ctx.als.item_factors[cols].T
+    lift = (ctx.last_basket[members] @ ctx.lift)[:, cols].toarray()
+    store = ctx.store.scores(members)[:, cols]
+    overall = np.broadcast_to(ctx.items["pop_recent"][cols], counts.shape)
+    mask = np.zeros(counts.shape, bool)
+    for scores, n in ((own, params.personal), (knn, params.knn), (als, params.als), (lift, params.lift),
+                      (store, params.store), (overall, params.overall)):
+        _top_mask(scores, n, mask)
+    row, col = np.nonzero(mask)
+    item = cols[col]
+    n_b = ctx.member_baskets[members][row]
+    bought = counts[row, col] > 0
+    in_last = ctx.last_basket[members][:, cols].toarray()[row, col]
+    last = ctx.last_day[members][:, cols].toarray()[row, col]
+    first = ctx.first_day[members][:, cols].toarray()[row, col]
+    since_item = np.where(bought, -last - 1.0, NEVER)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n_item = counts[row, col]
+        interval = np.where(n_item > 1, (last - first) / np.maximum(n_item - 1, 1), np.nan)
+        m_since = ctx.cut_day - ctx.member_last[members][row]
+        columns = {
+            "bought": bought.astype(np.float32), "p_count": n_item, "p_share": n_item / n_b,
+            "p_tifu": own[row, col], "days_since_item": since_item, "p_interval": interval,
+            "due_personal": since_item / interval, "due_item": since_item / ctx.items["i_cycle"][item],
+            "in_last_basket": in_last, "m_baskets": n_b,
+            "m_days_since_last": m_since, "m_gap": ctx.member_gap[members][row],
+            "m_overdue": m_since / ctx.member_gap[members][row], "knn": knn[row, col], "als": als[row, col],
+            "lift_last": lift[row, col], "store_pop": store[row, col],
+            **{name: ctx.items[name][item] for name in ("pop_log", "pop_recent", "pop_trend", "i_repeat_rate",
+                                                        "i_cycle", "i_buyers", "price")},
+        }
+    features = np.column_stack([np.asarray(columns[name], dtype=np.float32) for name in FEATURES])
+    return Candidates(member=members[row], item=item.astype(np.int64), features=features)
+
+
+def labels(cands: Candidates, members: np.ndarray, targets: sp.csr_matrix) -> np.ndarray:
+    """1 where the candidate is in the member's target basket (`targets` rows follow `members`)."""
+    row = np.searchsorted(members, cands.member)
+    return np.asarray(targets[row, cands.item]).ravel().astype(np.float32)
+
+
+def _fit_booster(cands: Candidates, y: np.ndarray, keep: np.ndarray, params: RankerParams,
+                 seed: int) -> lgb.Booster | None:
+    """LambdaRank over members (groups) with at least one positive among their kept candidates; None if none has."""
+    member, x, y = cands.member[keep], cands.features[keep], y[keep]
+    positive = np.zeros(int(member.max()) + 1 if len(member) else 0, bool)
+    positive[member[y > 0]] = True
+    use = positive[member]
+    if not use.any():
+        return None
+    member, x, y = member[use], x[use], y[use]
+    _, group = np.unique(member, return_counts=True)
+    data = lgb.Dataset(x, y, group=group, feature_name=list(FEATURES), free_raw_data=True)
+    return lgb.train({"objective": "lambdarank", "metric": "ndcg", "eval_at": [10], "learning_rate":
+                      params.learning_rate, "num_leaves": params.num_leaves, "min_data_in_leaf": 50,
+                      "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1, "seed": seed,
+                      "num_threads": params.n_jobs, "verbosity": -1, "lambdarank_truncation_level": 20},
+                     data, num_boost_round=params.n_estimators)
+
+
+@dataclass
+class TwoStageModel:
+    """The fitted rankers: `mixed` for MIXED and BUY_AGAIN, `discover` for never-bought items.
+
+    `discover` is None when the training windows had no never-bought target to learn from; DISCOVER then
+    ranks never-bought candidates with `mixed`.
+    """
+
+    mixed: lgb.Booster
+    discover: lgb.Booster | None
+    params: RankerParams
+
+    def scores(self, cands: Candidates, intent: Intent) -> np.ndarray:
+        """Ranker score per candidate; -inf where the intent excludes it (bought / never bought)."""
+        bought = cands.column("bought") > 0
+        if intent is Intent.DISCOVER:
+            out = np.full(len(bought), -np.inf)
+            ranker = self.discover or self.mixed
+            out[~bought] = ranker.predict(cands.features[~bought], num_threads=self.params.n_jobs)
+            return out
+        score = self.mixed.predict(cands.features, num_threads=self.params.n_jobs)
+        return np.where(bought, score, -np.inf) if intent is Intent.BUY_AGAIN else score
+
+
+def fit_ranker(baskets: Baskets, interactions: Interactions, config: TrainConfig, cut_day: int,
+               params: RankerParams | None = None, seed: int = 0, progress: bool = False) -> TwoStageModel:
+    """Train on `params.windows` windows ending at `cut_day`: features at cut - w*days, labels after it."""
+    params = params or RankerParams()
+    known = baskets.until(cut_day)
+    parts, ys = [], []
+    for w in tqdm(range(1, params.windows + 1), desc="ranker windows", unit="window", disable=not progress):
+        window_cut = cut_day - w * params.window_days
+        split = next_basket_split(known.until(window_cut + params.window_days), params.window_days,
+                                  cut_day=window_cut)
+        cands = candidates(build_context(known, interactions, config, window_cut, params, seed), split.members,
+                           params)
+        parts.append(cands)
+        ys.append(labels(cands, split.members, split.targets))
+    offset = 0
+    shifted = []
+    for cands in parts:  # members of different windows are different ranking groups
+        shifted.append(Candidates(cands.member + offset, cands.item, cands.features))
+        offset += baskets.n_members
+    train = Candidates(np.concatenate([c.member for c in shifted]), np.concatenate([c.item for c in shifted]),
+                       np.concatenate([c.features for c in shifted]))
+    y = np.concatenate(ys)
+    bought = train.column("bought") > 0
+    mixed = _fit_booster(train, y, np.ones(len(y), bool), params, seed)
+    if mixed is None:
+        raise InvalidArgument("events", "no training window has a next basket among its candidates; "
+                                        "the ranker needs more history")
+    return TwoStageModel(mixed=mixed, discover=_fit_booster(train, y, ~bought, params, seed), params=params)
+
+
+def top_lists(cands: Candidates, scores: np.ndarray, members: np.ndarray, k: int) -> np.ndarray:
+    """Each member's k best candidates by `scores` (-1 where fewer), rows in `members` order."""
+    out = np.full((len(members), k), -1, np.int64)
+    ok = np.isfinite(scores)
+    member, item, score = cands.member[ok], cands.item[ok], scores[ok]
+    order = np.lexsort((-score, member))
+    member, item = member[order], item[order]
+    starts = np.searchsorted(member, member)
+    rank = np.arange(len(member)) - starts
+    keep = rank < k
+    out[np.searchsorted(members, member[keep]), rank[keep]] = item[keep]
+    return out

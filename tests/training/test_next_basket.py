@@ -1,0 +1,158 @@
+"""Next-basket protocol, metrics, baselines and the two-stage ranker on planted data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+import scipy.sparse as sp
+
+from omnirec.domain.readers import Interactions
+from omnirec.domain.vocab import Col
+from omnirec.training.baskets import DAY, Baskets, next_basket_split
+from omnirec.training.config import TrainConfig
+from omnirec.training.metrics import bootstrap_ci, next_basket_per_member
+from omnirec.training.models.frequency import TIFUKNN, GPTopFreq, GTopFreq, PTopFreq, tifu_vectors
+from omnirec.training.next_basket import MethodResult, evaluate_methods, next_basket_gate, score_lists
+from omnirec.training.ranker import (
+    FEATURES,
+    Intent,
+    RankerParams,
+    build_context,
+    candidates,
+    fit_ranker,
+    top_lists,
+)
+from tests.training.planted import planted_interactions
+
+CONFIG = TrainConfig(als={"factors": 8, "regularization": 1.0, "alpha": 3.0, "iterations": 5})
+PARAMS = RankerParams(windows=2, window_days=14, n_estimators=60, n_jobs=1)
+
+
+@pytest.fixture(scope="module")
+def planted() -> tuple[Interactions, Baskets]:
+    interactions = planted_interactions()
+    return interactions, Baskets.from_interactions(interactions)
+
+
+def test_split_targets_are_each_members_first_basket_after_the_cutoff(planted):
+    _, baskets = planted
+    split = next_basket_split(baskets, 14)
+    assert split.history.day.max() <= split.cut_day
+    day_of = {}
+    for m, d in zip(baskets.member, baskets.day, strict=True):
+        if d > split.cut_day:
+            day_of[m] = min(day_of.get(m, d), d)
+    assert list(split.members) == sorted(day_of)
+    for row, member in enumerate(split.members[:10]):
+        expected = np.unique(baskets.item[(baskets.member == member) & (baskets.day == day_of[member])])
+        assert list(split.targets[row].indices) == list(expected)
+
+
+def test_metrics_split_repeat_and_explore():
+    targets = sp.csr_matrix(np.array([[1, 1, 0, 1], [0, 0, 1, 0]], np.float32))
+    seen = sp.csr_matrix(np.array([[1, 0, 0, 0], [1, 1, 0, 0]], np.float32))
+    top = np.array([[0, 2], [2, -1]])
+    out = next_basket_per_member(top, targets, seen)
+    assert out["recall@2"].tolist() == pytest.approx([1 / 3, 1.0])
+    assert out["repeat_recall@2"][0] == 1.0 and np.isnan(out["repeat_recall@2"][1])
+    assert out["explore_recall@2"].tolist() == pytest.approx([0.0, 1.0])
+    lo, hi = bootstrap_ci(np.array([0.0, 1.0] * 50), 200)
+    assert lo < 0.5 < hi
+
+
+def test_frequency_baselines(planted):
+    _, baskets = planted
+    split = next_basket_split(baskets, 14)
+    g, p, gp = (r.means["recall@10"] for r in evaluate_methods([GTopFreq(), PTopFreq(), GPTopFreq()], split,
+                                                               n_boot=50))
+    assert p > g and gp >= p
+    top = PTopFreq().fit(split.history).recommend(split.members, 50)
+    bought = split.history.counts()[split.members].toarray() > 0
+    listed = np.take_along_axis(bought, np.maximum(top, 0), axis=1)
+    assert listed[top >= 0].all() and ((top >= 0).sum(axis=1) == bought.sum(axis=1)).all()
+
+
+def test_tifu_vectors_follow_the_reference_grouping():
+    # One member, 4 baskets of one item each; 3 groups: sizes 1, 1, 2 (the last group one longer).
+    lines = np.arange(4)
+    baskets = Baskets._build(np.zeros(4, np.int64), lines, lines, np.full(4, -1), np.ones(4), np.zeros(0, str), 1, 4)
+    vec = tifu_vectors(baskets, within_decay=0.9, group_decay=0.6, n_groups=3).toarray()[0]
+    within = 0.9 ** np.array([3, 2, 1, 0])
+    group = np.array([0.6 ** 2, 0.6, 0.5, 0.5])
+    assert vec == pytest.approx(within * group / 3)
+    model = TIFUKNN(n_neighbors=1, alpha=0.2).fit(baskets)
+    assert model.scores(np.array([0]))[0] == pytest.approx(vec, rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def ranked(planted):
+    interactions, baskets = planted
+    split = next_basket_split(baskets, 14)
+    model = fit_ranker(baskets, interactions, CONFIG, split.cut_day, PARAMS)
+    cands = candidates(build_context(baskets, interactions, CONFIG, split.cut_day, PARAMS), split.members, PARAMS)
+    return split, model, cands
+
+
+def test_ranker_beats_its_best_single_source(ranked):
+    split, model, cands = ranked
+    ours = score_lists("omnirec", top_lists(cands, model.scores(cands, Intent.MIXED), split.members, 10), split, 50)
+    sources = {name: top_lists(cands, cands.column(name), split.members, 10)
+               for name in ("p_tifu", "p_count", "knn", "als", "lift_last", "store_pop", "pop_recent")}
+    best = max(score_lists(n, t, split, 50).means["recall@10"] for n, t in sources.items())
+    assert ours.means["recall@10"] > best + 0.05
+
+
+def test_buy_again_lists_due_items_first(ranked):
+    """Staples bought on fixed cycles: the items due at the next trip come first, not the most frequent ones."""
+    split, model, cands = ranked
+    top = top_lists(cands, model.scores(cands, Intent.BUY_AGAIN), split.members, 3)
+    by_count = PTopFreq().fit(split.history).recommend(split.members, 3)
+    first_hit = np.asarray(split.targets[np.arange(len(top)), top[:, 0]]).ravel()
+    count_hit = np.asarray(split.targets[np.arange(len(top)), by_count[:, 0]]).ravel()
+    assert first_hit.mean() > 0.9 > count_hit.mean() + 0.3
+    assert split.seen[np.arange(len(top))[:, None], top].toarray().all()
+
+
+def test_discover_never_returns_a_bought_item(ranked):
+    split, model, cands = ranked
+    top = top_lists(cands, model.scores(cands, Intent.DISCOVER), split.members, 10)
+    bought = split.history.counts()[split.members].toarray() > 0
+    assert (top >= 0).any()
+    assert not np.take_along_axis(bought, np.maximum(top, 0), axis=1)[top >= 0].any()
+
+
+def test_features_ignore_events_after_the_cutoff(planted):
+    interactions, baskets = planted
+    cut = next_basket_split(baskets, 14).cut_day
+    members = np.arange(20)
+    full = candidates(build_context(baskets, interactions, CONFIG, cut, PARAMS), members, PARAMS)
+    ts = interactions.events[Col.TS]
+    past = Interactions.from_events(interactions.events.filter(pc.less(ts, (cut + 1) * DAY)),
+                                    members=interactions.members, items=interactions.items)
+    only_past = candidates(build_context(Baskets.from_interactions(past), past, CONFIG, cut, PARAMS), members, PARAMS)
+    assert np.array_equal(full.item, only_past.item)
+    np.testing.assert_allclose(full.features, only_past.features, rtol=1e-5, equal_nan=True)
+    assert len(FEATURES) == full.features.shape[1]
+
+
+def _result(name: str, recall: np.ndarray) -> MethodResult:
+    per = {"recall@10": recall, "ndcg@10": recall}
+    return MethodResult(name, 10, len(recall), {k: float(v.mean()) for k, v in per.items()}, {}, per)
+
+
+def test_publish_gate_refuses_what_does_not_clear_the_strongest_baseline():
+    rng = np.random.default_rng(0)
+    base = rng.random(500)
+    strong = _result("GP-TopFreq", base + 0.05)
+    weak = _result("G-TopFreq", base - 0.2)
+    metrics = ("recall@10", "ndcg@10")
+    # beats the weak baseline by far, but only ties the strongest: refused, and the reason names the rival
+    tie = next_basket_gate([_result("omnirec", base + 0.05 + rng.normal(0, 0.01, 500)), strong, weak], "omnirec",
+                           metrics, n_boot=200)
+    assert not tie.passed and "GP-TopFreq" in tie.reason()
+    clear = next_basket_gate([_result("omnirec", base + 0.1), strong, weak], "omnirec", metrics, n_boot=200)
+    assert clear.passed
+    strict = next_basket_gate([_result("omnirec", base + 0.1), strong, weak], "omnirec", metrics, margin=0.06,
+                              n_boot=200)
+    assert not strict.passed
