@@ -35,7 +35,7 @@ def test_publish_gate_compares_the_served_list_with_the_strongest_baseline(train
     strongest = max((r for r in trained.next_basket if r.method != "served (als)"), key=lambda r: r.means["ndcg@10"])
     assert gate.checks["ndcg@10"]["rival"] == strongest.method
     manifest = json.loads((trained.path / "manifest.json").read_text())
-    assert manifest["publishable"] is False and manifest["next_basket"]["gate"]["passed"] is False
+    assert manifest["gate_passed"] is False and manifest["next_basket"]["gate"]["passed"] is False
     registry = BundleRegistry(train_config.bundle_root)
     assert registry.current_path() is None
     with pytest.raises(FailedPrecondition, match="next_basket"):
