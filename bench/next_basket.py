@@ -70,7 +70,7 @@ def main() -> None:
     split = next_basket_split(baskets, args.test_days)
     print(f"Complete Journey: {len(interactions):,} lines, {baskets.n_baskets:,} member-day baskets, "
           f"{len(split.members):,} test members ({time.perf_counter() - start:.1f}s)", file=sys.stderr)
-    config = TrainConfig(lightfm={**TrainConfig().lightfm, "epochs": args.lightfm_epochs})
+    config = TrainConfig(lightfm={"epochs": args.lightfm_epochs})
     comparison = run_comparison(interactions, baskets, split, config, n_boot=args.boot, progress=True)
     print_table(comparison.results)
     RESULTS.parent.mkdir(exist_ok=True)

@@ -14,12 +14,11 @@ import numpy as np
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
+from omnirec.domain.clock import DAY
 from omnirec.domain.errors import InvalidArgument
 from omnirec.domain.readers import Interactions
 from omnirec.domain.vocab import Col, EventType
 from omnirec.training.columns import encode
-
-DAY = 86_400
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,8 @@ class Comparison:
 
 def baselines(data: TrainSet, config: TrainConfig, seed: int = 0) -> list[BasketRecommender]:
     """The strongest simple baselines plus ALS and LightFM alone, fitted on `data` where they need it."""
-    collaborative = [ALSRecommender(seed=seed, **config.als), LightFMRecommender(seed=seed, **config.lightfm)]
+    collaborative = [ALSRecommender(seed=seed, **config.als.kwargs()),
+                     LightFMRecommender(seed=seed, **config.lightfm.kwargs())]
     with threadpool_limits(1, "blas"):
         for model in collaborative:
             model.fit(data)

@@ -165,7 +165,7 @@ def build_context(baskets: Baskets, interactions: Interactions, config: TrainCon
     last_basket = sp.csr_matrix((np.ones(int(in_last.sum()), np.float32), (history.member[in_last],
                                                                              history.item[in_last])), shape=shape)
     pool = np.flatnonzero(global_counts(history) >= params.min_item_baskets)
-    als = ALSRecommender(seed=seed, **config.als)
+    als = ALSRecommender(seed=seed, **config.als.kwargs())
     with threadpool_limits(1, "blas"):
         als.fit(collaborative_train_set(interactions, config, cut_day))
     return Context(history=history, cut_day=cut_day, counts=history.counts(), first_day=first, last_day=last,

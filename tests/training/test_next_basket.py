@@ -7,9 +7,10 @@ import pyarrow.compute as pc
 import pytest
 import scipy.sparse as sp
 
+from omnirec.domain.clock import DAY
 from omnirec.domain.readers import Interactions
 from omnirec.domain.vocab import Col
-from omnirec.training.baskets import DAY, Baskets, next_basket_split
+from omnirec.training.baskets import Baskets, next_basket_split
 from omnirec.training.config import TrainConfig
 from omnirec.training.metrics import bootstrap_ci, next_basket_per_member
 from omnirec.training.models.frequency import TIFUKNN, GPTopFreq, GTopFreq, PTopFreq, tifu_vectors
