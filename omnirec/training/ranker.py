@@ -117,7 +117,7 @@ def basket_lift(history: Baskets, pool: np.ndarray, per_item: int, min_count: in
     return sp.csr_matrix((best.data, (pool[best.row], pool[best.col])), shape=(history.n_items, history.n_items))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Context:
     """Everything candidates and features need, computed from the history up to `cut_day` only."""
 
@@ -272,7 +272,7 @@ def _fit_booster(cands: Candidates, y: np.ndarray, keep: np.ndarray, params: Ran
                      data, num_boost_round=params.n_estimators)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TwoStageModel:
     """The fitted rankers: `mixed` for MIXED and BUY_AGAIN, `discover` for never-bought items.
 
