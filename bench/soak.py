@@ -182,9 +182,9 @@ async def _faults(redis: PrivateRedis, serve: subprocess.Popen[bytes], seconds: 
                   log: list[str]) -> None:
     await asyncio.sleep(seconds / 3)
     log.append(f"{time.strftime('%H:%M:%S')} Redis: SHUTDOWN SAVE, down for {down_s:.0f} s")
-    await asyncio.to_thread(redis.stop)
+    redis.stop()  # on the main thread: the server dies with the thread that started it (PR_SET_PDEATHSIG)
     await asyncio.sleep(down_s)
-    await asyncio.to_thread(redis.start)
+    redis.start()
     log.append(f"{time.strftime('%H:%M:%S')} Redis: started again on its dump")
     await asyncio.sleep(seconds / 3 - down_s)
     victim = _workers(serve.pid)[0]

