@@ -11,8 +11,9 @@ exported as Unix timestamps (`*_timestamp_seconds`), not ages, so a worker that 
 shows its data getting older: ages are `time() - metric` in PromQL.
 
 Every hook is a no-op until `enable` is called, so a server with `metrics_port` unset pays one `None`
-check per hook. Hook points for work not landed yet (worker respawn, Recommend intents) are the plain
-functions below: one line to call.
+check per hook. The hooks are the plain functions below, one line to call: `worker_restarted()` is ready
+for the serving parent's respawn loop. (A Recommend `intent` needs no hook: the interceptor reads it off
+the request once the request has that enum field.)
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server, values
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
-
-from omnirec.logs import request_context
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 """prometheus_client's own interface: where each process's sample files live (inherited by the workers)."""
@@ -169,14 +168,6 @@ def worker_restarted() -> None:
         _restarts = Counter(RESTARTS, "Worker processes the serving parent replaced.",
                             registry=CollectorRegistry())
     _restarts.inc()
-
-
-def degraded(reason: str) -> None:
-    """The current RPC answers without some input; `reason` is a short fixed name (`no_model`). Ranked answers
-    (`ResponseInfo.degraded`) are counted by the telemetry interceptor from their `degraded_reason`."""
-    if (m := current()) is not None:
-        ctx = request_context.get()
-        m.degraded.labels(ctx.method if ctx else "", reason).inc()
 
 
 def feature_read(read: str, seconds: float, timed_out: bool) -> None:

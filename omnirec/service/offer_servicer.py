@@ -57,8 +57,6 @@ class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
             member_id, channel, store_id, k, basket, v.text_map(request.context, "context"), request.shown,
             v.time_budget(context, self._default_deadline_s))
         ranking = result.ranking
-        if result.degraded:
-            metrics.degraded("no_model")
         return offers_pb2.NextBestOfferResponse(
             decision_id=result.decision_id,
             offers=[offers_pb2.ScoredOffer(offer_id=s.offer.id, kind=_KINDS[s.offer.kind], score=s.score,

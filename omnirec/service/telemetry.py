@@ -8,18 +8,18 @@ answers by the short name of their `degraded_reason`. It reads the
 member id, decision id and model version off the request (as the API interceptor decoded it,
 `logs.note_request`) and the response by field name, so the servicers stay proto <-> domain.
 
-It runs outside the API-key interceptor, so refused calls are counted and logged too. Only unary-unary
-methods are wrapped (every omnirec RPC); health's Watch and reflection's streams pass through.
+It runs outside the API-key interceptor, so refused calls are counted and logged too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import re
+import secrets
 import time
-import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -28,6 +28,7 @@ from google.protobuf.message import Message
 from omnirec import logs
 from omnirec.logs import LoggingConfig, RequestContext
 from omnirec.service import metrics
+from omnirec.v1 import common_pb2
 
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 
@@ -46,7 +47,7 @@ def _request_id(metadata: Any) -> str:
     for key, value in metadata or ():
         if key == REQUEST_ID_HEADER and isinstance(value, str) and 0 < len(value) <= MAX_REQUEST_ID:
             return value
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)
 
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
@@ -58,7 +59,7 @@ def _status(context: grpc.aio.ServicerContext, error: BaseException | None) -> g
         return code
     if isinstance(code, int) and code in _CODES:
         return _CODES[code]
-    if isinstance(error, asyncio.CancelledError):
+    if isinstance(error, asyncio.CancelledError | GeneratorExit):  # the caller went away
         return grpc.StatusCode.CANCELLED
     return grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
 
@@ -74,21 +75,21 @@ def _enum_name(message: object, field: str, prefix: str) -> str | None:
     return value.name.removeprefix(prefix).lower() if value is not None else None
 
 
+_REASONS = {v.number: v.name.removeprefix("REASON_").lower() for v in common_pb2.Reason.DESCRIPTOR.values}
+
+
 def _first_reason(response: Message) -> str | None:
     """The reason code of a ranked answer's first item; None for responses that rank no items."""
-    items = getattr(response, "items", None)
-    if not isinstance(items, Message) or "reasons" not in items.DESCRIPTOR.fields_by_name:
+    reasons = getattr(getattr(response, "items", None), "reasons", None)
+    if reasons is None:
         return None
-    reasons = items.reasons  # type: ignore[attr-defined]
-    if not reasons:
-        return "empty"
-    value = items.DESCRIPTOR.fields_by_name["reasons"].enum_type.values_by_number.get(reasons[0])
-    return value.name.removeprefix("REASON_").lower() if value is not None else "unknown"
+    return _REASONS.get(reasons[0], "unknown") if reasons else "empty"
 
 
 def _degraded_reasons(info: object) -> list[str]:
-    """Short names of why a ranked answer is degraded: each `degraded_reason` part's phrase before its
-    detail ("stock not checked: ..." -> `stock_not_checked`), so the label set stays small."""
+    """Short names of why an answer is degraded (`ResponseInfo`, or a response with its own `degraded`):
+    each `degraded_reason` part's phrase before its detail ("stock not checked: ..." -> `stock_not_checked`),
+    so the label set stays small."""
     if not getattr(info, "degraded", False):
         return []
     parts = str(getattr(info, "degraded_reason", "")).split("; ")
@@ -111,8 +112,127 @@ def _answer_fields(request: object, response: Message | None, member_ids: bool) 
     return fields
 
 
+class _Method:
+    """What one method's calls share: its labels, its metric children, how its calls are logged."""
+
+    def __init__(self, method: str, grpc_type: str, config: LoggingConfig) -> None:
+        service, _, self.name = method.lstrip("/").partition("/")
+        self.config = config
+        self.metrics = metrics.current()
+        self.labels = (grpc_type, service, self.name)
+        self.started = self.metrics.started.labels(*self.labels) if self.metrics else None
+        self.handling = self.metrics.handling.labels(*self.labels) if self.metrics else None
+        # Label children looked up once each: a lookup costs more than the increment itself.
+        self._handled: dict[grpc.StatusCode, Any] = {}
+        self._answers: dict[tuple[str, str], Any] = {}
+
+    def record(self, m: metrics.ServiceMetrics, code: grpc.StatusCode, seconds: float, request: object,
+               response: Message | None) -> None:
+        self.handling.observe(seconds)  # type: ignore[union-attr]
+        handled = self._handled.get(code)
+        if handled is None:
+            handled = self._handled[code] = m.handled.labels(*self.labels, code.name)
+        handled.inc()
+        if response is None:
+            return
+        reason = _first_reason(response)
+        if reason is not None:
+            key = (_enum_name(request, "intent", "INTENT_") or "default", reason)
+            answers = self._answers.get(key)
+            if answers is None:
+                answers = self._answers[key] = m.answers.labels(self.name, *key)
+            answers.inc()
+        for why in _degraded_reasons(getattr(response, "info", None) or response):
+            m.degraded.labels(self.name, why).inc()
+
+    def begin(self, context: grpc.aio.ServicerContext) -> _Call:
+        request_id = _request_id(context.invocation_metadata())
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
+        if self.started is not None:
+            self.started.inc()
+        return _Call(self, RequestContext(request_id, self.name))
+
+
+class _Call:
+    """One RPC from its start to its status: the request context its log records carry, and its timer."""
+
+    __slots__ = ("method", "ctx", "token", "start")
+
+    def __init__(self, method: _Method, ctx: RequestContext) -> None:
+        self.method = method
+        self.ctx = ctx
+        self.token = logs.request_context.set(ctx)
+        self.start = time.perf_counter()
+
+    def end(self, context: grpc.aio.ServicerContext, response: Message | None, error: BaseException | None) -> None:
+        seconds = time.perf_counter() - self.start
+        code = _status(context, error)
+        method, request = self.method, self.ctx.request
+        if method.metrics is not None:
+            method.record(method.metrics, code, seconds, request, response)
+        _access_log(method.config, method.name, request, response, code, seconds, self.ctx.request_id)
+        logs.request_context.reset(self.token)
+
+
+def _access_log(config: LoggingConfig, method: str, request: object, response: Message | None,
+                code: grpc.StatusCode, seconds: float, request_id: str) -> None:
+    if config.access_log == "off":
+        return
+    fields = _answer_fields(request, response, config.member_ids)
+    if config.access_log == "errors" and code is grpc.StatusCode.OK and not fields.get("degraded"):
+        return
+    duration_ms = round(seconds * 1000, 3)
+    level = logging.WARNING if code in SERVER_FAULTS else logging.INFO
+    access_log.log(level, "%s %s %.1f ms", method, code.name, duration_ms,
+                   extra={"request_id": request_id, "method": method, "status": code.name,
+                          "duration_ms": duration_ms, **fields})
+
+
+def _unary(method: _Method, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    inner = handler.unary_unary
+
+    async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        call = method.begin(context)
+        response = error = None
+        try:
+            response = await inner(request, context)
+            return response
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            call.end(context, response, error)
+
+    return grpc.unary_unary_rpc_method_handler(behaviour, request_deserializer=handler.request_deserializer,
+                                               response_serializer=handler.response_serializer)
+
+
+def _server_stream(method: _Method, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A streaming answer is timed to its last message; the access line has no per-message fields."""
+    inner = handler.unary_stream
+
+    async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        call = method.begin(context)
+        error = None
+        try:
+            async for reply in inner(request, context):
+                yield reply
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            call.end(context, None, error)
+
+    return grpc.unary_stream_rpc_method_handler(streaming, request_deserializer=handler.request_deserializer,
+                                                response_serializer=handler.response_serializer)
+
+
 class TelemetryInterceptor(grpc.aio.ServerInterceptor):
-    """Request ids, gRPC metrics (when `metrics.enable` ran) and the access log, in one wrapper per method."""
+    """Request ids, gRPC metrics (when `metrics.enable` ran) and the access log, in one wrapper per method.
+
+    Wrapped: unary calls, and server-streaming calls written as async generators (every omnirec RPC);
+    other shapes (health's Watch, reflection's bidirectional stream) pass through.
+    """
 
     def __init__(self, config: LoggingConfig) -> None:
         self._config = config
@@ -121,69 +241,17 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(self, continuation: Continuation,
                                 handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
+        if handler is None:
+            return None
         method = handler_call_details.method
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:  # the inner interceptor's handlers are built once
             return cached[1]
-        wrapped = self._wrap(method, handler)
+        if handler.unary_unary is not None:
+            wrapped = _unary(_Method(method, "unary", self._config), handler)
+        elif handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
+            wrapped = _server_stream(_Method(method, "server_stream", self._config), handler)
+        else:
+            return handler
         self._wrapped[method] = (handler, wrapped)
         return wrapped
-
-    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        inner = handler.unary_unary
-        service, _, name = method.lstrip("/").partition("/")
-        m = metrics.current()
-        labels = ("unary", service, name)
-        started = m.started.labels(*labels) if m else None
-        handling = m.handling.labels(*labels) if m else None
-        record = self._record
-
-        async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            request_id = _request_id(context.invocation_metadata())
-            ctx = RequestContext(request_id, name)
-            token = logs.request_context.set(ctx)
-            context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
-            if started is not None:
-                started.inc()
-            start = time.perf_counter()
-            response = error = None
-            try:
-                response = await inner(request, context)
-                return response
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                seconds = time.perf_counter() - start
-                code = _status(context, error)
-                if m is not None:
-                    handling.observe(seconds)  # type: ignore[union-attr]
-                    m.handled.labels(*labels, code.name).inc()
-                    if response is not None:
-                        reason = _first_reason(response)
-                        if reason is not None:
-                            m.answers.labels(name, _enum_name(ctx.request, "intent", "INTENT_") or "default",
-                                             reason).inc()
-                        for why in _degraded_reasons(getattr(response, "info", None)):
-                            m.degraded.labels(name, why).inc()
-                record(name, ctx.request, response, code, seconds, request_id)
-                logs.request_context.reset(token)
-
-        return grpc.unary_unary_rpc_method_handler(behaviour, request_deserializer=handler.request_deserializer,
-                                                   response_serializer=handler.response_serializer)
-
-    def _record(self, method: str, request: object, response: Message | None, code: grpc.StatusCode,
-                seconds: float, request_id: str) -> None:
-        mode = self._config.access_log
-        if mode == "off":
-            return
-        fields = _answer_fields(request, response, self._config.member_ids)
-        if mode == "errors" and code is grpc.StatusCode.OK and not fields.get("degraded"):
-            return
-        duration_ms = round(seconds * 1000, 3)
-        level = logging.WARNING if code in SERVER_FAULTS else logging.INFO
-        access_log.log(level, "%s %s %.1f ms", method, code.name, duration_ms,
-                       extra={"request_id": request_id, "method": method, "status": code.name,
-                              "duration_ms": duration_ms, **fields})

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import importlib
 import pkgutil
+import socket
+import subprocess
 import threading
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from google.protobuf import descriptor
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import omnirec.v1
 from omnirec.config import OmnirecConfig
@@ -130,6 +134,28 @@ def service_config(data_dir: Path, bundle_root: Path, redis: RedisConfig, event_
 
 def _column(table: pa.Table, name: str) -> np.ndarray:
     return table[name].to_numpy(zero_copy_only=False).astype(str)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_serving(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    """Until `omnirec serve` (running as `proc`) answers its health check SERVING on `port`."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        deadline = time.time() + timeout_s
+        while True:
+            try:
+                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
+                        health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            assert time.time() < deadline and proc.poll() is None, "omnirec serve did not become healthy"
+            time.sleep(0.2)
 
 
 def serve_toml(path: Path, data_dir: Path, bundle_root: Path, redis: RedisConfig, port: int, event_dir: Path,

@@ -2,36 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
-from service_harness import API_KEYS
+from service_harness import API_KEYS, free_port, serve_toml, wait_serving
 
 from omnirec.feature_store.config import RedisConfig
+from omnirec.offers.catalogue import load_catalogue
+from omnirec.offers.config import EXAMPLE_CATALOGUE
 from omnirec.v1 import common_pb2
 from omnirec.v1 import recommendation_pb2 as rec
 from omnirec.v1 import recommendation_pb2_grpc as rec_grpc
 
 APP = (("x-api-key", API_KEYS["app"]),)
 RECOMMEND = {"grpc_type": "unary", "grpc_service": "omnirec.v1.RecommendationService", "grpc_method": "Recommend"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _samples(text: str) -> list[tuple[str, dict[str, str], float]]:
@@ -41,21 +35,6 @@ def _samples(text: str) -> list[tuple[str, dict[str, str], float]]:
 def _value(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
     """Sum of the samples of `name` whose labels include `labels`."""
     return sum(v for n, lab, v in samples if n == name and labels.items() <= lab.items())
-
-
-def _wait_serving(port: int, proc: subprocess.Popen[bytes]) -> None:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        deadline = time.time() + 60
-        while True:
-            try:
-                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
-                        health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            assert time.time() < deadline and proc.poll() is None, "omnirec serve did not become healthy"
-            time.sleep(0.2)
 
 
 def _access_lines(log: Path) -> list[dict[str, object]]:
@@ -89,34 +68,17 @@ def _three_calls(port: int, known_member: str, sent_id: str) -> str:
 def test_metrics_sum_over_two_workers_and_json_logs_carry_request_ids(
         small_retail_dir: Path, bundle_root: Path, redis_config: RedisConfig, tmp_path: Path,
         known_member: str) -> None:
-    port, metrics_port = _free_port(), _free_port()
-    keys = "\n".join(f'"{key}" = "{role}"' for role, key in API_KEYS.items())
-    config = tmp_path / "omnirec.toml"
-    config.write_text(f"""data_dir = "{small_retail_dir}"
-[train]
-bundle_root = "{bundle_root}"
-[redis]
-url = "{redis_config.url}"
-namespace = "{redis_config.namespace}"
-[service]
-host = "127.0.0.1"
-port = {port}
-metrics_port = {metrics_port}
-workers = 2
-poll_interval_s = 0.2
-event_log_dir = "{tmp_path / 'events'}"
-[service.api_keys]
-{keys}
-[logging]
-format = "json"
-access_log = "all"
-""")
+    port, metrics_port = free_port(), free_port()
+    config = serve_toml(tmp_path / "omnirec.toml", small_retail_dir, bundle_root, redis_config, port,
+                        tmp_path / "events", metrics_port=metrics_port, poll_interval_s=0.2)
+    config.write_text(config.read_text() + '[logging]\nformat = "json"\naccess_log = "all"\n')
     log = tmp_path / "serve.log"
     env = {**os.environ, "OMNIREC_CONFIG": str(config)}
     with log.open("wb") as err:
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "omnirec"), "serve"], env=env, stderr=err)
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "omnirec"), "serve"], env=env, stderr=err,
+                                start_new_session=True)
     try:
-        _wait_serving(port, proc)
+        wait_serving(port, proc)
         rounds, pids, sent, generated = 0, set(), [], []
         while len(pids) < 2:  # new connections until both workers have answered some
             assert rounds < 40, "every connection went to one worker"
@@ -137,6 +99,13 @@ access_log = "all"
         versions = [lab for n, lab, _ in samples if n == "omnirec_model_bundle_version"]
         assert {lab["pid"] for lab in versions} == {str(p) for p in pids}
         assert _value(samples, "omnirec_model_bundle_created_timestamp_seconds") > 0
+        catalogue = load_catalogue(EXAMPLE_CATALOGUE)  # the default catalogue; nothing issued yet
+        budgeted = [o for o in catalogue.offers if o.budget.max_count is not None]
+        assert budgeted
+        for offer in budgeted:
+            assert _value(samples, "omnirec_offer_budget_limit", offer_id=offer.id, unit="count") == \
+                offer.budget.max_count
+            assert _value(samples, "omnirec_offer_budget_spent", offer_id=offer.id, unit="count") == 0
 
         lines = _access_lines(log)
         by_id = {line["request_id"]: line for line in lines}
@@ -152,6 +121,6 @@ access_log = "all"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        with contextlib.suppress(ProcessLookupError):  # whatever is left: the workers too, not only their parent
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

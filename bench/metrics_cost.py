@@ -1,0 +1,202 @@
+"""What operability costs: `omnirec serve` with metrics off, on, and on plus a JSON access log, side by side.
+
+    .venv/bin/python bench/metrics_cost.py --config var/bench/omnirec.toml --data-dir var/bench/data
+
+The config is the one `bench/service_load.py` uses (bundle, materialised features in a Redis database of
+their own, `[service] port` and workers, an `app` key). Each variant is a fresh `omnirec serve` (2 workers)
+built from that config with only `[service] metrics_port` and `[logging]` changed; variants alternate in
+every round (off, on, on + log, then the reverse order), so drift on a shared machine falls on all of
+them. The load is `service_load.measure`: one closed-loop grpc.aio client over 4 connections, Recommend
+for a random member with the purchase filter (one feature-store read per call) and without it (the bundle
+alone, the cheapest call, so the relative cost is largest). While metrics are on, the endpoint is
+scraped once a second, as a Prometheus would (more often than usual).
+
+Besides QPS it reports the serving workers' CPU time per answered request (utime + stime from /proc):
+on a shared, oversubscribed machine QPS swings with the neighbours' load, while the CPU a request costs
+barely moves, and on a dedicated machine where the workers saturate their cores throughput is its
+inverse. Prints the medians per variant and their ratios to "off"; writes bench/results/metrics_cost.json.
+
+`--hooks` measures instead, in this process and without a server, what the interceptor adds to one call
+(request id, context variable, metrics, a Recommend answer's labels) with metrics off and on, alternated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import platform
+import socket
+import statistics
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from service_load import KINDS, measure, wait_ready  # the sibling bench script (bench/ is on sys.path)
+
+from omnirec import logs
+from omnirec.config import OmnirecConfig
+from omnirec.logs import LoggingConfig
+
+RESULTS = Path(__file__).parent / "results" / "metrics_cost.json"
+VARIANTS = ("off", "metrics", "metrics+json_log")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def variant_config(base: OmnirecConfig, variant: str, metrics_port: int) -> OmnirecConfig:
+    service = base.service.model_copy(update={"metrics_port": metrics_port if variant != "off" else None})
+    logging = LoggingConfig(format="json", access_log="all" if variant == "metrics+json_log" else "off")
+    return base.model_copy(update={"service": service, "logging": logging})
+
+
+def _serve(config: OmnirecConfig) -> None:
+    """The server process (spawned: the bench process already runs grpc). Its log goes to /dev/null."""
+    from omnirec.service.server import run
+
+    sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (the process's stderr for its lifetime)
+    logs.setup(config.logging)
+    run(config)
+
+
+def _scrape(port: int, stop: threading.Event) -> None:
+    while not stop.wait(1.0):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+
+
+def worker_cpu_s(parent: int) -> float:
+    """User + system CPU seconds of `parent`'s child processes (the serving workers) so far."""
+    total = 0
+    for pid in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def run_variant(config: OmnirecConfig, kinds: tuple[str, ...], args: argparse.Namespace, api_key: str,
+                member_ids: object) -> dict[str, tuple[float, float]]:
+    """kind -> (QPS, worker CPU microseconds per request)."""
+    server = multiprocessing.get_context("spawn").Process(target=_serve, args=(config,))
+    server.start()
+    stop = threading.Event()
+    scraper = None
+    try:
+        target = f"127.0.0.1:{config.service.port}"
+        wait_ready(target)
+        if config.service.metrics_port:
+            scraper = threading.Thread(target=_scrape, args=(config.service.metrics_port, stop), daemon=True)
+            scraper.start()
+        out = {}
+        for kind in kinds:
+            cpu = worker_cpu_s(server.pid)  # type: ignore[arg-type]
+            row = asyncio.run(measure(target, kind, [args.in_flight], args.seconds, api_key, member_ids,
+                                      args.connections))[0]
+            out[kind] = (row["qps"], (worker_cpu_s(server.pid) - cpu) * 1e6 / row["requests"])  # type: ignore[arg-type]
+        return out
+    finally:
+        stop.set()
+        server.terminate()  # SIGTERM: the serving parent drains its workers
+        server.join(60)
+
+
+class _Context:
+    """What the telemetry interceptor reads and writes of a `grpc.aio.ServicerContext`."""
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("x-api-key", "key"),)
+
+    def set_trailing_metadata(self, metadata: object) -> None:
+        pass
+
+    def code(self) -> None:
+        return None
+
+
+def hook_cost(rounds: int, calls: int) -> dict[str, list[float]]:
+    """Microseconds the interceptor spends per Recommend call, metrics off vs on (access log off)."""
+    import tempfile
+
+    from omnirec.service import metrics
+    from omnirec.service.telemetry import _Method
+    from omnirec.v1 import common_pb2, recommendation_pb2
+
+    request = recommendation_pb2.RecommendRequest(member_id="m0000001", channel=common_pb2.CHANNEL_APP, k=10)
+    response = recommendation_pb2.RecommendResponse(
+        items=common_pb2.RankedItems(item_ids=[f"i{i}" for i in range(10)], scores=[1.0] * 10,
+                                     reasons=[common_pb2.REASON_COLLABORATIVE] * 10),
+        info=common_pb2.ResponseInfo(model_version="1"))
+    context = _Context()
+    out: dict[str, list[float]] = {"off": [], "metrics": []}
+    for _ in range(rounds):
+        for variant in ("off", "metrics"):
+            if variant == "metrics":
+                metrics.enable(Path(tempfile.mkdtemp(prefix="omnirec-bench-")))
+            method = _Method("/omnirec.v1.RecommendationService/Recommend", "unary", LoggingConfig(access_log="off"))
+            start = time.perf_counter()
+            for _ in range(calls):
+                call = method.begin(context)  # type: ignore[arg-type]
+                call.ctx.request = request
+                call.end(context, response, None)  # type: ignore[arg-type]
+            out[variant].append((time.perf_counter() - start) * 1e6 / calls)
+            metrics.disable()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--data-dir", type=Path, required=True, help="simulated data: member ids to ask for")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--in-flight", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--hooks", action="store_true", help="time the interceptor's per-call work only")
+    args = parser.parse_args()
+    if args.hooks:
+        cost = hook_cost(args.rounds, 20_000)
+        off, on = statistics.median(cost["off"]), statistics.median(cost["metrics"])
+        print(f"interceptor per Recommend call: metrics off {off:.1f} us, on {on:.1f} us (+{on - off:.1f} us); "
+              f"runs off {cost['off']}, on {cost['metrics']}")
+        return
+
+    base = OmnirecConfig.load(args.config)
+    api_key = next(k for k, role in base.service.api_keys.items() if role == "app")
+    members = pq.read_table(args.data_dir / "members.parquet", columns=["member_id"])["member_id"]
+    member_ids = members.to_numpy(zero_copy_only=False).astype(str)
+    qps: dict[str, dict[str, list[float]]] = {v: {k: [] for k in KINDS} for v in VARIANTS}
+    cpu: dict[str, dict[str, list[float]]] = {v: {k: [] for k in KINDS} for v in VARIANTS}
+    for r in range(args.rounds):
+        for variant in VARIANTS if r % 2 == 0 else tuple(reversed(VARIANTS)):
+            config = variant_config(base, variant, _free_port())
+            for kind, (value, us) in run_variant(config, KINDS, args, api_key, member_ids).items():
+                qps[variant][kind].append(value)
+                cpu[variant][kind].append(us)
+                print(f"round {r}: {variant:<17} {kind:<22} {value:>8,.0f} QPS {us:>7.0f} us CPU/request", flush=True)
+
+    results: dict[str, object] = {"machine": f"{platform.machine()}, {os.cpu_count()} cpus",
+                                  "workers": base.service.workers, "in_flight": args.in_flight,
+                                  "connections": args.connections, "seconds": args.seconds, "rounds": args.rounds,
+                                  "qps": qps, "worker_cpu_us_per_request": cpu}
+    print(f"\n{'variant':<17} {'kind':<22} {'CPU us/req':>10} {'vs off':>7} {'QPS':>7} {'vs off':>7}  CPU runs")
+    for variant in VARIANTS:
+        for kind in KINDS:
+            us, q = statistics.median(cpu[variant][kind]), statistics.median(qps[variant][kind])
+            runs = ", ".join(f"{c:.0f}" for c in cpu[variant][kind])
+            print(f"{variant:<17} {kind:<22} {us:>10.0f} {us / statistics.median(cpu['off'][kind]):>7.1%} "
+                  f"{q:>7,.0f} {q / statistics.median(qps['off'][kind]):>7.1%}  {runs}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2))
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
