@@ -65,11 +65,11 @@ def audience(
     holdout_share: Annotated[float, typer.Option(help="Share carved out as this send's control group.")] = 0.0,
     send_id: Annotated[str, typer.Option(help="Names the send (required with --holdout-share).")] = "",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    engine: Annotated[str, typer.Option(help="local (this process) or spark (the active or a new Spark session; "
+                                             "affinity ranking only).")] = "local",
     config: Annotated[Path | None, typer.Option("--config", help="TOML config file.")] = None,
 ) -> None:
     """Members who should get an offer (or like a target), scored, filtered and suppressed; contacts nobody."""
-    from tqdm import tqdm
-
     from omnirec.audience import AudienceRequest, RankBy
     from omnirec.domain.vocab import Channel, LifecycleStage
     from omnirec.offers.catalogue import Target
@@ -85,13 +85,10 @@ def audience(
         home_stores=frozenset(home_store or ()), regions=frozenset(region or ()), min_score=min_score,
         rank_by=RankBy(ranking),
         holdout_share=holdout_share, send_id=send_id)
-    with _campaigns(cfg) as campaigns, tqdm(total=max_size, unit="member", desc="audience",
-                                             disable=not progress) as bar:
-        def step(examined: int, selected: int) -> None:
-            bar.update(selected - bar.n)
-            bar.set_postfix(examined=examined)
-
-        result = campaigns.pull(request, caller="cli", progress=step)
+    if engine not in ("local", "spark"):
+        raise typer.BadParameter(f"--engine is local or spark, not {engine!r}")
+    with _campaigns(cfg) as campaigns:
+        result = _pull_on_spark(campaigns, request) if engine == "spark" else _pull(campaigns, request, progress)
     _write(result.rows, out)
     table = Table(title=f"Audience: {len(result.rows):,} members ({result.holdout_count:,} held out) -> {out}")
     table.add_column("what")
@@ -103,6 +100,31 @@ def audience(
     table.add_row("versions", f"model {result.model_version}, features {result.feature_generation}, "
                               f"catalogue {result.catalogue_version}")
     console.print(table)
+
+
+def _pull(campaigns, request, progress: bool):  # type: ignore[no-untyped-def]
+    from tqdm import tqdm
+
+    with tqdm(total=request.max_size, unit="member", desc="audience", disable=not progress) as bar:
+        def step(examined: int, selected: int) -> None:
+            bar.update(selected - bar.n)
+            bar.set_postfix(examined=examined)
+
+        return campaigns.pull(request, caller="cli", progress=step)
+
+
+def _pull_on_spark(campaigns, request):  # type: ignore[no-untyped-def]
+    """The same pull with scoring and rules on Spark; its inputs are exported to a scratch folder (Spark's
+    progress is its own: the Spark UI, or the console bar of a session that enables it)."""
+    import tempfile
+
+    from omnirec.audience import spark
+
+    now = campaigns.clock()
+    with tempfile.TemporaryDirectory(prefix="omnirec-audience-") as work:
+        result = spark.build(spark.session(), campaigns.builder, request, campaigns.sources(), now, Path(work))
+    campaigns.record(request, result, caller="cli", now=now)
+    return result
 
 
 def confirm_send(

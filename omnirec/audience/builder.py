@@ -107,25 +107,39 @@ class AudienceBuilder:
             u = sources.uplift
             return _Scored(offer, u.members.external_ids, (u.p_treated - u.p_control).astype(np.float32),
                            f"uplift:{u.model_version}")
+        model, targets = self.targets(request, offer, sources)
+        scores = (np.zeros(len(model.members), np.float32) if targets is None
+                  else affinity_scores(model.member_factors, targets))
+        return _Scored(offer, model.members.external_ids, scores, model.version)
+
+    def offer(self, request: AudienceRequest, catalogue: Catalogue, now: float) -> Offer | None:
+        """The validated request's offer (None for an explicit target)."""
+        request.validate(self.tiers)
+        return self._offer(request, catalogue, now)
+
+    @staticmethod
+    def targets(request: AudienceRequest, offer: Offer | None,
+                sources: AudienceSources) -> tuple[FactorModel, np.ndarray | None]:
+        """The model and the target's item vectors that affinity is scored against (None for a basket offer:
+        every member scores alike). Both engines score from these."""
         model = sources.model
         if model is None:
             raise Unavailable("no model bundle is loaded yet (run `omnirec train` and `omnirec publish`)")
         target = offer.target if offer is not None else request.target
         if target is None or target.scope == "basket":
-            scores = np.zeros(len(model.members), np.float32)  # a basket offer: every member alike
-        else:
-            idx = model.items.to_internal(np.asarray(list(sources.target_items(target)), dtype=object), strict=False)
-            idx = idx[idx >= 0]
-            if len(idx) == 0:
-                raise InvalidArgument("target", f"no item of {target.key} is known to model {model.version}")
-            scores = affinity_scores(model.member_factors, target_vectors(model.item_factors, idx, model.popularity))
-        return _Scored(offer, model.members.external_ids, scores, model.version)
+            return model, None
+        idx = model.items.to_internal(np.asarray(list(sources.target_items(target)), dtype=object), strict=False)
+        idx = idx[idx >= 0]
+        if len(idx) == 0:
+            raise InvalidArgument("target", f"no item of {target.key} is known to model {model.version}")
+        return model, target_vectors(model.item_factors, idx, model.popularity)
 
     # --- rules ---------------------------------------------------------------------------------------
-    def _horizon_days(self, request: AudienceRequest, offer: Offer | None) -> float:
+    def since(self, request: AudienceRequest, offer: Offer | None, now: float) -> float:
+        """How far back the contact ledger is read: the longest of the fatigue and cap periods (a day at least)."""
         fatigue = self.fatigue.get(request.channel)
         cap = offer.per_member_cap if offer is not None else None
-        return max(fatigue.period_days if fatigue else 0.0, cap.period_days if cap else 0.0, 1.0)
+        return now - max(fatigue.period_days if fatigue else 0.0, cap.period_days if cap else 0.0, 1.0) * DAY
 
     def stages(self, profiles: Sequence[MemberProfile | None], now: float) -> list[LifecycleStage | None]:
         """Every member's stage at `now` in one vectorised call (one call per member costs 10x more)."""
@@ -176,6 +190,15 @@ class AudienceBuilder:
                                                  f"{fatigue.period_days:g} days (cap {fatigue.count})")
         return None, "included"
 
+    def verdict(self, request: AudienceRequest, offer: Offer | None, profile: MemberProfile | None,
+                stage: LifecycleStage | None, history: ContactHistory, wallet: Wallet,
+                now: float) -> tuple[Suppression | None, str]:
+        """One member's fate: the campaign's filters, then the offer's rules. Every engine decides with this."""
+        why, detail = self._filter(request, profile, stage)
+        if why is None:
+            why, detail = self._rules(request, offer, profile, stage, history, wallet, now)  # type: ignore[arg-type]
+        return why, detail
+
     def _chunk(self, request: AudienceRequest, scored: _Scored, rows: np.ndarray, since: float, now: float,
                sources: AudienceSources) -> tuple[int, list[tuple[Suppression | None, MemberProfile | None,
                                                                     LifecycleStage | None]]]:
@@ -203,7 +226,7 @@ class AudienceBuilder:
         scored = self._score(request, sources, now)
         order = ranked(scored.scores)
         t_scored = time.perf_counter()
-        since = now - self._horizon_days(request, scored.offer) * DAY
+        since = self.since(request, scored.offer, now)
         counts: Counter[Suppression] = Counter()
         keep: list[np.ndarray] = []
         tiers: list[str] = []
@@ -262,10 +285,8 @@ class AudienceBuilder:
             return MemberVerdict(member_id, score, False, Suppression.BELOW_MIN_SCORE,
                                  f"score {score:.4f} < min_score {request.min_score:g}", hold)
         _, (profile,) = sources.profiles([member_id])
-        since = now - self._horizon_days(request, scored.offer) * DAY
+        since = self.since(request, scored.offer, now)
         ((history, wallet),) = sources.marketing([member_id], since, now, scored.offer is not None)
         (stage,) = self.stages([profile], now)
-        why, detail = self._filter(request, profile, stage)
-        if why is None:
-            why, detail = self._rules(request, scored.offer, profile, stage, history, wallet, now)  # type: ignore[arg-type]
+        why, detail = self.verdict(request, scored.offer, profile, stage, history, wallet, now)
         return MemberVerdict(member_id, score, why is None, why, detail, hold)

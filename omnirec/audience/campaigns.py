@@ -35,6 +35,11 @@ class Campaigns:
              progress: Callable[[int, int], None] | None = None) -> Audience:
         now = self.clock()
         audience = self.builder.build(request, self.sources(), now, cancelled, progress)
+        self.record(request, audience, caller, now)
+        return audience
+
+    def record(self, request: AudienceRequest, audience: Audience, caller: str, now: float) -> None:
+        """Log a pull (who, when, request, versions, counts), whichever engine built it."""
         counts = {"total": len(audience.rows), "holdout": audience.holdout_count, "examined": audience.examined,
                   "scored": audience.scored, **{str(k): v for k, v in audience.suppressed.items()}}
         self.log.append(DecisionRecord(
@@ -42,7 +47,6 @@ class Campaigns:
             channel=request.channel.value, catalogue_version=audience.catalogue_version,
             model_version=audience.model_version, feature_generation=audience.feature_generation, caller=caller,
             send_id=request.send_id, offer_id=request.offer_id, request=_request_json(request), counts=counts))
-        return audience
 
     def explain(self, request: AudienceRequest, member_id: str) -> MemberVerdict:
         return self.builder.explain(request, self.sources(), member_id, self.clock())
