@@ -95,7 +95,7 @@ def test_offer_with_consent_caps_and_fatigue_equals_the_single_machine_audience(
         campaigns: Campaigns, spark: object, tmp_path: Path) -> None:
     request = AudienceRequest(channel=Channel.APP, max_size=5_000, offer_id=OFFER, holdout_share=0.1,
                               send_id="s2")
-    before, _ = both(campaigns, spark, tmp_path / "before", request)
+    before = campaigns.builder.build(request, campaigns.sources(), campaigns.clock())
     capped, fatigued = list(before.rows.member_ids[:5]), list(before.rows.member_ids[5:10])
     for i in range(2):  # the offer's cap: 2 in 30 days
         campaigns.confirm(f"offer-{i}", OFFER, Channel.APP, capped, [], caller="test")
