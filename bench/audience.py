@@ -120,8 +120,8 @@ def main() -> None:
     redis_config = RedisConfig(url=args.redis_url, namespace=namespace)
     print("materialising ...")
     materialize(data_dir, redis_config, TierLadder(), LifecycleRules(), now=time.time(), progress=True)
-    stages: mp.Queue = mp.Queue()
-    server = mp.get_context("fork").Process(target=_serve, args=(data_dir, args.redis_url, namespace, args.dim,
+    stages: mp.Queue = mp.get_context("spawn").Queue()
+    server = mp.get_context("spawn").Process(target=_serve, args=(data_dir, args.redis_url, namespace, args.dim,
                                                                   args.port, stages), daemon=True)
     server.start()
     try:

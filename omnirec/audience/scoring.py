@@ -11,10 +11,14 @@ BLOCK = 65_536
 
 
 def target_vectors(item_factors: np.ndarray, target_idx: np.ndarray, popularity: np.ndarray | None) -> np.ndarray:
-    """The factor rows of the target's items, cut to the `MAX_TARGET_ITEMS` most popular."""
+    """The factor rows of the target's items, cut to the `MAX_TARGET_ITEMS` most popular (without a
+    popularity, an evenly spaced sample of them: still deterministic)."""
     idx = np.unique(target_idx)
-    if len(idx) > MAX_TARGET_ITEMS and popularity is not None:
-        idx = idx[np.argsort(-popularity[idx], kind="stable")[:MAX_TARGET_ITEMS]]
+    if len(idx) > MAX_TARGET_ITEMS:
+        if popularity is not None:
+            idx = idx[np.argsort(-popularity[idx], kind="stable")[:MAX_TARGET_ITEMS]]
+        else:
+            idx = idx[np.linspace(0, len(idx) - 1, MAX_TARGET_ITEMS).astype(np.int64)]
     return np.ascontiguousarray(item_factors[idx], dtype=np.float32)
 
 

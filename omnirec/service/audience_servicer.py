@@ -54,12 +54,18 @@ def _stages(values: list[str]) -> frozenset[LifecycleStage]:
 def audience_request(spec: audience_pb2.AudienceSpec, tiers: TierLadder) -> AudienceRequest:
     if spec.ranking not in _RANKING:
         raise InvalidArgument("audience.ranking", f"unknown ranking {spec.ranking}")
+    def ids(field: str) -> frozenset[str]:
+        return frozenset(v.id_list(getattr(spec, field), f"audience.{field}"))
+
+    for field in ("item_ids", "category_ids", "brand_ids"):
+        ids(field)
     request = AudienceRequest(
-        channel=v.channel(spec.channel, "audience.channel"), max_size=spec.max_size, offer_id=spec.offer_id,
-        target=_target(spec), tiers=frozenset(spec.tiers), stages=_stages(list(spec.lifecycle_stages)),
-        home_stores=frozenset(spec.home_store_ids), regions=frozenset(spec.regions),
-        min_score=spec.min_score if spec.HasField("min_score") else None, rank_by=_RANKING[spec.ranking],
-        holdout_share=spec.holdout_share, send_id=spec.send_id)
+        channel=v.channel(spec.channel, "audience.channel"), max_size=spec.max_size,
+        offer_id=v.optional_id(spec.offer_id, "audience.offer_id") or "", target=_target(spec),
+        tiers=ids("tiers"), stages=_stages(list(spec.lifecycle_stages)), home_stores=ids("home_store_ids"),
+        regions=ids("regions"), min_score=spec.min_score if spec.HasField("min_score") else None,
+        rank_by=_RANKING[spec.ranking], holdout_share=spec.holdout_share,
+        send_id=v.optional_id(spec.send_id, "audience.send_id") or "")
     with _in_spec():
         request.validate(tiers)
     return request

@@ -163,3 +163,16 @@ def test_cli_writes_the_rows_the_stream_sends(running: RunningServer, campaign_c
                if r["type"] == "confirm_send"]
     assert len(sent["members"]) + len(sent["holdout_members"]) == 120
     assert set(sent["holdout_members"]) == {m for m, h in zip(table["member_id"], table["holdout"], strict=True) if h}
+
+
+@pytest.mark.parametrize(("spec", "field"), [
+    ({"category_ids": ["ok", "bad\x00id"]}, "audience.category_ids[1]"),
+    ({"category_ids": ["x"], "home_store_ids": [""]}, "audience.home_store_ids[0]"),
+    ({"offer_id": "o\n1"}, "audience.offer_id"),
+    ({"category_ids": ["x"], "send_id": "s" * 500, "holdout_share": 0.1}, "audience.send_id"),
+])
+def test_ids_are_checked_like_every_rpcs(running: RunningServer, spec: dict[str, object], field: str) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        pull(running, **spec)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith(field)
