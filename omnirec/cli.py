@@ -166,17 +166,25 @@ def train(
     publish: Annotated[bool, typer.Option(help="Publish the new bundle when it passes the publish gate.")] = True,
     force: Annotated[bool, typer.Option("--force", help="Publish even if the publish gate refuses.")] = False,
     as_of: AsOfOpt = None,
+    engine: Annotated[str | None, typer.Option(help="Fit ALS with `local` (implicit) or `spark` (MLlib; needs "
+                                                    "pyspark and Java) (default: the config's train.engine).")]
+        = None,
     config: ConfigOpt = None,
 ) -> None:
     """Train every model, evaluate on a time split, write the next versioned bundle and publish it."""
+    from pydantic import ValidationError
+
     from omnirec.training.pipeline import print_summary as print_training
     from omnirec.training.pipeline import train as run
 
     cfg = _setup(config)
-    overrides = {k: v for k, v in (("bundle_root", bundles), ("seed", seed)) if v is not None}
-    train_cfg = cfg.train.model_copy(update=overrides)
-    result = run(data or cfg.data_dir, train_cfg, force=force, publish=publish, as_of=_as_of_ts(as_of, cfg),
-                 rules=cfg.lifecycle)
+    overrides = {k: v for k, v in (("bundle_root", bundles), ("seed", seed), ("engine", engine)) if v is not None}
+    try:
+        train_cfg = type(cfg.train).model_validate(cfg.train.model_dump() | overrides)
+    except ValidationError as exc:
+        raise typer.BadParameter(_first_error(exc)) from None
+    result = run(data or cfg.data_dir, train_cfg, force=force, publish=publish, spark=cfg.spark,
+                 as_of=_as_of_ts(as_of, cfg), rules=cfg.lifecycle)
     logs.job_done(log, "train", result.seconds, model_version=str(result.version))
     print_training(result, console)
     if publish and not result.published:
@@ -207,16 +215,28 @@ def materialize(
     data: Annotated[Path | None, typer.Option(help="Folder with the retail Parquet files (default: data_dir).")] = None,
     as_of: AsOfOpt = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar while loading.")] = True,
+    engine: Annotated[str, typer.Option(help="`local` (this process) or `spark` (features computed on Spark and "
+                                             "written by its executors; needs pyspark, Java and a Redis URL).")]
+        = "local",
     config: ConfigOpt = None,
 ) -> None:
     """Load member, item and stock features from the event log into Redis as a new generation, then switch to it."""
     from omnirec.feature_store.embedded import embedded
-    from omnirec.feature_store.materialize import materialize as run
 
     cfg = _setup(config)
-    with embedded(cfg.redis) as redis_config:
-        s = run(data or cfg.data_dir, redis_config, cfg.tiers, cfg.lifecycle, now=_as_of_ts(as_of, cfg),
-                progress=progress)
+    if engine == "spark":
+        from omnirec.feature_store.spark import materialize_spark
+
+        s = materialize_spark(data or cfg.data_dir, cfg.redis, cfg.spark, cfg.tiers, cfg.lifecycle,
+                              now=_as_of_ts(as_of, cfg))
+    elif engine == "local":
+        from omnirec.feature_store.materialize import materialize as run
+
+        with embedded(cfg.redis) as redis_config:
+            s = run(data or cfg.data_dir, redis_config, cfg.tiers, cfg.lifecycle, now=_as_of_ts(as_of, cfg),
+                    progress=progress)
+    else:
+        raise typer.BadParameter(f"--engine must be local or spark, not {engine!r}")
     logs.job_done(log, "materialize", {"read": s.read_seconds, "compute": s.compute_seconds, "load": s.load.seconds},
                   generation=s.load.generation, members=s.load.members)
     table = Table(title=f"Materialised generation {s.load.generation} into {cfg.redis.url or cfg.redis.embedded_path}")

@@ -21,6 +21,7 @@ from omnirec.logs import LoggingConfig
 from omnirec.offers.config import OfferConfig
 from omnirec.recommendations.config import RecommendationConfig
 from omnirec.service.config import ServiceConfig
+from omnirec.spark.config import SparkConfig
 from omnirec.tracing import TracingConfig
 from omnirec.training.config import TrainConfig
 
@@ -44,6 +45,7 @@ class OmnirecConfig(BaseModel):
     recommendations: RecommendationConfig = RecommendationConfig()
     logging: LoggingConfig = LoggingConfig()
     tracing: TracingConfig = TracingConfig()
+    spark: SparkConfig = SparkConfig()
 
     @field_validator("as_of")
     @classmethod

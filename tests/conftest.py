@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from cluster import LocalCluster
+from redis.cluster import RedisCluster
 
 from omnirec.simulator import SimulationConfig, simulate
 
@@ -43,18 +46,62 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture
-def redis_client() -> Iterator[redis.Redis]:
-    """The real Redis server (CI starts one); each test gets its own prefix in `client.test_prefix`."""
-    client = redis.Redis.from_url(TEST_REDIS_URL, socket_timeout=5)
+def _private_prefix(client: redis.Redis | RedisCluster, url: str) -> Iterator[redis.Redis | RedisCluster]:
+    """`client` with its own key prefix (`client.test_prefix`) and URL (`client.test_url`); every key under
+    the prefix is deleted afterwards (on a cluster, from every primary)."""
     client.ping()
     prefix = f"test-{uuid.uuid4().hex[:12]}"
-    client.test_prefix = prefix  # type: ignore[attr-defined]
+    client.test_prefix = prefix  # type: ignore[union-attr]
+    client.test_url = url  # type: ignore[union-attr]
     yield client
-    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-    if keys:
-        client.delete(*keys)
+    pipe = client.pipeline(transaction=False)
+    for key in client.scan_iter(match=f"{prefix}*", count=1000):
+        pipe.delete(key)
+    pipe.execute()
     client.close()
+
+
+@pytest.fixture
+def single_client() -> Iterator[redis.Redis]:
+    """The real Redis server (CI starts one); each test gets its own prefix in `client.test_prefix`."""
+    yield from _private_prefix(redis.Redis.from_url(TEST_REDIS_URL, socket_timeout=5), TEST_REDIS_URL)
+
+
+@pytest.fixture
+def redis_client(single_client: redis.Redis) -> redis.Redis:
+    """The Redis most tests use: `single_client` (suites that also run on a cluster override this)."""
+    return single_client
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A real 3-master Redis Cluster on free local ports, started once per test session."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("redis-cluster"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_client(redis_cluster: LocalCluster) -> Iterator[RedisCluster]:
+    """A client of the session's cluster, with a private prefix like `redis_client`."""
+    client = RedisCluster(host="127.0.0.1", port=redis_cluster.ports[0], socket_timeout=5)
+    yield from _private_prefix(client, redis_cluster.url)
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[object]:
+    """One local Spark session for the whole test run (Spark's start-up costs seconds): two cores, few
+    shuffle partitions, no UI. Engine code finds it as the active session."""
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # Python workers need this venv's packages
+    session = (SparkSession.builder.master("local[2]").appName("omnirec-tests")
+               .config("spark.sql.shuffle.partitions", 2).config("spark.default.parallelism", 2)
+               .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
+               .config("spark.driver.memory", "1g").getOrCreate())
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
 
 
 @pytest.fixture

@@ -1,7 +1,9 @@
 """Every Redis key the feature store (and the offers engine) uses is built here, and nowhere else.
 
-Layout: ``{ns}:v{schema}:{entity}:{id}`` -> a hash of fields plus ``_ts`` (Feast style), or a sorted set
-where order matters. Two key spaces share the layout:
+Layout: ``{ns}:v{schema}:{entity}:{id}`` -> a packed string, a hash of fields plus ``_ts`` (Feast style), or
+a sorted set where order matters. Feature keys wrap the id in a Redis Cluster hash tag, ``{entity}:{<id>}``,
+so a member's record and lists share one slot (one node per member read, and a script may edit them
+together). Two key spaces share the layout:
 
 * materialised features live under a *generation* namespace ``{namespace}@{generation}``; a load writes
   a fresh generation and switches readers by rewriting the pointer hash, so a half-written load is
@@ -16,9 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 3
+import pyarrow as pa
+import pyarrow.compute as pc
+
+SCHEMA_VERSION = 4
 """Version of the materialised features' layout: bump when a field's meaning or encoding changes. The
 pointer names the version of the generation it serves, and readers refuse another one."""
 DURABLE_VERSION = 1
@@ -72,8 +78,8 @@ class Keys:
         return f"{self.namespace}@{self.generation}"
 
     def feature(self, entity: str, entity_id: str) -> str:
-        """A generation-scoped key: `{namespace}@{generation}:v{schema}:{entity}:{id}`."""
-        return f"{self.feature_ns}:v{self.schema}:{entity}:{entity_id}"
+        """A generation-scoped key, the id its hash tag: `{namespace}@{generation}:v{schema}:{entity}:{<id>}`."""
+        return f"{self.feature_ns}:v{self.schema}:{entity}:{{{entity_id}}}"
 
     def durable(self, entity: str, entity_id: str) -> str:
         """A key that survives re-materialisation: `{namespace}:v{DURABLE_VERSION}:{entity}:{id}`.
@@ -149,6 +155,14 @@ class Keys:
     def offer_send(self, send_id: str) -> str:
         """String: digest of a confirmed campaign send (offer, channel, members), so a retry records nothing twice."""
         return self.durable(OFFER_SEND, send_id)
+
+
+def key_column(key: Callable[[str], str], ids: pa.Array) -> pa.Array:
+    """`key(id)` for a whole column of ids with one Arrow kernel (bulk loads build millions of keys).
+
+    The key is split around a control character, which ids never contain (`domain.schema`)."""
+    prefix, suffix = key("\x00").split("\x00")
+    return pc.binary_join_element_wise(prefix, ids, suffix, "")
 
 
 def event_digest(*fields: object) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from omnirec.feature_store import packed, resp
 from omnirec.feature_store.config import RedisConfig
 from omnirec.feature_store.connection import connect
 from omnirec.feature_store.errors import redis_unavailable
-from omnirec.feature_store.keys import SCHEMA_VERSION, Keys
+from omnirec.feature_store.keys import SCHEMA_VERSION, Keys, key_column
 from omnirec.feature_store.model import CHANNELS, CONSENT_FIELDS, PROFILE_FIELDS, TS
 
 log = logging.getLogger(__name__)
@@ -79,14 +80,82 @@ def newest_distinct(owner: np.ndarray, item: np.ndarray, ts: np.ndarray, limit: 
     return Ranked(o[keep], i[keep], t[keep])
 
 
-def quintile_scores(value: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """1..5 by quintile of `value` among `valid` rows (higher value, higher score; ties share a score); 0 else."""
-    scores = np.zeros(len(value), np.int64)
-    if valid.any():
-        ordered = np.sort(value[valid])
-        rank = np.searchsorted(ordered, value[valid], side="left")
-        scores[valid] = 1 + (5 * rank) // len(ordered)
-    return scores
+def quintile_ranks(n: int) -> np.ndarray:
+    """0-based ranks of the four cut values among `n` sorted values (see `quintile_scores`)."""
+    return np.array([-(-(s - 1) * n // 5) - 1 for s in range(2, 6)], np.int64)
+
+
+def quintile_cuts(value: np.ndarray) -> np.ndarray:
+    """The four cut values of `quintile_scores` for `value` (all rows counted)."""
+    if len(value) == 0:
+        return np.full(4, np.inf)
+    return np.sort(value)[quintile_ranks(len(value))]
+
+
+def quintile_scores(value: np.ndarray, valid: np.ndarray, cuts: np.ndarray | None = None) -> np.ndarray:
+    """1..5 by quintile of `value` among `valid` rows (higher value, higher score; ties share a score); 0 else.
+
+    Score = 1 + floor(5 * rank / n), rank = how many valid values are smaller; equivalently 1 + the number
+    of `cuts` (order statistics at ranks ceil(k n / 5) - 1, k = 1..4) the value exceeds. The cuts are four
+    numbers, so a distributed job computes them once and scores every partition alone."""
+    cuts = quintile_cuts(value[valid]) if cuts is None else cuts
+    return np.where(valid, 1 + (value[:, None] > cuts[None, :]).sum(1), 0).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class MemberAggregates:
+    """What a member's profile is computed from, per member (member-table order), from the event log."""
+
+    last_seen: np.ndarray
+    """float unix seconds, NaN: never seen."""
+    activity: np.ndarray
+    """(members, channels) event counts, in `CHANNELS` order."""
+    last_purchase: np.ndarray
+    prev_purchase: np.ndarray
+    frequency: np.ndarray
+    """Purchase events."""
+    monetary: np.ndarray
+    """Spend (price x quantity) of purchase events."""
+
+    @property
+    def bought(self) -> np.ndarray:
+        return self.frequency > 0
+
+    def rfm_values(self, now: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Recency (negated days since the last purchase), frequency and monetary: higher is better."""
+        return (-(now - np.nan_to_num(self.last_purchase)) / DAY, self.frequency.astype(np.float64),
+                self.monetary.astype(np.float64))
+
+    def quintile_cuts(self, now: float) -> np.ndarray:
+        """(3, 4) cuts of recency, frequency and monetary among buyers."""
+        return np.stack([quintile_cuts(v[self.bought]) for v in self.rfm_values(now)])
+
+
+def profile_columns(members: pa.Table, a: MemberAggregates, tiers: TierLadder, rules: LifecycleRules, now: float,
+                    cuts: np.ndarray) -> dict[str, pa.Array]:
+    """Every profile field but `_ts`, as the exact strings stored, for the rows of `members`; the batch job
+    and the Spark job (`feature_store.spark`, one partition at a time with global `cuts`) both use it."""
+    signup = members["signup_ts"].to_numpy().astype(np.float64)
+    points = members["points"].to_numpy()
+    recency, frequency, monetary = a.rfm_values(now)
+    profile: dict[str, pa.Array] = {
+        "tier": pa.array(np.array(tiers.names)[tiers.tier_codes(points)]),
+        "lifecycle_stage": pa.array(np.array([s.value for s in STAGES])[
+            lifecycle_stages(rules, now, signup, a.last_purchase, a.prev_purchase)]),
+        "recency_score": _text(quintile_scores(recency, a.bought, cuts[0])),
+        "frequency_score": _text(quintile_scores(frequency, a.bought, cuts[1])),
+        "monetary_score": _text(quintile_scores(monetary, a.bought, cuts[2])),
+        "points": _text(points),
+        "home_store": _text(members["home_store"]),
+        "region": _text(members["region"]),
+    }
+    for j, c in enumerate(CHANNELS):
+        profile[f"act_{c.value}"] = _text(a.activity[:, j])
+    for c, field in zip(CHANNELS, CONSENT_FIELDS, strict=True):
+        profile[field] = pa.array(np.where(members[f"consent_{c.value}"].to_numpy(zero_copy_only=False), "1", "0"))
+    profile |= {"signup_ts": _text(signup.astype(np.int64)), "last_seen_ts": _optional_ts(a.last_seen),
+                "last_purchase_ts": _optional_ts(a.last_purchase), "prev_purchase_ts": _optional_ts(a.prev_purchase)}
+    return {name: profile[name] for name in PROFILE_FIELDS[:-1]}  # the record's field order; `_ts` is added on write
 
 
 def _text(values: np.ndarray | pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -165,53 +234,41 @@ def compute_features(data: RetailData, tiers: TierLadder, rules: LifecycleRules,
     last, prev = last_two(m[buy], ts[buy].astype(np.float64), n)
     qty = ev[Col.QUANTITY].to_numpy().astype(np.float64)
     price = ev[Col.PRICE].to_numpy()
-    frequency = np.bincount(m[buy], minlength=n)
-    monetary = np.bincount(m[buy], weights=(price * qty)[buy], minlength=n)
-    bought = frequency > 0
-    signup = members["signup_ts"].to_numpy().astype(np.float64)
-    points = members["points"].to_numpy()
-    tier_names = np.array(tiers.names)
-    stage_names = np.array([s.value for s in STAGES])
-
-    profile: dict[str, pa.Array] = {
-        "tier": pa.array(tier_names[tiers.tier_codes(points)]),
-        "lifecycle_stage": pa.array(stage_names[lifecycle_stages(rules, now, signup, last, prev)]),
-        "recency_score": _text(quintile_scores(-(now - np.nan_to_num(last)) / DAY, bought)),
-        "frequency_score": _text(quintile_scores(frequency.astype(np.float64), bought)),
-        "monetary_score": _text(quintile_scores(monetary, bought)),
-        "points": _text(points),
-        "home_store": members["home_store"].combine_chunks(),
-        "region": members["region"].combine_chunks(),
-    }
-    for j, c in enumerate(CHANNELS):
-        profile[f"act_{c.value}"] = _text(activity[:, j])
-    for c, field in zip(CHANNELS, CONSENT_FIELDS, strict=True):
-        profile[field] = pa.array(np.where(members[f"consent_{c.value}"].to_numpy(zero_copy_only=False), "1", "0"))
-    profile |= {"signup_ts": _text(signup.astype(np.int64)), "last_seen_ts": _optional_ts(last_seen),
-                "last_purchase_ts": _optional_ts(last), "prev_purchase_ts": _optional_ts(prev)}
-    profile = {name: profile[name] for name in PROFILE_FIELDS[:-1]}  # the record's field order, `_ts` added below
+    aggregates = MemberAggregates(last_seen, activity, last, prev, np.bincount(m[buy], minlength=n),
+                                  np.bincount(m[buy], weights=(price * qty)[buy], minlength=n))
+    profile = profile_columns(members, aggregates, tiers, rules, now, aggregates.quintile_cuts(now))
 
     touched = known & (item >= 0) & (et != EVENT_TYPES.index(EventType.RETURN))
     anon = ~known & (item >= 0) & pc.is_valid(ev[Col.ANONYMOUS_ID]).to_numpy(zero_copy_only=False)
     anon_codes = pc.dictionary_encode(ev[Col.ANONYMOUS_ID].filter(pa.array(anon))).combine_chunks()
-    inv = data.inventory
     return BatchFeatures(
         now=now,
         member_ids=member_ids,
         profile=profile,
-        item_ids=item_ids,
-        items={"price": _text(data.items["price"]), "category": data.items["category"].combine_chunks(),
-               "brand": data.items["brand"].combine_chunks(), "price_band": data.items["price_band"].combine_chunks()},
+        **_catalogue(data.items, data.inventory, data.identity_links),
         recent=newest_distinct(m[touched], item[touched], ts[touched], recent_items),
         purchased=newest_distinct(m[buy], item[buy], ts[buy], purchased_items),
         anon_ids=anon_codes.dictionary,
         anon_recent=newest_distinct(anon_codes.indices.to_numpy().astype(np.int64), item[anon], ts[anon],
                                     recent_items),
-        stock_store=inv["store_id"].combine_chunks(),
-        stock_item=inv["item_id"].combine_chunks(),
-        stock_qty=_text(inv["quantity"]),
-        links=data.identity_links,
     )
+
+
+def _catalogue(items: pa.Table, inventory: pa.Table, links: pa.Table) -> dict[str, object]:
+    return {"item_ids": items["item_id"].combine_chunks(),
+            "items": {"price": _text(items["price"]), "category": items["category"].combine_chunks(),
+                      "brand": items["brand"].combine_chunks(), "price_band": items["price_band"].combine_chunks()},
+            "stock_store": inventory["store_id"].combine_chunks(), "stock_item": inventory["item_id"].combine_chunks(),
+            "stock_qty": _text(inventory["quantity"]), "links": links}
+
+
+def catalogue_features(items: pa.Table, inventory: pa.Table, links: pa.Table, now: float) -> BatchFeatures:
+    """Items, stock and identity links alone (no members): what `Materializer.write_catalogue` loads when
+    the member features are written by another job (`feature_store.spark`)."""
+    empty = pa.array([], pa.string())
+    none = Ranked(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    return BatchFeatures(now=now, member_ids=empty, profile={}, recent=none, purchased=none, anon_ids=empty,
+                         anon_recent=none, **_catalogue(items, inventory, links))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -232,23 +289,8 @@ class LoadReport:
         return self.members / self.seconds if self.seconds > 0 else float("inf")
 
 
-_EXPIRE_OLD = """
-local reply = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])
-local expired = 0
-for _, key in ipairs(reply[2]) do
-  if string.match(key, '^[^:@]*@(%d+):') ~= ARGV[4] then
-    local ttl = redis.call('TTL', key)
-    if ttl < 0 or ttl > tonumber(ARGV[5]) then
-      redis.call('EXPIRE', key, ARGV[5])
-      expired = expired + 1
-    end
-  end
-end
-return {reply[1], expired}
-"""
-"""One SCAN step run inside Redis, so old keys never travel to Python: keys of every generation but the
-current one get the grace TTL, which is only ever shortened. Keys are not declared, so on a cluster it
-runs on each primary against that primary's own keys."""
+EXPIRE_STEP = 1_000
+"""Keys scanned and expired per pipelined step of the post-switch cleanup."""
 
 
 class Materializer:
@@ -265,7 +307,7 @@ class Materializer:
 
     def _load(self, f: BatchFeatures, progress: bool) -> LoadReport:
         started = time.perf_counter()
-        generation = int(self.client.incr(self.keys.generation_counter()))
+        generation = self.begin()
         k = self.keys.at(generation)
         stamp = str(int(time.time()))
         n = len(f.member_ids)
@@ -275,26 +317,38 @@ class Materializer:
                 total=n, desc=f"materialise generation {generation}", unit="member", disable=not progress) as bar:
             for lo in range(0, n, step):
                 hi = min(lo + step, n)
-                keys = _prefixed(k.member(""), f.member_ids.slice(lo, hi - lo))
+                keys = key_column(k.member, f.member_ids.slice(lo, hi - lo))
                 profiles = pc.binary_join_element_wise(*(col.slice(lo, hi - lo) for col in f.profile.values()),
                                                        stamp, packed.SEP)
                 writes = [(keys, resp.set_values(keys, profiles, ttl))]
-                for ranked, prefix in ((f.recent, k.recent("")), (f.purchased, k.purchased(""))):
-                    writes.append(_packed_lists(ranked, f.member_ids, f.item_ids, prefix, lo, hi, ttl))
+                for ranked, key in ((f.recent, k.recent), (f.purchased, k.purchased)):
+                    writes.append(_packed_lists(ranked, f.member_ids, f.item_ids, key, lo, hi, ttl))
                 self._send(sender, writes, None)
                 bar.update(hi - lo)
             for lo in range(0, len(f.anon_ids), step):
-                self._send(sender, [_packed_lists(f.anon_recent, f.anon_ids, f.item_ids, k.anon_recent(""), lo,
+                self._send(sender, [_packed_lists(f.anon_recent, f.anon_ids, f.item_ids, k.anon_recent, lo,
                                                   lo + step, ttl)], None)
-            self._load_items(f, k, sender, stamp)
-            self._load_links(f, sender, stamp)
-        previous = self._switch(generation, n, len(f.item_ids))
+            self.write_catalogue(f, generation, sender, stamp)
+        return self.finish(generation, n, len(f.item_ids), sender.commands_sent, started)
+
+    def begin(self) -> int:
+        """Number the next generation; its keys are invisible to readers until `finish`."""
+        return int(self.client.incr(self.keys.generation_counter()))
+
+    def write_catalogue(self, f: BatchFeatures, generation: int, sender: resp.BulkSender, stamp: str) -> None:
+        """Items, stock and identity links (what grows with the catalogue and stores, not with members)."""
+        self._load_items(f, self.keys.at(generation), sender, stamp)
+        self._load_links(f, sender, stamp)
+
+    def finish(self, generation: int, members: int, items: int, commands: int, started: float) -> LoadReport:
+        """Switch readers to `generation` (one HSET), then give older generations the grace TTL."""
+        previous = self._switch(generation, members, items)
         loaded = time.perf_counter()
         expired = self.expire_other_generations(generation) if generation > 1 else 0  # first load: nothing older
-        report = LoadReport(generation, previous, n, len(f.item_ids), sender.commands_sent, loaded - started,
+        report = LoadReport(generation, previous, members, items, commands, loaded - started,
                             expired, time.perf_counter() - loaded)
         log.info("materialised generation %d: %d members, %d items, %d commands in %.2fs (%.0f members/s); "
-                 "%d old keys set to expire in %.2fs", generation, n, report.items, report.commands, report.seconds,
+                 "%d old keys set to expire in %.2fs", generation, members, items, commands, report.seconds,
                  report.members_per_s, expired, report.cleanup_seconds)
         return report
 
@@ -309,19 +363,19 @@ class Materializer:
         ttl = self.config.feature_ttl_s
         for lo in range(0, len(f.item_ids), self.config.batch_members):
             ids = f.item_ids.slice(lo, self.config.batch_members)
-            keys = _prefixed(k.item(""), ids)
+            keys = key_column(k.item, ids)
             fields: dict[str, pa.Array | str] = {name: col.slice(lo, len(ids)) for name, col in f.items.items()}
             self._send(sender, [(keys, resp.hset(keys, fields | {TS: stamp}))], ttl)
         order = np.argsort(f.stock_store.to_numpy(zero_copy_only=False), kind="stable")
         store = f.stock_store.take(pa.array(order))
         starts = resp.split_groups(store.to_numpy(zero_copy_only=False), STOCK_FIELDS_PER_COMMAND)
-        keys = _prefixed(k.stock(""), store.take(pa.array(starts[:-1])))
+        keys = key_column(k.stock, store.take(pa.array(starts[:-1])))
         rows = resp.join(resp.bulk(f.stock_item.take(pa.array(order))), resp.bulk(f.stock_qty.take(pa.array(order))))
         self._send(sender, [(keys, resp.grouped("HSET", keys, starts, rows, 2))], ttl)
-        for column, prefix in (("category", k.category_items("")), ("brand", k.brand_items(""))):
+        for column, key in (("category", k.category_items), ("brand", k.brand_items)):
             groups = pa.table({"group": f.items[column], "item": f.item_ids}).group_by("group").aggregate(
                 [("item", "list")])
-            keys = _prefixed(prefix, groups["group"].combine_chunks())
+            keys = key_column(key, groups["group"].combine_chunks())
             lists = pc.binary_join(groups["item_list"].combine_chunks(), packed.SEP)
             self._send(sender, [(keys, resp.set_values(keys, lists, ttl))], None)
 
@@ -329,7 +383,7 @@ class Materializer:
         """Batch identity links are durable (they survive re-materialisation), like links made live."""
         for lo in range(0, f.links.num_rows, self.config.batch_members):
             links = f.links.slice(lo, self.config.batch_members)
-            keys = _prefixed(self.keys.identity(""), links["anonymous_id"].combine_chunks())
+            keys = key_column(self.keys.identity, links["anonymous_id"].combine_chunks())
             cmds = resp.hset(keys, {"member_id": links["member_id"].combine_chunks(), TS: stamp})
             self._send(sender, [(keys, cmds)], self.config.identity_ttl_s)
 
@@ -344,29 +398,30 @@ class Materializer:
     def expire_other_generations(self, current: int) -> int:
         """Give the keys of every generation but `current` (the replaced one, aborted loads) the grace TTL.
 
-        Steps of 1,000 scanned keys keep each script call to a few milliseconds, so readers are not stalled.
+        Each primary is scanned for its own keys, which get `EXPIRE key ttl LT` (a TTL is only ever
+        shortened) in pipelined steps: plain commands, one key each, so it is the same on a cluster.
         """
+        keep = f"{self.keys.at(current).feature_ns}:".encode()
+        ttl = self.config.old_generation_ttl_s
         expired = 0
         for node in resp.node_clients(self.client):
-            cursor = -1
-            while cursor != 0:
-                reply_cursor, n = node.eval(_EXPIRE_OLD, 0, max(cursor, 0), self.keys.all_generations_pattern(), 1_000,
-                                            current, self.config.old_generation_ttl_s)
-                cursor, expired = int(reply_cursor), expired + int(n)
+            pipe = node.pipeline(transaction=False)
+            for key in node.scan_iter(match=self.keys.all_generations_pattern(), count=EXPIRE_STEP):
+                if not key.startswith(keep):
+                    pipe.expire(key, ttl, lt=True)
+                if len(pipe) >= EXPIRE_STEP:
+                    expired += sum(pipe.execute())
+            expired += sum(pipe.execute())
         return expired
 
 
-def _prefixed(prefix: str, ids: pa.Array) -> pa.Array:
-    return pc.binary_join_element_wise(prefix, ids, "")
-
-
-def _packed_lists(ranked: Ranked, owner_ids: pa.Array, item_ids: pa.Array, prefix: str, lo: int, hi: int,
+def _packed_lists(ranked: Ranked, owner_ids: pa.Array, item_ids: pa.Array, key: Callable[[str], str], lo: int, hi: int,
                   ttl_s: int | None) -> tuple[pa.Array, pa.Array]:
     """SET commands of the packed item lists (newest first) of owners lo..hi-1 that have rows, and their keys."""
     a, b = np.searchsorted(ranked.owner, [lo, hi])
     owner = ranked.owner[a:b]
     starts = resp.split_groups(owner, 10**9)
-    keys = _prefixed(prefix, owner_ids.take(pa.array(owner[starts[:-1]])))
+    keys = key_column(key, owner_ids.take(pa.array(owner[starts[:-1]])))
     lists = pa.ListArray.from_arrays(pa.array(starts, pa.int32()), item_ids.take(pa.array(ranked.item[a:b])))
     return keys, resp.set_values(keys, pc.binary_join(lists, packed.SEP), ttl_s)
 

@@ -9,6 +9,7 @@ degraded answer. Writes (live events, links) are `service.ingest`'s, on the sync
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable
 from typing import TypeVar
@@ -28,6 +29,8 @@ from omnirec.feature_store.model import TS
 from omnirec.feature_store.reader import AsyncFeatureReader, RequestFeatures
 from omnirec.recommendations.ranking import MemberContext
 from omnirec.service import metrics
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -49,6 +52,19 @@ class Features:
         self._config = config
         self._reader = AsyncFeatureReader(async_client, config)
         self._pointer = Keys(config.namespace).pointer()
+
+    async def warm_up(self) -> None:
+        """Fetch a cluster's slot map and open a connection to each primary before the first request,
+        which would otherwise pay for them inside its deadline. Failing here only logs: a Redis that is
+        down at start-up makes answers degraded, not the server dead."""
+        if not isinstance(self._async_client, AsyncRedisCluster):
+            return
+        try:
+            async with asyncio.timeout(4 * self._config.connect_timeout_s):
+                await self._async_client.initialize()
+                await asyncio.gather(*(node.execute_command("PING") for node in self._async_client.get_primaries()))
+        except (TimeoutError, redis.RedisError) as exc:
+            log.warning("Redis Cluster not reachable at start-up (%s); requests retry it", exc)
 
     async def _within(self, budget_s: float, read: Awaitable[T], what: str = "") -> T:
         """`read` cut at `budget_s`; a named read (`what`) is timed for the feature-read metrics."""

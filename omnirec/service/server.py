@@ -93,6 +93,7 @@ class ServingState:
     async def start(self) -> None:
         """Recover what dead workers journaled, load the published bundle if there is one, then poll for newer
         ones and roll the event log."""
+        await self.features.warm_up()
         await asyncio.to_thread(self.ingest.recover)
         try:
             await self.models.reload()

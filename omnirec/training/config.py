@@ -93,6 +93,8 @@ class TrainConfig(BaseModel):
     test_days: int = Field(14, ge=1, description="last days of history held out for the time-based split")
     eval_k: int = Field(10, ge=1)
     eval_members: int = Field(20_000, ge=1, description="members sampled for evaluation (bounds time at scale)")
+    engine: Literal["local", "spark"] = Field("local", description="what fits the collaborative ALS: `implicit` "
+                                                                   "in this process, or Spark MLlib")
     collaborative: Literal["als", "bpr"] = "als"
     als: ALSSettings = ALSSettings()
     bpr: BPRSettings = BPRSettings()

@@ -26,9 +26,11 @@ from tqdm import tqdm
 from omnirec.bundle import Array, BundleArtifacts, BundleRegistry, Index, Manifest, Sparse, write_bundle
 from omnirec.domain.clock import stale_data_warning
 from omnirec.domain.derive import restage
+from omnirec.domain.errors import InvalidArgument
 from omnirec.domain.lifecycle import LifecycleRules
 from omnirec.domain.readers import Interactions, RetailData
 from omnirec.domain.vocab import Col
+from omnirec.spark.config import SparkConfig
 from omnirec.training.baskets import Baskets, NextBasketSplit, next_basket_split
 from omnirec.training.complements import purchase_lift
 from omnirec.training.config import TrainConfig
@@ -105,11 +107,28 @@ def collaborative_model(config: TrainConfig) -> Recommender:
     return ALSRecommender(seed=config.seed, **config.als.kwargs())
 
 
-def make_models(config: TrainConfig) -> list[Recommender]:
-    """Baselines first, then the collaborative and hybrid models; all share the `Recommender` contract."""
+def make_models(config: TrainConfig, collaborative: Recommender | None = None) -> list[Recommender]:
+    """Baselines first, then the collaborative and hybrid models; all share the `Recommender` contract.
+    `collaborative` replaces the configured local one (the Spark engine's ALS)."""
     return [PopularityRecommender(), SegmentPopularityRecommender(Col.CHANNEL),
-            SegmentPopularityRecommender(Col.STORE_ID), collaborative_model(config),
+            SegmentPopularityRecommender(Col.STORE_ID), collaborative or collaborative_model(config),
             LightFMRecommender(seed=config.seed, **config.lightfm.kwargs())]
+
+
+def engine_model(config: TrainConfig, data_dir: Path | None, interactions: Interactions,
+                 spark: SparkConfig | None = None) -> Recommender | None:
+    """The Spark engine's collaborative model (imported only then: pyspark is an optional extra)."""
+    if config.engine == "local":
+        return None
+    if data_dir is None:
+        raise InvalidArgument("train.engine", "the spark engine reads the event log itself: train from a data dir")
+    if config.collaborative != "als":
+        raise InvalidArgument("train.collaborative", "the spark engine fits ALS (MLlib has no BPR)")
+    try:
+        from omnirec.training.spark import spark_als
+    except ImportError as exc:
+        raise InvalidArgument("train.engine", f"spark needs pyspark: pip install 'omnirec[spark]' ({exc})") from None
+    return spark_als(config, spark or SparkConfig(), data_dir, interactions)
 
 
 def train_set(retail: RetailData, interactions: Interactions, config: TrainConfig, rows: np.ndarray,
@@ -119,7 +138,7 @@ def train_set(retail: RetailData, interactions: Interactions, config: TrainConfi
     shape = (len(interactions.members), len(interactions.items))
     matrix = confidence_matrix(interactions.member_idx[rows], interactions.item_idx[rows], weights[rows], shape,
                                config.log_scale)
-    return TrainSet(matrix=matrix, interactions=interactions, rows=rows, weights=weights,
+    return TrainSet(matrix=matrix, interactions=interactions, rows=rows, weights=weights, now_ts=now_ts,
                     member_features=member_features(retail.members, interactions.members,
                                                     member_activity(retail.events, interactions.members, now_ts)),
                     item_features=item_features(retail.items, interactions.items))
@@ -168,7 +187,8 @@ def beats_popularity(metrics: dict[str, dict[str, float]], model: str, k: int) -
 
 
 def train(data_dir: Path, config: TrainConfig, force: bool = False, publish: bool = True,
-          progress: bool = True, as_of: float | None = None, rules: LifecycleRules | None = None) -> TrainResult:
+          progress: bool = True, as_of: float | None = None, rules: LifecycleRules | None = None,
+          spark: SparkConfig | None = None) -> TrainResult:
     """Train, evaluate and write the next bundle version from the retailer files in `data_dir`.
 
     With `as_of` (unix seconds) the data is taken as it stood then: later events are left out and the
@@ -180,18 +200,21 @@ def train(data_dir: Path, config: TrainConfig, force: bool = False, publish: boo
         stale_data_warning(float(pc.max(retail.events[Col.TS]).as_py() or 0), as_of, "train")
         retail = dataclasses.replace(retail, members=restage(retail.members, retail.events,
                                                              rules or LifecycleRules(), as_of))
-    return train_retail(retail, config, force=force, publish=publish, progress=progress)
+    return train_retail(retail, config, force=force, publish=publish, progress=progress, data_dir=data_dir,
+                        spark=spark)
 
 
 def train_retail(retail: RetailData, config: TrainConfig, force: bool = False, publish: bool = True,
-                 progress: bool = True) -> TrainResult:
-    """`train` on already read files (tests and benchmarks reuse one read); timings exclude the read."""
+                 progress: bool = True, data_dir: Path | None = None, spark: SparkConfig | None = None) -> TrainResult:
+    """`train` on already read files (tests and benchmarks reuse one read); timings exclude the read.
+    The Spark engine (`spark`, where it runs) reads the event log again from `data_dir` or `spark.events_uri`."""
     timings: dict[str, float] = {}
     start = time.perf_counter()
     interactions = retail.interactions()
     split = time_split(interactions, config.test_days)
     evaluation_set = train_set(retail, interactions, config, split.train_rows, split.cutoff_ts)
-    models = make_models(config)
+    spark_model = engine_model(config, data_dir, interactions, spark)
+    models = make_models(config, spark_model)
     timings.update({f"fit_{k}": v for k, v in fit_all(models, evaluation_set, progress).items()})
     test = interaction_matrix(interactions, config, split.test_rows)
     relevant = relevant_items(test, evaluation_set.matrix)
@@ -208,7 +231,7 @@ def train_retail(retail: RetailData, config: TrainConfig, force: bool = False, p
     if config.refit_full:
         all_rows = np.ones(len(interactions), bool)
         full = train_set(retail, interactions, config, all_rows, int(interactions.events[Col.TS].to_numpy().max()))
-        models = make_models(config)
+        models = make_models(config, spark_model)
         timings.update({f"refit_{k}": v for k, v in fit_all(models, full, progress).items()})
     else:
         full = evaluation_set

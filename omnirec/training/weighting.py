@@ -3,12 +3,16 @@
 One event's weight = event-type weight x channel weight x recency decay; returns subtract their item's
 confidence, and a member-item pair whose sum ends at or below zero is dropped (a returned purchase is not a
 preference). Weights are checked here as well as in the config, because callers may pass arrays directly.
+
+The rules are data (`WeightRules`), applied here with numpy and by `training.spark` with Spark columns,
+so both engines weigh an event the same way (`tests/training/test_spark.py` compares them).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
-import pyarrow as pa
 import scipy.sparse as sp
 
 from omnirec.domain.clock import DAY
@@ -19,13 +23,30 @@ from omnirec.training.columns import lookup
 from omnirec.training.config import TrainConfig
 from omnirec.training.models.base import TrainSet
 
+MIN_CONFIDENCE = 1e-9
+"""A member-item sum below this is dropped (what a return leaves of a purchase is float noise, not a taste)."""
 
-def _lookup_weights(column: pa.ChunkedArray, table: dict[str, float], field: str) -> np.ndarray:
-    """Per-row weight from a small vocabulary; values missing from `table` weigh 0."""
-    bad = [k for k, v in table.items() if not np.isfinite(v)]
-    if bad:
-        raise InvalidArgument(f"{field}.{bad[0]}", "weight is not a finite number")
-    return lookup(column, table)
+
+@dataclass(frozen=True)
+class WeightRules:
+    """How much one event counts: a signed weight per event type (returns negative), a weight per channel
+    (types and channels missing weigh 0), and the recency half-life in seconds (None: no decay)."""
+
+    event_type: dict[str, float]
+    channel: dict[str, float]
+    half_life_s: float | None
+    log_scale: bool
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> WeightRules:
+        signed = dict(config.event_weights)
+        signed[EventType.RETURN.value] = -config.return_weight
+        for field, table in (("event_weights", signed), ("channel_weights", config.channel_weights)):
+            bad = [k for k, v in table.items() if not np.isfinite(v)]
+            if bad:
+                raise InvalidArgument(f"{field}.{bad[0]}", "weight is not a finite number")
+        half_life = None if config.half_life_days is None else config.half_life_days * DAY
+        return cls(signed, dict(config.channel_weights), half_life, config.log_scale)
 
 
 def event_weights(interactions: Interactions, config: TrainConfig, now_ts: int | None = None) -> np.ndarray:
@@ -37,14 +58,12 @@ def event_weights(interactions: Interactions, config: TrainConfig, now_ts: int |
     events = interactions.events
     if events.num_rows == 0:
         raise InvalidArgument("events", "the event log has no member-item events to train on")
-    signed = dict(config.event_weights)
-    signed[EventType.RETURN.value] = -config.return_weight
-    weights = _lookup_weights(events[Col.EVENT_TYPE], signed, "event_weights")
-    weights *= _lookup_weights(events[Col.CHANNEL], config.channel_weights, "channel_weights")
-    if config.half_life_days is not None:
+    rules = WeightRules.of(config)
+    weights = lookup(events[Col.EVENT_TYPE], rules.event_type) * lookup(events[Col.CHANNEL], rules.channel)
+    if rules.half_life_s is not None:
         ts = events[Col.TS].to_numpy().astype(np.float64)
         now = float(ts.max()) if now_ts is None else float(now_ts)
-        weights *= np.exp2(-np.maximum(now - ts, 0.0) / (config.half_life_days * DAY))
+        weights *= np.exp2(-np.maximum(now - ts, 0.0) / rules.half_life_s)
     return weights
 
 
@@ -64,7 +83,7 @@ def confidence_matrix(member_idx: np.ndarray, item_idx: np.ndarray, weights: np.
         raise InvalidArgument("weights", f"weight of row {row} is not a finite number ({weights[row]!r})")
     matrix = sp.coo_matrix((weights, (member_idx, item_idx)), shape=shape).tocsr()
     matrix.sum_duplicates()
-    matrix.data[matrix.data < 1e-9] = 0.0
+    matrix.data[matrix.data < MIN_CONFIDENCE] = 0.0
     matrix.eliminate_zeros()
     if log_scale:
         matrix.data = np.log1p(matrix.data)

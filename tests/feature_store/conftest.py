@@ -1,11 +1,14 @@
-"""Feature-store fixtures: a per-test namespace on the real Redis, and the small retailer's features."""
+"""Feature-store fixtures: a per-test namespace on the real Redis and on a real Redis Cluster (every store
+test runs on both), and the small retailer's features."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from redis.cluster import RedisCluster
 
 from omnirec.domain import LifecycleRules, TierLadder
 from omnirec.domain.readers import RetailData
@@ -24,11 +27,16 @@ def features(small_retail: RetailData) -> BatchFeatures:
     return compute_features(small_retail, TierLadder(), LifecycleRules(), recent_items=20, purchased_items=50)
 
 
+@pytest.fixture(params=["redis", "cluster"])
+def redis_client(request: pytest.FixtureRequest) -> Iterator[redis.Redis | RedisCluster]:
+    """One Redis, then a 3-master Redis Cluster: the store must behave the same on both."""
+    yield request.getfixturevalue("single_client" if request.param == "redis" else "cluster_client")
+
+
 @pytest.fixture
 def store_config(redis_client: redis.Redis, redis_prefix: str) -> RedisConfig:
     """Each test owns the namespace `redis_prefix`, which the `redis_client` fixture cleans up."""
-    kw = redis_client.connection_pool.connection_kwargs
-    return RedisConfig(url=f"redis://{kw['host']}:{kw['port']}/{kw.get('db', 0)}", namespace=redis_prefix,
+    return RedisConfig(url=redis_client.test_url, namespace=redis_prefix,  # type: ignore[attr-defined]
                        recent_items=20, purchased_items=50, socket_timeout_s=2.0)
 
 

@@ -1,29 +1,45 @@
 """Golden keys: the layout in feature_store/FORMAT.md is a contract with every reader of the store."""
 
+import pyarrow as pa
 import pytest
 from pydantic import ValidationError
+from redis.crc import key_slot
 
 from omnirec.feature_store.config import RedisConfig
 from omnirec.feature_store.connection import is_cluster
-from omnirec.feature_store.keys import DURABLE_VERSION, SCHEMA_VERSION, Keys, event_digest
+from omnirec.feature_store.keys import DURABLE_VERSION, SCHEMA_VERSION, Keys, event_digest, key_column
 
 
 def test_schema_version_is_pinned() -> None:
-    assert SCHEMA_VERSION == 3
+    assert SCHEMA_VERSION == 4
     assert DURABLE_VERSION == 1
 
 
 def test_generation_scoped_keys() -> None:
     k = Keys("omnirec", generation=7)
-    assert k.member("m0000001") == "omnirec@7:v3:member:m0000001"
-    assert k.recent("m1") == "omnirec@7:v3:recent:m1"
-    assert k.purchased("m1") == "omnirec@7:v3:purchased:m1"
-    assert k.anon_recent("anon-0-1") == "omnirec@7:v3:anon_recent:anon-0-1"
-    assert k.item("i000001") == "omnirec@7:v3:item:i000001"
-    assert k.stock("online") == "omnirec@7:v3:stock:online"
-    assert k.category_items("home/kitchen") == "omnirec@7:v3:category_items:home/kitchen"
-    assert k.brand_items("b1") == "omnirec@7:v3:brand_items:b1"
+    assert k.member("m0000001") == "omnirec@7:v4:member:{m0000001}"
+    assert k.recent("m1") == "omnirec@7:v4:recent:{m1}"
+    assert k.purchased("m1") == "omnirec@7:v4:purchased:{m1}"
+    assert k.anon_recent("anon-0-1") == "omnirec@7:v4:anon_recent:{anon-0-1}"
+    assert k.item("i000001") == "omnirec@7:v4:item:{i000001}"
+    assert k.stock("online") == "omnirec@7:v4:stock:{online}"
+    assert k.category_items("home/kitchen") == "omnirec@7:v4:category_items:{home/kitchen}"
+    assert k.brand_items("b1") == "omnirec@7:v4:brand_items:{b1}"
     assert k.all_generations_pattern() == "omnirec@*"
+
+
+def test_a_members_feature_keys_share_one_cluster_slot_in_every_generation() -> None:
+    keys = [Keys("omnirec", g).member("m0000001") for g in (1, 2)]
+    keys += [Keys("omnirec", 2).recent("m0000001"), Keys("omnirec", 2).purchased("m0000001")]
+    assert {key_slot(k.encode()) for k in keys} == {key_slot(b"m0000001")}
+    assert key_slot(Keys("omnirec", 2).member("m0000002").encode()) == key_slot(b"m0000002")
+
+
+def test_key_column_builds_the_same_keys_as_one_at_a_time() -> None:
+    k = Keys("omnirec", 3)
+    ids = ["m1", "anon-0-1", "x}y"]
+    for key in (k.member, k.stock, k.identity):
+        assert key_column(key, pa.array(ids)).to_pylist() == [key(i) for i in ids]
 
 
 def test_durable_keys_ignore_the_generation() -> None:

@@ -27,6 +27,12 @@ def events(*rows: dict[str, Any]) -> pa.Table:
 
 
 @pytest.fixture
+def redis_client(single_client: redis.Redis) -> redis.Redis:
+    """One Redis only: the batch script of `feature_store.live` spans many members' keys (see FORMAT.md)."""
+    return single_client
+
+
+@pytest.fixture
 def live(redis_client: redis.Redis, store_config: RedisConfig, loaded: LoadReport) -> LiveUpdater:
     return LiveUpdater(redis_client, store_config, TierLadder(), LifecycleRules())
 

@@ -17,6 +17,7 @@ from omnirec.feature_store.keys import Keys
 from omnirec.feature_store.materialize import BatchFeatures, LoadReport
 from omnirec.feature_store.model import PROFILE_FIELDS
 from omnirec.feature_store.reader import AsyncFeatureReader, FeatureReader
+from omnirec.feature_store.resp import node_clients
 
 
 def test_unknown_member_and_item_are_explicit_misses(reader: FeatureReader) -> None:
@@ -56,7 +57,7 @@ def test_nothing_materialised_is_reported(redis_client: redis.Redis, store_confi
 def test_schema_mismatch_is_reported(redis_client: redis.Redis, store_config: RedisConfig,
                                      reader: FeatureReader) -> None:
     redis_client.hset(Keys(store_config.namespace).pointer(), "schema", 1)
-    with pytest.raises(FeatureStoreError, match="schema v1, this reader expects v3"):
+    with pytest.raises(FeatureStoreError, match="schema v1, this reader expects v4"):
         reader.read_request("m0000001")
 
 
@@ -167,7 +168,8 @@ def test_async_read_cut_by_its_deadline_leaves_no_stale_reply(redis_client: redi
         try:
             r = AsyncFeatureReader(async_client, store_config)
             await r.read_request(first)
-            redis_client.execute_command("CLIENT", "PAUSE", 300)  # Redis holds every reply for 300 ms
+            for node in node_clients(redis_client):  # every primary holds every reply for 300 ms
+                node.execute_command("CLIENT", "PAUSE", 300)
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(0.05):
                     await r.read_request(first)

@@ -26,8 +26,7 @@ def retail(small_retail_dir: Path) -> RetailData:
 @pytest.fixture
 def redis_config(redis_client: redis.Redis, redis_prefix: str) -> RedisConfig:
     """The test Redis, with this test's private prefix as the feature store namespace."""
-    kw = redis_client.connection_pool.connection_kwargs
-    return RedisConfig(url=f"redis://{kw['host']}:{kw['port']}/{kw.get('db', 0)}", namespace=redis_prefix)
+    return RedisConfig(url=redis_client.test_url, namespace=redis_prefix)  # type: ignore[attr-defined]
 
 
 @pytest.fixture

@@ -29,6 +29,8 @@ class TrainSet:
     """Signed weight per interaction row (all rows; use `rows` to select)."""
     member_features: FeatureMatrix | None = None
     item_features: FeatureMatrix | None = None
+    now_ts: int | None = None
+    """The time `weights` are anchored at: no row is newer (a split's cut-off; None: the newest event)."""
 
 
 class Recommender(ABC):

@@ -18,10 +18,18 @@ from omnirec.training.models.base import Recommender, TrainSet
 
 
 class FactorizationRecommender(Recommender):
-    """Member and item factors whose inner product is the score; subclasses pick the `implicit` model."""
+    """Member and item factors whose inner product is the score, however they were fitted (`implicit` here,
+    Spark MLlib in `training.spark`)."""
 
     member_factors: np.ndarray
     item_factors: np.ndarray
+
+    def scores(self, member_idx: np.ndarray) -> np.ndarray:
+        return self.member_factors[member_idx] @ self.item_factors.T
+
+
+class ImplicitRecommender(FactorizationRecommender):
+    """Factors fitted in this process by an `implicit` model, which subclasses pick."""
 
     def __init__(self, seed: int = 0, **params: Any) -> None:
         self.seed = seed
@@ -38,11 +46,8 @@ class FactorizationRecommender(Recommender):
         self.member_factors = np.ascontiguousarray(model.user_factors, dtype=np.float32)
         self.item_factors = np.ascontiguousarray(model.item_factors, dtype=np.float32)
 
-    def scores(self, member_idx: np.ndarray) -> np.ndarray:
-        return self.member_factors[member_idx] @ self.item_factors.T
 
-
-class ALSRecommender(FactorizationRecommender):
+class ALSRecommender(ImplicitRecommender):
     """Implicit-feedback ALS (Hu, Koren, Volinsky 2008): confidence 1 + alpha * matrix value."""
 
     name = "als"
@@ -51,7 +56,7 @@ class ALSRecommender(FactorizationRecommender):
         return AlternatingLeastSquares(random_state=self.seed, **self.params)
 
 
-class BPRRecommender(FactorizationRecommender):
+class BPRRecommender(ImplicitRecommender):
     """Bayesian personalised ranking: pairwise, ignores confidence values (any positive counts once)."""
 
     name = "bpr"

@@ -1,0 +1,1 @@
+"""The Spark jobs' shared pieces: `config` (no pyspark needed) and `session` (imports pyspark)."""

@@ -1,0 +1,60 @@
+"""Materialisation on Spark writes to a Redis Cluster, from its executors, exactly what the local job writes,
+and readers switch to it at the end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import redis
+from pyspark.sql import SparkSession
+from redis.cluster import RedisCluster
+
+from omnirec.domain import LifecycleRules, TierLadder
+from omnirec.feature_store.config import RedisConfig
+from omnirec.feature_store.keys import Keys
+from omnirec.feature_store.materialize import BatchFeatures, LoadReport, Materializer
+from omnirec.feature_store.reader import FeatureReader
+from omnirec.feature_store.resp import node_clients
+from omnirec.feature_store.spark import materialize_spark
+from omnirec.spark.config import SparkConfig
+
+
+@pytest.fixture
+def redis_client(cluster_client: RedisCluster) -> RedisCluster:
+    """The cluster only: the Spark job is the same code on one Redis, and the suite's time is precious."""
+    return cluster_client
+
+
+def _stored(client: redis.Redis, keys: Keys) -> dict[bytes, object]:
+    """Every feature key of one generation and its value, `_ts` stamps removed."""
+    out: dict[bytes, object] = {}
+    for node in node_clients(client):
+        for key in node.scan_iter(match=f"{keys.feature_ns}:*", count=1000):
+            if node.type(key) == b"hash":
+                out[key] = {f: v for f, v in node.hgetall(key).items() if f != b"_ts"}
+            else:
+                value = node.get(key)
+                out[key] = value.rsplit(b"\x1f", 1)[0] if b":member:" in key else value
+    return out
+
+
+@pytest.mark.timeout(900)  # a dozen small Spark jobs: seconds each on a quiet machine, minutes on a busy one
+def test_spark_materialisation_writes_what_the_local_job_writes(
+        spark: SparkSession, redis_client: redis.Redis, store_config: RedisConfig, small_retail_dir: Path,
+        features: BatchFeatures) -> None:
+    config = store_config.model_copy(update={"recent_items": 20, "purchased_items": 50})
+    local = Materializer(redis_client, config).load(features)
+    summary = materialize_spark(small_retail_dir, config, SparkConfig(), TierLadder(), LifecycleRules(),
+                                now=features.now)
+    report: LoadReport = summary.load
+    assert report.generation == local.generation + 1 and report.previous_generation == local.generation
+    assert report.members == len(features.member_ids)
+    keys = Keys(config.namespace)
+    want, got = _stored(redis_client, keys.at(local.generation)), _stored(redis_client, keys.at(report.generation))
+    assert len(got) == len(want) > 2 * len(features.member_ids)
+    renamed = {k.replace(f"@{local.generation}:".encode(), f"@{report.generation}:".encode()): v
+               for k, v in want.items()}
+    assert got == renamed
+    member = features.member_ids[0].as_py()
+    assert FeatureReader(redis_client, config).read_request(member).generation == report.generation
