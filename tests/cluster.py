@@ -1,12 +1,14 @@
 """A real 3-master Redis Cluster on free loopback ports, for the tests that run the store on a cluster.
 
-Started as child processes of the test run (never daemonised), so stopping them needs only their pids,
-and a crashed run leaves nothing behind but temporary files.
+Each server daemonises with a pid file (so it is no child of the test process, whose own redis-server
+children other tests count) and is stopped by that pid.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -47,14 +49,15 @@ class LocalCluster:
         if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
             raise RuntimeError("redis-server and redis-cli must be on PATH to start a Redis Cluster")
         self.ports = free_cluster_ports(masters)
-        self.processes: list[subprocess.Popen[bytes]] = []
+        self.pid_files: list[Path] = []
         for port in self.ports:
             node_dir = root / str(port)
             node_dir.mkdir(parents=True)
-            self.processes.append(subprocess.Popen(
-                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir),
-                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--save", "",
-                 "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            self.pid_files.append(node_dir / "redis.pid")
+            subprocess.run(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir),
+                            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--save", "",
+                            "--appendonly", "no", "--daemonize", "yes", "--pidfile", str(self.pid_files[-1]),
+                            "--logfile", str(node_dir / "redis.log")], check=True, timeout=30)
         try:
             self._create()
         except BaseException:
@@ -74,10 +77,17 @@ class LocalCluster:
             _wait(lambda p=port: _ask(p, "CLUSTER INFO")["cluster_state"] == "ok", f"cluster state on port {port}")
 
     def stop(self) -> None:
-        for process in self.processes:
-            process.terminate()
-        for process in self.processes:
-            process.wait(10)
+        pids = []
+        for pid_file in self.pid_files:
+            try:
+                pids.append(int(pid_file.read_text()))
+            except (OSError, ValueError):  # never started
+                continue
+            os.kill(pids[-1], signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while pids and time.monotonic() < deadline:
+            pids = [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+            time.sleep(0.05)
 
 
 def _ask(port: int, command: str) -> object:
