@@ -3,8 +3,6 @@ single-machine builder, for a category target and for an offer with consent, cap
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,21 +25,6 @@ from omnirec.offers.config import OfferConfig
 
 pytest.importorskip("pyspark")
 OFFER = "beauty-20pct"
-
-
-@pytest.fixture(scope="session")
-def spark() -> Iterator[object]:
-    """The test run's one local Spark session (getOrCreate: shared with any other Spark test's fixture)."""
-    from pyspark.sql import SparkSession
-
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    session = (SparkSession.builder.master("local[2]").appName("omnirec-tests")
-               .config("spark.sql.shuffle.partitions", 2).config("spark.default.parallelism", 2)
-               .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
-               .config("spark.driver.memory", "1g").getOrCreate())
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
 
 
 @pytest.fixture
