@@ -11,9 +11,9 @@ exported as Unix timestamps (`*_timestamp_seconds`), not ages, so a worker that 
 shows its data getting older: ages are `time() - metric` in PromQL.
 
 Every hook is a no-op until `enable` is called, so a server with `metrics_port` unset pays one `None`
-check per hook. The hooks are the plain functions below, one line to call: `worker_restarted()` is ready
-for the serving parent's respawn loop. (A Recommend `intent` needs no hook: the interceptor reads it off
-the request once the request has that enum field.)
+check per hook. The hooks are the plain functions below, one line to call (the supervisor calls
+`worker_exited` and `worker_restarted`). A Recommend `intent` needs no hook: the interceptor reads it off
+the request once the request has that enum field.
 """
 
 from __future__ import annotations
