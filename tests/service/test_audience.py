@@ -3,13 +3,12 @@ and the CLI writing the same rows."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pyarrow.parquet as pq
 import pytest
-from service_harness import API_KEYS, RunningServer, materialize
+from service_harness import API_KEYS, RunningServer
 from typer.testing import CliRunner
 
 from omnirec.cli import app
@@ -32,16 +31,9 @@ def key(role: str) -> list[tuple[str, str]]:
 
 
 @pytest.fixture
-def campaign_config(config: OmnirecConfig, tmp_path: Path) -> OmnirecConfig:
+def config(config: OmnirecConfig, tmp_path: Path) -> OmnirecConfig:
+    """The service suite's config with this test's own decision log (the conftest `server` then uses it)."""
     return config.model_copy(update={"offers": OfferConfig(decision_log_dir=tmp_path / "decisions")})
-
-
-@pytest.fixture
-def running(campaign_config: OmnirecConfig, retail: RetailData) -> Iterator[RunningServer]:
-    materialize(retail, campaign_config)
-    server = RunningServer(campaign_config, retail)
-    yield server
-    server.stop()
 
 
 def pull(server: RunningServer, role: str = "campaign", chunk: int = 0,
@@ -61,8 +53,8 @@ def rows(messages: list[audience_pb2.StreamAudienceResponse]) -> list[tuple[str,
     return out
 
 
-def test_stream_header_then_chunks_best_first(running: RunningServer, category: str) -> None:
-    messages = pull(running, chunk=70, category_ids=[category], holdout_share=0.2, send_id="s1")
+def test_stream_header_then_chunks_best_first(server: RunningServer, category: str) -> None:
+    messages = pull(server, chunk=70, category_ids=[category], holdout_share=0.2, send_id="s1")
     header = messages[0].header
     assert messages[0].WhichOneof("payload") == "header"
     assert all(m.WhichOneof("payload") == "chunk" for m in messages[1:])
@@ -73,8 +65,8 @@ def test_stream_header_then_chunks_best_first(running: RunningServer, category: 
     assert header.holdout_count == sum(r[3] for r in got) and 20 < header.holdout_count < 100
     assert header.model_version and header.feature_generation >= 1 and header.catalogue_version
     assert header.examined == 300 + sum(header.suppressed.values())
-    assert rows(pull(running, chunk=70, category_ids=[category], holdout_share=0.2, send_id="s1")) == got
-    records = [r for r in DecisionLog(running.config.offers.decision_log_dir).records() if r["type"] == "audience_pull"]
+    assert rows(pull(server, chunk=70, category_ids=[category], holdout_share=0.2, send_id="s1")) == got
+    records = [r for r in DecisionLog(server.config.offers.decision_log_dir).records() if r["type"] == "audience_pull"]
     assert len(records) == 2 and records[0]["caller"] == "campaign" and records[0]["counts"]["total"] == 300
 
 
@@ -86,24 +78,24 @@ def test_stream_header_then_chunks_best_first(running: RunningServer, category: 
     ({"category_ids": ["x"], "lifecycle_stages": ["sleepy"]}, "audience.lifecycle_stages"),
     ({"category_ids": ["x"], "channel": common_pb2.CHANNEL_UNSPECIFIED}, "audience.channel"),
 ])
-def test_bad_requests_are_invalid_argument_naming_the_field(running: RunningServer, spec: dict[str, object],
+def test_bad_requests_are_invalid_argument_naming_the_field(server: RunningServer, spec: dict[str, object],
                                                            field: str) -> None:
     with pytest.raises(grpc.RpcError) as err:
-        pull(running, **spec)
+        pull(server, **spec)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details().startswith(field)
 
 
 @pytest.mark.parametrize("role", ["app", "pos"])
-def test_only_campaign_and_admin_may_pull(running: RunningServer, role: str, category: str) -> None:
+def test_only_campaign_and_admin_may_pull(server: RunningServer, role: str, category: str) -> None:
     with pytest.raises(grpc.RpcError) as err:
-        pull(running, role=role, category_ids=[category])
+        pull(server, role=role, category_ids=[category])
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert pull(running, role="admin", category_ids=[category], max_size=5)[0].header.total == 5
+    assert pull(server, role="admin", category_ids=[category], max_size=5)[0].header.total == 5
 
 
-def test_explain_one_member(running: RunningServer, category: str, known_member: str) -> None:
-    stub = audience_pb2_grpc.AudienceServiceStub(running.channel)
+def test_explain_one_member(server: RunningServer, category: str, known_member: str) -> None:
+    stub = audience_pb2_grpc.AudienceServiceStub(server.channel)
     spec = audience_pb2.AudienceSpec(channel=common_pb2.CHANNEL_APP, max_size=10, category_ids=[category],
 )
     verdict = stub.ExplainAudienceMember(audience_pb2.ExplainAudienceMemberRequest(audience=spec,
@@ -113,14 +105,14 @@ def test_explain_one_member(running: RunningServer, category: str, known_member:
     assert verdict.included == (verdict.suppression == "")
 
 
-def test_confirmed_sends_count_against_the_apps_caps(running: RunningServer, category: str) -> None:
-    audience = rows(pull(running, category_ids=[category], max_size=1))
+def test_confirmed_sends_count_against_the_apps_caps(server: RunningServer, category: str) -> None:
+    audience = rows(pull(server, category_ids=[category], max_size=1))
     member = audience[0][0]  # in the audience: consent on the app, not fatigued
-    offers = offers_pb2_grpc.OfferServiceStub(running.channel)
+    offers = offers_pb2_grpc.OfferServiceStub(server.channel)
     nbo = offers_pb2.NextBestOfferRequest(member_id=member, channel=common_pb2.CHANNEL_APP, k=5, explain=True)
     before = offers.NextBestOffer(nbo, metadata=key("app"))
     assert all(e.rule != "fatigue_cap" for e in before.excluded)
-    stub = audience_pb2_grpc.AudienceServiceStub(running.channel)
+    stub = audience_pb2_grpc.AudienceServiceStub(server.channel)
     for i in range(6):  # the app's default fatigue cap: 6 contacts in 7 days
         send = audience_pb2.ConfirmSendRequest(send_id=f"send-{i}", channel=common_pb2.CHANNEL_APP,
                                                member_ids=[member])
@@ -133,33 +125,33 @@ def test_confirmed_sends_count_against_the_apps_caps(running: RunningServer, cat
                                    metadata=key("app"))
     assert not decision.issued
     assert decision.reason in (offers_pb2.COUPON_REASON_CAP_REACHED, offers_pb2.COUPON_REASON_NO_ELIGIBLE_OFFER)
-    assert member not in {r[0] for r in rows(pull(running, category_ids=[category], max_size=300))}
+    assert member not in {r[0] for r in rows(pull(server, category_ids=[category], max_size=300))}
     with pytest.raises(grpc.RpcError) as err:  # the same send id with other content
         stub.ConfirmSend(audience_pb2.ConfirmSendRequest(send_id="send-0", channel=common_pb2.CHANNEL_APP,
                                                          member_ids=[member, "m-other"]), metadata=key("campaign"))
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
 
 
-def test_cli_writes_the_rows_the_stream_sends(running: RunningServer, campaign_config: OmnirecConfig,
+def test_cli_writes_the_rows_the_stream_sends(server: RunningServer, config: OmnirecConfig,
                                               category: str, tmp_path: Path) -> None:
     config_file = tmp_path / "omnirec.toml"
     config_file.write_text(
-        f'data_dir = "{campaign_config.data_dir}"\n[train]\nbundle_root = "{campaign_config.train.bundle_root}"\n'
-        f'[redis]\nurl = "{campaign_config.redis.url}"\nnamespace = "{campaign_config.redis.namespace}"\n'
-        f'[offers]\ndecision_log_dir = "{campaign_config.offers.decision_log_dir}"\n')
+        f'data_dir = "{config.data_dir}"\n[train]\nbundle_root = "{config.train.bundle_root}"\n'
+        f'[redis]\nurl = "{config.redis.url}"\nnamespace = "{config.redis.namespace}"\n'
+        f'[offers]\ndecision_log_dir = "{config.offers.decision_log_dir}"\n')
     out = tmp_path / "audience.parquet"
     result = CliRunner().invoke(app, ["audience", "--category", category, "--channel", "app", "--max-size", "120",
                                       "--holdout-share", "0.1", "--send-id", "cli", "--out", str(out),
                                       "--no-progress", "--config", str(config_file)])
     assert result.exit_code == 0, result.output
     table = pq.read_table(out).to_pydict()
-    streamed = rows(pull(running, category_ids=[category], max_size=120, holdout_share=0.1, send_id="cli"))
+    streamed = rows(pull(server, category_ids=[category], max_size=120, holdout_share=0.1, send_id="cli"))
     assert list(zip(table["member_id"], table["rank"], table["holdout"], strict=True)) == \
         [(r[0], r[2], r[3]) for r in streamed]
     result = CliRunner().invoke(app, ["confirm-send", "--send-id", "cli", "--channel", "app", "--audience", str(out),
                                       "--config", str(config_file)])
     assert result.exit_code == 0, result.output
-    (sent,) = [r for r in DecisionLog(campaign_config.offers.decision_log_dir).records()
+    (sent,) = [r for r in DecisionLog(config.offers.decision_log_dir).records()
                if r["type"] == "confirm_send"]
     assert len(sent["members"]) + len(sent["holdout_members"]) == 120
     assert set(sent["holdout_members"]) == {m for m, h in zip(table["member_id"], table["holdout"], strict=True) if h}
@@ -171,8 +163,8 @@ def test_cli_writes_the_rows_the_stream_sends(running: RunningServer, campaign_c
     ({"offer_id": "o\n1"}, "audience.offer_id"),
     ({"category_ids": ["x"], "send_id": "s" * 500, "holdout_share": 0.1}, "audience.send_id"),
 ])
-def test_ids_are_checked_like_every_rpcs(running: RunningServer, spec: dict[str, object], field: str) -> None:
+def test_ids_are_checked_like_every_rpcs(server: RunningServer, spec: dict[str, object], field: str) -> None:
     with pytest.raises(grpc.RpcError) as err:
-        pull(running, **spec)
+        pull(server, **spec)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details().startswith(field)
