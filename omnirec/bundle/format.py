@@ -18,6 +18,7 @@ import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict
 
 from omnirec.domain.idmap import IdMap
+from omnirec.domain.vocab import Intent
 
 MANIFEST = "manifest.json"
 MEMBERS = "members.npy"
@@ -47,9 +48,29 @@ class Array(StrEnum):
     MEMBER_TOP_ITEMS = "member_top_items"
     """Optional: each member's `member_top_k` best items from `Index.MEMBER` (-1 where fewer exist)."""
     MEMBER_TOP_SCORES = "member_top_scores"
+    MIXED_ITEMS = "intent_mixed_items"
+    """Optional: each member's next-basket list for `Intent.MIXED` from the two-stage ranker, best first
+    (int32 item indexes, -1 where fewer), as of `Manifest.lists_as_of`."""
+    MIXED_SCORES = "intent_mixed_scores"
+    BUY_AGAIN_ITEMS = "intent_buy_again_items"
+    """Optional: as `MIXED_ITEMS`, for `Intent.BUY_AGAIN` (items the member bought, most due first)."""
+    BUY_AGAIN_SCORES = "intent_buy_again_scores"
+    DISCOVER_ITEMS = "intent_discover_items"
+    """Optional: as `MIXED_ITEMS`, for `Intent.DISCOVER` (items the member never bought)."""
+    DISCOVER_SCORES = "intent_discover_scores"
+    ITEM_CYCLE_DAYS = "item_cycle_days"
+    """Optional: each item's median repurchase gap in days (float32, NaN where nobody bought it twice)."""
 
 
-OPTIONAL_ARRAYS = frozenset({Array.MEMBER_TOP_ITEMS, Array.MEMBER_TOP_SCORES})
+INTENT_ARRAYS = {
+    Intent.MIXED: (Array.MIXED_ITEMS, Array.MIXED_SCORES),
+    Intent.BUY_AGAIN: (Array.BUY_AGAIN_ITEMS, Array.BUY_AGAIN_SCORES),
+    Intent.DISCOVER: (Array.DISCOVER_ITEMS, Array.DISCOVER_SCORES),
+}
+"""The (items, scores) arrays of each intent's precomputed lists."""
+
+OPTIONAL_ARRAYS = frozenset({Array.MEMBER_TOP_ITEMS, Array.MEMBER_TOP_SCORES, Array.ITEM_CYCLE_DAYS,
+                             *(name for pair in INTENT_ARRAYS.values() for name in pair)})
 
 
 class Sparse(StrEnum):
@@ -97,6 +118,9 @@ class Manifest(BaseModel):
     gate_passed: bool | None = None
     """The next-basket gate's verdict (None for bundles written before it, or with the popularity gate)."""
     next_basket: dict[str, Any] = {}
+    lists_as_of: str = ""
+    """ISO time of the last event the intent lists (`INTENT_ARRAYS`) saw: later purchases are the live
+    feature store's to apply ("" when the bundle has no intent lists)."""
     """The next-basket protocol's rows (served list and baselines, with 95% intervals) and the gate's checks."""
 
     @property

@@ -14,11 +14,22 @@ import faiss
 import numpy as np
 import scipy.sparse as sp
 
-from omnirec.bundle.format import ITEMS, MANIFEST, MEMBERS, OPTIONAL_ARRAYS, Array, Index, Manifest, Sparse
+from omnirec.bundle.format import (
+    INTENT_ARRAYS,
+    ITEMS,
+    MANIFEST,
+    MEMBERS,
+    OPTIONAL_ARRAYS,
+    Array,
+    Index,
+    Manifest,
+    Sparse,
+)
 from omnirec.domain.errors import NotFound
 from omnirec.domain.idmap import IdMap
 from omnirec.domain.profile import ColdStartProfile
 from omnirec.domain.topk import top_finite
+from omnirec.domain.vocab import Intent
 
 
 @dataclass(frozen=True)
@@ -81,6 +92,17 @@ class ModelBundle:
         scores, found = self.indexes[Index.MEMBER].search(query, min(n, len(self.items)))
         keep = found[0] >= 0
         return found[0][keep].astype(np.int64), scores[0][keep]
+
+    def intent_top(self, member_id: str, intent: Intent, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """A known member's precomputed list for `intent` (at most n, best first); None if the member is
+        unknown or the bundle has no lists for the intent."""
+        row = self.members.get(member_id)
+        names = INTENT_ARRAYS[intent]
+        if row is None or names[0] not in self.arrays:
+            return None
+        found, scores = self.arrays[names[0]][row, :n], self.arrays[names[1]][row, :n]
+        keep = found >= 0
+        return found[keep].astype(np.int64), np.asarray(scores[keep])
 
     def cold_start_scores(self, profile: ColdStartProfile) -> np.ndarray:
         """LightFM scores for a member without history, from their profile; values training never saw count 0."""

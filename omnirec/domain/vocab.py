@@ -49,6 +49,17 @@ class LifecycleStage(StrEnum):
     REACTIVATED = "reactivated"
 
 
+class Intent(StrEnum):
+    """What a member's list is for: grocery's next basket is mostly repeats, so repeat and discovery are
+    separate answers (Li et al. 2023) and MIXED blends them."""
+
+    MIXED = "mixed"
+    BUY_AGAIN = "buy_again"
+    """Items the member bought before, ordered by how due each is."""
+    DISCOVER = "discover"
+    """Items the member never bought."""
+
+
 class Col:
     """Column names of the event log and entity tables (Parquet files and Arrow tables)."""
 

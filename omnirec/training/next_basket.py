@@ -16,6 +16,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from omnirec.domain.readers import Interactions
+from omnirec.domain.vocab import Intent
 from omnirec.training.baskets import Baskets, NextBasketSplit
 from omnirec.training.config import TrainConfig
 from omnirec.training.metrics import bootstrap_ci, next_basket_per_member
@@ -31,7 +32,7 @@ from omnirec.training.models.frequency import (
     StorePopularity,
 )
 from omnirec.training.models.hybrid import LightFMRecommender
-from omnirec.training.ranker import Intent, RankerParams, build_context, candidates, fit_ranker, top_lists
+from omnirec.training.ranker import RankerParams, build_context, candidates, fit_ranker, top_lists
 from omnirec.training.weighting import collaborative_train_set
 
 METRICS = ("recall", "ndcg", "repeat_recall", "explore_recall")

@@ -17,7 +17,6 @@ ranker trained on never-bought targets only).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
 import lightgbm as lgb
 import numpy as np
@@ -27,6 +26,7 @@ from tqdm import tqdm
 
 from omnirec.domain.errors import InvalidArgument
 from omnirec.domain.readers import Interactions
+from omnirec.domain.vocab import Intent
 from omnirec.training.baskets import Baskets, next_basket_split
 from omnirec.training.complements import top_per_row
 from omnirec.training.config import TrainConfig
@@ -42,12 +42,6 @@ FEATURES = (
     "in_last_basket", "m_baskets", "m_days_since_last", "m_gap", "m_overdue", "knn", "als", "lift_last",
     "pop_log", "pop_recent", "pop_trend", "store_pop", "i_repeat_rate", "i_cycle", "i_buyers", "price",
 )
-
-
-class Intent(StrEnum):
-    MIXED = "mixed"
-    BUY_AGAIN = "buy_again"
-    DISCOVER = "discover"
 
 
 @dataclass(frozen=True)
