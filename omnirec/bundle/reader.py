@@ -8,6 +8,7 @@ ids. Unknown items raise `domain.errors.NotFound`; unknown members are None (the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import faiss
@@ -25,6 +26,7 @@ from omnirec.bundle.format import (
     Manifest,
     Sparse,
 )
+from omnirec.domain.clock import parse_time
 from omnirec.domain.errors import NotFound
 from omnirec.domain.idmap import IdMap
 from omnirec.domain.profile import ColdStartProfile
@@ -103,6 +105,28 @@ class ModelBundle:
         found, scores = self.arrays[names[0]][row, :n], self.arrays[names[1]][row, :n]
         keep = found >= 0
         return found[keep].astype(np.int64), np.asarray(scores[keep])
+
+    def cycle_days(self, idx: np.ndarray) -> np.ndarray:
+        """Repurchase cycle in days of each item in `idx`: its own median gap, else the catalogue's median
+        (an item few members bought twice still has a plausible cycle); all NaN when the bundle has none."""
+        cycles = self.arrays.get(Array.ITEM_CYCLE_DAYS)
+        if cycles is None:
+            return np.full(len(idx), np.nan)
+        found = np.asarray(cycles[np.asarray(idx, dtype=np.int64)], dtype=np.float64)
+        return np.where(np.isnan(found), self._median_cycle_days, found)
+
+    @cached_property
+    def _median_cycle_days(self) -> float:
+        cycles = np.asarray(self.arrays[Array.ITEM_CYCLE_DAYS], dtype=np.float64)
+        known = cycles[np.isfinite(cycles)]
+        return float(np.median(known)) if len(known) else float("nan")
+
+    @cached_property
+    def lists_as_of(self) -> float | None:
+        """Unix seconds of the last event the intent lists saw (None: no lists); later purchases are live."""
+        if not self.manifest.lists_as_of:
+            return None
+        return parse_time(self.manifest.lists_as_of, "manifest.lists_as_of").timestamp()
 
     def cold_start_scores(self, profile: ColdStartProfile) -> np.ndarray:
         """LightFM scores for a member without history, from their profile; values training never saw count 0."""

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """Version of the materialised features' layout: bump when a field's meaning or encoding changes. The
-pointer names the version of the generation it serves, and readers refuse another one."""
+pointer names the version of the generation it serves, and readers refuse another one. v5: the purchased
+list carries each item's last purchase time (buy-again and live corrections of the intent lists)."""
 DURABLE_VERSION = 1
 """Version of the durable records' layout (wallets, ledgers, links, budgets, the pointer itself). Kept
 apart so a feature-layout change neither orphans durable records nor hides the pointer from old readers."""
@@ -101,6 +102,7 @@ class Keys:
         return self.feature(RECENT, member_id)
 
     def purchased(self, member_id: str) -> str:
+        """Packed timed list: (item id, unix seconds of its last purchase) pairs, most recent first."""
         return self.feature(PURCHASED, member_id)
 
     def anon_recent(self, anonymous_id: str) -> str:

@@ -24,8 +24,9 @@ Redis Cluster.
 Member records and item lists are packed values (`feature_store.packed`): activity counters are added in
 the script; stage, tier and timestamps are computed in Python from the state read in step 1, so two
 concurrent batches for the same member may interleave: the later write wins until the next event or
-materialisation. Lists (recent, purchased) stay distinct, newest first and bounded. Returns do not lower
-points or tiers live: downgrades wait for the batch job.
+materialisation. Lists (recent, purchased) stay distinct, newest first and bounded; the purchased list
+keeps each item's latest purchase time, so an event that arrives late never makes an item look newer
+than it is. Returns do not lower points or tiers live: downgrades wait for the batch job.
 """
 
 from __future__ import annotations
@@ -116,6 +117,8 @@ for _, op in ipairs(ops) do
     patch_record(key, args)
   elseif name == 'push' then
     push_distinct(key, args)
+  elseif name == 'timed' then
+    push_timed(key, args)
   elseif name == 'stock' then  -- args: item, delta, ttl (0 keeps it)
     redis.call('HINCRBY', key, args[1], args[2])
     if args[3] ~= '0' then redis.call('EXPIRE', key, args[3]) end
@@ -305,7 +308,7 @@ class LiveUpdater:
             store = row["store_id"] if channel.is_physical else ONLINE_STORE
             writes.add("stock", k.stock(store), item, -int(row["quantity"]), self.config.feature_ttl_s or 0)
             if member_id:
-                writes.add("push", k.purchased(member_id), self.config.purchased_items, self._ttl, item)
+                writes.add("timed", k.purchased(member_id), self.config.purchased_items, self._ttl, item, int(ts))
         if state is None:
             return
         state.last_seen_ts = max(state.last_seen_ts or ts, ts)

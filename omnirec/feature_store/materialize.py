@@ -2,7 +2,8 @@
 
 Features are computed column-wise with numpy/Arrow (no per-member Python objects), encoded to the Redis
 protocol with Arrow string kernels (`feature_store.resp`) and sent in pipelined batches of
-`batch_members` members (three `SET`s of packed values each, `feature_store.packed`). Readers keep
+`batch_members` members (three `SET`s of packed values each, `feature_store.packed`; the purchased list
+packs each item with its last purchase time). Readers keep
 serving the previous generation until
 the pointer hash is rewritten in one HSET at the very end; the previous generation then gets a short
 EXPIRE so in-flight readers can finish.
@@ -199,9 +200,11 @@ class BatchFeatures:
         rows = self.recent.rows_of(self.member_index(member_id))
         return self.item_ids.take(pa.array(self.recent.item[rows])).to_pylist()
 
-    def purchased_of(self, member_id: str) -> set[str]:
+    def purchased_of(self, member_id: str) -> dict[str, int]:
+        """Item -> unix seconds of its last purchase, most recent first."""
         rows = self.purchased.rows_of(self.member_index(member_id))
-        return set(self.item_ids.take(pa.array(self.purchased.item[rows])).to_pylist())
+        ids = self.item_ids.take(pa.array(self.purchased.item[rows])).to_pylist()
+        return dict(zip(ids, self.purchased.ts[rows].tolist(), strict=True))
 
 
 def compute_features(data: RetailData, tiers: TierLadder, rules: LifecycleRules, now: float | None = None,
@@ -321,8 +324,9 @@ class Materializer:
                 profiles = pc.binary_join_element_wise(*(col.slice(lo, hi - lo) for col in f.profile.values()),
                                                        stamp, packed.SEP)
                 writes = [(keys, resp.set_values(keys, profiles, ttl))]
-                for ranked, key in ((f.recent, k.recent), (f.purchased, k.purchased)):
-                    writes.append(_packed_lists(ranked, f.member_ids, f.item_ids, key, lo, hi, ttl))
+                writes.append(_packed_lists(f.recent, f.member_ids, f.item_ids, k.recent, lo, hi, ttl))
+                writes.append(_packed_lists(f.purchased, f.member_ids, f.item_ids, k.purchased, lo, hi, ttl,
+                                            timed=True))
                 self._send(sender, writes, None)
                 bar.update(hi - lo)
             for lo in range(0, len(f.anon_ids), step):
@@ -416,13 +420,20 @@ class Materializer:
 
 
 def _packed_lists(ranked: Ranked, owner_ids: pa.Array, item_ids: pa.Array, key: Callable[[str], str], lo: int, hi: int,
-                  ttl_s: int | None) -> tuple[pa.Array, pa.Array]:
-    """SET commands of the packed item lists (newest first) of owners lo..hi-1 that have rows, and their keys."""
+                  ttl_s: int | None, timed: bool = False) -> tuple[pa.Array, pa.Array]:
+    """SET commands of the packed item lists (newest first) of owners lo..hi-1 that have rows, and their keys;
+    `timed` packs each id with its time (id, seconds, id, seconds, ...: the purchased list)."""
     a, b = np.searchsorted(ranked.owner, [lo, hi])
     owner = ranked.owner[a:b]
     starts = resp.split_groups(owner, 10**9)
     keys = key_column(key, owner_ids.take(pa.array(owner[starts[:-1]])))
-    lists = pa.ListArray.from_arrays(pa.array(starts, pa.int32()), item_ids.take(pa.array(ranked.item[a:b])))
+    values = item_ids.take(pa.array(ranked.item[a:b]))
+    if timed:  # interleave: ids at even positions, their times at odd ones
+        n = len(values)
+        both = pa.concat_arrays([values.cast(pa.string()), _text(ranked.ts[a:b])])
+        values = both.take(pa.array(np.stack([np.arange(n), np.arange(n) + n], 1).ravel()))
+        starts = starts * 2
+    lists = pa.ListArray.from_arrays(pa.array(starts, pa.int32()), values)
     return keys, resp.set_values(keys, pc.binary_join(lists, packed.SEP), ttl_s)
 
 

@@ -21,6 +21,16 @@ def unpack(raw: bytes | None) -> list[str]:
     return raw.decode().split(SEP) if raw else []
 
 
+def unpack_timed(raw: bytes | None) -> dict[str, int]:
+    """A packed timed list (id, unix seconds, id, unix seconds, ...) as id -> seconds, in stored order.
+
+    ValueError when the values do not pair up into ids and whole seconds."""
+    values = unpack(raw)
+    if len(values) % 2:
+        raise ValueError(f"{len(values)} values do not pair up into (id, time)")
+    return dict(zip(values[0::2], map(int, values[1::2]), strict=True))
+
+
 LIBRARY = """
 local function store(key, value, ttl)
   if ttl == '0' then redis.call('SET', key, value, 'KEEPTTL') else redis.call('SET', key, value, 'EX', ttl) end
@@ -78,7 +88,33 @@ local function push_distinct(key, args)
   store(key, table.concat(out, '\\31'), args[2])
   return #out
 end
+
+-- args: limit, ttl (0 keeps it), then (id, unix seconds) pairs. A packed timed list (id, seconds, id,
+-- seconds, ...) keeps each id once with its latest time, newest first (ties: the pushed id first, then
+-- the stored order), at most `limit` ids.
+local function push_timed(key, args)
+  local at, order = {}, {}
+  local function add(id, ts)
+    local t = tonumber(ts)
+    if at[id] == nil then order[#order + 1] = id; at[id] = t elseif t > at[id] then at[id] = t end
+  end
+  for i = #args - 1, 3, -2 do add(args[i], args[i + 1]) end
+  local raw = redis.call('GET', key)
+  if raw and raw ~= '' then
+    local stored = split(raw)
+    for i = 1, #stored - 1, 2 do add(stored[i], stored[i + 1]) end
+  end
+  local rank = {}
+  for i, id in ipairs(order) do rank[id] = i end
+  table.sort(order, function(a, b) if at[a] ~= at[b] then return at[a] > at[b] end return rank[a] < rank[b] end)
+  local out = {}
+  for i = 1, math.min(#order, tonumber(args[1])) do
+    out[#out + 1] = order[i]; out[#out + 1] = string.format('%d', at[order[i]])
+  end
+  store(key, table.concat(out, '\\31'), args[2])
+  return #order
+end
 """
 """Lua functions `feature_store.live`'s batch script is built from: `patch_record` sets fields of a packed
 record and adds to others (HSET + HINCRBY for a packed value); `push_distinct` is LREM + LPUSH + LTRIM for a
-packed list."""
+packed list; `push_timed` is ZADD GT + ZREMRANGEBYRANK for a packed timed list (the purchased list)."""

@@ -30,7 +30,7 @@ from omnirec.feature_store.config import RedisConfig
 from omnirec.feature_store.errors import FeatureStoreError, NotMaterialised, redis_call
 from omnirec.feature_store.keys import SCHEMA_VERSION, Keys
 from omnirec.feature_store.model import ItemFeatures, MemberProfile, parse_stock
-from omnirec.feature_store.packed import unpack
+from omnirec.feature_store.packed import unpack, unpack_timed
 
 Pipeline = Any
 """A redis-py pipeline, synchronous or asyncio: both queue commands through the same methods."""
@@ -83,7 +83,12 @@ class MemberFeatures:
     profile: MemberProfile | None
     recent_items: tuple[str, ...]
     """Newest first, distinct, at most `recent_items` long."""
-    purchased_items: frozenset[str]
+    purchased: Mapping[str, int]
+    """Item -> unix seconds of its last purchase, most recent first, at most `purchased_items` long."""
+
+    @property
+    def purchased_items(self) -> frozenset[str]:
+        return frozenset(self.purchased)
 
 
 @dataclass(frozen=True)
@@ -172,6 +177,14 @@ def parse_pointer(keys: Keys, raw: Sequence[bytes | None]) -> int:
     if version != keys.schema:
         raise FeatureStoreError(f"{keys.pointer()}: data has schema v{version}, this reader expects v{keys.schema}")
     return gen
+
+
+def parse_purchased(key: str, raw: bytes | None) -> dict[str, int]:
+    """A purchased list (`packed.unpack_timed`), or `FeatureStoreError` naming the key when malformed."""
+    try:
+        return unpack_timed(raw)
+    except ValueError as exc:
+        raise FeatureStoreError(f"{key}: malformed purchased list ({exc})") from None
 
 
 class ReadPlans:
@@ -263,7 +276,7 @@ class ReadPlans:
             profile = MemberProfile.from_packed(member_id, k.member(member_id), r[0]) if r[0] is not None else None
             out["member"] = MemberFeatures(
                 member_id=member_id, profile=profile, recent_items=tuple(unpack(r[1])) if lists else (),
-                purchased_items=frozenset(unpack(r[2])) if lists else frozenset())
+                purchased=parse_purchased(k.purchased(member_id), r[2]) if lists else {})
 
         batch.add(3 if lists else 1, parse)
 
@@ -343,12 +356,12 @@ class ReadPlans:
         return generation, [None if raw is None else MemberProfile.from_packed(m, k.member(m), raw)
                             for m, raw in zip(ids, out["raw"], strict=True)]
 
-    def purchased(self, member_id: str) -> Plan[tuple[str, ...]]:
+    def purchased(self, member_id: str) -> Plan[dict[str, int]]:
         out: dict[str, Any] = {}
 
         def queue(batch: Batch, k: Keys) -> None:
             batch.pipe.get(k.purchased(member_id))
-            batch.add(1, lambda r: out.update(items=tuple(unpack(r[0]))))
+            batch.add(1, lambda r: out.update(items=parse_purchased(k.purchased(member_id), r[0])))
 
         yield from self._consistent(queue, "purchased")
         return out["items"]  # type: ignore[no-any-return]
@@ -458,8 +471,9 @@ class AsyncFeatureReader:
     async def selection_items(self, selections: Sequence[ItemSelection]) -> tuple[int, list[tuple[str, ...]]]:
         return await self._run(self.plans.selection_items(selections))
 
-    async def purchased(self, member_id: str) -> tuple[str, ...]:
-        """The member's purchased items, most recent first (empty when none are stored); one round trip."""
+    async def purchased(self, member_id: str) -> dict[str, int]:
+        """The member's purchased items -> unix seconds of the last purchase, most recent first (empty when
+        none are stored); one round trip."""
         return await self._run(self.plans.purchased(member_id))
 
     async def in_stock(self, item_ids: Sequence[str], store_id: str | None = None) -> np.ndarray:

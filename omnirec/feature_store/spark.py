@@ -49,13 +49,19 @@ RECENCY, FREQUENCY, MONETARY = "_recency", "_frequency", "_monetary"
 LAST_SEEN, LAST_BUY, PREV_BUY, RECENT, PURCHASED = "_last_seen", "_last_buy", "_prev_buy", "_recent", "_purchased"
 
 
-def _newest_distinct(events: DataFrame, owner: str, limit: int, name: str) -> DataFrame:
+def _newest_distinct(events: DataFrame, owner: str, limit: int, name: str, timed: bool = False) -> DataFrame:
     """Each owner's `limit` most recently touched distinct items, newest first, packed: `newest_distinct`'s
-    order (ties in time: larger catalogue index first)."""
+    order (ties in time: larger catalogue index first); `timed` packs each id with its latest time."""
     newest = events.groupBy(owner, Col.ITEM_ID, "_item_idx").agg(F.max(Col.TS).alias("_ts"))
     ordered = F.sort_array(F.collect_list(F.struct("_ts", "_item_idx", Col.ITEM_ID)), asc=False)
-    return newest.groupBy(owner).agg(F.array_join(F.transform(F.slice(ordered, 1, limit),
-                                                               lambda x: x[Col.ITEM_ID]), packed.SEP).alias(name))
+
+    def entry(x: Column) -> Column:
+        if not timed:
+            return x[Col.ITEM_ID]
+        return F.concat_ws(packed.SEP, x[Col.ITEM_ID], x["_ts"].cast("long").cast("string"))
+
+    return newest.groupBy(owner).agg(F.array_join(F.transform(F.slice(ordered, 1, limit), entry),
+                                                  packed.SEP).alias(name))
 
 
 def _count(condition: Column) -> Column:
@@ -82,7 +88,8 @@ def member_table(events: DataFrame, members: DataFrame, items: DataFrame, recent
                  .where(F.col(Col.ANONYMOUS_ID).isNotNull()))
     table = (members.join(aggregates, Col.MEMBER_ID, "left")
              .join(_newest_distinct(touched, Col.MEMBER_ID, recent_items, RECENT), Col.MEMBER_ID, "left")
-             .join(_newest_distinct(bought, Col.MEMBER_ID, purchased_items, PURCHASED), Col.MEMBER_ID, "left"))
+             .join(_newest_distinct(bought, Col.MEMBER_ID, purchased_items, PURCHASED, timed=True), Col.MEMBER_ID,
+                   "left"))
     return table, _newest_distinct(anonymous, Col.ANONYMOUS_ID, recent_items, RECENT)
 
 

@@ -5,19 +5,26 @@ hot, warm and cold users): a member the model knows is scored by the model and n
 purchases from the feature store; anyone else needs their profile for the content model, or gets
 popularity. A feature store that cannot answer in time makes the answer degraded, never failed. The
 servicer only turns protos into these calls and `Answer`s back into protos.
+
+The request's `Intent` picks the list: a member with precomputed lists (`Bundle.intent_top`) gets their
+list corrected by the purchases made since (`intents.from_lists`, one purchased-list read); anyone else
+gets `BUY_AGAIN` from their purchases, most due first, `DISCOVER` as today's answer without bought items,
+and `MIXED` as today's answer (unchanged for callers that do not set an intent).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Protocol
 
 import numpy as np
 
-from omnirec.domain.errors import Unavailable
-from omnirec.domain.vocab import AnonymousId, Channel, ItemId, MemberId, StoreId
+from omnirec.domain.errors import InvalidArgument, Unavailable
+from omnirec.domain.vocab import AnonymousId, Channel, Intent, ItemId, MemberId, StoreId
+from omnirec.recommendations import intents
 from omnirec.recommendations.ranking import (
     Bundle,
     CategoryIndex,
@@ -55,9 +62,13 @@ class MemberRead(Enum):
     """Anyone else: profile (cold start) and purchases, the anonymous id resolved to a member when linked."""
 
 
-def member_read(bundle: Bundle, member_id: MemberId | None, filters: Filters) -> MemberRead:
+def member_read(bundle: Bundle, member_id: MemberId | None, filters: Filters,
+                intent: Intent = Intent.MIXED, has_lists: bool = False) -> MemberRead:
+    """Buy-again and discover need the member's purchases, and so does a precomputed list (to apply the
+    purchases made since); today's MIXED answer needs them only for the purchase filter."""
     if member_id and member_id in bundle.members:
-        return MemberRead.PURCHASES if filters.exclude_purchased else MemberRead.NONE
+        needs = filters.exclude_purchased or has_lists or intent is not Intent.MIXED
+        return MemberRead.PURCHASES if needs else MemberRead.NONE
     return MemberRead.PROFILE
 
 
@@ -69,6 +80,9 @@ class Request:
     store_id: StoreId | None
     k: int
     filters: Filters
+    intent: Intent = Intent.MIXED
+    now: float = field(default_factory=time.time)
+    """Unix seconds the request is answered at: how due a purchase is depends on it."""
 
 
 @dataclass(frozen=True)
@@ -85,9 +99,8 @@ class Answer:
 
 
 async def _member(source: MemberSource, bundle: Bundle, member_id: MemberId | None,
-                  anonymous_id: AnonymousId | None, filters: Filters,
-                  budget: TimeBudget) -> tuple[MemberContext, Filters, list[str]]:
-    read = member_read(bundle, member_id, filters)
+                  anonymous_id: AnonymousId | None, filters: Filters, budget: TimeBudget,
+                  read: MemberRead) -> tuple[MemberContext, Filters, list[str]]:
     try:
         if read is MemberRead.NONE:
             return MemberContext(member_id=member_id), filters, []
@@ -100,7 +113,8 @@ async def _member(source: MemberSource, bundle: Bundle, member_id: MemberId | No
 
 
 async def _finish(source: MemberSource, bundle: Bundle, categories: CategoryIndex, ranked: Ranked, request: Request,
-                  budget: TimeBudget, degraded: list[str], member_id: MemberId | None = None) -> Answer:
+                  budget: TimeBudget, degraded: list[str], member_id: MemberId | None = None,
+                  nothing: str = "") -> Answer:
     """The first k candidates, in stock at the store (physical channels) or online when asked.
 
     Stock lives in the feature store: if it cannot be read in time the list goes out unchecked, degraded.
@@ -115,15 +129,18 @@ async def _finish(source: MemberSource, bundle: Bundle, categories: CategoryInde
         except Unavailable as exc:
             degraded.append(f"stock not checked: {exc}")
     ranked = ranked.head(request.k)
-    empty = "" if len(ranked.idx) else empty_reason(categories, request, candidates)
+    empty = "" if len(ranked.idx) else empty_reason(categories, request, candidates, nothing)
     return Answer(ranked, bundle.items.to_external(ranked.idx).tolist(), member_id, tuple(degraded), empty)
 
 
-def empty_reason(categories: CategoryIndex, request: Request, candidates: int) -> str:
-    """Why an answer is empty, from the filter that emptied it."""
+def empty_reason(categories: CategoryIndex, request: Request, candidates: int, nothing: str = "") -> str:
+    """Why an answer is empty, from the filter that emptied it; `nothing`: why there was no candidate
+    before any filter (a buy-again answer for a member with nothing due)."""
     category = request.filters.category
     if category and not categories.mask(category).any():
         return f"category {category!r} has no items in the catalogue"
+    if nothing:
+        return nothing
     if candidates and request.filters.in_stock_only:
         where = f"at store {request.store_id!r}" if request.channel.is_physical else "online"
         return (f"none of the {candidates} best candidates is in stock {where} (an unknown store, or no "
@@ -135,12 +152,34 @@ def empty_reason(categories: CategoryIndex, request: Request, candidates: int) -
 
 async def for_member(source: MemberSource, bundle: Bundle, categories: CategoryIndex, member_id: MemberId | None,
                      anonymous_id: AnonymousId | None, request: Request, budget: TimeBudget) -> Answer:
-    """Personal recommendations: collaborative for a known member, content for a cold one, else popular."""
-    member, filters, degraded = await _member(source, bundle, member_id, anonymous_id, request.filters, budget)
+    """Personal recommendations for the request's intent: the member's precomputed list with live purchases
+    applied when the model has one; else collaborative for a known member, content for a cold one, else
+    popular (DISCOVER without bought items, BUY_AGAIN from the member's purchases)."""
+    intent = request.intent
+    if intent is Intent.BUY_AGAIN and request.filters.exclude_purchased:
+        raise InvalidArgument("exclude_purchased", "cannot be set with INTENT_BUY_AGAIN, which lists bought items")
+    n = overfetch(request.k, request.filters)
+    lists = bundle.intent_top(member_id, intent, n) if member_id else None
+    read = member_read(bundle, member_id, request.filters, intent, lists is not None)
+    member, filters, degraded = await _member(source, bundle, member_id, anonymous_id, request.filters, budget, read)
+    if intent is Intent.DISCOVER and not degraded:
+        filters = replace(filters, exclude_purchased=True)
     request = replace(request, filters=filters)
-    ranked = recommend(bundle, categories, member, request.channel, request.store_id, overfetch(request.k, filters),
-                       filters)
-    return await _finish(source, bundle, categories, ranked, request, budget, degraded, member.member_id)
+    ranked, not_due = None, np.zeros(0, np.int64)
+    if lists is not None:
+        if degraded:
+            degraded.append("purchases since the lists were computed not applied")
+        ranked, not_due = intents.from_lists(bundle, categories, member, intent, lists, filters, request.now, n)
+        if len(ranked.idx) >= n:
+            return await _finish(source, bundle, categories, ranked, request, budget, degraded, member.member_id)
+    nothing = ""
+    if intent is Intent.BUY_AGAIN:
+        fallback = intents.buy_again(bundle, categories, member, filters, request.now)
+        nothing = "" if len(fallback.idx) or degraded else intents.nothing_due(member)
+    else:
+        fallback = recommend(bundle, categories, member, request.channel, request.store_id, n, filters)
+    ranked = fallback if ranked is None else intents.merge(ranked, fallback, n, not_due)
+    return await _finish(source, bundle, categories, ranked, request, budget, degraded, member.member_id, nothing)
 
 
 async def similar_to(source: MemberSource, bundle: Bundle, categories: CategoryIndex, item_id: ItemId,

@@ -7,7 +7,7 @@ items.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
@@ -17,7 +17,7 @@ from omnirec.domain.errors import NotFound
 from omnirec.domain.idmap import IdMap
 from omnirec.domain.profile import ColdStartProfile
 from omnirec.domain.topk import top_finite
-from omnirec.domain.vocab import Channel, ItemId, MemberId, StoreId
+from omnirec.domain.vocab import Channel, Intent, ItemId, MemberId, StoreId
 
 
 class Reason(StrEnum):
@@ -34,6 +34,10 @@ class Reason(StrEnum):
     IN_STOCK_ONLINE = "in_stock_online"
     EXCLUDED_PURCHASED = "excluded_purchased"
     CATEGORY_FILTER = "category_filter"
+    NEXT_BASKET = "next_basket"
+    """The learned next-basket ranker's list (`Intent.MIXED`)."""
+    BUY_AGAIN = "buy_again"
+    DISCOVER = "discover"
 
 
 class Bundle(Protocol):
@@ -48,6 +52,10 @@ class Bundle(Protocol):
     def similar_items(self, item_id: str, k: int) -> tuple[np.ndarray, np.ndarray]: ...
     def popularity(self, channel: str | None = None, store_id: str | None = None) -> np.ndarray: ...
     def basket_complements(self, item_ids: list[str], k: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def intent_top(self, member_id: str, intent: Intent, n: int) -> tuple[np.ndarray, np.ndarray] | None: ...
+    def cycle_days(self, idx: np.ndarray) -> np.ndarray: ...
+    @property
+    def lists_as_of(self) -> float | None: ...
 
 
 @dataclass(frozen=True)
@@ -102,7 +110,8 @@ class MemberContext:
 
     member_id: MemberId | None = None
     profile: ColdStartProfile | None = None
-    purchased: tuple[ItemId, ...] = ()
+    purchased: Mapping[ItemId, float] = field(default_factory=dict)
+    """Every item the member bought -> unix seconds of its last purchase, most recent first."""
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ T = TypeVar("T")
 
 def _member_context(features: RequestFeatures) -> MemberContext:
     cold_start = features.profile.cold_start() if features.profile is not None else None
-    purchased = tuple(features.member.purchased_items) if features.member else ()
+    purchased = features.member.purchased if features.member else {}
     return MemberContext(member_id=features.member_id, profile=cold_start, purchased=purchased)
 
 

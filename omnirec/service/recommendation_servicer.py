@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import grpc
 
 from omnirec.recommendations import engine
@@ -51,7 +53,7 @@ class RecommendationServicer(recommendation_pb2_grpc.RecommendationServiceServic
     async def Recommend(self, request: recommendation_pb2.RecommendRequest,
                         context: grpc.aio.ServicerContext) -> recommendation_pb2.RecommendResponse:
         member_id, anonymous_id = v.one_of(request.member_id, request.anonymous_id, "member_id", "anonymous_id")
-        asked = self._request(request, request.exclude_purchased)
+        asked = replace(self._request(request, request.exclude_purchased), intent=v.intent(request.intent))
         model = self._models.get()
         answer = await engine.for_member(self._features, model.bundle, model.categories, member_id, anonymous_id,
                                          asked, self._budget(context))

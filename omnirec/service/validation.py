@@ -25,8 +25,8 @@ from google.protobuf import timestamp_pb2
 
 from omnirec.domain.clock import DAY
 from omnirec.domain.errors import InvalidArgument
-from omnirec.domain.vocab import Channel, StoreId
-from omnirec.v1 import common_pb2
+from omnirec.domain.vocab import Channel, Intent, StoreId
+from omnirec.v1 import common_pb2, recommendation_pb2
 
 MAX_K = 200
 """Upper bound of `k` on the recommendation RPCs (see recommendation.proto)."""
@@ -56,6 +56,23 @@ def channel(value: int, field: str = "channel") -> Channel:
     except KeyError:
         raise InvalidArgument(field, f"unknown or unspecified channel ({value}); set one of "
                                      f"{', '.join(common_pb2.Channel.keys()[1:])}") from None
+
+
+_INTENTS: dict[int, Intent] = {
+    recommendation_pb2.INTENT_UNSPECIFIED: Intent.MIXED,
+    recommendation_pb2.INTENT_MIXED: Intent.MIXED,
+    recommendation_pb2.INTENT_BUY_AGAIN: Intent.BUY_AGAIN,
+    recommendation_pb2.INTENT_DISCOVER: Intent.DISCOVER,
+}
+
+
+def intent(value: int, field: str = "intent") -> Intent:
+    """The domain intent for a proto enum value; unspecified is MIXED, an unknown number is refused."""
+    try:
+        return _INTENTS[value]
+    except KeyError:
+        raise InvalidArgument(field, f"unknown intent ({value}); set one of "
+                                     f"{', '.join(recommendation_pb2.Intent.keys())}") from None
 
 
 def k(value: int, field: str = "k", upper: int = MAX_K) -> int:

@@ -11,20 +11,20 @@ from omnirec.feature_store.keys import DURABLE_VERSION, SCHEMA_VERSION, Keys, ev
 
 
 def test_schema_version_is_pinned() -> None:
-    assert SCHEMA_VERSION == 4
+    assert SCHEMA_VERSION == 5
     assert DURABLE_VERSION == 1
 
 
 def test_generation_scoped_keys() -> None:
     k = Keys("omnirec", generation=7)
-    assert k.member("m0000001") == "omnirec@7:v4:member:{m0000001}"
-    assert k.recent("m1") == "omnirec@7:v4:recent:{m1}"
-    assert k.purchased("m1") == "omnirec@7:v4:purchased:{m1}"
-    assert k.anon_recent("anon-0-1") == "omnirec@7:v4:anon_recent:{anon-0-1}"
-    assert k.item("i000001") == "omnirec@7:v4:item:{i000001}"
-    assert k.stock("online") == "omnirec@7:v4:stock:{online}"
-    assert k.category_items("home/kitchen") == "omnirec@7:v4:category_items:{home/kitchen}"
-    assert k.brand_items("b1") == "omnirec@7:v4:brand_items:{b1}"
+    assert k.member("m0000001") == "omnirec@7:v5:member:{m0000001}"
+    assert k.recent("m1") == "omnirec@7:v5:recent:{m1}"
+    assert k.purchased("m1") == "omnirec@7:v5:purchased:{m1}"
+    assert k.anon_recent("anon-0-1") == "omnirec@7:v5:anon_recent:{anon-0-1}"
+    assert k.item("i000001") == "omnirec@7:v5:item:{i000001}"
+    assert k.stock("online") == "omnirec@7:v5:stock:{online}"
+    assert k.category_items("home/kitchen") == "omnirec@7:v5:category_items:{home/kitchen}"
+    assert k.brand_items("b1") == "omnirec@7:v5:brand_items:{b1}"
     assert k.all_generations_pattern() == "omnirec@*"
 
 

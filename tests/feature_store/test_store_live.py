@@ -204,3 +204,28 @@ def test_a_plan_whose_claim_was_taken_meanwhile_writes_nothing(live: LiveUpdater
     report = live.apply(batch, ["a", "b"])
     assert (report.applied, report.duplicates) == (1, 1)
     assert reader.read_request("m0000004").profile.activity[Channel.WEB] == before + 1  # type: ignore[union-attr]
+
+
+def test_purchased_list_keeps_each_items_latest_time_newest_first_and_bounded(
+        live: LiveUpdater, reader: FeatureReader, features: BatchFeatures, store_config: RedisConfig) -> None:
+    m = next(m for m in features.member_ids.to_pylist() if features.purchased_of(m))
+    stored = features.purchased_of(m)
+    old_item = next(iter(stored))
+    t = int(features.now) + 1_000
+
+    def buy(item: str, ts: int) -> dict[str, Any]:
+        return {"member_id": m, "item_id": item, "event_type": "purchase", "channel": "app", "ts": ts}
+
+    live.apply(events(buy("i000201", t + 20), buy("i000202", t + 10)))
+    live.apply(events(buy("i000201", t + 5)))  # a late event: the item does not look newer than it is
+    live.apply(events(buy(old_item, t + 15)))
+    got = reader.read_request(m).member
+    assert got is not None
+    assert list(got.purchased.items())[:3] == [("i000201", t + 20), (old_item, t + 15), ("i000202", t + 10)]
+    assert len(got.purchased) == min(len(set(stored) | {"i000201", "i000202"}), store_config.purchased_items)
+    assert list(got.purchased.values()) == sorted(got.purchased.values(), reverse=True)
+    live.apply(events(*(buy(f"i{j:06d}", t + 100 + j) for j in range(store_config.purchased_items + 5))))
+    got = reader.read_request(m).member
+    assert got is not None and len(got.purchased) == store_config.purchased_items
+    assert next(iter(got.purchased.items())) == (f"i{store_config.purchased_items + 4:06d}",
+                                                 t + 104 + store_config.purchased_items)

@@ -50,8 +50,10 @@ def test_profile_round_trip_every_member(redis_client: redis.Redis, features: Ba
         assert int(stored[TS]) > 0
         recent = replies[3 * j + 1]
         assert (recent.decode().split("\x1f") if recent else []) == features.recent_of(m)
-        purchased = replies[3 * j + 2]
-        assert (set(purchased.decode().split("\x1f")) if purchased else set()) == features.purchased_of(m)
+        purchased = replies[3 * j + 2].decode().split("\x1f") if replies[3 * j + 2] else []
+        want = features.purchased_of(m)  # (id, last purchase seconds) pairs, most recent first
+        assert purchased == [v for item, ts in want.items() for v in (item, str(ts))]
+        assert sorted(want.values(), reverse=True) == list(want.values())
 
 
 def test_reader_returns_what_the_batch_computed(reader: FeatureReader, features: BatchFeatures,
@@ -71,7 +73,8 @@ def test_reader_returns_what_the_batch_computed(reader: FeatureReader, features:
         assert (p.recency_score, p.frequency_score, p.monetary_score) == tuple(
             int(want[f]) for f in ("recency_score", "frequency_score", "monetary_score"))
         assert list(got.recent_items) == features.recent_of(m)
-        assert got.member is not None and got.member.purchased_items == features.purchased_of(m)
+        assert got.member is not None and got.member.purchased == features.purchased_of(m)
+        assert list(got.member.purchased) == list(features.purchased_of(m))
         assert p.preferred_channel is None or p.activity[p.preferred_channel] == max(p.activity.values())
     inventory = small_retail.inventory.filter(pa.compute.equal(small_retail.inventory["store_id"], ONLINE_STORE))  # type: ignore[attr-defined]
     online = dict(zip(inventory["item_id"].to_pylist(), inventory["quantity"].to_pylist(), strict=True))

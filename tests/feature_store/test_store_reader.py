@@ -57,7 +57,7 @@ def test_nothing_materialised_is_reported(redis_client: redis.Redis, store_confi
 def test_schema_mismatch_is_reported(redis_client: redis.Redis, store_config: RedisConfig,
                                      reader: FeatureReader) -> None:
     redis_client.hset(Keys(store_config.namespace).pointer(), "schema", 1)
-    with pytest.raises(FeatureStoreError, match="schema v1, this reader expects v4"):
+    with pytest.raises(FeatureStoreError, match="schema v1, this reader expects v5"):
         reader.read_request("m0000001")
 
 

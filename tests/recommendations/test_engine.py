@@ -31,11 +31,11 @@ class FakeSource:
 
     async def member(self, member_id: str | None, anonymous_id: str | None, budget_s: float) -> MemberContext:
         self._read("member")
-        return MemberContext(member_id or "linked", ColdStartProfile(tier="gold"), purchased=("i0",))
+        return MemberContext(member_id or "linked", ColdStartProfile(tier="gold"), purchased={"i0": 0.0})
 
     async def purchased(self, member_id: str, budget_s: float) -> MemberContext:
         self._read("purchased")
-        return MemberContext(member_id, purchased=("i1",))
+        return MemberContext(member_id, purchased={"i1": 0.0})
 
     async def in_stock(self, item_ids: list[str], store_id: str | None, budget_s: float) -> np.ndarray:
         self._read("in_stock")

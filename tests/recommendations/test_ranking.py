@@ -13,7 +13,7 @@ from omnirec.domain.errors import NotFound
 from omnirec.domain.idmap import IdMap
 from omnirec.domain.profile import ColdStartProfile
 from omnirec.domain.topk import top_finite
-from omnirec.domain.vocab import Channel
+from omnirec.domain.vocab import Channel, Intent
 from omnirec.recommendations.ranking import CategoryIndex, Filters, MemberContext, Reason, basket, recommend, similar
 from omnirec.service.bundles import load_serving_model
 
@@ -27,6 +27,11 @@ class TinyBundle:
     members: IdMap = field(default_factory=lambda: IdMap.from_ids(["m1"]))
     top: tuple[np.ndarray, np.ndarray] | None = None
     """What `member_top` answers for m1 (None: no index, so ranking scores the catalogue)."""
+    lists: dict[Intent, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    """m1's precomputed intent lists (none by default)."""
+    cycles: np.ndarray | None = None
+    """Repurchase cycle of each item in days (None: the bundle has none)."""
+    lists_as_of: float | None = None
 
     def member_scores(self, member_id: str) -> np.ndarray | None:
         return np.array([0.1, 0.9, 0.5, 0.8, 0.2, 0.3], dtype=np.float32) if member_id == "m1" else None
@@ -49,6 +54,13 @@ class TinyBundle:
     def basket_complements(self, item_ids: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         return np.array([0, 5, 2, 1])[:k], np.array([0.9, 0.8, 0.7, 0.6], dtype=np.float32)[:k]
 
+    def intent_top(self, member_id: str, intent: Intent, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+        found = self.lists.get(intent) if member_id == "m1" else None
+        return None if found is None else (found[0][:n], found[1][:n])
+
+    def cycle_days(self, idx: np.ndarray) -> np.ndarray:
+        return np.full(len(idx), np.nan) if self.cycles is None else self.cycles[idx]
+
 
 CATS = CategoryIndex.from_categories(CATEGORIES)
 
@@ -68,7 +80,7 @@ def test_cold_start_then_popularity() -> None:
 
 
 def test_category_prefix_and_purchased_filters() -> None:
-    member = MemberContext("m1", purchased=("i3",))
+    member = MemberContext("m1", purchased={"i3": 0.0})
     ranked = recommend(TinyBundle(), CATS, member, Channel.APP, None, 5,
                        Filters(category="home", exclude_purchased=True))
     assert ITEMS.to_external(ranked.idx).tolist() == ["i1", "i0"]
@@ -94,7 +106,7 @@ def test_basket_drops_its_items_and_blends_taste() -> None:
 
 def test_index_fast_path_drops_purchased() -> None:
     indexed = TinyBundle(top=(np.array([1, 3, 2, 5, 0, 4]), np.linspace(1, 0, 6, dtype=np.float32)))
-    member = MemberContext("m1", purchased=("i3",))
+    member = MemberContext("m1", purchased={"i3": 0.0})
     ranked = recommend(indexed, CATS, member, Channel.APP, None, 3, Filters(exclude_purchased=True))
     assert ranked.idx.tolist() == [1, 2, 5] and ranked.applied == [Reason.EXCLUDED_PURCHASED]
     cold = recommend(indexed, CATS, MemberContext("new"), Channel.APP, None, 2, Filters())
