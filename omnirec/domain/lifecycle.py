@@ -81,13 +81,17 @@ def lifecycle_stage(
     last_purchase_ts: float | None,
     previous_purchase_ts: float | None = None,
 ) -> LifecycleStage:
-    """Stage of one member at `now` (unix seconds); the live-event form of `lifecycle_stages`."""
-    nan = float("nan")
-    code = lifecycle_stages(
-        rules,
-        now,
-        np.array([signup_ts]),
-        np.array([nan if last_purchase_ts is None else last_purchase_ts]),
-        np.array([nan if previous_purchase_ts is None else previous_purchase_ts]),
-    )[0]
-    return STAGES[int(code)]
+    """Stage of one member at `now` (unix seconds): `lifecycle_stages`' rule on scalars, because a request
+    or a live event decides one member and the array form costs tens of microseconds of numpy set-up
+    (`tests/domain/test_rules.py` checks that both give the same stage, thresholds included)."""
+    age = (now - signup_ts) / DAY
+    if age <= rules.new_days:
+        return LifecycleStage.NEW
+    recency = age if last_purchase_ts is None else (now - last_purchase_ts) / DAY
+    if last_purchase_ts is not None and recency <= rules.active_days:
+        came_back = (previous_purchase_ts is not None
+                     and (last_purchase_ts - previous_purchase_ts) / DAY > rules.at_risk_days)
+        return LifecycleStage.REACTIVATED if came_back else LifecycleStage.ACTIVE
+    if recency <= rules.at_risk_days:
+        return LifecycleStage.AT_RISK
+    return LifecycleStage.DORMANT if recency <= rules.dormant_days else LifecycleStage.CHURNED

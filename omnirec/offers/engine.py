@@ -15,7 +15,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import numpy as np
@@ -69,7 +69,7 @@ def affinity(scores: np.ndarray, targets: np.ndarray) -> float:
     """Quantile of the member's best-scored target item among all their item scores, in [0, 1]."""
     if len(targets) == 0:
         return NEUTRAL_AFFINITY
-    return float((scores < scores[targets].max()).mean())
+    return int(np.count_nonzero(scores < scores[targets].max())) / len(scores)
 
 
 def selection(target: Target) -> ItemSelection:
@@ -205,15 +205,19 @@ class OfferEngine:
             targets = await self._within(deadline, self.targets.of([o.target for o in offers], generation, model,
                                                                    model_version), "the offer targets' items")
         contacts = snapshot.contacts
+        affinities: dict[str, float] = {}  # offers that share a target share its affinity
         states = {}
         for offer in offers:
             cap = offer.per_member_cap
-            idx = targets.get(offer.target.key)
+            key = offer.target.key
+            if key not in affinities:
+                idx = targets.get(key)
+                affinities[key] = NEUTRAL_AFFINITY if scores is None or idx is None else affinity(scores, idx)
             states[offer.id] = OfferState(
                 member_contacts=contacts.count(now - cap.period_days * DAY, offer_id=offer.id) if cap else 0,
                 budget_left=budget_left(offer, snapshot.usage[offer.id]),
                 target_in_stock=in_stock.get(offer.id, True),
-                affinity=NEUTRAL_AFFINITY if scores is None or idx is None else affinity(scores, idx),
+                affinity=affinities[key],
             )
         fatigue = self.config.fatigue.get(channel)
         channel_contacts = contacts.count(now - fatigue.period_days * DAY, channel=channel) if fatigue else 0
@@ -237,14 +241,14 @@ class OfferEngine:
         catalogue = self.catalogue.current()
         model, model_version = self.model()
         decision_id = uuid.uuid4().hex
-        record = DecisionRecord(now, RecordType.NEXT_BEST_OFFER, decision_id, member_id, channel.value, store_id,
-                                **self._versions(catalogue, model_version), basket=tuple(basket_item_ids),
-                                context=context or {})
+        versions = self._versions(catalogue, model_version)
+        basket = tuple(basket_item_ids)
         try:
             features, snapshot, in_stock = await self._read(member_id, channel, store_id, catalogue.offers, now,
                                                             deadline)
         except (Unavailable, FeatureStoreError) as exc:
-            self.log.append(record)
+            self.log.append(DecisionRecord(now, RecordType.NEXT_BEST_OFFER, decision_id, member_id, channel.value,
+                                           store_id, **versions, basket=basket, context=context or {}))
             return NextBestOffers(decision_id, Ranking([], []), catalogue.version, model_version, True,
                                   f"member state unavailable, no offer made: {exc}")
         member = self._member(features, now)
@@ -252,8 +256,10 @@ class OfferEngine:
                                    features.generation, model, model_version, deadline)
         if shown:
             ranking = await self._show(ranking, member_id, channel, decision_id, now, deadline)
-        self.log.append(replace(record, member=member, scored=ranking.scored, excluded=ranking.excluded,
-                                chosen=[s.offer.id for s in ranking.chosen]))
+        self.log.append(DecisionRecord(now, RecordType.NEXT_BEST_OFFER, decision_id, member_id, channel.value,
+                                       store_id, **versions, member=member, basket=basket, context=context or {},
+                                       scored=ranking.scored, excluded=ranking.excluded,
+                                       chosen=[s.offer.id for s in ranking.chosen]))
         return NextBestOffers(decision_id, ranking, catalogue.version, model_version, model is None,
                               "no model serving: affinities are neutral" if model is None else "")
 

@@ -84,6 +84,18 @@ class TestLifecycle:
             pp = None if np.isnan(prev[i]) else prev[i]
             assert STAGES[codes[i]] == lifecycle_stage(RULES, NOW, signup[i], lp, pp)
 
+    def test_batch_matches_scalar_on_the_thresholds(self) -> None:
+        """Whole days hit every threshold exactly (`<=` on both forms), never purchased included."""
+        days = np.array([0, 1, 29, 30, 31, 59, 60, 61, 119, 120, 121, 364, 365, 366, 500], dtype=float)
+        grid = np.array([(s, lp, pp) for s in days for lp in [np.nan, *days] for pp in [np.nan, *days]
+                         if np.isnan(lp) or lp <= s])
+        signup, last, prev = (NOW - grid[:, j] * DAY for j in range(3))
+        codes = lifecycle_stages(RULES, NOW, signup, last, prev)
+        for i in range(len(grid)):
+            lp = None if np.isnan(last[i]) else last[i]
+            pp = None if np.isnan(prev[i]) else prev[i]
+            assert STAGES[codes[i]] == lifecycle_stage(RULES, NOW, signup[i], lp, pp), grid[i]
+
     def test_thresholds_must_increase(self) -> None:
         with pytest.raises(ValidationError):
             LifecycleRules(active_days=200, at_risk_days=100)
