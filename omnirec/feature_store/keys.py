@@ -9,7 +9,9 @@ together). Two key spaces share the layout:
   a fresh generation and switches readers by rewriting the pointer hash, so a half-written load is
   never served;
 * durable, operational records (identity links, coupon wallets, the contact ledger, dedup claims,
-  offer budgets) live under the bare ``{namespace}`` and survive re-materialisation.
+  offer budgets) live under the bare ``{namespace}`` and survive re-materialisation. They are hash-tagged
+  too (v2): by the member for a member's offer state (wallet, ledger, redemption stats, per-request issue
+  records), by the offer for its budget and reservations, so each offers script touches one slot.
 
 `feature_store/FORMAT.md` documents every entity; `tests/feature_store/test_keys.py` pins them.
 """
@@ -28,9 +30,10 @@ SCHEMA_VERSION = 5
 """Version of the materialised features' layout: bump when a field's meaning or encoding changes. The
 pointer names the version of the generation it serves, and readers refuse another one. v5: the purchased
 list carries each item's last purchase time (buy-again and live corrections of the intent lists)."""
-DURABLE_VERSION = 1
+DURABLE_VERSION = 2
 """Version of the durable records' layout (wallets, ledgers, links, budgets, the pointer itself). Kept
-apart so a feature-layout change neither orphans durable records nor hides the pointer from old readers."""
+apart so a feature-layout change neither orphans durable records nor hides the pointer from old readers.
+v2: every durable key carries a Redis Cluster hash tag (v1 keys had none; FORMAT.md says how to migrate)."""
 
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -56,6 +59,10 @@ OFFER_BUDGET = "offer_budget"
 OFFER_DECISION = "offer_decision"
 OFFER_STATS = "offer_stats"
 OFFER_SEND = "offer_send"
+OFFER_HOLD = "offer_hold"
+OFFER_HOLDS = "offer_holds"
+OFFER_REQUEST = "offer_request"
+OFFER_REDEEMED = "offer_redeemed"
 
 
 @dataclass(frozen=True)
@@ -82,13 +89,15 @@ class Keys:
         """A generation-scoped key, the id its hash tag: `{namespace}@{generation}:v{schema}:{entity}:{<id>}`."""
         return f"{self.feature_ns}:v{self.schema}:{entity}:{{{entity_id}}}"
 
-    def durable(self, entity: str, entity_id: str) -> str:
-        """A key that survives re-materialisation: `{namespace}:v{DURABLE_VERSION}:{entity}:{id}`.
+    def durable(self, entity: str, entity_id: str, detail: str | None = None) -> str:
+        """A key that survives re-materialisation: `{namespace}:v{DURABLE_VERSION}:{entity}:{<id>}[:detail]`.
 
-        The extension point for other components (e.g. the offers engine's budget counters): pick a new
-        entity name, add a method here and a line to FORMAT.md.
+        The id is the hash tag, so keys sharing an id (a member's wallet, ledger and request records) share
+        a cluster slot. The extension point for other components (e.g. the offers engine's budget counters):
+        pick a new entity name, add a method here and a line to FORMAT.md.
         """
-        return f"{self.namespace}:v{DURABLE_VERSION}:{entity}:{entity_id}"
+        key = f"{self.namespace}:v{DURABLE_VERSION}:{entity}:{{{entity_id}}}"
+        return key if detail is None else f"{key}:{detail}"
 
     def all_generations_pattern(self) -> str:
         """SCAN pattern matching the feature keys of every generation (used to expire old ones)."""
@@ -157,6 +166,23 @@ class Keys:
     def offer_send(self, send_id: str) -> str:
         """String: digest of a confirmed campaign send (offer, channel, members), so a retry records nothing twice."""
         return self.durable(OFFER_SEND, send_id)
+
+    def offer_hold(self, offer_id: str, request_id: str) -> str:
+        """Hash: one DecideCoupon request's reservation of an offer's budget (Redis Cluster), in the offer's slot."""
+        return self.durable(OFFER_HOLD, offer_id, request_id)
+
+    def offer_holds(self, offer_id: str) -> str:
+        """Sorted set: request ids of an offer's pending reservations, score = when the reaper may release them."""
+        return self.durable(OFFER_HOLDS, offer_id)
+
+    def offer_request(self, member_id: str, request_id: str) -> str:
+        """Hash: what a DecideCoupon request did in the member's slot (Redis Cluster): the decision, the
+        reservation that issued it, reservations voided."""
+        return self.durable(OFFER_REQUEST, member_id, request_id)
+
+    def offer_redeemed(self, offer_id: str, coupon_id: str) -> str:
+        """String: a coupon's redemption was booked to its offer's budget (Redis Cluster), so a retry books it once."""
+        return self.durable(OFFER_REDEEMED, offer_id, coupon_id)
 
 
 def key_column(key: Callable[[str], str], ids: pa.Array) -> pa.Array:

@@ -36,3 +36,6 @@ class OfferConfig(BaseModel):
     fatigue periods must fit in the contact ledger's retention (`redis.contact_ttl_s`)."""
     idempotency_days: float = Field(7.0, gt=0)
     """How long a DecideCoupon request id's decision is kept for retries."""
+    reservation_s: float = Field(30.0, gt=0)
+    """Redis Cluster: how long a DecideCoupon's budget reservation may stay pending before the next decision on
+    the offer treats its client as dead and settles it (far above any request's time budget)."""

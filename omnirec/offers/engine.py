@@ -181,7 +181,7 @@ class OfferEngine:
         """Profile, stock of every target and the offer state, in one round trip."""
         where = store_id if channel.is_physical and store_id else None
         targeted = [o for o in offers if o.target.scope != "basket"]
-        snapshot = self.store.plan_snapshot(member_id, offers, now - self._horizon(offers, channel), request_id)
+        snapshot = self.store.plan_snapshot(member_id, offers, now - self._horizon(offers, channel), request_id, now)
         features = await self._within(deadline, self.reader.read_request(
             member_id, store_id=where, selections=[selection(o.target) for o in targeted], extra=snapshot.queue,
             member_lists=False),
@@ -287,8 +287,9 @@ class OfferEngine:
         coupons = [o for o in catalogue.offers if o.kind.is_coupon]
         features, snapshot, in_stock = await self._read(member_id, channel, store_id, coupons, now, deadline,
                                                         request_id)
-        if snapshot.stored is not None:
+        if snapshot.stored is not None and not (snapshot.stored.pending and snapshot.stored.request == fingerprint):
             return self._replay(snapshot.stored, fingerprint, request_id)
+        snapshot = await self._within(deadline, self.store.reap(snapshot, coupons, now), "reaping reservations")
         member = self._member(features, now)
         model, model_version = self.model()
         ranking = await self._rank(coupons, member, channel, len(coupons), now, snapshot, in_stock,
@@ -311,7 +312,7 @@ class OfferEngine:
         if decision is None:
             decision = self._refusal(decision_id, ranking, failures)
             earlier = await self._within(deadline, self.store.store_decision(request_id, fingerprint,
-                                                                             decision.to_json()), "storing")
+                                                                             decision.to_json(), member_id), "storing")
             if earlier is not None:
                 return self._replay(earlier, fingerprint, request_id)
         self.log.append(DecisionRecord(

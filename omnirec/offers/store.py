@@ -1,11 +1,31 @@
 """Offer state on Redis, and its only writer: coupons (wallets), the contact ledger, budgets, decisions.
 
-Every state change that must hold under concurrency is one Lua script, so Redis runs it atomically:
-issuing a coupon checks the request id, the member's cap, the channel's fatigue cap and the offer's count
-and money budgets, then reserves and records everything, or changes nothing. Money is kept in integer
-cents so repeated reservations never drift. The scripts touch several keys (a member's and an offer's),
-so they need a single Redis, not a Redis Cluster. Keys come from `feature_store.keys` (durable key space:
-offer state survives re-materialisation); `feature_store/FORMAT.md` documents the layout.
+On one Redis every state change that must hold under concurrency is one Lua script, so Redis runs it
+atomically: issuing a coupon checks the request id, the member's cap, the channel's fatigue cap and the
+offer's count and money budgets, then reserves and records everything, or changes nothing. Money is kept
+in integer cents so repeated reservations never drift.
+
+On Redis Cluster a member's keys (tagged by the member) and an offer's budget (tagged by the offer) live in
+different slots, so an issue is a reservation protocol in which every step is one single-slot script and
+idempotent under the request id:
+
+1. claim the request id (`offer_decision:{request}`, bound to the request's fingerprint);
+2. reserve: the offer's budget is charged and a pending hold (`offer_hold:{offer}:request`, with a fresh
+   token) is indexed by its release time in `offer_holds:{offer}`; a retry finds the same hold and token;
+3. issue in the member's slot: the per-request record `offer_request:{member}:request` takes the decision
+   and the token that issued it, with the cap and fatigue checks, the ledger and the wallet; a token
+   marked void there can never issue;
+4. confirm the hold (budget kept) or release it (budget refunded), and store the decision under the
+   request id for the next retry's read.
+
+A hold whose client died is reaped once its release time passes (`reap`, run by the next decision that
+reads the offer): the token is voided in the member's record unless it already issued there, which fences
+off the slow client, and only then is the budget refunded (or the hold confirmed, if it issued). So no
+budget is ever spent twice and no request issues twice, whatever step a client dies at, and no clock
+agreement is needed for that (clocks only decide when a hold is considered abandoned).
+
+Keys come from `feature_store.keys` (durable key space: offer state survives re-materialisation);
+`feature_store/FORMAT.md` documents the layout.
 
 Wallet: hash `wallet:{member}`, field = coupon id, value = the coupon as compact JSON. A coupon is
 `issued` until redeemed or past `expires_ts`, when it reads as `expired` (derived, never rewritten).
@@ -15,8 +35,10 @@ channel]`; entries older than `contact_ttl_s` are trimmed on every write.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
@@ -24,9 +46,11 @@ from typing import Any
 
 import redis
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
 
 from omnirec.domain.clock import DAY
-from omnirec.domain.errors import AlreadyExists, FailedPrecondition, NotFound
+from omnirec.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from omnirec.domain.vocab import Channel
 from omnirec.feature_store.config import RedisConfig
 from omnirec.feature_store.errors import FeatureStoreError, redis_unavailable
@@ -117,6 +141,147 @@ return {1, raw}
 """KEYS: wallet, budget, member offer stats. ARGV: 1 coupon id, 2 now, 3 redemption id, 4 wallet ttl,
 5 discount cents. Check-and-set in one step, so concurrent or retried redemptions record exactly one."""
 
+
+_LIMITS_BLOCK = """
+local cap, fatigue = tonumber(ARGV[4]), tonumber(ARGV[6])
+if cap >= 0 or fatigue >= 0 then
+  local since = math.min(tonumber(ARGV[5]), tonumber(ARGV[7]))
+  local entries = redis.call('ZRANGEBYSCORE', KEYS[2], since, '+inf', 'WITHSCORES')
+  local mine, channel = 0, 0
+  for i = 1, #entries, 2 do
+    local contact = cjson.decode(entries[i])
+    local ts = tonumber(entries[i + 1])
+    if contact[2] == ARGV[8] and ts >= tonumber(ARGV[5]) then mine = mine + 1 end
+    if contact[3] == ARGV[9] and ts >= tonumber(ARGV[7]) then channel = channel + 1 end
+  end
+  local blocked = nil
+  if cap >= 0 and mine >= cap then blocked = {'cap_reached', tostring(mine), 0}
+  elseif fatigue >= 0 and channel >= fatigue then blocked = {'fatigue_cap', tostring(channel), 0} end
+  if blocked then
+    redis.call('HSET', KEYS[1], 'void:' .. ARGV[2], 1)
+    redis.call('EXPIRE', KEYS[1], ARGV[3])
+    return blocked
+  end
+end
+"""
+
+_RESERVE = """
+local hold = redis.call('HMGET', KEYS[2], 'request', 'state', 'token')
+if hold[2] then
+  if hold[1] ~= ARGV[1] then return {'other_request', ''} end
+  return {hold[2], hold[3]}
+end
+local max_count, max_cents, cost = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local count = tonumber(redis.call('HGET', KEYS[1], 'issued') or '0')
+local cents = tonumber(redis.call('HGET', KEYS[1], 'reserved_cents') or '0')
+if (max_count >= 0 and count + 1 > max_count) or (max_cents >= 0 and cents + cost > max_cents) then
+  return {'budget_exhausted', ''}
+end
+redis.call('HINCRBY', KEYS[1], 'issued', 1)
+redis.call('HINCRBY', KEYS[1], 'reserved_cents', cost)
+redis.call('HSET', KEYS[2], 'request', ARGV[1], 'member', ARGV[2], 'cents', cost, 'state', 'pending',
+           'token', ARGV[6])
+redis.call('EXPIRE', KEYS[2], ARGV[8])
+redis.call('ZADD', KEYS[3], ARGV[7], ARGV[9])
+return {'pending', ARGV[6]}
+"""
+"""Cluster step 2, in the offer's slot. KEYS: budget, hold, holds. ARGV: 1 request fingerprint, 2 member id,
+3 max count, 4 max cents, 5 cost cents, 6 new token, 7 release time, 8 hold ttl, 9 request id. Returns the
+hold's state (`pending`, `confirmed`) and token, `budget_exhausted`, or `other_request` (the request id was
+reserved for another request)."""
+
+_MEMBER_ISSUE = """
+local rec = redis.call('HMGET', KEYS[1], 'decision', 'token')
+if rec[1] then
+  if rec[2] ~= ARGV[2] then redis.call('HSET', KEYS[1], 'void:' .. ARGV[2], 1) end
+  return {'replayed', rec[1], rec[2] == ARGV[2] and 1 or 0}
+end
+if redis.call('HEXISTS', KEYS[1], 'void:' .. ARGV[2]) == 1 then return {'released', '', 0} end
+""" + _LIMITS_BLOCK + """
+redis.call('ZADD', KEYS[2], ARGV[15], ARGV[10])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[15]) - tonumber(ARGV[11]))
+redis.call('EXPIRE', KEYS[2], ARGV[11])
+redis.call('HSETNX', KEYS[3], ARGV[12], ARGV[13])
+redis.call('EXPIRE', KEYS[3], ARGV[14])
+redis.call('HSET', KEYS[1], 'decision', ARGV[1], 'token', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return {'issued', '', 1}
+"""
+"""Cluster step 3, in the member's slot. KEYS: request record, contacts, wallet. ARGV: 1 decision json,
+2 hold token, 3 record ttl, 4 cap count, 5 cap since, 6 fatigue count, 7 fatigue since, 8 offer id,
+9 channel, 10 contact entry, 11 contact ttl, 12 coupon id, 13 coupon json, 14 wallet ttl, 15 now. Returns
+(outcome, detail, whether this token issued): `issued`; `replayed` with the record's decision (a token
+that did not issue it is voided); `released` (the reaper voided the token); `cap_reached`/`fatigue_cap`
+(the token is voided, so its hold can be released)."""
+
+_VOID = """
+local rec = redis.call('HMGET', KEYS[1], 'decision', 'token')
+if rec[1] and rec[2] == ARGV[1] then return 1 end
+redis.call('HSET', KEYS[1], 'void:' .. ARGV[1], 1)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 0
+"""
+"""Reaper, in the member's slot. KEYS: request record. ARGV: 1 token, 2 record ttl. 1 when the token issued
+the request's coupon (confirm its hold), else 0 and the token can never issue (release its hold)."""
+
+_CONFIRM = """
+local hold = redis.call('HMGET', KEYS[1], 'token', 'state')
+if hold[1] ~= ARGV[1] then return 0 end
+if hold[2] == 'pending' then redis.call('HSET', KEYS[1], 'state', 'confirmed') end
+redis.call('ZREM', KEYS[2], ARGV[2])
+return 1
+"""
+"""Cluster step 4, in the offer's slot. KEYS: hold, holds. ARGV: 1 token, 2 request id. The budget stays charged."""
+
+_RELEASE = """
+local hold = redis.call('HMGET', KEYS[2], 'token', 'state', 'cents')
+if hold[1] ~= ARGV[1] or hold[2] ~= 'pending' then return 0 end
+redis.call('HINCRBY', KEYS[1], 'issued', -1)
+redis.call('HINCRBY', KEYS[1], 'reserved_cents', -tonumber(hold[3]))
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
+return 1
+"""
+"""Cluster step 4 when nothing was issued under the token, in the offer's slot. KEYS: budget, hold, holds.
+ARGV: 1 token, 2 request id. Refunds a pending hold once; only ever run after the token was voided."""
+
+_CHARGE = """
+local max_count, max_cents, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local count = tonumber(redis.call('HGET', KEYS[1], 'issued') or '0')
+local cents = tonumber(redis.call('HGET', KEYS[1], 'reserved_cents') or '0')
+if (max_count >= 0 and count + 1 > max_count) or (max_cents >= 0 and cents + cost > max_cents) then return 0 end
+redis.call('HINCRBY', KEYS[1], 'issued', 1)
+redis.call('HINCRBY', KEYS[1], 'reserved_cents', cost)
+return 1
+"""
+"""Cluster: charge one invitation to its budget. KEYS: budget. ARGV: max count, max cents, cost cents."""
+
+_REDEEM_MEMBER = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return {0, ''} end
+local coupon = cjson.decode(raw)
+if coupon['redeemed_ts'] ~= cjson.null then return {2, raw} end
+coupon['redeemed_ts'] = tonumber(ARGV[2])
+coupon['redemption_id'] = ARGV[3]
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(coupon))
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('HINCRBY', KEYS[2], 'redemptions', 1)
+redis.call('HSET', KEYS[2], 'last_redeem_ts', ARGV[2])
+return {1, raw}
+"""
+"""Cluster redemption, in the member's slot. KEYS: wallet, member offer stats. ARGV: as `_REDEEM` without
+the discount."""
+
+_BOOK = """
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
+  redis.call('HINCRBY', KEYS[1], 'redeemed', 1)
+  redis.call('HINCRBY', KEYS[1], 'spent_cents', ARGV[1])
+  return 1
+end
+return 0
+"""
+"""Cluster redemption, in the offer's slot. KEYS: budget, the coupon's booking marker. ARGV: discount cents,
+marker ttl. Books a redemption once, so a retry after the member step books nothing twice."""
 
 def cents(money: float) -> int:
     return int(round(money * 100))
@@ -251,6 +416,11 @@ class StoredDecision:
     """Fingerprint of (member, channel, store, basket) of the request that made it; None for records
     written before requests were fingerprinted."""
     decision: dict[str, Any]
+    """Empty while the request id is only claimed (Redis Cluster: a decision is under way)."""
+
+    @property
+    def pending(self) -> bool:
+        return not self.decision
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> StoredDecision:
@@ -269,14 +439,17 @@ class OfferSnapshot:
     contacts: ContactHistory
     usage: Mapping[str, BudgetUsage]
     stored: StoredDecision | None = None
+    expired_holds: frozenset[str] = frozenset()
+    """Offers with reservations past their release time (Redis Cluster): `OfferStore.reap` settles them."""
 
 
 class SnapshotRead:
     """The reads of an `OfferSnapshot`, added to a feature-store request's round trip (`read_request(extra=)`)."""
 
     def __init__(self, keys: Keys, member_id: str, offers: Sequence[Offer], since: float,
-                 request_id: str | None) -> None:
+                 request_id: str | None, holds_due: float | None = None) -> None:
         self.keys, self.member_id, self.offers, self.since, self.request_id = keys, member_id, offers, since, request_id
+        self.holds_due = holds_due
         self._result: OfferSnapshot | None = None
 
     def queue(self, batch: Batch, _generation_keys: Keys | None = None) -> None:
@@ -287,15 +460,21 @@ class SnapshotRead:
             batch.pipe.hgetall(self.keys.offer_budget(o.id))
         if self.request_id is not None:
             batch.pipe.get(self.keys.offer_decision(self.request_id))
+        due = [] if self.holds_due is None else list(self.offers)
+        for o in due:
+            batch.pipe.zcount(self.keys.offer_holds(o.id), "-inf", self.holds_due)
 
         def parse(r: list[Any]) -> None:
-            budgets = r[1:1 + len(self.offers)]
-            stored = r[-1] if self.request_id is not None else None
+            n = len(self.offers)
+            budgets = r[1:1 + n]
+            stored = r[1 + n] if self.request_id is not None else None
+            expired = r[1 + n + (self.request_id is not None):]
             self._result = OfferSnapshot(parse_contacts(contacts, r[0], self.since),
                                          {o.id: _usage(b) for o, b in zip(self.offers, budgets, strict=True)},
-                                         None if stored is None else StoredDecision.from_json(stored))
+                                         None if stored is None else StoredDecision.from_json(stored),
+                                         frozenset(o.id for o, c in zip(due, expired, strict=True) if c))
 
-        batch.add(1 + len(self.offers) + (self.request_id is not None), parse)
+        batch.add(1 + len(self.offers) + (self.request_id is not None) + len(due), parse)
 
     @property
     def result(self) -> OfferSnapshot:
@@ -318,29 +497,37 @@ class OfferStore:
     each write is one script call. Campaign jobs (audiences: many members at once, on a worker thread or
     the CLI) use the synchronous `sync_client`: `marketing_states`, `confirm_send`.
     `idempotency_days`: how long a DecideCoupon request id's decision is kept for retries.
+    On a Redis Cluster client the writes follow the reservation protocol of the module docstring;
+    `reservation_s`: how long a reservation may stay pending before the reaper treats its client as dead.
     """
 
-    def __init__(self, client: Redis, config: RedisConfig, idempotency_days: float = 7.0,
-                 sync_client: redis.Redis | None = None) -> None:
+    def __init__(self, client: Redis | AsyncRedisCluster, config: RedisConfig, idempotency_days: float = 7.0,
+                 sync_client: redis.Redis | RedisCluster | None = None, reservation_s: float = 30.0) -> None:
         self.client = client
         self.sync_client = sync_client
         self.config = config
         self.keys = Keys(config.namespace)
         self.idempotency_ttl = int(idempotency_days * DAY)
-        self._issue = client.register_script(_ISSUE)
-        self._show = client.register_script(_SHOW)
-        self._redeem = client.register_script(_REDEEM)
+        self.cluster = isinstance(client, AsyncRedisCluster)
+        self.reservation_s = reservation_s
+        scripts = {name: client.register_script(body) for name, body in (
+            ("issue", _ISSUE), ("show", _SHOW), ("redeem", _REDEEM), ("reserve", _RESERVE),
+            ("member_issue", _MEMBER_ISSUE), ("void", _VOID), ("confirm", _CONFIRM), ("release", _RELEASE),
+            ("charge", _CHARGE), ("redeem_member", _REDEEM_MEMBER), ("book", _BOOK))}
+        self._issue, self._show, self._redeem = scripts["issue"], scripts["show"], scripts["redeem"]
+        self._scripts = scripts
 
     # --- reads ---------------------------------------------------------------------------------------
     def plan_snapshot(self, member_id: str, offers: Sequence[Offer], since: float,
-                      request_id: str | None = None) -> SnapshotRead:
-        """Contacts since `since`, every offer's budget usage and the decision stored under `request_id`."""
-        return SnapshotRead(self.keys, member_id, offers, since, request_id)
+                      request_id: str | None = None, now: float | None = None) -> SnapshotRead:
+        """Contacts since `since`, every offer's budget usage and the decision stored under `request_id`; on a
+        cluster, with `now`, which offers hold reservations to reap."""
+        return SnapshotRead(self.keys, member_id, offers, since, request_id, now if self.cluster else None)
 
     async def snapshot(self, member_id: str, offers: Sequence[Offer], since: float,
-                       request_id: str | None = None) -> OfferSnapshot:
+                       request_id: str | None = None, now: float | None = None) -> OfferSnapshot:
         """`plan_snapshot` in a round trip of its own."""
-        read = self.plan_snapshot(member_id, offers, since, request_id)
+        read = self.plan_snapshot(member_id, offers, since, request_id, now)
         batch = Batch("offer state")
         read.queue(batch)
         with redis_unavailable("read offer state"):
@@ -377,6 +564,13 @@ class OfferStore:
         decision_id, coupon_id = str(decision["decision_id"]), str(decision["coupon_id"])
         coupon = Coupon(coupon_id, member_id, offer.id, decision_id, now, offer.valid_until.timestamp(),
                         offer.redemption_cost)
+        if self.cluster:
+            limits = [-1 if cap is None else cap.count, now - (cap.period_days * DAY if cap else 0),
+                      -1 if fatigue is None else fatigue.count, now - (fatigue.period_days * DAY if fatigue else 0),
+                      offer.id, channel.value, _contact_entry(decision_id, offer.id, channel),
+                      self.config.contact_ttl_s, coupon_id, coupon.to_json(), self.config.wallet_ttl_s, now]
+            with redis_unavailable("issue_coupon"):
+                return await self._issue_on_cluster(offer, member_id, now, request_id, request, decision, limits)
         with redis_unavailable("issue_coupon"):
             outcome, stored = await self._issue(keys=[
                 self.keys.offer_decision(request_id), self.keys.offer_budget(offer.id),
@@ -391,10 +585,103 @@ class OfferStore:
         outcome = outcome.decode()
         return IssueResult(outcome, StoredDecision.from_json(stored) if outcome == "replayed" else None)
 
-    async def store_decision(self, request_id: str, request: str,
-                             decision: Mapping[str, Any]) -> StoredDecision | None:
-        """Remember a decision that issued nothing; returns the one stored first if a retry got there before."""
+    async def _issue_on_cluster(self, offer: Offer, member_id: str, now: float, request_id: str, request: str,
+                                decision: Mapping[str, Any], limits: list[object]) -> IssueResult:
+        """Steps 1 to 4 of the reservation protocol (module docstring); 4 round trips, 5 with the claim."""
+        earlier = await self._claim(request_id, request)
+        if earlier is not None:
+            return IssueResult("replayed", earlier)
+        hold, holds = self.keys.offer_hold(offer.id, request_id), self.keys.offer_holds(offer.id)
+        state, token = await self._scripts["reserve"](keys=[self.keys.offer_budget(offer.id), hold, holds], args=[
+            request, member_id, *_limits(offer), uuid.uuid4().hex, now + self.reservation_s, self.idempotency_ttl,
+            request_id])
+        state, token = state.decode(), token.decode()
+        if state == "budget_exhausted":
+            return IssueResult(state)
+        if state == "other_request":
+            raise InvalidArgument("request_id", f"{request_id!r} was already used for a different request")
+        outcome, detail, mine = await self._scripts["member_issue"](
+            keys=[self.keys.offer_request(member_id, request_id), self.keys.contacts(member_id),
+                  self.keys.wallet(member_id)],
+            args=[StoredDecision.to_json(request, decision), token, self.idempotency_ttl, *limits])
+        outcome = outcome.decode()
+        if outcome == "released":
+            raise Unavailable(f"the reservation of {offer.id} for request {request_id!r} was reaped while the request "
+                              f"was under way (over {self.reservation_s:g} s); retry")
+        settle = (self._scripts["confirm"](keys=[hold, holds], args=[token, request_id]) if int(mine) else
+                  self._scripts["release"](keys=[self.keys.offer_budget(offer.id), hold, holds],
+                                           args=[token, request_id]))
+        if outcome in ("issued", "replayed"):
+            stored = StoredDecision.to_json(request, decision) if outcome == "issued" else detail
+            await asyncio.gather(settle, self.client.set(self.keys.offer_decision(request_id), stored,
+                                                         ex=self.idempotency_ttl))
+            return IssueResult(outcome, StoredDecision.from_json(detail) if outcome == "replayed" else None)
+        await settle
+        return IssueResult(outcome)
+
+    async def _claim(self, request_id: str, request: str) -> StoredDecision | None:
+        """Cluster step 1: bind the request id to this request, so one id never decides for two requests.
+        Returns an earlier request's record or a decision made meanwhile; None when this request may go on."""
+        raw = await self.client.set(self.keys.offer_decision(request_id), StoredDecision.to_json(request, {}),
+                                    nx=True, ex=self.idempotency_ttl, get=True)
+        if raw is None:
+            return None
+        earlier = StoredDecision.from_json(raw)
+        return None if earlier.pending and earlier.request == request else earlier
+
+    async def reap(self, snapshot: OfferSnapshot, offers: Sequence[Offer], now: float) -> OfferSnapshot:
+        """Settle the reservations of dead clients (cluster) among `snapshot.expired_holds`, and the budgets
+        they held: each abandoned token is voided in its member's slot first, then its hold is released (or
+        confirmed, if it had issued). Returns the snapshot with those budgets read again; no I/O if none."""
+        if not snapshot.expired_holds:
+            return snapshot
+        usage = dict(snapshot.usage)
+        with redis_unavailable("reap reservations"):
+            for offer in (o for o in offers if o.id in snapshot.expired_holds):
+                await self._reap_offer(offer.id, now)
+                usage[offer.id] = _usage(await self.client.hgetall(self.keys.offer_budget(offer.id)))
+        return OfferSnapshot(snapshot.contacts, usage, snapshot.stored)
+
+    async def _reap_offer(self, offer_id: str, now: float, batch: int = 100) -> int:
+        holds, reaped = self.keys.offer_holds(offer_id), 0
+        for raw_id in await self.client.zrangebyscore(holds, "-inf", now, start=0, num=batch):
+            request_id = raw_id.decode()
+            hold = self.keys.offer_hold(offer_id, request_id)
+            h = {k.decode(): v.decode() for k, v in (await self.client.hgetall(hold)).items()}
+            if h.get("state") != "pending":  # settled meanwhile, or expired with its record
+                await self.client.zrem(holds, request_id)
+                continue
+            issued = await self._scripts["void"](keys=[self.keys.offer_request(h["member"], request_id)],
+                                                 args=[h["token"], self.idempotency_ttl])
+            if int(issued):
+                await self._scripts["confirm"](keys=[hold, holds], args=[h["token"], request_id])
+            else:
+                reaped += await self._scripts["release"](keys=[self.keys.offer_budget(offer_id), hold, holds],
+                                                         args=[h["token"], request_id])
+        return reaped
+
+    async def store_decision(self, request_id: str, request: str, decision: Mapping[str, Any],
+                             member_id: str | None = None) -> StoredDecision | None:
+        """Remember a decision that issued nothing; returns the one stored first if a retry got there before.
+
+        On a cluster the member's request record is the authority (a concurrent retry may have issued there),
+        so `member_id` is required."""
         key = self.keys.offer_decision(request_id)
+        if self.cluster:
+            if member_id is None:
+                raise ValueError("store_decision on Redis Cluster needs the member id")
+            record = self.keys.offer_request(member_id, request_id)
+            with redis_unavailable("store_decision"):
+                earlier = await self._claim(request_id, request)
+                if earlier is not None:
+                    return earlier
+                pipe = self.client.pipeline(transaction=False)
+                pipe.hsetnx(record, "decision", StoredDecision.to_json(request, decision))
+                pipe.hget(record, "decision")
+                pipe.expire(record, self.idempotency_ttl)
+                created, raw, _ = await pipe.execute()
+                await self.client.set(key, raw, ex=self.idempotency_ttl)
+            return None if created else StoredDecision.from_json(raw)
         with redis_unavailable("store_decision"):
             pipe = self.client.pipeline(transaction=False)
             pipe.set(key, StoredDecision.to_json(request, decision), nx=True, ex=self.idempotency_ttl)
@@ -409,6 +696,8 @@ class OfferStore:
         False for an invitation whose budget is spent (nothing recorded for it)."""
         if not offers:
             return []
+        if self.cluster:
+            return await self._show_on_cluster(member_id, channel, decision_id, offers, now)
         args: list[object] = [self.config.contact_ttl_s, now]
         for o in offers:
             limits = [-1, -1, 0] if o.kind.is_coupon else _limits(o)
@@ -418,6 +707,27 @@ class OfferStore:
                                            *(self.keys.offer_budget(o.id) for o in offers)], args=args)
         return [bool(x) for x in shown]
 
+    async def _show_on_cluster(self, member_id: str, channel: Channel, decision_id: str, offers: Sequence[Offer],
+                               now: float) -> list[bool]:
+        """Charge each invitation in its offer's slot, then record what was shown in the member's: 2 round trips.
+        A client that dies in between leaves an invitation charged but not recorded (under-, never overspent)."""
+        with redis_unavailable("show offers"):
+            charged = await asyncio.gather(*(
+                self._scripts["charge"](keys=[self.keys.offer_budget(o.id)], args=_limits(o))
+                for o in offers if not o.kind.is_coupon))
+            verdicts = iter(charged)
+            shown = [True if o.kind.is_coupon else bool(next(verdicts)) for o in offers]
+            contacts, ttl = self.keys.contacts(member_id), self.config.contact_ttl_s
+            pipe = self.client.pipeline(transaction=False)
+            entries = {_contact_entry(decision_id, o.id, channel): now for o, ok in zip(offers, shown, strict=True)
+                       if ok}
+            if entries:
+                pipe.zadd(contacts, entries)
+            pipe.zremrangebyscore(contacts, "-inf", now - ttl)
+            pipe.expire(contacts, ttl)
+            await pipe.execute()
+        return shown
+
     async def redeem(self, coupon: Coupon, offer: Offer, order_value: float, now: float, redemption_id: str) -> bool:
         """Record the redemption once and book its cost; False (and no change) when it was redeemed before."""
         if coupon.redeemed_ts is None:
@@ -426,6 +736,18 @@ class OfferStore:
             if order_value < offer.min_spend:
                 raise FailedPrecondition(f"order_value: {order_value:g} is below the offer's minimum spend "
                                          f"{offer.min_spend:g}")
+        if self.cluster:
+            with redis_unavailable("redeem_coupon"):
+                code, _ = await self._scripts["redeem_member"](
+                    keys=[self.keys.wallet(coupon.member_id), self.keys.offer_stats(coupon.member_id)],
+                    args=[coupon.coupon_id, now, redemption_id, self.config.wallet_ttl_s])
+                if int(code):
+                    await self._scripts["book"](keys=[self.keys.offer_budget(offer.id),
+                                                      self.keys.offer_redeemed(offer.id, coupon.coupon_id)],
+                                                args=[cents(offer.discount(order_value)), self.config.wallet_ttl_s])
+            if int(code) == 0:
+                raise NotFound(f"coupon_id: member {coupon.member_id!r} holds no coupon {coupon.coupon_id!r}")
+            return int(code) == 1
         with redis_unavailable("redeem_coupon"):
             code, _ = await self._redeem(keys=[
                 self.keys.wallet(coupon.member_id), self.keys.offer_budget(offer.id),

@@ -57,7 +57,8 @@ def build(config: OmnirecConfig, models: ModelHolder) -> Wiring:
     offers = OfferEngine(
         cfg, CatalogueSource(cfg.catalogue_path, config.tiers, cfg.catalogue_poll_s),
         AsyncFeatureReader(async_client, config.redis),
-        OfferStore(async_client, config.redis, cfg.idempotency_days, sync_client=client),
+        OfferStore(async_client, config.redis, cfg.idempotency_days, sync_client=client,
+                   reservation_s=cfg.reservation_s),
         DecisionLog(cfg.decision_log_dir), config.tiers, config.lifecycle, model,
         UpliftScores.load(cfg.uplift_path) if cfg.uplift_path else None, clock=clock_at(config.as_of),
         default_budget_s=svc.default_deadline_s)

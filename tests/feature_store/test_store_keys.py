@@ -12,7 +12,7 @@ from omnirec.feature_store.keys import DURABLE_VERSION, SCHEMA_VERSION, Keys, ev
 
 def test_schema_version_is_pinned() -> None:
     assert SCHEMA_VERSION == 5
-    assert DURABLE_VERSION == 1
+    assert DURABLE_VERSION == 2
 
 
 def test_generation_scoped_keys() -> None:
@@ -44,17 +44,31 @@ def test_key_column_builds_the_same_keys_as_one_at_a_time() -> None:
 
 def test_durable_keys_ignore_the_generation() -> None:
     for k in (Keys("omnirec"), Keys("omnirec", generation=9)):
-        assert k.pointer() == "omnirec:v1:meta:pointer"
-        assert k.generation_counter() == "omnirec:v1:meta:generation"
-        assert k.identity("anon-1") == "omnirec:v1:identity:anon-1"
-        assert k.wallet("m1") == "omnirec:v1:wallet:m1"
-        assert k.contacts("m1") == "omnirec:v1:contacts:m1"
-        assert k.seen("abc") == "omnirec:v1:seen:abc"
-        assert k.durable("budget", "offer-9") == "omnirec:v1:budget:offer-9"
-        assert k.offer_budget("o-1") == "omnirec:v1:offer_budget:o-1"
-        assert k.offer_decision("req-1") == "omnirec:v1:offer_decision:req-1"
-        assert k.offer_stats("m1") == "omnirec:v1:offer_stats:m1"
-        assert k.offer_send("s-1") == "omnirec:v1:offer_send:s-1"
+        assert k.pointer() == "omnirec:v2:meta:{pointer}"
+        assert k.generation_counter() == "omnirec:v2:meta:{generation}"
+        assert k.identity("anon-1") == "omnirec:v2:identity:{anon-1}"
+        assert k.wallet("m1") == "omnirec:v2:wallet:{m1}"
+        assert k.contacts("m1") == "omnirec:v2:contacts:{m1}"
+        assert k.seen("abc") == "omnirec:v2:seen:{abc}"
+        assert k.durable("budget", "offer-9") == "omnirec:v2:budget:{offer-9}"
+        assert k.offer_budget("o-1") == "omnirec:v2:offer_budget:{o-1}"
+        assert k.offer_decision("req-1") == "omnirec:v2:offer_decision:{req-1}"
+        assert k.offer_stats("m1") == "omnirec:v2:offer_stats:{m1}"
+        assert k.offer_send("s-1") == "omnirec:v2:offer_send:{s-1}"
+        assert k.offer_hold("o-1", "req-1") == "omnirec:v2:offer_hold:{o-1}:req-1"
+        assert k.offer_holds("o-1") == "omnirec:v2:offer_holds:{o-1}"
+        assert k.offer_request("m1", "req-1") == "omnirec:v2:offer_request:{m1}:req-1"
+        assert k.offer_redeemed("o-1", "cpn-1") == "omnirec:v2:offer_redeemed:{o-1}:cpn-1"
+
+
+def test_offer_state_is_tagged_so_each_offers_script_touches_one_slot() -> None:
+    """A member's offer state shares the member's slot (feature keys too); an offer's budget and reservations
+    share the offer's slot (the Redis Cluster protocol in offers/store.py relies on both)."""
+    k = Keys("omnirec", generation=3)
+    member = {k.wallet("m1"), k.contacts("m1"), k.offer_stats("m1"), k.offer_request("m1", "r1"), k.member("m1")}
+    assert {key_slot(key.encode()) for key in member} == {key_slot(b"m1")}
+    offer = {k.offer_budget("o1"), k.offer_hold("o1", "r1"), k.offer_holds("o1"), k.offer_redeemed("o1", "c1")}
+    assert {key_slot(key.encode()) for key in offer} == {key_slot(b"o1")}
 
 
 def test_at_switches_generation_only() -> None:
