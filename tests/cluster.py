@@ -43,26 +43,34 @@ def free_cluster_ports(n: int) -> list[int]:
 
 
 class LocalCluster:
-    """`masters` redis-server processes in `root`, joined into one cluster with no replicas."""
+    """`masters` redis-server processes in `root`, joined into one cluster with no replicas.
+
+    Free ports are only free when chosen: another process (other test runs share the machine) may bind one
+    before its server does, so a start that fails is retried on new ports."""
+
+    ATTEMPTS = 3
 
     def __init__(self, root: Path, masters: int = 3) -> None:
         if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
             raise RuntimeError("redis-server and redis-cli must be on PATH to start a Redis Cluster")
-        self.ports = free_cluster_ports(masters)
-        self.pid_files: list[Path] = []
-        for port in self.ports:
-            node_dir = root / str(port)
-            node_dir.mkdir(parents=True)
-            self.pid_files.append(node_dir / "redis.pid")
-            subprocess.run(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir),
-                            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--save", "",
-                            "--appendonly", "no", "--daemonize", "yes", "--pidfile", str(self.pid_files[-1]),
-                            "--logfile", str(node_dir / "redis.log")], check=True, timeout=30)
-        try:
-            self._create()
-        except BaseException:
-            self.stop()
-            raise
+        for attempt in range(1, self.ATTEMPTS + 1):
+            self.ports = free_cluster_ports(masters)
+            self.pid_files: list[Path] = []
+            try:
+                for port in self.ports:
+                    node_dir = root / f"{port}-{attempt}"
+                    node_dir.mkdir(parents=True)
+                    self.pid_files.append(node_dir / "redis.pid")
+                    subprocess.run(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir),
+                                    "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--save", "",
+                                    "--appendonly", "no", "--daemonize", "yes", "--pidfile", str(self.pid_files[-1]),
+                                    "--logfile", str(node_dir / "redis.log")], check=True, timeout=30)
+                self._create()
+                return
+            except BaseException as exc:
+                self.stop()
+                if attempt == self.ATTEMPTS or not isinstance(exc, RuntimeError | subprocess.SubprocessError):
+                    raise
 
     @property
     def url(self) -> str:
