@@ -9,8 +9,8 @@ run does not fit beside the benchmark. The server is a separate process running 
 alone (the service's servicer, builder and stores, one worker); the client streams one audience with
 `max_size` = every member and the filters a win-back campaign would use (channel app with consent,
 contact ledger and fatigue caps). Reports time to the header (scoring + suppression reads), streaming
-time, rows/s, the server's scoring and suppression stages and its peak RSS; writes
-bench/results/audience.json.
+time, rows/s, the server's scoring and suppression stages, the peak RSS of the serving process and of
+the audience process; writes bench/results/audience.json.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ def _serve(data_dir: Path, redis_url: str, namespace: str, dim: int, port: int, 
     import pyarrow.parquet as pq
 
     from omnirec.audience import AudienceBuilder, AudienceSources, Campaigns, FactorModel
+    from omnirec.config import OmnirecConfig
     from omnirec.domain.idmap import IdMap
     from omnirec.domain.lifecycle import LifecycleRules
     from omnirec.domain.tiers import TierLadder
@@ -47,7 +48,7 @@ def _serve(data_dir: Path, redis_url: str, namespace: str, dim: int, port: int, 
     from omnirec.offers.decision_log import DecisionLog
     from omnirec.offers.engine import selection
     from omnirec.offers.store import OfferStore
-    from omnirec.service import audience_servicer
+    from omnirec.service import audience_process, audience_servicer
     from omnirec.service.config import Role
     from omnirec.service.interceptors import ApiInterceptor
 
@@ -75,16 +76,24 @@ def _serve(data_dir: Path, redis_url: str, namespace: str, dim: int, port: int, 
         return audience
 
     campaigns.pull = timed_pull  # type: ignore[method-assign]
-    spec = audience_servicer.spec(campaigns, TierLadder(), {KEY: Role.CAMPAIGN})
 
-    async def main() -> None:
+    async def make():  # type: ignore[no-untyped-def]
+        return campaigns, []
+
+    async def main(jobs: audience_process.AudienceJobs) -> None:
+        spec = audience_servicer.spec(jobs, TierLadder(), {KEY: Role.CAMPAIGN})
         server = grpc.aio.server(interceptors=[ApiInterceptor({KEY: Role.CAMPAIGN}, spec.method_roles)])
         spec.add_to_server(spec.servicer, server)
         server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
         await server.wait_for_termination()
 
-    asyncio.run(main())
+    with audience_process.running(OmnirecConfig(), make) as jobs:
+        asyncio.run(main(jobs))
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def _peak_rss_mib(pid: int) -> float:
@@ -147,6 +156,7 @@ def main() -> None:
         done = time.perf_counter()
         timings = stages.get(timeout=10)
         peak = _peak_rss_mib(server.pid)
+        peak_audience = max(_peak_rss_mib(child) for child in _children(server.pid))
     finally:
         server.terminate()
         server.join(10)
@@ -161,6 +171,7 @@ def main() -> None:
         "server_suppression_s": round(timings["suppression"], 2), "time_to_header_s": round(header_at - t0, 2),
         "streaming_s": round(done - header_at, 2), "end_to_end_s": round(done - t0, 2),
         "rows_per_s_streamed": round(rows / max(done - header_at, 1e-9)), "server_peak_rss_mib": round(peak),
+        "audience_process_peak_rss_mib": round(peak_audience),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
     }
     print("| measure | value |\n|---|---:|")

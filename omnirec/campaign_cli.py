@@ -35,7 +35,7 @@ def _campaigns(cfg: OmnirecConfig):  # type: ignore[no-untyped-def]
     holder = holder_for(cfg.train.bundle_root, cfg.data_dir)
     asyncio.run(holder.reload())
     with embedded(cfg.redis) as redis_config:
-        yield wiring.build(cfg.model_copy(update={"redis": redis_config}), holder).campaigns
+        yield wiring.campaign_jobs(cfg.model_copy(update={"redis": redis_config}), holder)
 
 
 def _write(rows, out: Path) -> None:  # type: ignore[no-untyped-def]

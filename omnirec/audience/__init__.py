@@ -5,8 +5,17 @@ back from confirmed sends. No grpc here: the stores are passed in."""
 from omnirec.audience.builder import AudienceBuilder, AudienceCancelled, AudienceSources, FactorModel
 from omnirec.audience.campaigns import Campaigns, sends
 from omnirec.audience.lift import LiftEstimate, Send, estimate_lift
-from omnirec.audience.model import Audience, AudienceRequest, AudienceRows, MemberVerdict, RankBy, Suppression
+from omnirec.audience.model import (
+    Audience,
+    AudienceRequest,
+    AudienceRows,
+    AudienceSummary,
+    MemberVerdict,
+    RankBy,
+    Suppression,
+)
 
 __all__ = ["Audience", "AudienceBuilder", "AudienceCancelled", "AudienceRequest", "AudienceRows", "AudienceSources",
+           "AudienceSummary",
            "Campaigns", "FactorModel", "LiftEstimate", "MemberVerdict", "RankBy", "Send", "Suppression",
            "estimate_lift", "sends"]

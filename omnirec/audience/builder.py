@@ -41,6 +41,11 @@ class AudienceCancelled(OmnirecError):
 
     status_code = "CANCELLED"
 
+    def __init__(self, examined: int) -> None:
+        self.examined = examined
+        """Members read from the stores before the work stopped."""
+        super().__init__(f"audience pull cancelled after {examined:,} members")
+
 
 @dataclass(frozen=True)
 class FactorModel:
@@ -236,7 +241,7 @@ class AudienceBuilder:
             if len(tiers) >= request.max_size:
                 break
             if cancelled():
-                raise AudienceCancelled("audience pull cancelled")
+                raise AudienceCancelled(examined)
             rows = order[start:start + self.chunk]
             if request.min_score is not None:
                 below = scored.scores[rows] < request.min_score

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from omnirec.audience.builder import AudienceBuilder, AudienceSources
+from omnirec.audience.builder import AudienceBuilder, AudienceCancelled, AudienceSources
 from omnirec.audience.lift import Send
 from omnirec.audience.model import Audience, AudienceRequest, MemberVerdict
 from omnirec.domain.errors import InvalidArgument
@@ -33,8 +33,15 @@ class Campaigns:
 
     def pull(self, request: AudienceRequest, caller: str, cancelled: Callable[[], bool] = lambda: False,
              progress: Callable[[int, int], None] | None = None) -> Audience:
+        """Build and log an audience; a cancelled pull is logged too (how far it got), then re-raised."""
         now = self.clock()
-        audience = self.builder.build(request, self.sources(), now, cancelled, progress)
+        sources = self.sources()
+        try:
+            audience = self.builder.build(request, sources, now, cancelled, progress)
+        except AudienceCancelled as exc:
+            self._log(request, caller, now, {"cancelled": 1, "examined": exc.examined},
+                      sources.model.version if sources.model is not None else "", None, sources.catalogue.version)
+            raise
         self.record(request, audience, caller, now)
         return audience
 
@@ -42,11 +49,16 @@ class Campaigns:
         """Log a pull (who, when, request, versions, counts), whichever engine built it."""
         counts = {"total": len(audience.rows), "holdout": audience.holdout_count, "examined": audience.examined,
                   "scored": audience.scored, **{str(k): v for k, v in audience.suppressed.items()}}
+        self._log(request, caller, now, counts, audience.model_version, audience.feature_generation,
+                  audience.catalogue_version)
+
+    def _log(self, request: AudienceRequest, caller: str, now: float, counts: dict[str, int], model_version: str,
+             feature_generation: int | None, catalogue_version: str) -> None:
         self.log.append(DecisionRecord(
             ts=now, type=RecordType.AUDIENCE_PULL, decision_id=uuid.uuid4().hex, member_id="",
-            channel=request.channel.value, catalogue_version=audience.catalogue_version,
-            model_version=audience.model_version, feature_generation=audience.feature_generation, caller=caller,
-            send_id=request.send_id, offer_id=request.offer_id, request=_request_json(request), counts=counts))
+            channel=request.channel.value, catalogue_version=catalogue_version, model_version=model_version,
+            feature_generation=feature_generation, caller=caller, send_id=request.send_id, offer_id=request.offer_id,
+            request=_request_json(request), counts=counts))
 
     def explain(self, request: AudienceRequest, member_id: str) -> MemberVerdict:
         return self.builder.explain(request, self.sources(), member_id, self.clock())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -96,18 +96,34 @@ class AudienceRows:
     stages: np.ndarray
     holdout: np.ndarray
     """In this send's carve-out: do not send, keep for the lift read-out."""
+    start_rank: int = 1
+    """The rank of the first row (a chunk of a longer audience starts further down)."""
 
     def __len__(self) -> int:
         return len(self.member_ids)
 
     @property
     def ranks(self) -> np.ndarray:
-        return np.arange(1, len(self) + 1, dtype=np.int64)
+        return np.arange(self.start_rank, self.start_rank + len(self), dtype=np.int64)
 
     @classmethod
     def empty(cls) -> AudienceRows:
         return cls(np.array([], object), np.array([], np.float32), np.array([], object), np.array([], object),
                    np.array([], bool))
+
+
+@dataclass(frozen=True)
+class AudienceSummary:
+    """An audience without its rows: what a stream says before the first row (the stream's header)."""
+
+    total: int
+    holdout: int
+    examined: int
+    scored: int
+    suppressed: Mapping[Suppression, int]
+    model_version: str
+    feature_generation: int
+    catalogue_version: str
 
 
 @dataclass(frozen=True)
@@ -127,6 +143,19 @@ class Audience:
     @property
     def holdout_count(self) -> int:
         return int(self.rows.holdout.sum())
+
+    @property
+    def summary(self) -> AudienceSummary:
+        return AudienceSummary(len(self.rows), self.holdout_count, self.examined, self.scored, self.suppressed,
+                               self.model_version, self.feature_generation, self.catalogue_version)
+
+    def chunks(self, size: int) -> Iterator[AudienceRows]:
+        """The rows, best first, `size` at a time (the ranks stay the audience's: use `start_rank`)."""
+        rows = self.rows
+        for start in range(0, len(rows), size):
+            part = slice(start, start + size)
+            yield AudienceRows(rows.member_ids[part], rows.scores[part], rows.tiers[part], rows.stages[part],
+                               rows.holdout[part], start_rank=start + 1)
 
 
 @dataclass(frozen=True)

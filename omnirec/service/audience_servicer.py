@@ -1,27 +1,25 @@
 """AudienceService: proto <-> domain only; audiences are built by `omnirec.audience` (the CLI runs the same code).
 
-A pull is CPU and Redis work that takes seconds, so it runs on a worker thread; the event loop keeps
-serving the real-time RPCs. A cancelled call or a passed deadline sets a flag the builder polls between
-chunks of members, so the work stops with the call.
+A pull is CPU and Redis work that takes seconds, so it runs in the audience process
+(`service.audience_process`), not in this worker: the worker only relays the rows. A cancelled call
+closes the connection to it and the deadline travels with the request, so the work stops with the call.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 
 import grpc
 
-from omnirec.audience import Audience, AudienceRequest, Campaigns, RankBy
+from omnirec.audience import AudienceRequest, AudienceRows, AudienceSummary, RankBy
 from omnirec.audience.campaigns import MAX_SEND
 from omnirec.domain.errors import InvalidArgument
 from omnirec.domain.tiers import TierLadder
 from omnirec.domain.vocab import LifecycleStage
 from omnirec.offers.catalogue import Target
 from omnirec.service import validation as v
+from omnirec.service.audience_process import AudienceJobs
 from omnirec.service.config import Role
 from omnirec.service.interceptors import API_KEY_HEADER
 from omnirec.service.registry import ServiceSpec
@@ -80,17 +78,23 @@ def _in_spec() -> Iterator[None]:
         raise InvalidArgument(f"audience.{exc.field}", exc.description) from None
 
 
-def _header(audience: Audience, send_id: str) -> audience_pb2.StreamAudienceResponse:
+def _header(summary: AudienceSummary, send_id: str) -> audience_pb2.StreamAudienceResponse:
     return audience_pb2.StreamAudienceResponse(header=audience_pb2.AudienceHeader(
-        total=len(audience.rows), holdout_count=audience.holdout_count, examined=audience.examined,
-        scored=audience.scored, suppressed={str(k): n for k, n in audience.suppressed.items()},
-        model_version=audience.model_version, feature_generation=audience.feature_generation,
-        catalogue_version=audience.catalogue_version, send_id=send_id))
+        total=summary.total, holdout_count=summary.holdout, examined=summary.examined, scored=summary.scored,
+        suppressed={str(k): n for k, n in summary.suppressed.items()}, model_version=summary.model_version,
+        feature_generation=summary.feature_generation, catalogue_version=summary.catalogue_version,
+        send_id=send_id))
+
+
+def _chunk(rows: AudienceRows) -> audience_pb2.StreamAudienceResponse:
+    return audience_pb2.StreamAudienceResponse(chunk=audience_pb2.AudienceChunk(
+        member_ids=rows.member_ids.tolist(), scores=rows.scores.tolist(), ranks=rows.ranks.tolist(),
+        tiers=rows.tiers.tolist(), lifecycle_stages=rows.stages.tolist(), holdout=rows.holdout.tolist()))
 
 
 class AudienceServicer(audience_pb2_grpc.AudienceServiceServicer):
-    def __init__(self, campaigns: Campaigns, tiers: TierLadder, api_keys: Mapping[str, Role]) -> None:
-        self._campaigns = campaigns
+    def __init__(self, jobs: AudienceJobs, tiers: TierLadder, api_keys: Mapping[str, Role]) -> None:
+        self._jobs = jobs
         self._tiers = tiers
         self._api_keys = dict(api_keys)
 
@@ -106,36 +110,20 @@ class AudienceServicer(audience_pb2_grpc.AudienceServiceServicer):
         chunk = request.chunk_size or DEFAULT_CHUNK
         if not 1 <= chunk <= MAX_CHUNK:
             raise InvalidArgument("chunk_size", f"must be between 1 and {MAX_CHUNK:,} (got {chunk})")
-        stop = threading.Event()
-        remaining = context.time_remaining()
-        ends = None if remaining is None else time.monotonic() + remaining
-        caller = self._caller(context)
-
-        def cancelled() -> bool:
-            return stop.is_set() or (ends is not None and time.monotonic() > ends)
-
-        try:
+        stream = self._jobs.pull(spec, self._caller(context), context.time_remaining(), chunk)
+        async with contextlib.aclosing(stream):  # a cancelled call closes it: the audience process stops
             with _in_spec():
-                audience = await asyncio.to_thread(self._campaigns.pull, spec, caller, cancelled)
-        except asyncio.CancelledError:
-            stop.set()  # the thread stops at its next chunk
-            raise
-        yield _header(audience, spec.send_id)
-        rows = audience.rows
-        ranks = rows.ranks
-        for start in range(0, len(rows), chunk):
-            part = slice(start, start + chunk)
-            yield audience_pb2.StreamAudienceResponse(chunk=audience_pb2.AudienceChunk(
-                member_ids=rows.member_ids[part].tolist(), scores=rows.scores[part].tolist(),
-                ranks=ranks[part].tolist(), tiers=rows.tiers[part].tolist(),
-                lifecycle_stages=rows.stages[part].tolist(), holdout=rows.holdout[part].tolist()))
+                summary = await anext(stream)
+            yield _header(summary, spec.send_id)  # type: ignore[arg-type]
+            async for rows in stream:
+                yield _chunk(rows)  # type: ignore[arg-type]
 
     async def ExplainAudienceMember(self, request: audience_pb2.ExplainAudienceMemberRequest,
                                     context: grpc.aio.ServicerContext) -> audience_pb2.ExplainAudienceMemberResponse:
         spec = audience_request(request.audience, self._tiers)
         member_id = v.required(request.member_id, "member_id")
         with _in_spec():
-            verdict = await asyncio.to_thread(self._campaigns.explain, spec, member_id)
+            verdict = await self._jobs.explain(spec, member_id)
         return audience_pb2.ExplainAudienceMemberResponse(
             member_id=member_id, scored=verdict.score is not None, score=verdict.score or 0.0,
             included=verdict.included, suppression=verdict.suppression.value if verdict.suppression else "",
@@ -149,13 +137,12 @@ class AudienceServicer(audience_pb2_grpc.AudienceServiceServicer):
         offer_id = v.optional_id(request.offer_id, "offer_id") or ""
         members = v.id_list(request.member_ids, "member_ids", max_len=MAX_SEND)
         holdout = v.id_list(request.holdout_member_ids, "holdout_member_ids", max_len=MAX_SEND)
-        new = await asyncio.to_thread(self._campaigns.confirm, send_id, offer_id, channel, members, holdout,
-                                      self._caller(context), sent_at)
+        new = await self._jobs.confirm(send_id, offer_id, channel, members, holdout, self._caller(context), sent_at)
         return audience_pb2.ConfirmSendResponse(replayed=not new, contacts_recorded=len(request.member_ids))
 
 
-def spec(campaigns: Campaigns, tiers: TierLadder, api_keys: Mapping[str, Role]) -> ServiceSpec:
+def spec(jobs: AudienceJobs, tiers: TierLadder, api_keys: Mapping[str, Role]) -> ServiceSpec:
     return ServiceSpec.of(audience_pb2, "AudienceService", audience_pb2_grpc.add_AudienceServiceServicer_to_server,
-                          AudienceServicer(campaigns, tiers, api_keys),
+                          AudienceServicer(jobs, tiers, api_keys),
                           {"StreamAudience": CAMPAIGN_ADMIN, "ExplainAudienceMember": CAMPAIGN_ADMIN,
                            "ConfirmSend": CAMPAIGN_ADMIN})

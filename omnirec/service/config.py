@@ -56,6 +56,12 @@ class ServiceConfig(BaseModel):
     metrics_port: int | None = Field(None, ge=0, le=65535)
     """Prometheus metrics of all workers on `http://host:metrics_port/metrics`, served by the parent; None or
     0: no metrics (and no cost: the hooks are no-ops)."""
+    audience_nice: int = Field(10, ge=0, le=19)
+    """`nice` increment of the audience process (`omnirec.service.audience_process`): campaign pulls get
+    the CPU the serving workers leave, so real-time latency holds while an audience streams."""
+    audience_chunk_members: int = Field(4096, ge=1)
+    """Members an audience pull reads per store round trip; a cancelled call or a passed deadline stops the
+    pull at the next chunk."""
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     """Each worker's event loop: uvloop (libuv) runs the feature-store reads' socket I/O and callbacks with
     less Python overhead (+11% Recommend throughput with the purchase filter in `bench/service_load.py`);

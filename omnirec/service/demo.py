@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 from omnirec.config import OmnirecConfig
+from omnirec.service import audience_process
+from omnirec.service.audience_process import AudienceJobs
 from omnirec.service.config import Role
 from omnirec.service.server import ServingState, serve
 
@@ -17,8 +19,8 @@ log = logging.getLogger(__name__)
 CLIENT = Path(__file__).resolve().parents[2] / "examples" / "client.py"
 
 
-async def _serve_and_ask(config: OmnirecConfig, api_key: str) -> int:
-    state = ServingState.create(config)
+async def _serve_and_ask(config: OmnirecConfig, audience: AudienceJobs, api_key: str) -> int:
+    state = ServingState.create(config, audience)
     await state.start()
     server, port = await serve(state, port=0)
     await server.start()
@@ -46,4 +48,6 @@ def serve_demo(config: OmnirecConfig) -> int:
         keys[api_key] = Role.APP
         print(f"demo: generated a one-off API key for role app: {api_key}")
     service = config.service.model_copy(update={"api_keys": keys, "host": "127.0.0.1", "port": 0})
-    return asyncio.run(_serve_and_ask(config.model_copy(update={"service": service}), api_key))
+    config = config.model_copy(update={"service": service})
+    with audience_process.running(config) as audience:
+        return asyncio.run(_serve_and_ask(config, audience, api_key))

@@ -1,8 +1,8 @@
 """The server factory and the `omnirec serve` process model.
 
 `serve()` builds one grpc.aio server: interceptors (auth first, then errors), every `ServiceSpec`,
-the stock health and reflection services. `run()` forks the worker processes first, before any
-server or event loop exists, and each worker then serves the same port (SO_REUSEPORT).
+the stock health and reflection services. `run()` forks the audience process and the worker processes
+first, before any server or event loop exists, and each worker then serves the same port (SO_REUSEPORT).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import os
 import signal
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import faiss
 import grpc
@@ -24,7 +25,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from threadpoolctl import threadpool_limits
 
 from omnirec import tracing
-from omnirec.audience import Campaigns
 from omnirec.bundle import BundleRegistry
 from omnirec.config import OmnirecConfig
 from omnirec.domain.errors import OmnirecError
@@ -32,6 +32,7 @@ from omnirec.feature_store.embedded import embedded
 from omnirec.offers.engine import OfferEngine
 from omnirec.service import (
     admin_servicer,
+    audience_process,
     audience_servicer,
     event_servicer,
     metrics,
@@ -40,6 +41,7 @@ from omnirec.service import (
     reflection,
     wiring,
 )
+from omnirec.service.audience_process import AudienceJobs, AudienceProcess
 from omnirec.service.bundles import holder_for, load_serving_model
 from omnirec.service.features import Features
 from omnirec.service.ingest import Ingest
@@ -74,20 +76,22 @@ class ServingState:
     features: Features
     ingest: Ingest
     offers: OfferEngine
-    campaigns: Campaigns
+    audience: AudienceJobs
+    """The audience process's address: AudienceService relays its calls there."""
     health: health.aio.HealthServicer = field(default_factory=health.aio.HealthServicer)
     tracing: tracing.Tracing | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _health: dict[str, bool] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, config: OmnirecConfig, preloaded: ServingModel | None = None) -> ServingState:
+    def create(cls, config: OmnirecConfig, audience: AudienceJobs,
+               preloaded: ServingModel | None = None) -> ServingState:
         """`preloaded`: a bundle the parent loaded before forking, so workers share its pages."""
         models = holder_for(config.train.bundle_root, config.data_dir, config.recommendations)
         if preloaded is not None:
             models.adopt(preloaded)
         parts = wiring.build(config, models)
-        return cls(config, models, parts.features, parts.ingest, parts.offers, parts.campaigns,
+        return cls(config, models, parts.features, parts.ingest, parts.offers, audience,
                    tracing=tracing.setup(config.tracing))
 
     async def start(self) -> None:
@@ -184,7 +188,7 @@ def service_specs(state: ServingState) -> list[ServiceSpec]:
         event_servicer.spec(state.ingest, event_servicer.EventRules(svc.max_clock_skew_s, svc.max_event_age_s)),
         admin_servicer.spec(state.models),
         offer_servicer.spec(state.offers, deadline),
-        audience_servicer.spec(state.campaigns, config.tiers, config.service.api_keys),
+        audience_servicer.spec(state.audience, config.tiers, config.service.api_keys),
     ]
 
 
@@ -209,9 +213,9 @@ async def serve(state: ServingState, port: int | None = None) -> tuple[grpc.aio.
     return server, bound
 
 
-async def _worker(config: OmnirecConfig, preloaded: ServingModel | None) -> None:
+async def _worker(config: OmnirecConfig, audience: Path, preloaded: ServingModel | None) -> None:
     """One serving process: load the model, serve until SIGTERM/SIGINT, then drain and flush."""
-    state = ServingState.create(config, preloaded)
+    state = ServingState.create(config, AudienceJobs(audience), preloaded)
     await state.start()
     server, port = await serve(state)
     await server.start()
@@ -227,14 +231,14 @@ async def _worker(config: OmnirecConfig, preloaded: ServingModel | None) -> None
     await state.close()
 
 
-def _worker_process(config: OmnirecConfig, preloaded: ServingModel | None = None) -> None:
+def _worker_process(config: OmnirecConfig, audience: Path, preloaded: ServingModel | None = None) -> None:
     # Workers are the parallelism: one BLAS/OpenMP thread each, so N workers do not oversubscribe N cores.
     faiss.omp_set_num_threads(1)
     with threadpool_limits(1):
         if config.service.event_loop == "uvloop":
-            uvloop.run(_worker(config, preloaded))
+            uvloop.run(_worker(config, audience, preloaded))
         else:
-            asyncio.run(_worker(config, preloaded))
+            asyncio.run(_worker(config, audience, preloaded))
 
 
 def _preload(config: OmnirecConfig) -> ServingModel | None:
@@ -251,8 +255,9 @@ def _preload(config: OmnirecConfig) -> ServingModel | None:
 
 
 def run(config: OmnirecConfig) -> int:
-    """`omnirec serve`: `workers` processes forked now, before any gRPC object or event loop exists, kept
-    alive by `service.supervisor` until SIGTERM/SIGINT; returns the exit code (non-zero: could not serve).
+    """`omnirec serve`: `workers` processes and the audience process forked now, before any gRPC object or
+    event loop exists, kept alive by `service.supervisor` until SIGTERM/SIGINT; returns the exit code
+    (non-zero: could not serve).
 
     With no `redis.url` the parent runs the embedded Redis for the workers and stops it after them; with
     `metrics_port` set it serves the metrics of all of them.
@@ -279,12 +284,20 @@ def _serve_metrics(config: OmnirecConfig) -> None:
 
 
 def _run(config: OmnirecConfig) -> int:
+    """The audience process and the workers, forked (in that order) before any server exists."""
     svc = config.service
     if svc.workers == 1:
-        _serve_metrics(config)
-        _worker_process(config)
+        with audience_process.running(config) as audience:
+            _serve_metrics(config)
+            _worker_process(config, audience.path)
         return 0
-    worker = functools.partial(_worker_process, config, _preload(config))
-    supervisor = Supervisor(multiprocessing.get_context("fork"), worker, svc.workers, svc.worker_restart_backoff_s,
-                            svc.worker_max_quick_restarts)
-    return supervisor.run(started=functools.partial(_serve_metrics, config))
+    preloaded = _preload(config)
+    audience = AudienceProcess(config)
+    try:
+        worker = functools.partial(_worker_process, config, audience.path, preloaded)
+        jobs = functools.partial(audience.run, functools.partial(audience_process.campaign_jobs, config, preloaded))
+        supervisor = Supervisor(multiprocessing.get_context("fork"), worker, svc.workers,
+                                svc.worker_restart_backoff_s, svc.worker_max_quick_restarts, others={"audience": jobs})
+        return supervisor.run(started=functools.partial(_serve_metrics, config))
+    finally:
+        audience.close()

@@ -1,4 +1,5 @@
-"""The `omnirec serve` parent: keeps `workers` serving processes alive until SIGTERM/SIGINT.
+"""The `omnirec serve` parent: keeps `workers` serving processes (and the audience process) alive until
+SIGTERM/SIGINT.
 
 A worker that dies (a crash, the OOM killer, `kill -9`) is logged and replaced by a fresh fork, after a
 back-off that doubles while replacements keep dying young (`service.worker_restart_backoff_s` up to
@@ -16,7 +17,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from multiprocessing.context import ForkContext, ForkProcess
@@ -45,9 +46,11 @@ def _worker(target: Callable[[], None]) -> None:
 
 @dataclass
 class _Slot:
-    """One worker position: its current process and how its recent replacements fared."""
+    """One process position (a worker, or another process such as the audience process): its current
+    process and how its recent replacements fared."""
 
-    index: int
+    name: str
+    target: Callable[[], None]
     process: ForkProcess | None = None
     started: float = 0.0
     quick_deaths: int = 0
@@ -57,16 +60,18 @@ class _Slot:
 
 class Supervisor:
     def __init__(self, ctx: ForkContext, target: Callable[[], None], workers: int, backoff_s: float,
-                 max_quick_restarts: int) -> None:
+                 max_quick_restarts: int, others: Mapping[str, Callable[[], None]] | None = None) -> None:
+        """`others`: more processes to keep alive beside the workers, by name, forked before them."""
         self._ctx = ctx
-        self._target = target
         self._backoff_s = backoff_s
         self._max_quick_restarts = max_quick_restarts
-        self._slots = [_Slot(i, backoff_s=backoff_s) for i in range(workers)]
+        self._slots = [_Slot(name, other, backoff_s=backoff_s) for name, other in (others or {}).items()]
+        self._slots += [_Slot(f"worker {i}", target, backoff_s=backoff_s) for i in range(workers)]
         self._stopping = False
 
     def _spawn(self, slot: _Slot) -> None:
-        slot.process = self._ctx.Process(target=_worker, args=(self._target,), name=f"omnirec-worker-{slot.index}")
+        slot.process = self._ctx.Process(target=_worker, args=(slot.target,),
+                                         name=f"omnirec-{slot.name.replace(' ', '-')}")
         slot.process.start()
         slot.started, slot.restart_at = time.monotonic(), None
 
@@ -85,11 +90,11 @@ class Supervisor:
             slot.quick_deaths, slot.backoff_s = 0, self._backoff_s
         slot.quick_deaths += lived < HEALTHY_AFTER_S
         if slot.quick_deaths > self._max_quick_restarts:
-            log.critical("worker %d (pid %s) %s after %.1fs; %d replacements in a row died within %.0fs: giving up",
-                         slot.index, process.pid, _describe(process.exitcode), lived, slot.quick_deaths - 1,
+            log.critical("%s (pid %s) %s after %.1fs; %d replacements in a row died within %.0fs: giving up",
+                         slot.name, process.pid, _describe(process.exitcode), lived, slot.quick_deaths - 1,
                          HEALTHY_AFTER_S)
             return False
-        log.error("worker %d (pid %s) %s after %.1fs; starting a replacement in %.1fs", slot.index, process.pid,
+        log.error("%s (pid %s) %s after %.1fs; starting a replacement in %.1fs", slot.name, process.pid,
                   _describe(process.exitcode), lived, slot.backoff_s)
         slot.restart_at = time.monotonic() + slot.backoff_s
         slot.backoff_s = min(slot.backoff_s * 2, MAX_BACKOFF_S)
@@ -127,4 +132,4 @@ class Supervisor:
                     if slot.restart_at is not None and time.monotonic() >= slot.restart_at:
                         self._spawn(slot)
                         metrics.worker_restarted()
-                        log.warning("worker %d replaced: pid %s", slot.index, slot.process.pid)  # type: ignore[union-attr]
+                        log.warning("%s replaced: pid %s", slot.name, slot.process.pid)  # type: ignore[union-attr]

@@ -1,14 +1,19 @@
 """Composition of one worker process: its Redis clients, the feature store's reader and live updater, the
-offers engine, the campaign (audience) jobs. Built once per worker (after the fork), and by the campaign
-CLI, so servicers only translate protos.
+offers engine; and of the campaign (audience) jobs, in the audience process and the campaign CLI. Built
+once per process (after the fork), so servicers only translate protos.
 
 One client pair per worker: an asyncio client for every request-time read and for offer decisions (on the
-worker's event loop), and a synchronous one for live event writes and campaign jobs (on worker threads).
+worker's event loop), and a synchronous one for live event writes (on worker threads).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import redis
+import redis.asyncio
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
 
 from omnirec.audience import AudienceBuilder, AudienceSources, Campaigns
 from omnirec.config import OmnirecConfig
@@ -35,8 +40,6 @@ class Wiring:
     ingest: Ingest
     """Accepted events and links: the event log and the live feature-store updates (the sync client)."""
     offers: OfferEngine
-    campaigns: Campaigns
-    """Audience pulls and confirmed sends (synchronous: the servicer runs them on a thread)."""
 
 
 def build(config: OmnirecConfig, models: ModelHolder) -> Wiring:
@@ -48,26 +51,36 @@ def build(config: OmnirecConfig, models: ModelHolder) -> Wiring:
     ingest = Ingest(LiveUpdater(client, config.redis, config.tiers, config.lifecycle),
                     svc.event_log_dir or config.data_dir / LIVE_EVENTS_DIR, svc.event_log_flush_rows,
                     svc.event_log_fsync)
+    return Wiring(features, ingest, _offers(config, models, client, async_client))
+
+
+def _offers(config: OmnirecConfig, models: ModelHolder, client: redis.Redis | RedisCluster,
+            async_client: redis.asyncio.Redis | AsyncRedisCluster) -> OfferEngine:
     cfg = config.offers
 
     def model() -> tuple[AffinityModel | None, str]:
         current = models.current
         return (current.bundle, current.version) if current is not None else (None, "")
 
-    offers = OfferEngine(
+    return OfferEngine(
         cfg, CatalogueSource(cfg.catalogue_path, config.tiers, cfg.catalogue_poll_s),
         AsyncFeatureReader(async_client, config.redis),
         OfferStore(async_client, config.redis, cfg.idempotency_days, sync_client=client,
                    reservation_s=cfg.reservation_s),
         DecisionLog(cfg.decision_log_dir), config.tiers, config.lifecycle, model,
         UpliftScores.load(cfg.uplift_path) if cfg.uplift_path else None, clock=clock_at(config.as_of),
-        default_budget_s=svc.default_deadline_s)
-    return Wiring(features, ingest, offers, campaigns(config, offers, models, FeatureReader(client, config.redis)))
+        default_budget_s=config.service.default_deadline_s)
 
 
-def campaigns(config: OmnirecConfig, engine: OfferEngine, models: ModelHolder, reader: FeatureReader) -> Campaigns:
-    """Audiences use the offers engine's catalogue, store, log and uplift scores, the serving bundle, and the
-    feature store (profiles; offer targets' items, as the engine resolves them)."""
+def campaign_jobs(config: OmnirecConfig, models: ModelHolder) -> Campaigns:
+    """The campaign jobs of the audience process and the CLI: the offers engine's catalogue, store, log and
+    uplift scores, the serving bundle, and the feature store (profiles; offer targets' items, as the engine
+    resolves them), on a synchronous client (pulls run on threads) with the bulk timeout: a round trip of
+    4,096 profiles is batch work, not a request that should fail fast."""
+    client = connect(config.redis, socket_timeout_s=config.redis.bulk_timeout_s)
+    engine = _offers(config, models, client, connect_async(config.redis))
+    reader = FeatureReader(client, config.redis)
+
     def target_items(target: Target) -> tuple[str, ...]:
         return reader.selection_items([selection(target)])[1][0]
 
@@ -78,5 +91,6 @@ def campaigns(config: OmnirecConfig, engine: OfferEngine, models: ModelHolder, r
             uplift=engine.uplift, catalogue=engine.catalogue.current(), target_items=target_items,
             profiles=reader.profiles, marketing=engine.store.marketing_states)
 
-    builder = AudienceBuilder(config.tiers, config.lifecycle, config.offers.fatigue)
+    builder = AudienceBuilder(config.tiers, config.lifecycle, config.offers.fatigue,
+                              chunk=config.service.audience_chunk_members)
     return Campaigns(builder, sources, engine.store, engine.log)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import pkgutil
 import socket
@@ -27,6 +28,7 @@ from omnirec.domain.vocab import Col
 from omnirec.feature_store.config import RedisConfig
 from omnirec.feature_store.connection import connect
 from omnirec.feature_store.materialize import Materializer, compute_features
+from omnirec.service import audience_process
 from omnirec.service.config import Role, ServiceConfig
 from omnirec.service.server import ServingState, serve
 from omnirec.training.config import TrainConfig
@@ -52,13 +54,15 @@ class LoopThread:
 
 
 class RunningServer:
-    """A started server (state loaded, background tasks running) on a free loopback port."""
+    """A started server (state loaded, background tasks running) on a free loopback port, with its audience
+    process (forked from the test process first: what a test patches before, it runs with)."""
 
     def __init__(self, config: OmnirecConfig, retail: RetailData) -> None:
         self.config = config
         self.retail = retail
+        self._audience = contextlib.ExitStack()
+        self.state = ServingState.create(config, self._audience.enter_context(audience_process.running(config)))
         self.loop = LoopThread()
-        self.state = ServingState.create(config)
         self.server, self.port = self.loop.run(self._start())
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
 
@@ -77,6 +81,7 @@ class RunningServer:
 
         self.loop.run(_stop())
         self.loop.close()
+        self._audience.close()
 
     def purchased(self, member_id: str) -> set[str]:
         ev = self.retail.events
@@ -134,6 +139,24 @@ def service_config(data_dir: Path, bundle_root: Path, redis: RedisConfig, event_
 
 def _column(table: pa.Table, name: str) -> np.ndarray:
     return table[name].to_numpy(zero_copy_only=False).astype(str)
+
+
+AUDIENCE_COMM = "omnirec-audienc"
+"""What the audience process calls itself in /proc (15 characters at most)."""
+
+
+def serve_children(pid: int) -> tuple[list[int], list[int]]:
+    """The workers and the audience process(es) of the `omnirec serve` running as `pid`."""
+    children = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+    def comm(child: int) -> str:
+        try:
+            return Path(f"/proc/{child}/comm").read_text().strip()
+        except FileNotFoundError:
+            return ""
+
+    audience = [c for c in children if comm(c) == AUDIENCE_COMM]
+    return [c for c in children if c not in audience], audience
 
 
 def free_port() -> int:

@@ -1,19 +1,27 @@
 """AudienceService on a real server and Redis: the stream, its errors, explain, ConfirmSend and the caps it feeds,
-and the CLI writing the same rows."""
+the CLI writing the same rows, and a cancelled call or a passed deadline stopping the pull in the audience
+process."""
 
 from __future__ import annotations
 
+import multiprocessing
+import time
+from collections.abc import Callable, Iterator, Sequence
+from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pyarrow.parquet as pq
 import pytest
-from service_harness import API_KEYS, RunningServer
+from service_harness import API_KEYS, RunningServer, materialize
 from typer.testing import CliRunner
 
 from omnirec.cli import app
 from omnirec.config import OmnirecConfig
 from omnirec.domain.readers import RetailData
+from omnirec.feature_store.model import MemberProfile
+from omnirec.feature_store.reader import FeatureReader
 from omnirec.offers.config import OfferConfig
 from omnirec.offers.decision_log import DecisionLog
 from omnirec.v1 import audience_pb2, audience_pb2_grpc, common_pb2, offers_pb2, offers_pb2_grpc
@@ -168,3 +176,83 @@ def test_ids_are_checked_like_every_rpcs(server: RunningServer, spec: dict[str, 
         pull(server, **spec)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details().startswith(field)
+
+
+@pytest.fixture
+def profile_reads(monkeypatch: pytest.MonkeyPatch) -> Synchronized[int]:
+    """Chunks of profiles read by audience pulls, each made to take 50 ms (patched before the server starts,
+    so its forked audience process runs with it)."""
+    reads: Synchronized[int] = multiprocessing.get_context("fork").Value("i", 0)  # type: ignore[assignment]
+    read = FeatureReader.profiles
+
+    def slow(self: FeatureReader, member_ids: Sequence[str]) -> tuple[int, list[MemberProfile | None]]:
+        with reads.get_lock():
+            reads.value += 1
+        time.sleep(0.05)
+        return read(self, member_ids)
+
+    monkeypatch.setattr(FeatureReader, "profiles", slow)
+    return reads
+
+
+@pytest.fixture
+def slow_server(config: OmnirecConfig, retail: RetailData, profile_reads: Synchronized[int]) -> Iterator[RunningServer]:
+    """A server whose pulls read 10 members per round trip (100 reads for the small retailer's members)."""
+    service = config.service.model_copy(update={"audience_chunk_members": 10})
+    config = config.model_copy(update={"service": service})
+    materialize(retail, config)
+    running = RunningServer(config, retail)
+    yield running
+    running.stop()
+
+
+def _until(condition: Callable[[], object], what: str, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def _cancelled_pulls(server: RunningServer) -> list[dict[str, Any]]:
+    return [r for r in DecisionLog(server.config.offers.decision_log_dir).records()
+            if r["type"] == "audience_pull" and r["counts"].get("cancelled")]
+
+
+def _stops(reads: Synchronized[int]) -> int:
+    """The read count once it has stopped moving (a chunk already under way may finish)."""
+    before = -1
+    while reads.value != before:
+        before = reads.value
+        time.sleep(0.5)
+    return before
+
+
+def test_cancelling_the_stream_stops_the_pull_on_the_server(slow_server: RunningServer, category: str,
+                                                            profile_reads: Synchronized[int]) -> None:
+    stub = audience_pb2_grpc.AudienceServiceStub(slow_server.channel)
+    request = audience_pb2.StreamAudienceRequest(audience=audience_pb2.AudienceSpec(
+        channel=common_pb2.CHANNEL_APP, max_size=1000, category_ids=[category]))
+    call = stub.StreamAudience(request, metadata=key("campaign"), timeout=60)
+    _until(lambda: profile_reads.value >= 3, "the pull did not start")
+    call.cancel()
+    stopped = _stops(profile_reads)
+    time.sleep(1.0)
+    assert profile_reads.value == stopped < 50  # a whole pull reads 100 chunks of 10
+    _until(lambda: _cancelled_pulls(slow_server), "the cancelled pull was not logged")
+    (logged,) = _cancelled_pulls(slow_server)
+    assert logged["caller"] == "campaign" and logged["counts"]["examined"] <= 10 * stopped
+
+
+def test_a_passed_deadline_stops_the_pull_on_the_server(slow_server: RunningServer, category: str,
+                                                        profile_reads: Synchronized[int]) -> None:
+    stub = audience_pb2_grpc.AudienceServiceStub(slow_server.channel)
+    request = audience_pb2.StreamAudienceRequest(audience=audience_pb2.AudienceSpec(
+        channel=common_pb2.CHANNEL_APP, max_size=1000, category_ids=[category]))
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.StreamAudience(request, metadata=key("campaign"), timeout=1.0))
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    _until(lambda: _cancelled_pulls(slow_server), "the pull past its deadline was not logged as cancelled")
+    stopped = _stops(profile_reads)
+    time.sleep(1.0)
+    assert profile_reads.value == stopped < 50
+    assert _cancelled_pulls(slow_server)[0]["counts"]["examined"] < 1000

@@ -15,13 +15,13 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from service_harness import API_KEYS, materialize, serve_toml
+from service_harness import API_KEYS, materialize, serve_children, serve_toml
 
 from omnirec.config import OmnirecConfig
 from omnirec.domain.readers import RetailData, read_event_log
 from omnirec.feature_store.config import RedisConfig
 from omnirec.feature_store.private_server import free_port
-from omnirec.v1 import common_pb2, events_pb2, events_pb2_grpc
+from omnirec.v1 import audience_pb2, audience_pb2_grpc, common_pb2, events_pb2, events_pb2_grpc
 
 
 def _config(tmp_path: Path, small_retail_dir: Path, bundle_root: Path, redis_config: RedisConfig, port: int,
@@ -49,7 +49,7 @@ def serve(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
 
 
 def _workers(proc: subprocess.Popen[bytes]) -> list[int]:
-    return [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    return serve_children(proc.pid)[0]
 
 
 def _until(condition: object, what: str, timeout: float = 60) -> None:
@@ -99,6 +99,36 @@ def test_sigkilled_workers_are_replaced_and_their_journal_recovered(
     assert proc.wait(30) == 0
     log = (tmp_path / "serve.log").read_text()
     assert log.count("killed by SIGKILL") >= 3 and "replaced" in log
+
+
+def test_a_killed_audience_process_is_replaced(serve, small_retail_dir: Path, bundle_root: Path,  # type: ignore[no-untyped-def]
+                                               redis_config: RedisConfig, tmp_path: Path, retail: RetailData,
+                                               item_id: str) -> None:
+    port = free_port()
+    config = _config(tmp_path, small_retail_dir, bundle_root, redis_config, port)
+    materialize(retail, OmnirecConfig.load(config))
+    proc = serve(config)
+    pull = audience_pb2.StreamAudienceRequest(audience=audience_pb2.AudienceSpec(
+        channel=common_pb2.CHANNEL_APP, max_size=3, item_ids=[item_id]))
+
+    def pulled() -> bool:
+        try:
+            return list(audience_pb2_grpc.AudienceServiceStub(channel).StreamAudience(
+                pull, metadata=(("x-api-key", API_KEYS["campaign"]),), timeout=10))[0].header.total == 3
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc  # only while it is being replaced
+            return False
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        _until(lambda: _serving(channel) and len(serve_children(proc.pid)[1]) == 1, "omnirec serve did not start")
+        (first,) = serve_children(proc.pid)[1]
+        assert pulled()
+        os.kill(first, signal.SIGKILL)
+        _until(lambda: serve_children(proc.pid)[1] not in ([], [first]), "audience process not replaced")
+        _until(pulled, "the replacement does not answer")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    assert "audience (pid" in (tmp_path / "serve.log").read_text()
 
 
 def test_serve_exits_non_zero_when_workers_cannot_start(serve, small_retail_dir: Path,  # type: ignore[no-untyped-def]
