@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from service_harness import API_KEYS, free_port, serve_toml, wait_serving
+from service_harness import API_KEYS, free_port, serve_children, serve_toml, wait_serving
 
 from omnirec.feature_store.config import RedisConfig
 from omnirec.offers.catalogue import load_catalogue
@@ -97,7 +97,8 @@ def test_metrics_sum_over_two_workers_and_json_logs_carry_request_ids(
         assert _value(samples, "omnirec_answers_total", grpc_method="Recommend", reason="collaborative") == rounds
         assert _value(samples, "omnirec_answers_total", grpc_method="Recommend") == 2 * rounds
         versions = [lab for n, lab, _ in samples if n == "omnirec_model_bundle_version"]
-        assert {lab["pid"] for lab in versions} == {str(p) for p in pids}
+        audience = serve_children(proc.pid)[1]  # the audience process follows the bundle too
+        assert {lab["pid"] for lab in versions} == {str(p) for p in pids | set(audience)}
         assert _value(samples, "omnirec_model_bundle_created_timestamp_seconds") > 0
         catalogue = load_catalogue(EXAMPLE_CATALOGUE)  # the default catalogue; nothing issued yet
         budgeted = [o for o in catalogue.offers if o.budget.max_count is not None]
