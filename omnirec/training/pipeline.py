@@ -176,7 +176,7 @@ class ServedLists:
 
 
 def next_basket_report(interactions: Interactions, data: RankerData, collaborative: Recommender,
-                       hybrid: Recommender, config: TrainConfig, cutoff_ts: int,
+                       hybrid: Recommender, config: TrainConfig, cutoff_ts: int, timings: dict[str, float],
                        progress: bool = False) -> tuple[list[MethodResult], GateDecision, TwoStageModel]:
     """The next-basket protocol on this data set: what the service serves against the strongest baselines.
 
@@ -184,8 +184,9 @@ def next_basket_report(interactions: Interactions, data: RankerData, collaborati
     The served rows are the two-stage ranker's lists computed by `intent_lists`, the function that writes
     the bundle, with the ranker fitted on windows before the cut-off. The collaborative models were fitted
     on events before `cutoff_ts` (`test_days` before the newest event), which is not after the cut-off
-    day, so nothing after the cut-off reaches any method.
+    day, so nothing after the cut-off reaches any method. Seconds per stage go into `timings`.
     """
+    start = time.perf_counter()
     split = next_basket_split(data.baskets, config.test_days)
     if len(split.members) > config.eval_members:
         keep = np.sort(np.random.default_rng(config.seed).choice(len(split.members), config.eval_members,
@@ -195,10 +196,15 @@ def next_basket_report(interactions: Interactions, data: RankerData, collaborati
     methods = [GTopFreq(), PTopFreq(), GPTopFreq(), StorePopularity(), TIFUKNN(seed=config.seed),
                CollaborativeBaseline(collaborative), CollaborativeBaseline(hybrid)]
     results = evaluate_methods(methods, split, config.eval_k, config.gate_bootstrap, config.seed)
+    timings["next_basket_baselines"] = time.perf_counter() - start
+    start = time.perf_counter()
     model = fit_ranker(data, split.cut_day, progress)
+    timings["fit_ranker"] = time.perf_counter() - start
+    start = time.perf_counter()
     context = data.context(split.cut_day, ranker_als(collaborative, cutoff_ts // DAY <= split.cut_day))
     lists = intent_lists(model, context, split.members, config.ranker.list_depth, progress)
     results = served_results(list_heads(lists, config.eval_k), split, config.gate_bootstrap, config.seed) + results
+    timings["next_basket_served"] = time.perf_counter() - start
     metrics = (f"recall@{config.eval_k}", f"ndcg@{config.eval_k}")
     return results, next_basket_gate(results, SERVED_MIXED, metrics, config.gate_margin, config.gate_bootstrap,
                                      config.seed), model
@@ -277,7 +283,8 @@ def train_retail(retail: RetailData, config: TrainConfig, force: bool = False, p
     basket_start = time.perf_counter()
     ranker_data = RankerData(Baskets.from_interactions(interactions), interactions, config, config.seed)
     next_basket, gate, ranker = next_basket_report(interactions, ranker_data, by_name[config.collaborative],
-                                                   by_name["lightfm"], config, split.cutoff_ts, progress)
+                                                   by_name["lightfm"], config, split.cutoff_ts, timings,
+                                                   progress)
     timings["next_basket"] = time.perf_counter() - basket_start
     if config.publish_gate == "popularity":
         gate = None

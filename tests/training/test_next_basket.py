@@ -14,7 +14,14 @@ from omnirec.training.baskets import Baskets, next_basket_split
 from omnirec.training.config import TrainConfig
 from omnirec.training.metrics import bootstrap_ci, next_basket_per_member
 from omnirec.training.models.frequency import TIFUKNN, GPTopFreq, GTopFreq, PTopFreq, tifu_vectors
-from omnirec.training.next_basket import MethodResult, evaluate_methods, next_basket_gate, score_lists
+from omnirec.training.next_basket import (
+    MethodResult,
+    evaluate_methods,
+    list_heads,
+    next_basket_gate,
+    score_lists,
+    served_results,
+)
 from omnirec.training.ranker import (
     FEATURES,
     Intent,
@@ -106,6 +113,16 @@ def test_ranker_beats_its_best_single_source(ranked):
                for name in ("p_tifu", "p_count", "knn", "als", "lift_last", "store_pop", "pop_recent")}
     best = max(score_lists(n, t, split, 50).means["recall@10"] for n, t in sources.items())
     assert ours.means["recall@10"] > best + 0.05
+
+
+def test_publish_gate_passes_the_served_list_where_it_wins(ranked):
+    """On planted repeat cycles the served MIXED list clears every frequency baseline (the gate publishes)."""
+    split, _, _, lists = ranked
+    served = served_results(list_heads(lists, 10), split, 200)
+    baselines = evaluate_methods([GTopFreq(), PTopFreq(), GPTopFreq(), TIFUKNN()], split, n_boot=200)
+    gate = next_basket_gate(served + baselines, "omnirec", ("recall@10", "ndcg@10"), n_boot=200)
+    assert gate.passed, gate.reason()
+    assert {c["rival"] for c in gate.checks.values()} <= {"GP-TopFreq", "P-TopFreq", "TIFU-KNN"}
 
 
 def test_buy_again_lists_due_items_first(ranked):
