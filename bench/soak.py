@@ -252,7 +252,7 @@ def main() -> None:
         serve_code = serve.wait(60)
         logged = read_event_log(args.dir / "events_live")
         with redis.client() as client:
-            claims = sum(1 for _ in client.scan_iter(match=Keys(NAMESPACE).seen("event_id:soak-*"), count=10_000))
+            claims = sum(1 for _ in client.scan_iter(match=Keys(NAMESPACE).seen("*", "event_id:soak-*"), count=10_000))
             issued = {o: int(client.hget(Keys(NAMESPACE).offer_budget(o), "issued") or 0) for o in budgets}
     finally:
         if serve is not None and serve.poll() is None:

@@ -147,8 +147,10 @@ class Keys:
     def contacts(self, member_id: str) -> str:
         return self.durable(CONTACTS, member_id)
 
-    def seen(self, event_digest: str) -> str:
-        return self.durable(SEEN, event_digest)
+    def seen(self, tag: str, claim: str) -> str:
+        """String: a live event's dedup claim in the group of keys tagged `tag` (a member, store or anonymous
+        id), so a slot's script takes it with the writes it guards."""
+        return self.durable(SEEN, tag, claim)
 
     # --- offer state: budgets, idempotent decisions, redemption stats (coupons: wallet) ---
     def offer_budget(self, offer_id: str) -> str:

@@ -7,8 +7,8 @@ failure ends with it taken exactly once:
    if Redis cannot answer, nothing is taken and the call fails UNAVAILABLE.
 2. The new events are appended to the worker's journal (`service.event_log`) and flushed before anything
    is written to Redis, so Redis never holds an event the log lacks.
-3. `LiveUpdater.commit` claims and applies them in one Lua script (all or nothing, so a claim never
-   exists without its writes).
+3. `LiveUpdater.commit` claims and applies them in one Lua script (one per slot on Redis Cluster), all or
+   nothing per script, so a claim never exists without the writes it guards.
 
 The unit runs on a thread pool and is shielded from the RPC: when the caller's deadline expires or it
 cancels, the unit still finishes, and the retry is answered `duplicates` with the event in both places.

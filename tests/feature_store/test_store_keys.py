@@ -49,7 +49,7 @@ def test_durable_keys_ignore_the_generation() -> None:
         assert k.identity("anon-1") == "omnirec:v2:identity:{anon-1}"
         assert k.wallet("m1") == "omnirec:v2:wallet:{m1}"
         assert k.contacts("m1") == "omnirec:v2:contacts:{m1}"
-        assert k.seen("abc") == "omnirec:v2:seen:{abc}"
+        assert k.seen("m1", "event_id:e1") == "omnirec:v2:seen:{m1}:event_id:e1"
         assert k.durable("budget", "offer-9") == "omnirec:v2:budget:{offer-9}"
         assert k.offer_budget("o-1") == "omnirec:v2:offer_budget:{o-1}"
         assert k.offer_decision("req-1") == "omnirec:v2:offer_decision:{req-1}"
@@ -65,7 +65,8 @@ def test_offer_state_is_tagged_so_each_offers_script_touches_one_slot() -> None:
     """A member's offer state shares the member's slot (feature keys too); an offer's budget and reservations
     share the offer's slot (the Redis Cluster protocol in offers/store.py relies on both)."""
     k = Keys("omnirec", generation=3)
-    member = {k.wallet("m1"), k.contacts("m1"), k.offer_stats("m1"), k.offer_request("m1", "r1"), k.member("m1")}
+    member = {k.wallet("m1"), k.contacts("m1"), k.offer_stats("m1"), k.offer_request("m1", "r1"), k.member("m1"),
+              k.seen("m1", "event_id:e1")}
     assert {key_slot(key.encode()) for key in member} == {key_slot(b"m1")}
     offer = {k.offer_budget("o1"), k.offer_hold("o1", "r1"), k.offer_holds("o1"), k.offer_redeemed("o1", "c1")}
     assert {key_slot(key.encode()) for key in offer} == {key_slot(b"o1")}

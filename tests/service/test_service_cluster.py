@@ -1,6 +1,5 @@
-"""The service on a real 3-master Redis Cluster: the recommendation RPC tests of one Redis, run again on the
-cluster (this module's `redis_client` is the cluster's), plus a generation switch while serving. Live
-events are not here: their batch script needs one Redis (feature_store/FORMAT.md)."""
+"""The service on a real 3-master Redis Cluster: the recommendation and event RPC tests of one Redis, run again
+on the cluster (this module's `redis_client` is the cluster's), plus a generation switch while serving."""
 
 from __future__ import annotations
 
@@ -11,6 +10,7 @@ import pyarrow.compute as pc
 import pytest
 from redis.cluster import RedisCluster
 from service_harness import API_KEYS, RunningServer
+from test_events import test_link_identity, test_track_events_applies_logs_and_dedups
 from test_rpcs import (
     test_basket_complements,
     test_cold_start_member_is_never_an_error,
@@ -25,7 +25,7 @@ from omnirec.v1 import recommendation_pb2 as rec
 from omnirec.v1 import recommendation_pb2_grpc as rec_grpc
 
 ON_CLUSTER = (test_recommend_known_member, test_recommend_filters_at_store, test_cold_start_member_is_never_an_error,
-              test_basket_complements)
+              test_basket_complements, test_track_events_applies_logs_and_dedups, test_link_identity)
 
 
 @pytest.fixture
