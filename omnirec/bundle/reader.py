@@ -79,6 +79,17 @@ class ModelBundle:
             return None
         return np.asarray(self.arrays[Array.ITEM_FACTORS] @ self.arrays[Array.MEMBER_FACTORS][idx], dtype=np.float32)
 
+    def member_vector(self, member_id: str) -> np.ndarray | None:
+        """A known member's collaborative factors (an item's score is its factor row times these); None if
+        unknown. Scoring a few items costs that much less than `member_scores` of the whole catalogue."""
+        idx = self.members.get(member_id)
+        return None if idx is None else np.asarray(self.arrays[Array.MEMBER_FACTORS][idx], dtype=np.float32)
+
+    @property
+    def item_factors(self) -> np.ndarray:
+        """Item factor rows, in internal item order (memory-mapped)."""
+        return self.arrays[Array.ITEM_FACTORS]
+
     def member_top(self, member_id: str, n: int) -> tuple[np.ndarray, np.ndarray] | None:
         """A known member's n best items (None if unknown): a row of the precomputed lists when they are deep
         enough, else a search of the member->item index (exact or HNSW); both give the same answer."""

@@ -56,20 +56,37 @@ candidate which got furthest (a member in the holdout is told `holdout`, not `no
 class AffinityModel(Protocol):
     """What the engine needs from a model bundle (`bundle.ModelBundle` provides it)."""
 
-    items: IdMap
+    @property
+    def items(self) -> IdMap: ...
 
-    def member_scores(self, member_id: str) -> np.ndarray | None: ...
+    @property
+    def item_factors(self) -> np.ndarray: ...
+
+    def member_vector(self, member_id: str) -> np.ndarray | None: ...
 
 
 ModelSource = Callable[[], tuple[AffinityModel | None, str]]
 """The model serving now and its version (the service's bundle changes on hot reload)."""
 
 
-def affinity(scores: np.ndarray, targets: np.ndarray) -> float:
-    """Quantile of the member's best-scored target item among all their item scores, in [0, 1]."""
-    if len(targets) == 0:
+REFERENCE_ITEMS = 4096
+"""Items whose scores a target's best score is ranked among: all of a smaller catalogue, else this many
+evenly spaced ones. Scoring every item of a 100,000-item catalogue per request costs ~0.6 ms of CPU; the
+quantile among 4,096 of them is within 0.008 (one standard error) of the quantile among all."""
+
+
+def affinity(reference_scores: np.ndarray, target_scores: np.ndarray) -> float:
+    """Quantile of the member's best-scored target item among the reference items' scores, in [0, 1]."""
+    if len(target_scores) == 0:
         return NEUTRAL_AFFINITY
-    return int(np.count_nonzero(scores < scores[targets].max())) / len(scores)
+    return int(np.count_nonzero(reference_scores < target_scores.max())) / len(reference_scores)
+
+
+def reference_rows(n_items: int) -> np.ndarray:
+    """The reference items (`REFERENCE_ITEMS`): every item, or an even spread over the catalogue."""
+    if n_items <= REFERENCE_ITEMS:
+        return np.arange(n_items)
+    return np.linspace(0, n_items - 1, REFERENCE_ITEMS).astype(np.int64)
 
 
 def selection(target: Target) -> ItemSelection:
@@ -114,29 +131,34 @@ class CouponDecision:
                 "offer_id": self.offer_id, "reason": self.reason, "detail": self.detail, "score": self.score}
 
 
-class TargetItems:
-    """Offer target -> the serving model's item indexes, for one feature generation and model version.
+class TargetFactors:
+    """Offer target -> the serving model's factor rows of its items, and the reference items' rows, for one
+    feature generation and model version: a request scores only these (a few targets' items and
+    `REFERENCE_ITEMS`), not the whole catalogue.
 
     Categories and brands are resolved in the feature store (a category can hold thousands of items), so
     this is read once per generation, model and new target, not per request (as a bundle's category index
-    is built once per bundle)."""
+    is built once per bundle). Rows are copied contiguous, so a request's products run from cache."""
 
     def __init__(self, reader: AsyncFeatureReader) -> None:
         self.reader = reader
         self._for: tuple[int, str] | None = None
-        self._items: dict[str, np.ndarray] = {}
+        self._rows: dict[str, np.ndarray] = {}
+        self.reference = np.zeros((0, 0), np.float32)
 
     async def of(self, targets: Sequence[Target], generation: int, model: AffinityModel,
                  model_version: str) -> dict[str, np.ndarray]:
+        factors = model.item_factors
         if self._for != (generation, model_version):
-            self._for, self._items = (generation, model_version), {}
-        missing = list({t.key: t for t in targets if t.scope != "basket" and t.key not in self._items}.values())
+            self._for, self._rows = (generation, model_version), {}
+            self.reference = np.ascontiguousarray(factors[reference_rows(len(factors))], dtype=np.float32)
+        missing = list({t.key: t for t in targets if t.scope != "basket" and t.key not in self._rows}.values())
         if missing:
             _, found = await self.reader.selection_items([selection(t) for t in missing])
             for target, ids in zip(missing, found, strict=True):
                 idx = model.items.to_internal(np.array(ids, dtype=object), strict=False) if ids else np.zeros(0, int)
-                self._items[target.key] = idx[idx >= 0]
-        return self._items
+                self._rows[target.key] = np.ascontiguousarray(factors[np.sort(idx[idx >= 0])], dtype=np.float32)
+        return self._rows
 
 
 class OfferEngine:
@@ -156,7 +178,7 @@ class OfferEngine:
         self.uplift = uplift
         self.clock = clock
         self.default_budget_s = default_budget_s
-        self.targets = TargetItems(reader)
+        self.targets = TargetFactors(reader)
 
     @staticmethod
     async def _within(deadline: float, step: Awaitable[T], what: str) -> T:
@@ -199,11 +221,13 @@ class OfferEngine:
     async def _rank(self, offers: Sequence[Offer], member: MemberView, channel: Channel, k: int, now: float,
                     snapshot: OfferSnapshot, in_stock: dict[str, bool], generation: int,
                     model: AffinityModel | None, model_version: str, deadline: float) -> Ranking:
-        scores = model.member_scores(member.member_id) if model is not None else None
+        vector = model.member_vector(member.member_id) if model is not None else None
         targets: dict[str, np.ndarray] = {}
-        if model is not None and scores is not None:
+        reference = np.zeros(0, np.float32)
+        if model is not None and vector is not None:
             targets = await self._within(deadline, self.targets.of([o.target for o in offers], generation, model,
                                                                    model_version), "the offer targets' items")
+            reference = self.targets.reference @ vector
         contacts = snapshot.contacts
         affinities: dict[str, float] = {}  # offers that share a target share its affinity
         states = {}
@@ -211,8 +235,9 @@ class OfferEngine:
             cap = offer.per_member_cap
             key = offer.target.key
             if key not in affinities:
-                idx = targets.get(key)
-                affinities[key] = NEUTRAL_AFFINITY if scores is None or idx is None else affinity(scores, idx)
+                rows = targets.get(key)
+                affinities[key] = (NEUTRAL_AFFINITY if vector is None or rows is None
+                                   else affinity(reference, rows @ vector))
             states[offer.id] = OfferState(
                 member_contacts=contacts.count(now - cap.period_days * DAY, offer_id=offer.id) if cap else 0,
                 budget_left=budget_left(offer, snapshot.usage[offer.id]),

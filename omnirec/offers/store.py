@@ -283,6 +283,25 @@ return 0
 """Cluster redemption, in the offer's slot. KEYS: budget, the coupon's booking marker. ARGV: discount cents,
 marker ttl. Books a redemption once, so a retry after the member step books nothing twice."""
 
+_SNAPSHOT = """
+local out = {redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf', 'WITHSCORES')}
+local first = 2
+if ARGV[2] == '1' then
+  out[2] = redis.call('GET', KEYS[2])
+  first = 3
+end
+for i = first, #KEYS do
+  out[#out + 1] = redis.call('HMGET', KEYS[i], 'issued', 'reserved_cents', 'redeemed', 'spent_cents')
+end
+return out
+"""
+"""Single Redis, read only. KEYS: contacts, then (ARGV 2 = 1) the decision under the request id, then each
+offer's budget. ARGV: 1 contacts since, 2 whether a decision key is given. Returns the contacts with their
+scores, the stored decision (nil when none or not asked), then per budget its four counters (nil when
+unset): a decision's offer state in one command instead of one per offer, which was most of the client's
+cost of the round trip (redis-py packs and parses each command in Python)."""
+
+
 def cents(money: float) -> int:
     return int(round(money * 100))
 
@@ -400,6 +419,12 @@ def _usage(raw: dict[bytes, bytes]) -> BudgetUsage:
     return BudgetUsage(get("issued"), get("reserved_cents"), get("redeemed"), get("spent_cents"))
 
 
+def _usage_of(values: Sequence[bytes | None]) -> BudgetUsage:
+    """The four counters in `_SNAPSHOT`'s order (None: never charged)."""
+    issued, reserved, redeemed, spent = (0 if v is None else int(v) for v in values)
+    return BudgetUsage(issued, reserved, redeemed, spent)
+
+
 def budget_left(offer: Offer, usage: BudgetUsage) -> bool:
     """Snapshot check for ranking; the issue script re-checks atomically."""
     b = offer.budget
@@ -444,7 +469,10 @@ class OfferSnapshot:
 
 
 class SnapshotRead:
-    """The reads of an `OfferSnapshot`, added to a feature-store request's round trip (`read_request(extra=)`)."""
+    """The reads of an `OfferSnapshot`, added to a feature-store request's round trip (`read_request(extra=)`).
+
+    On one Redis they are one read-only script (`_SNAPSHOT`); on a Redis Cluster (`holds_due` set), where a
+    member's and the offers' keys live in different slots, one command per key."""
 
     def __init__(self, keys: Keys, member_id: str, offers: Sequence[Offer], since: float,
                  request_id: str | None, holds_due: float | None = None) -> None:
@@ -454,13 +482,32 @@ class SnapshotRead:
 
     def queue(self, batch: Batch, _generation_keys: Keys | None = None) -> None:
         """Durable keys: the same whatever generation the feature store reads."""
+        if self.holds_due is not None:
+            self._queue_commands(batch)
+            return
+        contacts = self.keys.contacts(self.member_id)
+        decision = [] if self.request_id is None else [self.keys.offer_decision(self.request_id)]
+        keys = [contacts, *decision, *(self.keys.offer_budget(o.id) for o in self.offers)]
+        batch.pipe.eval(_SNAPSHOT, len(keys), *keys, self.since, int(bool(decision)))
+
+        def parse(r: list[Any]) -> None:
+            raw, stored = r[0][0], r[0][1] if decision else None
+            budgets = r[0][1 + len(decision):]
+            self._result = OfferSnapshot(
+                parse_contacts(contacts, list(zip(raw[0::2], map(float, raw[1::2]), strict=True)), self.since),
+                {o.id: _usage_of(b) for o, b in zip(self.offers, budgets, strict=True)},
+                None if stored is None else StoredDecision.from_json(stored))
+
+        batch.add(1, parse)
+
+    def _queue_commands(self, batch: Batch) -> None:
         contacts = self.keys.contacts(self.member_id)
         batch.pipe.zrangebyscore(contacts, self.since, "+inf", withscores=True)
         for o in self.offers:
             batch.pipe.hgetall(self.keys.offer_budget(o.id))
         if self.request_id is not None:
             batch.pipe.get(self.keys.offer_decision(self.request_id))
-        due = [] if self.holds_due is None else list(self.offers)
+        due = list(self.offers)
         for o in due:
             batch.pipe.zcount(self.keys.offer_holds(o.id), "-inf", self.holds_due)
 

@@ -25,7 +25,7 @@ from omnirec.feature_store.reader import AsyncFeatureReader
 from omnirec.offers.catalogue import CatalogueSource
 from omnirec.offers.config import OfferConfig
 from omnirec.offers.decision_log import DecisionLog
-from omnirec.offers.engine import CouponDecision, OfferEngine
+from omnirec.offers.engine import REFERENCE_ITEMS, CouponDecision, OfferEngine, affinity, reference_rows
 from omnirec.offers.policy import Rule, in_holdout
 from omnirec.offers.store import CouponStatus, OfferStore
 from omnirec.offers.uplift import UpliftScores
@@ -289,12 +289,14 @@ def test_catalogue_reload_takes_effect_in_the_engine(make_engine: EngineFactory,
 
 
 class FakeModel:
-    """A model whose member likes skincare (i1) most and kitchen (i4) least."""
+    """A model whose member likes skincare (i1) most and kitchen (i4) least: one factor per item, the
+    member's factor is 1, so an item's score is its factor."""
 
     items = IdMap.from_ids(["i1", "i2", "i3", "i4", "i5"])
+    item_factors = np.array([[0.9], [0.5], [0.3], [0.0], [0.2]], dtype=np.float32)
 
-    def member_scores(self, member_id: str) -> np.ndarray | None:
-        return np.array([0.9, 0.5, 0.3, 0.0, 0.2]) if member_id == "fan" else None
+    def member_vector(self, member_id: str) -> np.ndarray | None:
+        return np.ones(1, np.float32) if member_id == "fan" else None
 
 
 def test_affinity_from_the_serving_model_ranks_targets(make_engine: EngineFactory) -> None:
@@ -312,6 +314,23 @@ def test_affinity_from_the_serving_model_ranks_targets(make_engine: EngineFactor
 
     drive(engine, body)
     assert [r["model_version"] for r in engine.log.records()] == ["model-7", "model-7"]
+
+
+def test_affinity_among_the_reference_items_is_the_quantile_among_all_items() -> None:
+    """A small catalogue is its own reference (exact); a large one is ranked among an even spread of
+    `REFERENCE_ITEMS`, within a few standard errors of the exact quantile."""
+    assert reference_rows(5).tolist() == [0, 1, 2, 3, 4]
+    rng = np.random.default_rng(0)
+    factors = rng.standard_normal((100_000, 16)).astype(np.float32)
+    rows = reference_rows(len(factors))
+    assert len(np.unique(rows)) == REFERENCE_ITEMS and rows[0] == 0 and rows[-1] == len(factors) - 1
+    errors = []
+    for _ in range(50):
+        taste = rng.standard_normal(16).astype(np.float32)
+        target = factors[rng.choice(len(factors), 300, replace=False)] @ taste
+        exact = float(np.mean(factors @ taste < target.max()))
+        errors.append(abs(affinity(factors[rows] @ taste, target) - exact))
+    assert max(errors) < 0.03 and float(np.mean(errors)) < 0.01
 
 
 def test_uplift_scores_keep_coupons_from_sure_things(make_engine: EngineFactory, tmp_path: Path) -> None:
