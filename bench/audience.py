@@ -131,7 +131,7 @@ def main() -> None:
     materialize(data_dir, redis_config, TierLadder(), LifecycleRules(), now=time.time(), progress=True)
     stages: mp.Queue = mp.get_context("spawn").Queue()
     server = mp.get_context("spawn").Process(target=_serve, args=(data_dir, args.redis_url, namespace, args.dim,
-                                                                  args.port, stages), daemon=True)
+                                                                  args.port, stages))
     server.start()
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{args.port}",
