@@ -194,6 +194,7 @@ class ReadPlans:
         self.config = config
         self.base = Keys(config.namespace, schema=SCHEMA_VERSION)
         self._generation: int | None = None
+        self.cluster = config.cluster or (config.url or "").startswith("redis+cluster")
 
     def generation(self) -> Plan[int]:
         batch = Batch("read pointer")
@@ -240,7 +241,7 @@ class ReadPlans:
                 batch.pipe.get(k.anon_recent(anonymous_id))
                 batch.add(2, lambda r: out.update(linked=r[0], anon_recent=tuple(unpack(r[1]))))
             self._queue_items(batch, k, list(item_ids), store, out)
-            self._queue_selections(batch, k, selections, store, out)
+            self._queue_selections(batch, k, selections, store, out, self.cluster)
             if extra is not None:
                 extra(batch, k)
 
@@ -253,11 +254,12 @@ class ReadPlans:
                 out.update(anon_recent=())
                 self._queue_member(batch, k, resolved, member_lists, out)
                 self._queue_items(batch, k, list(item_ids), store, out)  # again: one generation per answer
-                self._queue_selections(batch, k, selections, store, out)
+                self._queue_selections(batch, k, selections, store, out, self.cluster)
                 if extra is not None:
                     extra(batch, k)
 
             generation = yield from self._consistent(queue_linked, "read_request")
+        yield from self._selections_in_stock(self.base.at(generation), store, out)
         who = member_id or resolved
         return RequestFeatures(
             generation=generation, member_id=who, anonymous_id=anonymous_id,
@@ -297,9 +299,28 @@ class ReadPlans:
 
     @staticmethod
     def _queue_selections(batch: Batch, k: Keys, selections: Sequence[ItemSelection], store: str,
-                          out: dict[str, Any]) -> None:
+                          out: dict[str, Any], cluster: bool = False) -> None:
         out["selections"] = ()
+        out.pop("selection_ids", None)
         if not selections:
+            return
+        lists = [s.lists(k) for s in selections]
+        if cluster and any(lists):  # a list and the stock hash are two slots: read the lists now, the stock next
+            for keys in lists:
+                for key in keys:
+                    batch.pipe.get(key)
+
+            def parse_lists(r: list[Any]) -> None:
+                at, found = 0, []
+                for s, keys in zip(selections, lists, strict=True):
+                    ids = dict.fromkeys(s.item_ids)
+                    for raw in r[at:at + len(keys)]:
+                        ids.update(dict.fromkeys(unpack(raw)))
+                    at += len(keys)
+                    found.append(tuple(ids))
+                out["selection_ids"] = found
+
+            batch.add(sum(map(len, lists)), parse_lists)
             return
         keys, args = [k.stock(store)], [len(selections)]
         for s in selections:
@@ -308,6 +329,21 @@ class ReadPlans:
             args += [len(s.item_ids), len(lists), *s.item_ids]
         batch.pipe.eval(_ANY_IN_STOCK, len(keys), *keys, *args)
         batch.add(1, lambda r: out.update(selections=tuple(bool(f) for f in r[0])))
+
+    @staticmethod
+    def _selections_in_stock(k: Keys, store: str, out: dict[str, Any]) -> Plan[None]:
+        """Redis Cluster, selections with category or brand lists: a second round trip checks the listed ids
+        against the store's stock in the stock's slot (the same script, the ids sent as arguments)."""
+        selection_ids = out.pop("selection_ids", None)
+        if selection_ids is None:
+            return
+        args: list[object] = [len(selection_ids)]
+        for ids in selection_ids:
+            args += [len(ids), 0, *ids]
+        batch = Batch("selections in stock")
+        batch.pipe.eval(_ANY_IN_STOCK, 1, k.stock(store), *args)
+        batch.add(1, lambda r: out.update(selections=tuple(bool(f) for f in r[0])))
+        yield batch
 
     def selection_items(self, selections: Sequence[ItemSelection]) -> Plan[tuple[int, list[tuple[str, ...]]]]:
         """(generation, the item ids of each selection): the catalogue behind offer targets, read once per

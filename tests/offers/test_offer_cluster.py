@@ -10,22 +10,27 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from cluster import LocalCluster
 from redis.cluster import RedisCluster
 
+from omnirec.domain.lifecycle import LifecycleRules
+from omnirec.domain.schema import EVENT_SCHEMA
+from omnirec.domain.tiers import TierLadder
 from omnirec.domain.vocab import Channel
 from omnirec.feature_store.config import RedisConfig
 from omnirec.feature_store.connection import connect_async
 from omnirec.feature_store.keys import Keys
+from omnirec.feature_store.live import LiveUpdater
 from omnirec.feature_store.reader import AsyncFeatureReader
 from omnirec.offers.catalogue import CatalogueSource
 from omnirec.offers.config import OfferConfig
 from omnirec.offers.decision_log import DecisionLog
 from omnirec.offers.engine import CouponDecision, OfferEngine
-from omnirec.offers.policy import Rule
+from omnirec.offers.policy import Rule, in_holdout
 from omnirec.offers.store import OfferStore
-from tests.offers.conftest import NOW, drive, materialise
+from tests.offers.conftest import NOW, drive, materialise, member
 from tests.offers.test_offer_engine import many_members, single_offer
 
 RESERVATION_S = 30.0
@@ -128,6 +133,9 @@ def test_a_request_id_is_bound_to_its_request_on_the_cluster(make_cluster_engine
 KILLED_CLIENT = """
 import asyncio, os, signal, sys
 from pathlib import Path
+from omnirec.domain.lifecycle import LifecycleRules
+from omnirec.domain.schema import EVENT_SCHEMA
+from omnirec.domain.tiers import TierLadder
 from omnirec.domain.vocab import Channel
 from omnirec.feature_store.config import RedisConfig
 from omnirec.feature_store.connection import connect_async
@@ -242,5 +250,31 @@ base_response = 0.2
         assert (await engine.store.usage("evening")).issued == 3
         contacts = [await engine.store.contacts(m.member_id, NOW - 1) for m in members]
         assert sorted(len(c.contacts) for c in contacts) == [0, 0, 0, 1, 1, 1]
+
+    drive(engine, body)
+
+
+def test_category_targets_read_live_stock_on_the_cluster(make_cluster_engine: ClusterEngine,
+                                                         cluster_client: RedisCluster, cluster_config: RedisConfig,
+                                                         catalogue_path: Path) -> None:
+    """A category's item list and a store's stock are two slots: the in-stock check takes a second round trip."""
+    m = next(f"k{i}" for i in range(100) if not in_holdout("kitchen-5off25", f"k{i}", 0.1))
+    engine = make_cluster_engine([member(m)], catalogue_path)
+
+    def rules(result) -> dict[str, str]:  # type: ignore[no-untyped-def]
+        return {e.offer_id: e.rule for e in result.ranking.excluded}
+
+    async def body() -> None:
+        assert rules(await engine.next_best_offer(m, Channel.POS, "s1", k=10))["kitchen-5off25"] == Rule.OUT_OF_STOCK
+        assert "kitchen-5off25" not in rules(await engine.next_best_offer(m, Channel.APP, None, k=10))
+        sold_out = pa.table({"member_id": ["someone"], "anonymous_id": [None], "item_id": ["i4"], "channel": ["web"],
+                             "event_type": ["purchase"], "store_id": [None], "quantity": [5], "price": [30.0],
+                             "ts": [int(NOW)]}, schema=EVENT_SCHEMA)
+        LiveUpdater(cluster_client, cluster_config, TierLadder(), LifecycleRules()).apply(sold_out)
+        after = await engine.next_best_offer(m, Channel.APP, None, k=10)
+        assert rules(after)["kitchen-5off25"] == Rule.OUT_OF_STOCK
+        decision = await engine.decide_coupon("cat-1", m, Channel.APP, None, ["i1"], 30.0)
+        assert decision.reason != "" and (await engine.decide_coupon("cat-1", m, Channel.APP, None, ["i1"],
+                                                                      30.0)).replayed
 
     drive(engine, body)
