@@ -253,6 +253,23 @@ def materialize(
     console.print(table)
 
 
+@app.command("migrate-durable")
+def migrate_durable(config: ConfigOpt = None) -> None:
+    """Move wallets, ledgers, budgets, links and the pointer from the v1 durable layout to v2 (hash-tagged for
+    Redis Cluster); run with the service and materialisation stopped (feature_store/FORMAT.md)."""
+    from omnirec.feature_store.connection import connect
+    from omnirec.feature_store.embedded import embedded
+    from omnirec.feature_store.migrate import migrate_durable_v1
+
+    cfg = _setup(config)
+    with embedded(cfg.redis) as redis_config:
+        client = connect(redis_config, socket_timeout_s=30.0)
+        report = migrate_durable_v1(client, redis_config.namespace)
+        client.close()
+    console.print(f"moved {report.moved:,} durable records to v2; {report.skipped_claims:,} v1 dedup claims left to "
+                  f"expire; {report.conflicts:,} kept because their v2 key already existed")
+
+
 @app.command("train-uplift")
 def train_uplift(
     data: Annotated[Path | None, typer.Option(help="Folder with the retail and coupon exposure Parquet files.")] = None,
