@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -27,7 +28,8 @@ from omnirec.domain.readers import IDENTITY_FILE, Interactions
 from omnirec.domain.vocab import Col
 from omnirec.spark.config import SparkConfig
 from omnirec.spark.session import event_paths, read_events, session
-from omnirec.training.config import TrainConfig
+from omnirec.training.als_objective import SparkALSParams, spark_params
+from omnirec.training.config import ALSSettings, TrainConfig
 from omnirec.training.models.base import TrainSet
 from omnirec.training.models.factorization import FactorizationRecommender
 from omnirec.training.weighting import MIN_CONFIDENCE, WeightRules
@@ -86,21 +88,18 @@ def _factors(frame: DataFrame, n: int, rank: int) -> np.ndarray:
 
 class SparkALSRecommender(FactorizationRecommender):
     """`pyspark.ml.recommendation.ALS` with implicit preferences on the confidences Spark computes from
-    the event log; `implicit`'s parameters (factors, alpha, iterations) map onto MLlib's (rank, alpha,
-    maxIter). MLlib multiplies regParam by each member's (and item's) pair count (ALS-WR), `implicit` does
-    not, so `regularization` is divided by the mean pairs per member: on average a member's solve gets the
-    same penalty in both engines (bench/spark_scale.py compares their NDCG)."""
+    the event log, with `[train.als]` mapped onto MLlib's parameters by `training.als_objective` (the same
+    objective `implicit` fits locally; regParam depends on the pair and row counts, so it is set at fit)."""
 
     name = "als"
 
     def __init__(self, spark: SparkSession, events: DataFrame, rules: WeightRules, seed: int = 0,
-                 factors: int = 32, regularization: float = 2.0, alpha: float = 3.0, iterations: int = 15) -> None:
+                 **settings: Any) -> None:
         self.spark, self.events, self.rules = spark, events, rules
-        self.regularization, self.rank = regularization, factors
-        blocks = spark.sparkContext.defaultParallelism
-        self.als = ALS(rank=factors, alpha=alpha, maxIter=iterations, implicitPrefs=True, seed=seed,
-                       numUserBlocks=blocks, numItemBlocks=blocks,
-                       userCol=MEMBER_IDX, itemCol=ITEM_IDX, ratingCol=CONFIDENCE)
+        self.settings = ALSSettings(**settings)
+        self.seed = seed
+        self.params: SparkALSParams | None = None
+        """What the last fit gave MLlib."""
 
     def fit(self, data: TrainSet) -> None:
         """Fit on the events of `data` (those up to its `now_ts`), weighted by Spark; `data.matrix` is
@@ -109,12 +108,17 @@ class SparkALSRecommender(FactorizationRecommender):
             raise ValueError("SparkALSRecommender needs TrainSet.now_ts, the newest event it may learn from")
         n_members, n_items = data.matrix.shape
         pairs = confidences(self.events, self.rules, data.now_ts).cache()
-        counts = pairs.agg(F.count(F.lit(1)), F.countDistinct(MEMBER_IDX)).first()
-        self.als.setRegParam(self.regularization * counts[1] / max(counts[0], 1))
-        model = self.als.fit(pairs)
+        counts = pairs.agg(F.count(F.lit(1)), F.countDistinct(MEMBER_IDX), F.countDistinct(ITEM_IDX)).first()
+        self.params = spark_params(self.settings, pairs=counts[0], members=counts[1], items=counts[2])
+        blocks = self.spark.sparkContext.defaultParallelism
+        als = ALS(rank=self.params.rank, alpha=self.params.alpha, regParam=self.params.reg_param,
+                  maxIter=self.params.max_iter, implicitPrefs=True, seed=self.seed,
+                  numUserBlocks=blocks, numItemBlocks=blocks, userCol=MEMBER_IDX, itemCol=ITEM_IDX,
+                  ratingCol=CONFIDENCE)
+        model = als.fit(pairs)
         pairs.unpersist()
-        self.member_factors = _factors(model.userFactors, n_members, self.rank)
-        self.item_factors = _factors(model.itemFactors, n_items, self.rank)
+        self.member_factors = _factors(model.userFactors, n_members, self.params.rank)
+        self.item_factors = _factors(model.itemFactors, n_items, self.params.rank)
 
 
 def spark_als(config: TrainConfig, spark_config: SparkConfig, data_dir: Path,

@@ -10,10 +10,13 @@ from abc import abstractmethod
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
 from implicit.cpu.bpr import BayesianPersonalizedRanking
 from threadpoolctl import threadpool_limits
 
+from omnirec.training.als_objective import implicit_kwargs, implicit_matrix
+from omnirec.training.config import ALSSettings
 from omnirec.training.models.base import Recommender, TrainSet
 
 
@@ -39,21 +42,34 @@ class ImplicitRecommender(FactorizationRecommender):
     def _model(self) -> AlternatingLeastSquares | BayesianPersonalizedRanking:
         """A fresh, unfitted `implicit` model built from `self.params`."""
 
+    def _matrix(self, matrix: sp.csr_matrix) -> sp.csr_matrix:
+        """What the `implicit` model is fitted on: the confidence matrix as it is, unless a subclass's
+        model reads its values differently."""
+        return matrix
+
     def fit(self, data: TrainSet) -> None:
         with threadpool_limits(1, "blas"):
             model = self._model()
-            model.fit(data.matrix, show_progress=False)
+            model.fit(self._matrix(data.matrix), show_progress=False)
         self.member_factors = np.ascontiguousarray(model.user_factors, dtype=np.float32)
         self.item_factors = np.ascontiguousarray(model.item_factors, dtype=np.float32)
 
 
 class ALSRecommender(ImplicitRecommender):
-    """Implicit-feedback ALS (Hu, Koren, Volinsky 2008): confidence 1 + alpha * matrix value."""
+    """Implicit-feedback ALS (Hu, Koren, Volinsky 2008) with confidence 1 + alpha * matrix value, given to
+    `implicit` as `training.als_objective` maps it (the same objective Spark MLlib fits)."""
 
     name = "als"
 
+    def __init__(self, seed: int = 0, **params: Any) -> None:
+        super().__init__(seed, **params)
+        self.settings = ALSSettings(**params)
+
+    def _matrix(self, matrix: sp.csr_matrix) -> sp.csr_matrix:
+        return implicit_matrix(matrix, self.settings)
+
     def _model(self) -> AlternatingLeastSquares:
-        return AlternatingLeastSquares(random_state=self.seed, **self.params)
+        return AlternatingLeastSquares(random_state=self.seed, **implicit_kwargs(self.settings))
 
 
 class BPRRecommender(ImplicitRecommender):
