@@ -73,18 +73,21 @@ def _scrape(port: int, stop: threading.Event) -> None:
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14 and 15 of stat)
+
+
 def worker_cpu_s(parent: int) -> float:
     """User + system CPU seconds of `parent`'s child processes (the serving workers) so far."""
-    total = 0
-    for pid in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return total / os.sysconf("SC_CLK_TCK")
+    return sum(cpu_s(int(pid)) for pid in Path(f"/proc/{parent}/task/{parent}/children").read_text().split())
 
 
 def run_variant(config: OmnirecConfig, kinds: tuple[str, ...], args: argparse.Namespace, api_key: str,
-                member_ids: object) -> dict[str, tuple[float, float]]:
-    """kind -> (QPS, worker CPU microseconds per request)."""
+                member_ids: object) -> dict[str, tuple[float, float, float]]:
+    """kind -> (QPS, worker CPU microseconds per request, the serving parent's CPU milliseconds per second: what
+    answering the scrapes costs it, on cores it shares with the workers)."""
     server = multiprocessing.get_context("spawn").Process(target=_serve, args=(config,))
     server.start()
     stop = threading.Event()
@@ -96,11 +99,13 @@ def run_variant(config: OmnirecConfig, kinds: tuple[str, ...], args: argparse.Na
             scraper = threading.Thread(target=_scrape, args=(config.service.metrics_port, stop), daemon=True)
             scraper.start()
         out = {}
+        pid: int = server.pid  # type: ignore[assignment]
         for kind in kinds:
-            cpu = worker_cpu_s(server.pid)  # type: ignore[arg-type]
+            cpu, parent, start = worker_cpu_s(pid), cpu_s(pid), time.perf_counter()
             row = asyncio.run(measure(target, kind, [args.in_flight], args.seconds, api_key, member_ids,
                                       args.connections))[0]
-            out[kind] = (row["qps"], (worker_cpu_s(server.pid) - cpu) * 1e6 / row["requests"])  # type: ignore[arg-type]
+            out[kind] = (row["qps"], (worker_cpu_s(pid) - cpu) * 1e6 / row["requests"],
+                         (cpu_s(pid) - parent) * 1e3 / (time.perf_counter() - start))
         return out
     finally:
         stop.set()
@@ -122,7 +127,8 @@ class _Context:
 
 
 def hook_cost(rounds: int, calls: int) -> dict[str, list[float]]:
-    """Microseconds the interceptor spends per Recommend call, metrics off vs on (access log off)."""
+    """CPU microseconds the interceptor spends per Recommend call, metrics off vs on (access log off), with
+    one flush of the recorded metrics per run."""
     import tempfile
 
     from omnirec.service import metrics
@@ -141,12 +147,13 @@ def hook_cost(rounds: int, calls: int) -> dict[str, list[float]]:
             if variant == "metrics":
                 metrics.enable(Path(tempfile.mkdtemp(prefix="omnirec-bench-")))
             method = _Method("/omnirec.v1.RecommendationService/Recommend", "unary", LoggingConfig(access_log="off"))
-            start = time.perf_counter()
+            start = time.process_time()  # this process's CPU: what the neighbours' load moves least
             for _ in range(calls):
                 call = method.begin(context)  # type: ignore[arg-type]
                 call.ctx.request = request
                 call.end(context, response, None)  # type: ignore[arg-type]
-            out[variant].append((time.perf_counter() - start) * 1e6 / calls)
+            metrics.flush()  # a worker flushes once a second, so this overstates the flush's share
+            out[variant].append((time.process_time() - start) * 1e6 / calls)
             metrics.disable()
     return out
 
@@ -174,25 +181,35 @@ def main() -> None:
     member_ids = members.to_numpy(zero_copy_only=False).astype(str)
     qps: dict[str, dict[str, list[float]]] = {v: {k: [] for k in KINDS} for v in VARIANTS}
     cpu: dict[str, dict[str, list[float]]] = {v: {k: [] for k in KINDS} for v in VARIANTS}
+    parent: dict[str, dict[str, list[float]]] = {v: {k: [] for k in KINDS} for v in VARIANTS}
+    load = [os.getloadavg()]
     for r in range(args.rounds):
         for variant in VARIANTS if r % 2 == 0 else tuple(reversed(VARIANTS)):
             config = variant_config(base, variant, _free_port())
-            for kind, (value, us) in run_variant(config, KINDS, args, api_key, member_ids).items():
+            for kind, (value, us, ms) in run_variant(config, KINDS, args, api_key, member_ids).items():
                 qps[variant][kind].append(value)
                 cpu[variant][kind].append(us)
-                print(f"round {r}: {variant:<17} {kind:<22} {value:>8,.0f} QPS {us:>7.0f} us CPU/request", flush=True)
+                parent[variant][kind].append(ms)
+                print(f"round {r}: {variant:<17} {kind:<22} {value:>8,.0f} QPS {us:>7.0f} us CPU/request "
+                      f"parent {ms:>5.1f} ms CPU/s  load {os.getloadavg()[0]:.2f}", flush=True)
+        load.append(os.getloadavg())
 
     results: dict[str, object] = {"machine": f"{platform.machine()}, {os.cpu_count()} cpus",
                                   "workers": base.service.workers, "in_flight": args.in_flight,
                                   "connections": args.connections, "seconds": args.seconds, "rounds": args.rounds,
-                                  "qps": qps, "worker_cpu_us_per_request": cpu}
-    print(f"\n{'variant':<17} {'kind':<22} {'CPU us/req':>10} {'vs off':>7} {'QPS':>7} {'vs off':>7}  CPU runs")
+                                  "qps": qps, "worker_cpu_us_per_request": cpu, "parent_cpu_ms_per_s": parent,
+                                  "load_average_1_5_15": load}
+    print(f"\n{'variant':<17} {'kind':<22} {'CPU us/req':>10} {'vs off':>7} {'QPS':>7} {'vs off':>7} "
+          f"{'parent ms/s':>11}  CPU runs")
     for variant in VARIANTS:
         for kind in KINDS:
             us, q = statistics.median(cpu[variant][kind]), statistics.median(qps[variant][kind])
             runs = ", ".join(f"{c:.0f}" for c in cpu[variant][kind])
             print(f"{variant:<17} {kind:<22} {us:>10.0f} {us / statistics.median(cpu['off'][kind]):>7.1%} "
-                  f"{q:>7,.0f} {q / statistics.median(qps['off'][kind]):>7.1%}  {runs}")
+                  f"{q:>7,.0f} {q / statistics.median(qps['off'][kind]):>7.1%} "
+                  f"{statistics.median(parent[variant][kind]):>11.1f}  {runs}")
+    print("load average (1, 5, 15 min) before and after each round: "
+          + "; ".join(", ".join(f"{x:.2f}" for x in la) for la in load))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2))
     print(f"wrote {RESULTS}")

@@ -56,6 +56,9 @@ class ServiceConfig(BaseModel):
     metrics_port: int | None = Field(None, ge=0, le=65535)
     """Prometheus metrics of all workers on `http://host:metrics_port/metrics`, served by the parent; None or
     0: no metrics (and no cost: the hooks are no-ops)."""
+    metrics_flush_interval_s: float = Field(1.0, gt=0)
+    """Each worker records its metrics in memory and writes them to the files the parent serves this often
+    (and when it stops): a scrape lags by at most this, and a worker killed outright loses at most this much."""
     audience_nice: int = Field(10, ge=0, le=19)
     """`nice` increment of the audience process (`omnirec.service.audience_process`): campaign pulls get
     the CPU the serving workers leave, so real-time latency holds while an audience streams."""

@@ -5,6 +5,16 @@ prometheus_client's multi-process mode: the serving parent picks a fresh directo
 (`serve_http`) sums them at scrape time; a worker that exits is marked dead (`worker_exited`) so its live
 gauges disappear while its counters stay in the totals.
 
+A hook does not write those files itself: a multi-process increment takes a lock, a `getpid` and an mmap
+write, and a request made five of them (started, handled, the histogram's sum and bucket, the answer), a
+sixth of the interceptor's CPU time. Hooks add to plain Python numbers held per label set instead
+(`Count`, `Timing`, `Level`, looked up once per label set and kept by the caller when it is hot), and
+`flush` writes what changed since the last flush; each worker flushes every `[service]
+metrics_flush_interval_s` (`flush_every`) and once more when it stops, so a scrape is at most one interval
+behind and a worker killed outright loses at most that interval's counts. The numbers are only ever
+updated on the worker's event loop thread; a flush from another thread is safe (each value has one
+writer, the flush keeps its own watermark).
+
 Names follow the ecosystem: `grpc_server_*` as go-grpc-prometheus and py-grpc-prometheus export them
 (recorded by `service.telemetry.TelemetryInterceptor`), `omnirec_*` for the service's own. Times are
 exported as Unix timestamps (`*_timestamp_seconds`), not ages, so a worker that stops updating one still
@@ -18,10 +28,13 @@ the request once the request has that enum field.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+import threading
+from bisect import bisect_left
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server, values
@@ -39,10 +52,81 @@ RESTARTS = "omnirec_worker_restarts"
 """Counted by the serving parent itself, outside `ServiceMetrics` (see `worker_restarted`)."""
 
 
+class Count:
+    """A counter child's total in this process; `flush` adds what it gained since the last flush."""
+
+    __slots__ = ("_child", "_written", "n")
+
+    def __init__(self, child: Counter) -> None:
+        self._child = child
+        self._written = 0.0
+        self.n = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.n += amount
+
+    def flush(self) -> None:
+        n = self.n
+        if n != self._written:
+            self._child.inc(n - self._written)
+            self._written = n
+
+
+class Timing:
+    """A histogram child's observations in this process, per bucket (not cumulative, as prometheus_client
+    stores them); `flush` adds each bucket's and the sum's gain since the last flush."""
+
+    __slots__ = ("_child", "_bounds", "_written", "_written_sum", "counts", "sum")
+
+    def __init__(self, child: Histogram) -> None:
+        self._child = child
+        self._bounds = child._upper_bounds  # ends with +Inf, so every value has a bucket
+        self.counts = [0] * len(self._bounds)
+        self._written = [0] * len(self._bounds)
+        self.sum = self._written_sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self._bounds, value)] += 1  # the first bound >= value, as `Histogram.observe`
+        self.sum += value
+
+    def flush(self) -> None:
+        counts, total = list(self.counts), self.sum
+        if counts == self._written:
+            return
+        # prometheus_client's own per-bucket and sum values (what `Histogram.observe` increments).
+        for bucket, now, before in zip(self._child._buckets, counts, self._written, strict=True):
+            if now != before:
+                bucket.inc(now - before)
+        self._child._sum.inc(total - self._written_sum)
+        self._written, self._written_sum = counts, total
+
+
+class Level:
+    """A gauge child's latest value in this process; `flush` writes it when it changed."""
+
+    __slots__ = ("_child", "_written", "value")
+
+    def __init__(self, child: Gauge) -> None:
+        self._child = child
+        self._written: float | None = None
+        self.value: float | None = None
+
+    def set(self, value: float) -> None:
+        self.value = value
+
+    def flush(self) -> None:
+        value = self.value
+        if value is not None and value != self._written:
+            self._child.set(value)
+            self._written = value
+
+
+
 @dataclass(frozen=True)
 class ServiceMetrics:
     """Every metric a worker records; each worker creates its own on first use, after the fork (created in
-    the parent, the live gauges would also list the parent's pid, with zeros)."""
+    the parent, the live gauges would also list the parent's pid, with zeros). Hooks record through
+    `count`, `timing` and `level`, whose values `flush` writes to the multi-process files."""
 
     started: Counter
     handled: Counter
@@ -59,6 +143,33 @@ class ServiceMetrics:
     coupons: Counter
     budget_spent: Gauge
     budget_limit: Gauge
+    _children: dict[tuple[object, tuple[str, ...]], Count | Timing | Level] = field(
+        default_factory=dict, repr=False, compare=False)
+    _flushing: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def count(self, counter: Counter, *labels: str) -> Count:
+        child = self._children.get((counter, labels))
+        if child is None:
+            child = self._children[counter, labels] = Count(counter.labels(*labels) if labels else counter)
+        return child  # type: ignore[return-value]
+
+    def timing(self, histogram: Histogram, *labels: str) -> Timing:
+        child = self._children.get((histogram, labels))
+        if child is None:
+            child = self._children[histogram, labels] = Timing(histogram.labels(*labels) if labels else histogram)
+        return child  # type: ignore[return-value]
+
+    def level(self, gauge: Gauge, *labels: str) -> Level:
+        child = self._children.get((gauge, labels))
+        if child is None:
+            child = self._children[gauge, labels] = Level(gauge.labels(*labels) if labels else gauge)
+        return child  # type: ignore[return-value]
+
+    def flush(self) -> None:
+        """Write what every label set gained or changed since the last flush to this process's files."""
+        with self._flushing:
+            for child in list(self._children.values()):
+                child.flush()
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> ServiceMetrics:
@@ -170,42 +281,55 @@ def worker_restarted() -> None:
     _restarts.inc()
 
 
+def flush() -> None:
+    """Write this process's recorded values now (a worker's last act, and tests that read the files)."""
+    if _metrics is not None:
+        _metrics.flush()
+
+
+async def flush_every(interval_s: float) -> None:
+    """A worker's background task: `flush` every `interval_s` until cancelled."""
+    while True:
+        await asyncio.sleep(interval_s)
+        flush()
+
+
 def feature_read(read: str, seconds: float, timed_out: bool) -> None:
     if (m := current()) is not None:
-        m.feature_read.labels(read).observe(seconds)
+        m.timing(m.feature_read, read).observe(seconds)
         if timed_out:
-            m.feature_timeouts.labels(read).inc()
+            m.count(m.feature_timeouts, read).inc()
 
 
 def model_loaded(version: str, created_at: float | None) -> None:
     """A worker started serving a bundle (at start-up or on hot swap)."""
     if (m := current()) is not None:
         if version.isdigit():
-            m.model_version.set(int(version))
+            m.level(m.model_version).set(int(version))
         if created_at is not None:
-            m.model_created.set(created_at)
+            m.level(m.model_created).set(created_at)
 
 
 def feature_generation(generation: int, switched_at: float | None) -> None:
     if (m := current()) is not None:
-        m.feature_generation.set(generation)
+        m.level(m.feature_generation).set(generation)
         if switched_at is not None:
-            m.feature_generation_time.set(switched_at)
+            m.level(m.feature_generation_time).set(switched_at)
 
 
 def event_log_pending(kind: str, rows: int) -> None:
     if (m := current()) is not None:
-        m.event_log_pending.labels(kind).set(rows)
+        m.level(m.event_log_pending, kind).set(rows)
 
 
 def coupon_decided(issued: bool, reason: str) -> None:
     if (m := current()) is not None:
-        m.coupons.labels("issued" if issued else "refused", reason).inc()
+        m.count(m.coupons, "issued" if issued else "refused", reason).inc()
 
 
 def offer_budget(offer_id: str, unit: str, spent: float, limit: float | None) -> None:
     """`unit` is `count` (coupons issued) or `money` (reserved); `limit` None: unlimited in that unit."""
     if (m := current()) is not None:
-        m.budget_spent.labels(offer_id, unit).set(spent)
+        m.level(m.budget_spent, offer_id, unit).set(spent)
         if limit is not None:
-            m.budget_limit.labels(offer_id, unit).set(limit)
+            m.level(m.budget_limit, offer_id, unit).set(limit)

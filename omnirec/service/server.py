@@ -111,6 +111,7 @@ class ServingState:
         if metrics.current() is not None:
             self.watch(self._watch_features(interval))
             self.watch(self._report_budgets(interval))
+            self.watch(metrics.flush_every(self.config.service.metrics_flush_interval_s))
 
     def watch(self, task: Coroutine[None, None, None]) -> None:
         """Run a background task until the worker closes."""
@@ -176,6 +177,7 @@ class ServingState:
         await self.features.close()
         if self.tracing is not None:
             self.tracing.close()
+        metrics.flush()  # after the drain: the last calls' counts
 
 
 def service_specs(state: ServingState) -> list[ServiceSpec]:

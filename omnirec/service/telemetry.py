@@ -64,15 +64,26 @@ def _status(context: grpc.aio.ServicerContext, error: BaseException | None) -> g
     return grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
 
 
-def _enum_name(message: object, field: str, prefix: str) -> str | None:
-    """The name of an enum field's value, lower-cased without its prefix (`INTENT_NEXT_BASKET` -> `next_basket`)."""
-    if not isinstance(message, Message):
-        return None
-    descriptor = message.DESCRIPTOR.fields_by_name.get(field)
+def _intent_names(request: object) -> dict[int, str] | None:
+    """The value names of a request's `intent` enum, lower-cased without their prefix (`INTENT_NEXT_BASKET` ->
+    `next_basket`); None for requests without that field."""
+    descriptor = request.DESCRIPTOR.fields_by_name.get("intent") if isinstance(request, Message) else None
     if descriptor is None or descriptor.enum_type is None:
         return None
-    value = descriptor.enum_type.values_by_number.get(getattr(message, field))
-    return value.name.removeprefix(prefix).lower() if value is not None else None
+    return {v.number: v.name.removeprefix("INTENT_").lower() for v in descriptor.enum_type.values}
+
+
+_INTENTS: dict[type, dict[int, str] | None] = {}
+"""Request type -> `_intent_names`, built on a type's first call (descriptor lookups cost more than the rest)."""
+
+
+def _intent(request: object) -> str:
+    """The request's intent; `default` for requests without the field (or a value this build does not know)."""
+    kind = type(request)
+    if kind not in _INTENTS:
+        _INTENTS[kind] = _intent_names(request)
+    names = _INTENTS[kind]
+    return "default" if names is None else names.get(request.intent, "default")  # type: ignore[attr-defined]
 
 
 _REASONS = {v.number: v.name.removeprefix("REASON_").lower() for v in common_pb2.Reason.DESCRIPTOR.values}
@@ -113,37 +124,37 @@ def _answer_fields(request: object, response: Message | None, member_ids: bool) 
 
 
 class _Method:
-    """What one method's calls share: its labels, its metric children, how its calls are logged."""
+    """What one method's calls share: its labels, its metric values, how its calls are logged."""
 
     def __init__(self, method: str, grpc_type: str, config: LoggingConfig) -> None:
         service, _, self.name = method.lstrip("/").partition("/")
         self.config = config
-        self.metrics = metrics.current()
+        self.metrics = m = metrics.current()
         self.labels = (grpc_type, service, self.name)
-        self.started = self.metrics.started.labels(*self.labels) if self.metrics else None
-        self.handling = self.metrics.handling.labels(*self.labels) if self.metrics else None
-        # Label children looked up once each: a lookup costs more than the increment itself.
-        self._handled: dict[grpc.StatusCode, Any] = {}
-        self._answers: dict[tuple[str, str], Any] = {}
+        # Looked up once each: a lookup costs more than recording the call.
+        self.started = m.count(m.started, *self.labels) if m else None
+        self.handling = m.timing(m.handling, *self.labels) if m else None
+        self._handled: dict[grpc.StatusCode, metrics.Count] = {}
+        self._answers: dict[tuple[str, str], metrics.Count] = {}
 
     def record(self, m: metrics.ServiceMetrics, code: grpc.StatusCode, seconds: float, request: object,
                response: Message | None) -> None:
         self.handling.observe(seconds)  # type: ignore[union-attr]
         handled = self._handled.get(code)
         if handled is None:
-            handled = self._handled[code] = m.handled.labels(*self.labels, code.name)
+            handled = self._handled[code] = m.count(m.handled, *self.labels, code.name)
         handled.inc()
         if response is None:
             return
         reason = _first_reason(response)
         if reason is not None:
-            key = (_enum_name(request, "intent", "INTENT_") or "default", reason)
+            key = (_intent(request), reason)
             answers = self._answers.get(key)
             if answers is None:
-                answers = self._answers[key] = m.answers.labels(self.name, *key)
+                answers = self._answers[key] = m.count(m.answers, self.name, *key)
             answers.inc()
         for why in _degraded_reasons(getattr(response, "info", None) or response):
-            m.degraded.labels(self.name, why).inc()
+            m.count(m.degraded, self.name, why).inc()
 
     def begin(self, context: grpc.aio.ServicerContext) -> _Call:
         request_id = _request_id(context.invocation_metadata())

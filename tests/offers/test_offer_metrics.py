@@ -80,6 +80,10 @@ def test_coupon_outcomes_and_degraded_offers_are_counted(samples_dir: Path, make
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+    # Recorded in memory only: the calls wrote nothing to the multi-process files; a worker flushes on a timer
+    # and when it stops (here the test is the worker).
+    assert _value(samples_dir, "grpc_server_handled_total") == 0
+    metrics.flush()
     assert _value(samples_dir, "omnirec_coupon_decisions_total", outcome="issued", reason="issued") == 1
     assert _value(samples_dir, "omnirec_coupon_decisions_total") == 1  # the replay is not a second decision
     assert _value(samples_dir, "omnirec_degraded_answers_total", grpc_method="NextBestOffer",

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -35,6 +36,18 @@ def _samples(text: str) -> list[tuple[str, dict[str, str], float]]:
 def _value(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
     """Sum of the samples of `name` whose labels include `labels`."""
     return sum(v for n, lab, v in samples if n == name and labels.items() <= lab.items())
+
+
+def _scrape_when_flushed(port: int, calls: int) -> list[tuple[str, dict[str, str], float]]:
+    """The endpoint's samples once every worker has flushed all `calls` Recommend calls (each flushes its
+    in-memory counts every `metrics_flush_interval_s`; a call's metrics are all written by the same flush)."""
+    deadline = time.monotonic() + 10
+    while True:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        samples = _samples(text)
+        if _value(samples, "grpc_server_handling_seconds_count", **RECOMMEND) >= calls or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.05)
 
 
 def _access_lines(log: Path) -> list[dict[str, object]]:
@@ -70,7 +83,8 @@ def test_metrics_sum_over_two_workers_and_json_logs_carry_request_ids(
         known_member: str) -> None:
     port, metrics_port = free_port(), free_port()
     config = serve_toml(tmp_path / "omnirec.toml", small_retail_dir, bundle_root, redis_config, port,
-                        tmp_path / "events", metrics_port=metrics_port, poll_interval_s=0.2)
+                        tmp_path / "events", metrics_port=metrics_port, poll_interval_s=0.2,
+                        metrics_flush_interval_s=0.1)
     config.write_text(config.read_text() + '[logging]\nformat = "json"\naccess_log = "all"\n')
     log = tmp_path / "serve.log"
     env = {**os.environ, "OMNIREC_CONFIG": str(config)}
@@ -86,8 +100,7 @@ def test_metrics_sum_over_two_workers_and_json_logs_carry_request_ids(
             generated.append(_three_calls(port, known_member, sent[-1]))
             rounds += 1
             pids = {line["pid"] for line in _access_lines(log)}
-        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-        samples = _samples(text)
+        samples = _scrape_when_flushed(metrics_port, 3 * rounds)
         assert _value(samples, "grpc_server_started_total", **RECOMMEND) == 3 * rounds
         assert _value(samples, "grpc_server_handled_total", **RECOMMEND, grpc_code="OK") == 2 * rounds
         assert _value(samples, "grpc_server_handled_total", **RECOMMEND, grpc_code="INVALID_ARGUMENT") == rounds
