@@ -3,18 +3,24 @@
     .venv/bin/python bench/metrics_cost.py --config var/bench/omnirec.toml --data-dir var/bench/data
 
 The config is the one `bench/service_load.py` uses (bundle, materialised features in a Redis database of
-their own, `[service] port` and workers, an `app` key). Each variant is a fresh `omnirec serve` (2 workers)
-built from that config with only `[service] metrics_port` and `[logging]` changed; variants alternate in
+their own, workers, an `app` key). Each variant is an `omnirec serve` (2 workers) built from that config
+with only its ports, event log directory, `[service] metrics_port` and `[logging]` changed; all of them
+run for the whole benchmark, idle but for the one under load, and the load alternates between them in
 every round (off, on, on + log, then the reverse order), so drift on a shared machine falls on all of
-them. The load is `service_load.measure`: one closed-loop grpc.aio client over 4 connections, Recommend
-for a random member with the purchase filter (one feature-store read per call) and without it (the bundle
-alone, the cheapest call, so the relative cost is largest). While metrics are on, the endpoint is
-scraped once a second, as a Prometheus would (more often than usual).
+them and no round waits for a server to start. The load is `service_load.measure`: one closed-loop
+grpc.aio client over 4 connections, Recommend for a random member with the purchase filter (one
+feature-store read per call) and without it (the bundle alone, the cheapest call, so the relative cost is
+largest). A server with metrics on is scraped once a second throughout, as a Prometheus would (more often
+than usual).
 
 Besides QPS it reports the serving workers' CPU time per answered request (utime + stime from /proc):
 on a shared, oversubscribed machine QPS swings with the neighbours' load, while the CPU a request costs
 barely moves, and on a dedicated machine where the workers saturate their cores throughput is its
-inverse. Prints the medians per variant and their ratios to "off"; writes bench/results/metrics_cost.json.
+inverse. Also the serving parent's CPU per second of load: what answering the scrapes costs it, on cores
+it shares with the workers. Prints the medians per variant and, against "off", both the ratio of the
+medians and the median of each round's ratio (a variant against the "off" run next to it in time, which
+cancels most of the drift); writes bench/results/metrics_cost.json. `--variants off,metrics` spends the
+time on the two the 5% target compares.
 
 `--hooks` measures instead, in this process and without a server, what the interceptor adds to one call
 (request id, context variable, metrics, a Recommend answer's labels) with metrics off and on, alternated.
@@ -31,6 +37,7 @@ import platform
 import socket
 import statistics
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -53,8 +60,10 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def variant_config(base: OmnirecConfig, variant: str, metrics_port: int) -> OmnirecConfig:
-    service = base.service.model_copy(update={"metrics_port": metrics_port if variant != "off" else None})
+def variant_config(base: OmnirecConfig, variant: str, event_log_dir: Path) -> OmnirecConfig:
+    """`base` with a port, a metrics port and an event log of its own, and the variant's metrics and logs."""
+    service = base.service.model_copy(update={"port": _free_port(), "event_log_dir": event_log_dir,
+                                              "metrics_port": _free_port() if variant != "off" else None})
     logging = LoggingConfig(format="json", access_log="all" if variant == "metrics+json_log" else "off")
     return base.model_copy(update={"service": service, "logging": logging})
 
@@ -84,33 +93,37 @@ def worker_cpu_s(parent: int) -> float:
     return sum(cpu_s(int(pid)) for pid in Path(f"/proc/{parent}/task/{parent}/children").read_text().split())
 
 
-def run_variant(config: OmnirecConfig, kinds: tuple[str, ...], args: argparse.Namespace, api_key: str,
-                member_ids: object) -> dict[str, tuple[float, float, float]]:
-    """kind -> (QPS, worker CPU microseconds per request, the serving parent's CPU milliseconds per second: what
-    answering the scrapes costs it, on cores it shares with the workers)."""
-    server = multiprocessing.get_context("spawn").Process(target=_serve, args=(config,))
-    server.start()
-    stop = threading.Event()
-    scraper = None
-    try:
-        target = f"127.0.0.1:{config.service.port}"
-        wait_ready(target)
-        if config.service.metrics_port:
-            scraper = threading.Thread(target=_scrape, args=(config.service.metrics_port, stop), daemon=True)
-            scraper.start()
-        out = {}
-        pid: int = server.pid  # type: ignore[assignment]
-        for kind in kinds:
-            cpu, parent, start = worker_cpu_s(pid), cpu_s(pid), time.perf_counter()
-            row = asyncio.run(measure(target, kind, [args.in_flight], args.seconds, api_key, member_ids,
-                                      args.connections))[0]
-            out[kind] = (row["qps"], (worker_cpu_s(pid) - cpu) * 1e6 / row["requests"],
-                         (cpu_s(pid) - parent) * 1e3 / (time.perf_counter() - start))
-        return out
-    finally:
-        stop.set()
-        server.terminate()  # SIGTERM: the serving parent drains its workers
-        server.join(60)
+class Variant:
+    """One variant's `omnirec serve`, running for the whole benchmark (idle while another variant is loaded),
+    and, with metrics on, a scraper reading its endpoint once a second from start to end."""
+
+    def __init__(self, config: OmnirecConfig) -> None:
+        self.config = config
+        self.target = f"127.0.0.1:{config.service.port}"
+        self._server = multiprocessing.get_context("spawn").Process(target=_serve, args=(config,))
+        self._server.start()
+        self._stop = threading.Event()
+        self.pid: int = self._server.pid  # type: ignore[assignment]
+
+    def ready(self) -> None:
+        wait_ready(self.target, 300)
+        if self.config.service.metrics_port:
+            threading.Thread(target=_scrape, args=(self.config.service.metrics_port, self._stop), daemon=True).start()
+
+    def measure(self, kind: str, args: argparse.Namespace, api_key: str,
+                member_ids: object) -> tuple[float, float, float]:
+        """(QPS, worker CPU microseconds per request, the serving parent's CPU milliseconds per second: what
+        answering the scrapes costs it, on cores it shares with the workers)."""
+        cpu, parent, start = worker_cpu_s(self.pid), cpu_s(self.pid), time.perf_counter()
+        row = asyncio.run(measure(self.target, kind, [args.in_flight], args.seconds, api_key, member_ids,
+                                  args.connections))[0]
+        return (row["qps"], (worker_cpu_s(self.pid) - cpu) * 1e6 / row["requests"],
+                (cpu_s(self.pid) - parent) * 1e3 / (time.perf_counter() - start))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._server.terminate()  # SIGTERM: the serving parent drains its workers
+        self._server.join(60)
 
 
 class _Context:
@@ -129,8 +142,6 @@ class _Context:
 def hook_cost(rounds: int, calls: int) -> dict[str, list[float]]:
     """CPU microseconds the interceptor spends per Recommend call, metrics off vs on (access log off), with
     one flush of the recorded metrics per run."""
-    import tempfile
-
     from omnirec.service import metrics
     from omnirec.service.telemetry import _Method
     from omnirec.v1 import common_pb2, recommendation_pb2
@@ -158,6 +169,11 @@ def hook_cost(rounds: int, calls: int) -> dict[str, list[float]]:
     return out
 
 
+def _paired(values: dict[str, dict[str, list[float]]], variant: str, kind: str) -> float:
+    """Median over rounds of `variant`'s value over the "off" value of the same round."""
+    return statistics.median(v / off for v, off in zip(values[variant][kind], values["off"][kind], strict=True))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True)
@@ -166,8 +182,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--in-flight", type=int, default=8)
     parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"a subset of {', '.join(VARIANTS)}")
     parser.add_argument("--hooks", action="store_true", help="time the interceptor's per-call work only")
     args = parser.parse_args()
+    variants = tuple(v for v in VARIANTS if v in args.variants.split(","))
+    if variants[:1] != ("off",):
+        parser.error("--variants: needs off, the baseline")
     if args.hooks:
         cost = hook_cost(args.rounds, 20_000)
         off, on = statistics.median(cost["off"]), statistics.median(cost["metrics"])
@@ -179,35 +199,43 @@ def main() -> None:
     api_key = next(k for k, role in base.service.api_keys.items() if role == "app")
     members = pq.read_table(args.data_dir / "members.parquet", columns=["member_id"])["member_id"]
     member_ids = members.to_numpy(zero_copy_only=False).astype(str)
-    qps: dict[str, dict[str, list[float]]] = {v: {k: [] for k in KINDS} for v in VARIANTS}
-    cpu: dict[str, dict[str, list[float]]] = {v: {k: [] for k in KINDS} for v in VARIANTS}
-    parent: dict[str, dict[str, list[float]]] = {v: {k: [] for k in KINDS} for v in VARIANTS}
+    qps: dict[str, dict[str, list[float]]] = {v: {k: [] for k in KINDS} for v in variants}
+    cpu: dict[str, dict[str, list[float]]] = {v: {k: [] for k in KINDS} for v in variants}
+    parent: dict[str, dict[str, list[float]]] = {v: {k: [] for k in KINDS} for v in variants}
     load = [os.getloadavg()]
-    for r in range(args.rounds):
-        for variant in VARIANTS if r % 2 == 0 else tuple(reversed(VARIANTS)):
-            config = variant_config(base, variant, _free_port())
-            for kind, (value, us, ms) in run_variant(config, KINDS, args, api_key, member_ids).items():
-                qps[variant][kind].append(value)
-                cpu[variant][kind].append(us)
-                parent[variant][kind].append(ms)
-                print(f"round {r}: {variant:<17} {kind:<22} {value:>8,.0f} QPS {us:>7.0f} us CPU/request "
-                      f"parent {ms:>5.1f} ms CPU/s  load {os.getloadavg()[0]:.2f}", flush=True)
-        load.append(os.getloadavg())
+    with tempfile.TemporaryDirectory(prefix="omnirec-metrics-cost-") as tmp:
+        servers = {v: Variant(variant_config(base, v, Path(tmp) / v)) for v in variants}
+        try:
+            for server in servers.values():
+                server.ready()
+            for r in range(args.rounds):
+                for variant in variants if r % 2 == 0 else tuple(reversed(variants)):
+                    for kind in KINDS:
+                        value, us, ms = servers[variant].measure(kind, args, api_key, member_ids)
+                        qps[variant][kind].append(value)
+                        cpu[variant][kind].append(us)
+                        parent[variant][kind].append(ms)
+                        print(f"round {r}: {variant:<17} {kind:<22} {value:>8,.0f} QPS {us:>7.0f} us CPU/request "
+                              f"parent {ms:>5.1f} ms CPU/s  load {os.getloadavg()[0]:.2f}", flush=True)
+                load.append(os.getloadavg())
+        finally:
+            for server in servers.values():
+                server.close()
 
     results: dict[str, object] = {"machine": f"{platform.machine()}, {os.cpu_count()} cpus",
                                   "workers": base.service.workers, "in_flight": args.in_flight,
                                   "connections": args.connections, "seconds": args.seconds, "rounds": args.rounds,
                                   "qps": qps, "worker_cpu_us_per_request": cpu, "parent_cpu_ms_per_s": parent,
                                   "load_average_1_5_15": load}
-    print(f"\n{'variant':<17} {'kind':<22} {'CPU us/req':>10} {'vs off':>7} {'QPS':>7} {'vs off':>7} "
-          f"{'parent ms/s':>11}  CPU runs")
-    for variant in VARIANTS:
+    print(f"\n{'variant':<17} {'kind':<22} {'CPU us/req':>10} {'vs off':>7} {'paired':>7} {'QPS':>7} {'vs off':>7} "
+          f"{'paired':>7} {'parent ms/s':>11}  CPU runs")
+    for variant in variants:
         for kind in KINDS:
             us, q = statistics.median(cpu[variant][kind]), statistics.median(qps[variant][kind])
             runs = ", ".join(f"{c:.0f}" for c in cpu[variant][kind])
             print(f"{variant:<17} {kind:<22} {us:>10.0f} {us / statistics.median(cpu['off'][kind]):>7.1%} "
-                  f"{q:>7,.0f} {q / statistics.median(qps['off'][kind]):>7.1%} "
-                  f"{statistics.median(parent[variant][kind]):>11.1f}  {runs}")
+                  f"{_paired(cpu, variant, kind):>7.1%} {q:>7,.0f} {q / statistics.median(qps['off'][kind]):>7.1%} "
+                  f"{_paired(qps, variant, kind):>7.1%} {statistics.median(parent[variant][kind]):>11.1f}  {runs}")
     print("load average (1, 5, 15 min) before and after each round: "
           + "; ".join(", ".join(f"{x:.2f}" for x in la) for la in load))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
