@@ -24,7 +24,7 @@ from omnirec.domain.clock import DAY
 from omnirec.domain.readers import RetailData
 from omnirec.domain.vocab import Col, Intent
 from omnirec.feature_store.config import RedisConfig
-from omnirec.service.telemetry import _enum_name
+from omnirec.service.telemetry import _intent
 from omnirec.v1 import common_pb2, events_pb2, events_pb2_grpc
 from omnirec.v1 import recommendation_pb2 as rec
 from omnirec.v1 import recommendation_pb2_grpc as rec_grpc
@@ -227,5 +227,6 @@ def test_cold_member_buy_again_and_discover(any_server: RunningServer) -> None:
 
 
 def test_the_metrics_intent_label_names_the_intent() -> None:
-    assert _enum_name(rec.RecommendRequest(intent=rec.INTENT_BUY_AGAIN), "intent", "INTENT_") == "buy_again"
-    assert _enum_name(rec.RecommendRequest(), "intent", "INTENT_") == "unspecified"
+    assert _intent(rec.RecommendRequest(intent=rec.INTENT_BUY_AGAIN)) == "buy_again"
+    assert _intent(rec.RecommendRequest()) == "unspecified"
+    assert _intent(events_pb2.TrackEventsRequest()) == "default"  # requests without the field
