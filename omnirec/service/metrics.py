@@ -6,14 +6,15 @@ prometheus_client's multi-process mode: the serving parent picks a fresh directo
 gauges disappear while its counters stay in the totals.
 
 A hook does not write those files itself: a multi-process increment takes a lock, a `getpid` and an mmap
-write, and a request made five of them (started, handled, the histogram's sum and bucket, the answer), a
-sixth of the interceptor's CPU time. Hooks add to plain Python numbers held per label set instead
-(`Count`, `Timing`, `Level`, looked up once per label set and kept by the caller when it is hot), and
-`flush` writes what changed since the last flush; each worker flushes every `[service]
-metrics_flush_interval_s` (`flush_every`) and once more when it stops, so a scrape is at most one interval
-behind and a worker killed outright loses at most that interval's counts. The numbers are only ever
-updated on the worker's event loop thread; a flush from another thread is safe (each value has one
-writer, the flush keeps its own watermark).
+write, and a Recommend made five of them (started, handled, the histogram's sum and bucket, the answer),
+more CPU than the rest of the interceptor together (`bench/metrics_cost.py --hooks`). Hooks add to plain
+Python numbers held per label set instead (`Count`, `Timing`, `Level`, looked up once per label set and
+kept by the caller when it is hot), and `flush` writes what changed since the last flush; each worker
+flushes every `[service] metrics_flush_interval_s` (`flush_every`) and once more when it stops, so a scrape
+is at most one interval behind and a worker killed outright loses at most that interval's counts. Counts
+and timings are recorded on the worker's event-loop thread (a gauge's level may be set from another
+thread: one assignment); a flush may run on any thread, since each value has one writer and the flush
+keeps its own watermark, under a lock against a concurrent flush.
 
 Names follow the ecosystem: `grpc_server_*` as go-grpc-prometheus and py-grpc-prometheus export them
 (recorded by `service.telemetry.TelemetryInterceptor`), `omnirec_*` for the service's own. Times are
@@ -119,7 +120,6 @@ class Level:
         if value is not None and value != self._written:
             self._child.set(value)
             self._written = value
-
 
 
 @dataclass(frozen=True)
