@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/offer_cost.py --config var/bench/omnirec.toml --data-dir var/bench/data [--profile]
 
-Builds a worker's state as `omnirec serve` does (the published bundle, the config's Redis, the offers
-engine) and calls the OfferService servicer methods one after another on uvloop for random members:
+Builds a worker's parts as `omnirec serve` does (`service.wiring`: the published bundle, the config's
+Redis, the offers engine) and calls the OfferService servicer methods one after another on uvloop for random members:
 NextBestOffer (app, k=3), NextBestOffer with `shown=true` and DecideCoupon (a fresh request id per call).
 What it measures is this process's CPU time per call (`time.process_time`: the protos, the engine, the
 redis-py pipeline, the decision log), which barely depends on how loaded the shared machine is, and the
@@ -35,8 +35,8 @@ from threadpoolctl import threadpool_limits
 
 from omnirec.config import OmnirecConfig
 from omnirec.domain.errors import OmnirecError
-from omnirec.service import offer_servicer
-from omnirec.service.server import ServingState
+from omnirec.service import offer_servicer, wiring
+from omnirec.service.bundles import holder_for
 from omnirec.v1 import common_pb2, offers_pb2
 
 RESULTS = Path(__file__).parent / "results"
@@ -82,9 +82,10 @@ async def _run(servicer: offer_servicer.OfferServicer, kind: str, members: np.nd
 
 async def measure(config: OmnirecConfig, members: np.ndarray, calls: int, rounds: int,
                   profile: bool) -> dict[str, object]:
-    state = ServingState.create(config)
-    await state.models.reload()
-    servicer = offer_servicer.OfferServicer(state.offers, config.service.default_deadline_s)
+    models = holder_for(config.train.bundle_root, config.data_dir, config.recommendations)
+    parts = wiring.build(config, models)
+    await models.reload()
+    servicer = offer_servicer.OfferServicer(parts.offers, config.service.default_deadline_s)
     try:
         for kind in KINDS:  # warm-up: connections, scripts, the offer targets' items
             await _run(servicer, kind, members, 200, 0, None, Counter())
@@ -105,7 +106,7 @@ async def measure(config: OmnirecConfig, members: np.ndarray, calls: int, rounds
                 print(f"\n=== {kind}: by {order} ===\n" + out.getvalue())
         return {"cpu_us": cpu, "wall_us": wall, "errors": dict(errors)}
     finally:
-        await state.close()
+        await parts.features.close()
 
 
 def main() -> None:
