@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import functools
+import gc
 import logging
 import multiprocessing
 import os
@@ -26,6 +28,7 @@ import shutil
 import signal
 import socket
 import struct
+import sys
 import tempfile
 import threading
 import time
@@ -170,6 +173,12 @@ class AudienceServer:
 
     def __init__(self, campaigns: Campaigns) -> None:
         self.campaigns = campaigns
+        self._pulls: set[threading.Event] = set()
+
+    def stop(self) -> None:
+        """Stop every pull at its next chunk (shutting down: nobody will read the rows)."""
+        for pull in self._pulls:
+            pull.set()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -211,6 +220,7 @@ class AudienceServer:
             stop.set()
 
         watch = asyncio.create_task(until_hung_up())
+        self._pulls.add(stop)
         try:
             try:
                 audience = await asyncio.to_thread(self.campaigns.pull, message.request, message.caller, cancelled)
@@ -224,6 +234,7 @@ class AudienceServer:
                 await _send(writer, rows)
             await _send(writer, _END)
         finally:
+            self._pulls.discard(stop)
             watch.cancel()
 
 
@@ -232,6 +243,7 @@ class AudienceProcess:
 
     def __init__(self, config: OmnirecConfig) -> None:
         self.config = config
+        self._owner = os.getpid()
         self._dir = Path(tempfile.mkdtemp(prefix="omnirec-audience-"))
         self.path = self._dir / "jobs.sock"
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -245,6 +257,13 @@ class AudienceProcess:
     def run(self, make: Make) -> None:
         """The process body: lower priority, one BLAS thread, serve until SIGTERM. `make` builds the
         campaigns and the background coroutines that keep them current (`campaign_jobs`)."""
+        # What the fork inherited is never collected here: garbage of a parent that had gRPC objects (a test
+        # process) would run gRPC's finalisers in a child without gRPC's threads, which can spin forever.
+        gc.freeze()
+        if sys.platform == "linux":  # SIGTERM when the parent dies, so no audience process outlives it
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+            if os.getppid() != self._owner:
+                return
         with contextlib.suppress(OSError):
             Path("/proc/self/comm").write_text("omnirec-audienc")  # `ps`, `top`: which child is which
         os.nice(self.config.service.audience_nice)
@@ -256,8 +275,8 @@ class AudienceProcess:
     async def _serve(self, make: Make) -> None:
         campaigns, background = await make()
         tasks = [asyncio.create_task(c) for c in background]
-        server = await asyncio.start_unix_server(AudienceServer(campaigns).handle, sock=self._listener,
-                                                 limit=_LIMIT)
+        jobs = AudienceServer(campaigns)
+        server = await asyncio.start_unix_server(jobs.handle, sock=self._listener, limit=_LIMIT)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -265,6 +284,7 @@ class AudienceProcess:
         log.info("audience process %d serving %s", os.getpid(), self.path)
         await stop.wait()
         server.close()
+        jobs.stop()  # asyncio.run waits for the pulls' threads before this process can exit
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -296,6 +316,7 @@ def running(config: OmnirecConfig, make: Make | None = None
     one worker, `omnirec demo`, tests; several workers run it under the supervisor). Call before any grpc
     object or thread exists in this process: it forks."""
     process = AudienceProcess(config)
+    gc.collect()  # pending garbage (a test's closed gRPC channels) is collected here, where gRPC runs
     child = multiprocessing.get_context("fork").Process(
         target=process.run, args=(make or functools.partial(campaign_jobs, config),), name="omnirec-audience",
         daemon=True)
@@ -305,4 +326,8 @@ def running(config: OmnirecConfig, make: Make | None = None
     finally:
         child.terminate()
         child.join(10)
+        if child.is_alive():
+            log.error("audience process %s ignored SIGTERM for 10 s: killing it", child.pid)
+            child.kill()
+            child.join()
         process.close()
