@@ -28,6 +28,11 @@ def small_retail_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+SMALL_RANKER = {"windows": 2, "n_estimators": 60}
+"""The next-basket ranker's settings for the test bundles: fewer trees and windows keep a session's training
+within its fixture's timeout on a loaded machine (the defaults are what `bench/next_basket.py` measures)."""
+
+
 @pytest.fixture(scope="session")
 def bundle_root(small_retail_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny bundle trained once per session by the real pipeline on the small simulated retailer."""
@@ -35,7 +40,7 @@ def bundle_root(small_retail_dir: Path, tmp_path_factory: pytest.TempPathFactory
     from omnirec.training.pipeline import train
 
     root = tmp_path_factory.mktemp("models")
-    train(small_retail_dir, TrainConfig(bundle_root=root), force=True, progress=False)
+    train(small_retail_dir, TrainConfig(bundle_root=root, ranker=SMALL_RANKER), force=True, progress=False)
     return root
 
 

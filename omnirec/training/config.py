@@ -91,7 +91,8 @@ class RankerSettings(_Section):
                                                         "who bought them")
     max_pool_items: int = Field(20_000, ge=1, description="at most this many (most popular) items are candidates "
                                                           "for members who never bought them")
-    knn_pool: int = Field(50_000, ge=1, description="neighbours are searched among this many sampled members")
+    knn_pool: int = Field(5_000, ge=1, description="neighbours are searched among this many sampled members "
+                                                  "(the distance to each is computed for every member scored)")
     windows: int = Field(3, ge=1, description="training windows shifted back from the cut-off")
     window_days: int = Field(14, ge=1)
     train_members: int = Field(20_000, ge=1, description="members sampled per training window")

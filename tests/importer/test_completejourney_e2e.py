@@ -27,6 +27,7 @@ from omnirec.training.publish import publish_version
 from omnirec.v1 import common_pb2, offers_pb2, offers_pb2_grpc
 from omnirec.v1 import recommendation_pb2 as rec
 from omnirec.v1 import recommendation_pb2_grpc as rec_grpc
+from tests.conftest import SMALL_RANKER
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
 from service_harness import API_KEYS, RunningServer, service_config  # noqa: E402
@@ -80,7 +81,8 @@ def test_complete_journey_slice_end_to_end(tmp_path: Path, redis_client: redis.R
     config = base.model_copy(update={
         "as_of": AS_OF,
         "train": TrainConfig(bundle_root=tmp_path / "bundles", test_days=28, refit_full=False, lightfm={
-            "no_components": 16, "loss": "warp", "learning_rate": 0.08, "epochs": 5, "num_threads": 1}),
+            "no_components": 16, "loss": "warp", "learning_rate": 0.08, "epochs": 5, "num_threads": 1},
+            ranker=SMALL_RANKER),
         "offers": OfferConfig(catalogue_path=CATALOGUE, decision_log_dir=tmp_path / "decisions"),
     })
     trained = train(data, config.train, progress=False, as_of=AS_OF.timestamp(), rules=config.lifecycle)

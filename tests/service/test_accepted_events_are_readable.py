@@ -21,6 +21,7 @@ from omnirec.feature_store.reader import FeatureReader
 from omnirec.training.config import TrainConfig
 from omnirec.training.pipeline import train
 from omnirec.v1 import common_pb2, events_pb2, events_pb2_grpc
+from tests.conftest import SMALL_RANKER
 
 MD = (("x-api-key", API_KEYS["pos"]),)
 
@@ -65,7 +66,7 @@ def test_unknown_item_is_refused_and_everything_accepted_feeds_train_and_materia
 
     retail_now = RetailData.read(data)  # what both jobs read: the export plus the live log
     assert {"brand-new-member", "another-new"} <= set(retail_now.members["member_id"].to_pylist())
-    result = train(data, TrainConfig(bundle_root=tmp_path / "models"), force=True, progress=False)
+    result = train(data, TrainConfig(bundle_root=tmp_path / "models", ranker=SMALL_RANKER), force=True, progress=False)
     assert result.version >= 1
     store = RedisConfig(url=redis_config.url, namespace=f"{redis_config.namespace}-rebuilt")
     loaded = materialize_job(data, store, TierLadder(), LifecycleRules(), progress=False)

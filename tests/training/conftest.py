@@ -8,11 +8,12 @@ import pytest
 
 from omnirec.training.config import TrainConfig
 from omnirec.training.pipeline import TrainResult, train
+from tests.conftest import SMALL_RANKER
 
 
 @pytest.fixture(scope="session")
 def train_config(tmp_path_factory: pytest.TempPathFactory) -> TrainConfig:
-    return TrainConfig(bundle_root=tmp_path_factory.mktemp("bundles"), seed=3)
+    return TrainConfig(bundle_root=tmp_path_factory.mktemp("bundles"), seed=3, ranker=SMALL_RANKER)
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ from omnirec.domain.errors import DataError, FailedPrecondition, InvalidArgument
 from omnirec.training.config import TrainConfig
 from omnirec.training.pipeline import TrainResult, next_basket_table, summary_table, train
 from omnirec.training.publish import publish_version
+from tests.conftest import SMALL_RANKER
 
 
 def copy_with_events(src: Path, dest: Path, events: pa.Table) -> Path:
@@ -50,7 +51,7 @@ def test_publish_gate_compares_the_served_list_with_the_strongest_baseline(train
 
 def test_popularity_gate_is_still_available(small_retail_dir: Path, tmp_path: Path) -> None:
     result = train(small_retail_dir, TrainConfig(bundle_root=tmp_path, seed=3, publish_gate="popularity",
-                                                 lightfm={"epochs": 2}), progress=False)
+                                                 lightfm={"epochs": 2}, ranker=SMALL_RANKER), progress=False)
     assert result.gate is None and result.published == result.beats_popularity
 
 

@@ -24,6 +24,7 @@ from omnirec.training.pipeline import TrainResult, train
 from omnirec.training.spark import ITEM_IDX, MEMBER_IDX, confidences, weight_column
 from omnirec.training.split import time_split
 from omnirec.training.weighting import WeightRules, confidence_matrix, event_weights
+from tests.conftest import SMALL_RANKER
 
 pytestmark = pytest.mark.timeout(900)  # Spark jobs: seconds each on a quiet machine, minutes on a busy one
 CONFIG = TrainConfig(channel_weights={"app": 1.0, "mini_program": 0.8, "web": 0.6, "pos": 1.5, "store": 0.0},
@@ -65,7 +66,7 @@ def test_both_engines_weigh_every_event_alike(spark: SparkSession, small_retail_
 def spark_trained(spark: SparkSession, small_retail_dir: Path, tmp_path_factory: pytest.TempPathFactory
                   ) -> TrainResult:
     config = TrainConfig(bundle_root=tmp_path_factory.mktemp("spark-bundles"), engine="spark", seed=3,
-                         als=SMALL_ALS, refit_full=False)  # one small fit keeps the suite quick
+                         als=SMALL_ALS, refit_full=False, ranker=SMALL_RANKER)  # small fits keep the suite quick
     return train(small_retail_dir, config, publish=False, progress=False)
 
 
