@@ -85,12 +85,28 @@ def lists_root(bundle_root: Path, retail: RetailData, tmp_path_factory: pytest.T
     return root
 
 
+@pytest.fixture(scope="session")
+def plain_root(bundle_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session bundle without intent lists or item cycles, as bundles were before `omnirec train` wrote
+    the ranker's lists (and as a retailer's older published bundle still is)."""
+    source = ModelBundle.load(BundleRegistry(bundle_root).current_path(), mmap=False)  # type: ignore[arg-type]
+    dropped = {Array.ITEM_CYCLE_DAYS, *(name for pair in INTENT_ARRAYS.values() for name in pair)}
+    arrays = {name: array for name, array in source.arrays.items() if name not in dropped}
+    manifest = Manifest.model_validate(source.manifest.model_dump() | {"lists_as_of": ""})
+    root = tmp_path_factory.mktemp("plain-models")
+    registry = BundleRegistry(root)
+    write_bundle(BundleArtifacts(manifest, source.items, source.members, arrays, dict(source.sparse),
+                                 dict(source.indexes)), registry.path(1))
+    registry.publish(1)
+    return root
+
+
 @pytest.fixture(params=["lists", "no_lists"])
-def any_server(request: pytest.FixtureRequest, small_retail_dir: Path, bundle_root: Path, lists_root: Path,
+def any_server(request: pytest.FixtureRequest, small_retail_dir: Path, plain_root: Path, lists_root: Path,
                redis_config: RedisConfig, retail: RetailData, tmp_path: Path,
                redis_client: redis.Redis) -> Iterator[RunningServer]:
-    """A server over the bundle with intent lists, and one over the bundle without them (today's)."""
-    root = lists_root if request.param == "lists" else bundle_root
+    """A server over the bundle with intent lists, and one over a bundle without them."""
+    root = lists_root if request.param == "lists" else plain_root
     config = service_config(small_retail_dir, root, redis_config, tmp_path / "events")
     materialize(retail, config)
     running = RunningServer(config, retail)
@@ -177,7 +193,20 @@ def test_discover_lists_move_toward_complements_of_a_new_purchase(lists_server: 
     assert common_pb2.REASON_BASKET_COMPLEMENT in after.items.reasons and new not in after.items.item_ids
 
 
-def test_mixed_is_unchanged_for_callers_that_do_not_set_an_intent(server: RunningServer, known_member: str) -> None:
+@pytest.fixture
+def plain_server(small_retail_dir: Path, plain_root: Path, redis_config: RedisConfig, retail: RetailData,
+                 tmp_path: Path, redis_client: redis.Redis) -> Iterator[RunningServer]:
+    config: OmnirecConfig = service_config(small_retail_dir, plain_root, redis_config, tmp_path / "events")
+    materialize(retail, config)
+    running = RunningServer(config, retail)
+    yield running
+    running.stop()
+
+
+def test_mixed_is_unchanged_for_callers_that_do_not_set_an_intent(plain_server: RunningServer,
+                                                                  known_member: str) -> None:
+    """On a bundle without lists, callers that do not set an intent get today's collaborative answer."""
+    server = plain_server
     bundle = ModelBundle.load(BundleRegistry(server.config.train.bundle_root).current_path())  # type: ignore[arg-type]
     top, _ = bundle.member_top(known_member, 10)  # type: ignore[misc]
     unset = recommend(server, None, member_id=known_member)

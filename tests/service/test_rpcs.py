@@ -26,7 +26,7 @@ def test_recommend_known_member(server: RunningServer, known_member: str) -> Non
     reply = stub.Recommend(rec.RecommendRequest(member_id=known_member, channel=common_pb2.CHANNEL_APP, k=10),
                            metadata=_md("app"), timeout=5)
     assert len(reply.items.item_ids) == 10 and len(set(reply.items.item_ids)) == 10
-    assert set(reply.items.reasons) == {common_pb2.REASON_COLLABORATIVE}
+    assert set(reply.items.reasons) == {common_pb2.REASON_NEXT_BASKET}  # the ranker's MIXED list in the bundle
     assert list(reply.items.scores) == sorted(reply.items.scores, reverse=True)
     assert reply.info.model_version and not reply.info.degraded
     assert reply.member_id == known_member
