@@ -107,7 +107,7 @@ def test_metrics_sum_over_two_workers_and_json_logs_carry_request_ids(
         assert _value(samples, "grpc_server_handling_seconds_count", **RECOMMEND) == 3 * rounds
         assert _value(samples, "omnirec_degraded_answers_total", grpc_method="Recommend",
                       reason="member_features_unavailable") == rounds
-        assert _value(samples, "omnirec_answers_total", grpc_method="Recommend", reason="collaborative") == rounds
+        assert _value(samples, "omnirec_answers_total", grpc_method="Recommend", reason="next_basket") == rounds
         assert _value(samples, "omnirec_answers_total", grpc_method="Recommend") == 2 * rounds
         versions = [lab for n, lab, _ in samples if n == "omnirec_model_bundle_version"]
         audience = serve_children(proc.pid)[1]  # the audience process follows the bundle too
