@@ -1,20 +1,24 @@
-"""Closed-loop load on loopback: Recommend on `omnirec serve` next to an empty grpc.aio echo server.
+"""Closed-loop load on loopback: Recommend per intent on `omnirec serve`, alternated with an empty grpc.aio echo server.
 
     .venv/bin/python bench/service_load.py --config var/bench/omnirec.toml --data-dir var/bench/data
 
 Set-up used for the README figures: `omnirec simulate --members 1000000 --items 100000`, `omnirec train`,
 `omnirec materialize` with a config whose `[redis]` points at a database of its own (e.g.
 `redis://127.0.0.1:6379/7`; the tests use database 1): millions of bench keys in a tests' database slow
-their key scans. The config needs `[service] port`, `workers` and an `app` key in `[service.api_keys]`; the echo server
-listens on port + 1.
+their key scans; then `bench/intent_lists.py` when the bundle has no intent lists (the precomputed-list
+path). The config needs `[service] port`, `workers` and an `app` key in `[service.api_keys]`; the echo
+server listens on port + 1.
 
-Both servers run as separate processes with the same number of workers; the load generator is one
+Both servers run at once as separate processes with the same number of workers; the load generator is one
 grpc.aio client process over `--connections` TCP connections (4: the kernel balances connections, not
-requests, across the workers) that keeps 1, 8 and 64 requests in flight for `--seconds` each (Recommend for a
-random member, k=10, with and without the purchase filter). Counts failed and degraded answers (a degraded
-Recommend skipped its feature-store read, so its speed is not the real path's). Prints a table,
-writes bench/results/service_load.json, and reports resident (RSS) and proportional (PSS: shared pages
-split between the processes mapping them) memory per serving worker.
+requests, across the workers) that keeps 1, 8 and 64 requests in flight. Each measurement of a request kind
+(`KINDS`: Recommend for a random member, k=10, per intent and with the purchase filter) at a level runs
+right after an echo measurement at that level (`--seconds` each, after 2 s of warm-up), and its ratio is
+taken against that echo run, so the noise of a machine other jobs load shows up in both; the 1-minute
+load average is recorded with each measurement.
+Counts failed and degraded answers (a degraded Recommend skipped its feature-store read, so its speed is
+not the real path's). Prints a table, writes bench/results/service_load.json, and reports resident (RSS)
+and proportional (PSS: shared pages split between the processes mapping them) memory per serving worker.
 """
 
 from __future__ import annotations
@@ -39,9 +43,15 @@ from omnirec.config import OmnirecConfig
 from omnirec.v1 import common_pb2, recommendation_pb2, recommendation_pb2_grpc
 
 ECHO_METHOD = "/bench.Echo/Echo"
-KINDS = ("recommend", "recommend_model_only")
-"""`recommend`: exclude_purchased (one feature-store read per call); `recommend_model_only`: without it,
-so a member the model knows is answered from the bundle alone."""
+KINDS = {
+    "mixed_default": {},
+    "buy_again": {"intent": recommendation_pb2.INTENT_BUY_AGAIN},
+    "discover": {"intent": recommendation_pb2.INTENT_DISCOVER},
+    "exclude_purchased": {"exclude_purchased": True},
+}
+"""Request fields of each kind. `mixed_default`: no intent set (MIXED; a member the model knows is answered
+from the bundle alone unless it has intent lists, which need the purchased list); `buy_again`, `discover`:
+one purchased-list read each; `exclude_purchased`: today's answer with the purchase filter."""
 RESULTS = Path(__file__).parent / "results" / "service_load.json"
 
 
@@ -130,14 +140,20 @@ async def measure(target: str, kind: str, levels: list[int], seconds: float, api
 
             calls = [recommend_on(channel) for channel in channels]
 
+            fields = KINDS[kind]
+
             def make(rng: np.random.Generator) -> recommendation_pb2.RecommendRequest:
                 return recommendation_pb2.RecommendRequest(
                     member_id=str(member_ids[rng.integers(len(member_ids))]), channel=common_pb2.CHANNEL_APP,
-                    k=10, exclude_purchased=kind == "recommend")
+                    k=10, **fields)
         for channel in channels:
             await channel.channel_ready()
         await _closed_loop(calls, make, 8, min(seconds, 2.0))  # warm-up: connections, page cache, JIT-free paths
-        return [await _closed_loop(calls, make, level, seconds) for level in levels]
+        rows = []
+        for level in levels:
+            load = os.getloadavg()[0]
+            rows.append(await _closed_loop(calls, make, level, seconds) | {"load_1m": load})
+        return rows
     finally:
         for channel in channels:
             await channel.close()
@@ -184,6 +200,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=4,
                         help="client TCP connections (spread over the server's workers by the kernel)")
+    parser.add_argument("--kinds", default=",".join(KINDS), help=f"request kinds to measure, of {', '.join(KINDS)}")
     parser.add_argument("--echo-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo_server:
@@ -201,36 +218,37 @@ def main() -> None:
     echo = subprocess.Popen([sys.executable, "-P", __file__, "--config", str(args.config),
                              "--data-dir", str(args.data_dir), "--workers", str(args.workers),
                              "--echo-server", str(echo_port)])
-    try:
-        wait_ready(f"127.0.0.1:{echo_port}")
-        results["echo"] = asyncio.run(measure(f"127.0.0.1:{echo_port}", "echo", levels, args.seconds, api_key,
-                                              member_ids, args.connections))
-    finally:
-        echo.send_signal(signal.SIGTERM)
-        echo.wait(30)
-
     serve = subprocess.Popen([str(Path(sys.executable).parent / "omnirec"), "serve", "--workers", str(args.workers)],
                              env=env)
+    kinds = args.kinds.split(",")
     try:
+        wait_ready(f"127.0.0.1:{echo_port}")
         wait_ready(f"127.0.0.1:{port}")
         t0 = time.time()
-        for kind in KINDS:
-            results[kind] = asyncio.run(measure(f"127.0.0.1:{port}", kind, levels, args.seconds, api_key, member_ids,
-                                                args.connections))
+        echo_rows: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
+        for level in levels:
+            for kind in kinds:  # each measurement right after an echo run at the same level
+                echo_rows[kind] += asyncio.run(measure(f"127.0.0.1:{echo_port}", "echo", [level], args.seconds,
+                                                       api_key, member_ids, args.connections))
+                results.setdefault(kind, []).extend(asyncio.run(  # type: ignore[attr-defined]
+                    measure(f"127.0.0.1:{port}", kind, [level], args.seconds, api_key, member_ids, args.connections)))
+        results["echo"] = echo_rows
         results["worker_memory"] = [memory(pid) for pid in children(serve.pid)]
         results["recommend_wall_s"] = time.time() - t0
     finally:
-        serve.send_signal(signal.SIGTERM)
+        for proc in (serve, echo):
+            proc.send_signal(signal.SIGTERM)
         serve.wait(60)
+        echo.wait(30)
 
-    print(f"{'server':<22} {'in flight':>9} {'QPS':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'degraded':>9} "
-          f"{'vs echo':>8}")
-    for i, echo_row in enumerate(results["echo"]):  # type: ignore[arg-type]
-        for name in ("echo", *KINDS):
-            row = results[name][i]  # type: ignore[index]
-            ratio = f"{row['qps'] / echo_row['qps']:.0%}" if name != "echo" else ""
-            print(f"{name:<22} {row['in_flight']:>9} {row['qps']:>9,.0f} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} "
-                  f"{row['errors']:>7} {row['degraded']:>9} {ratio:>8}")
+    print(f"{'server':<18} {'in flight':>9} {'QPS':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'degraded':>9} "
+          f"{'vs echo':>8} {'load 1m':>8}")
+    for kind in kinds:
+        for echo_row, row in zip(results["echo"][kind], results[kind], strict=True):  # type: ignore[index]
+            for name, r in (("echo", echo_row), (kind, row)):
+                ratio = f"{row['qps'] / echo_row['qps']:.0%}" if name != "echo" else ""
+                print(f"{name:<18} {r['in_flight']:>9} {r['qps']:>9,.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+                      f"{r['errors']:>7} {r['degraded']:>9} {ratio:>8} {r['load_1m']:>8.2f}")
     for i, mem in enumerate(results["worker_memory"]):  # type: ignore[arg-type]
         print(f"worker {i}: RSS {mem['rss_mib']:.0f} MiB, PSS {mem['pss_mib']:.0f} MiB")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

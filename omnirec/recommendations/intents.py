@@ -71,10 +71,17 @@ def _allowed(categories: CategoryIndex, idx: np.ndarray, filters: Filters) -> tu
     return keep, []
 
 
+def _reasons(n: int, reason: Reason) -> np.ndarray:
+    """An object array of `n` times `reason` (`np.full` would store it as a plain str)."""
+    out = np.empty(n, dtype=object)
+    out[:] = reason
+    return out
+
+
 def _ranked(idx: np.ndarray, scores: np.ndarray, reasons: np.ndarray, keep: np.ndarray,
             applied: list[Reason]) -> Ranked:
     sel = np.flatnonzero(keep)
-    return Ranked(idx[sel], np.asarray(scores, dtype=np.float32)[sel], [Reason(r) for r in reasons[sel]], applied)
+    return Ranked(idx[sel], np.asarray(scores, dtype=np.float32)[sel], reasons[sel].tolist(), applied)
 
 
 def _fuse_complements(bundle: Bundle, idx: np.ndarray, reasons: np.ndarray, live: Purchases,
@@ -87,7 +94,7 @@ def _fuse_complements(bundle: Bundle, idx: np.ndarray, reasons: np.ndarray, live
     fused = np.zeros(len(union))
     np.add.at(fused, inverse[:len(idx)], 1.0 / (FUSION_K + 1 + np.arange(len(idx))))
     np.add.at(fused, inverse[len(idx):], 1.0 / (FUSION_K + 1 + np.arange(len(found))))
-    why = np.full(len(union), Reason.BASKET_COMPLEMENT.value, dtype=object)
+    why = _reasons(len(union), Reason.BASKET_COMPLEMENT)
     why[inverse[:len(idx)]] = reasons
     order = np.argsort(-fused, kind="stable")
     return union[order], fused[order], why[order]
@@ -108,7 +115,7 @@ def from_lists(bundle: Bundle, categories: CategoryIndex, member: MemberContext,
     """A precomputed list (`Bundle.intent_top`) with the purchases made since it was computed applied, and
     the items left out as not due again (so nothing that tops the list up brings them back)."""
     idx, scores = np.asarray(found[0], dtype=np.int64), np.asarray(found[1], dtype=np.float64)
-    reasons = np.full(len(idx), LIST_REASONS[intent].value, dtype=object)
+    reasons = _reasons(len(idx), LIST_REASONS[intent])
     bought = Purchases.of(bundle, member)
     live = bought.since(bundle.lists_as_of)
     if intent is not Intent.BUY_AGAIN and len(live.idx):
@@ -145,7 +152,7 @@ def buy_again(bundle: Bundle, categories: CategoryIndex, member: MemberContext, 
         scores, keep = ratio, ratio >= NOT_DUE
     allowed, applied = _allowed(categories, bought.idx, filters)
     order = np.argsort(-scores, kind="stable")
-    reasons = np.full(len(order), Reason.BUY_AGAIN.value, dtype=object)
+    reasons = _reasons(len(order), Reason.BUY_AGAIN)
     return _ranked(bought.idx[order], scores[order], reasons, (keep & allowed)[order], applied)
 
 

@@ -81,6 +81,7 @@ def test_buy_again_without_lists_orders_by_how_due_and_drops_what_was_just_bough
     # cycles elapsed: i2 10/2 = 5, i0 14/7 = 2, i1 15/30 = 0.5; i5 20/60 and i4 (a minute of 14 days) not due
     assert answer.item_ids == ["i2", "i0", "i1"] and answer.ranked.reasons == [Reason.BUY_AGAIN] * 3
     assert list(answer.ranked.scores) == pytest.approx([5.0, 2.0, 0.5])
+    assert all(type(r) is Reason for r in answer.ranked.reasons)
     assert source.calls == ["purchased"]
 
 
@@ -148,6 +149,7 @@ def test_discover_list_never_holds_a_bought_item_and_moves_toward_new_purchases(
     after = ask(Source({"i2": ago(400), "i3": NOW - 60}), bundle(lists), Intent.DISCOVER, k=6)
     assert "i2" not in after.item_ids and "i3" not in after.item_ids
     assert after.item_ids[0] == "i1"  # on the list and a complement: fused scores add up
+    assert all(type(r) is Reason for r in after.ranked.reasons)
     complements = [i for i, r in zip(after.item_ids, after.ranked.reasons, strict=True)
                    if r is Reason.BASKET_COMPLEMENT]
     assert complements[:2] == ["i0", "i5"]
