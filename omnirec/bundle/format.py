@@ -118,10 +118,10 @@ class Manifest(BaseModel):
     gate_passed: bool | None = None
     """The next-basket gate's verdict (None for bundles written before it, or with the popularity gate)."""
     next_basket: dict[str, Any] = {}
+    """The next-basket protocol's rows (served list and baselines, with 95% intervals) and the gate's checks."""
     lists_as_of: str = ""
     """ISO time of the last event the intent lists (`INTENT_ARRAYS`) saw: later purchases are the live
     feature store's to apply ("" when the bundle has no intent lists)."""
-    """The next-basket protocol's rows (served list and baselines, with 95% intervals) and the gate's checks."""
 
     @property
     def publishable(self) -> bool:
