@@ -20,6 +20,7 @@ from omnirec import campaign_cli, logs
 from omnirec.config import OmnirecConfig
 
 if TYPE_CHECKING:
+    from omnirec.feature_store.materialize import MemberListSource
     from omnirec.simulator.run import SimulationSummary
 
 app = typer.Typer(help="omnirec: recommendations and personalised offers for omnichannel retailers.",
@@ -149,7 +150,8 @@ def demo(config: ConfigOpt = None) -> None:
     console.print(f"published v{publish_version(cfg.train.bundle_root, result.version, force=True)}")
     with embedded(cfg.redis) as redis_config:  # started for the demo, stopped (and saved) when it ends
         cfg = cfg.model_copy(update={"redis": redis_config})
-        loaded = load_features(cfg.data_dir, cfg.redis, cfg.tiers, cfg.lifecycle, progress=False)
+        loaded = load_features(cfg.data_dir, cfg.redis, cfg.tiers, cfg.lifecycle, progress=False,
+                               member_lists=_member_lists(cfg))
         console.print(f"materialised {loaded.load.members:,} members into generation {loaded.load.generation}")
         code = serve_demo(cfg)
     if code:
@@ -224,17 +226,18 @@ def materialize(
     from omnirec.feature_store.embedded import embedded
 
     cfg = _setup(config)
+    lists = _member_lists(cfg)
     if engine == "spark":
         from omnirec.feature_store.spark import materialize_spark
 
         s = materialize_spark(data or cfg.data_dir, cfg.redis, cfg.spark, cfg.tiers, cfg.lifecycle,
-                              now=_as_of_ts(as_of, cfg))
+                              now=_as_of_ts(as_of, cfg), member_lists=lists)
     elif engine == "local":
         from omnirec.feature_store.materialize import materialize as run
 
         with embedded(cfg.redis) as redis_config:
             s = run(data or cfg.data_dir, redis_config, cfg.tiers, cfg.lifecycle, now=_as_of_ts(as_of, cfg),
-                    progress=progress)
+                    progress=progress, member_lists=lists)
     else:
         raise typer.BadParameter(f"--engine must be local or spark, not {engine!r}")
     logs.job_done(log, "materialize", {"read": s.read_seconds, "compute": s.compute_seconds, "load": s.load.seconds},
@@ -248,7 +251,9 @@ def materialize(
                          ("load + switch", f"{s.load.seconds:.2f} s"),
                          ("members/s (load)", f"{s.load.members_per_s:,.0f}"),
                          ("members/s (end to end)", f"{s.end_to_end_members_per_s:,.0f}"),
-                         ("previous generation expiring", str(s.load.previous_generation))]:
+                         ("previous generation expiring", str(s.load.previous_generation)),
+                         ("member lists (member state in the store)",
+                          f"bundle v{lists.bundle_version}" if lists is not None else "no")]:
         table.add_row(label, value)
     console.print(table)
 
@@ -268,6 +273,20 @@ def migrate_durable(config: ConfigOpt = None) -> None:
         client.close()
     console.print(f"moved {report.moved:,} durable records to v2; {report.skipped_claims:,} v1 dedup claims left to "
                   f"expire; {report.conflicts:,} kept because their v2 key already existed")
+
+
+def _member_lists(cfg: OmnirecConfig) -> MemberListSource | None:
+    """The published bundle's member lists when its member count is above `[service]
+    member_state_in_store_above` (replicas then read them from the store); None otherwise."""
+    from omnirec.bundle import BundleRegistry, ModelBundle
+    from omnirec.bundle.reader import member_count
+    from omnirec.feature_store.materialize import MemberListSource
+    from omnirec.service.config import member_state_in_store
+
+    path = BundleRegistry(cfg.train.bundle_root).current_path()
+    if path is None or not member_state_in_store(cfg.service, member_count(path)):
+        return None
+    return MemberListSource.from_bundle(ModelBundle.load(path), cfg.service.member_state_top_k)
 
 
 @app.command("train-uplift")

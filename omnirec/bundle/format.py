@@ -71,6 +71,10 @@ INTENT_ARRAYS = {
 
 OPTIONAL_ARRAYS = frozenset({Array.MEMBER_TOP_ITEMS, Array.MEMBER_TOP_SCORES, Array.ITEM_CYCLE_DAYS,
                              *(name for pair in INTENT_ARRAYS.values() for name in pair)})
+MEMBER_ARRAYS = frozenset({Array.MEMBER_FACTORS, Array.MEMBER_TOP_ITEMS, Array.MEMBER_TOP_SCORES,
+                           *(name for pair in INTENT_ARRAYS.values() for name in pair)})
+"""The arrays (besides `MEMBERS`) that grow with members: a replica whose member state is in the feature store
+does not map them."""
 
 
 class Sparse(StrEnum):

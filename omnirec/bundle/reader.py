@@ -3,6 +3,10 @@
 Arrays are memory-mapped and indexes read with `IO_FLAG_MMAP`, so worker processes share their pages.
 Returned item indexes are internal item positions; `bundle.items.to_external(idx)` turns them into item
 ids. Unknown items raise `domain.errors.NotFound`; unknown members are None (the caller falls back).
+
+A replica whose member state lives in the feature store loads the bundle with `member_state=False`: the
+member ids and `MEMBER_ARRAYS` are not mapped at all, so its memory does not grow with members; every
+member then reads as unknown here and their lists come from the store (`domain.member_lists`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from omnirec.bundle.format import (
     INTENT_ARRAYS,
     ITEMS,
     MANIFEST,
+    MEMBER_ARRAYS,
     MEMBERS,
     OPTIONAL_ARRAYS,
     Array,
@@ -29,6 +34,7 @@ from omnirec.bundle.format import (
 from omnirec.domain.clock import parse_time
 from omnirec.domain.errors import NotFound
 from omnirec.domain.idmap import IdMap
+from omnirec.domain.member_lists import ListColumns
 from omnirec.domain.profile import ColdStartProfile
 from omnirec.domain.topk import top_finite
 from omnirec.domain.vocab import Intent
@@ -45,22 +51,31 @@ class ModelBundle:
     arrays: dict[Array, np.ndarray] = field(repr=False)
     sparse: dict[Sparse, sp.csr_matrix] = field(repr=False)
     indexes: dict[Index, faiss.Index] = field(repr=False)
+    member_count: int = 0
+    """Members the bundle was trained on (also when their ids are not loaded)."""
+    members_in_store: bool = False
+    """Loaded without member state (`member_state=False`): members' lists are the feature store's."""
 
     @classmethod
-    def load(cls, path: Path, mmap: bool = True) -> ModelBundle:
-        """Open a bundle folder; with `mmap`, arrays and indexes are paged in on use, not copied."""
+    def load(cls, path: Path, mmap: bool = True, member_state: bool = True) -> ModelBundle:
+        """Open a bundle folder; with `mmap`, arrays and indexes are paged in on use, not copied. Without
+        `member_state`, nothing that grows with members (ids, `MEMBER_ARRAYS`) is read."""
         path = Path(path)
         if not (path / MANIFEST).exists():
             raise NotFound(f"no model bundle at {path} ({MANIFEST} missing)")
         mode = "r" if mmap else None
         flag = faiss.IO_FLAG_MMAP if mmap else 0
+        skip = frozenset() if member_state else MEMBER_ARRAYS
         # Plain ndarray views of the maps: same pages, without np.memmap's per-slice Python overhead.
         arrays = {name: np.asarray(np.load(path / f"{name}.npy", mmap_mode=mode, allow_pickle=False))
-                  for name in Array if name not in OPTIONAL_ARRAYS or (path / f"{name}.npy").exists()}
+                  for name in Array
+                  if name not in skip and (name not in OPTIONAL_ARRAYS or (path / f"{name}.npy").exists())}
+        members = IdMap.load(path / MEMBERS) if member_state else IdMap.from_ids([])
         return cls(path=path, manifest=Manifest.read(path), items=IdMap.load(path / ITEMS),
-                   members=IdMap.load(path / MEMBERS), arrays=arrays,
+                   members=members, arrays=arrays,
                    sparse={name: sp.load_npz(path / f"{name}.npz").tocsr() for name in Sparse},
-                   indexes={name: faiss.read_index(str(path / name), flag) for name in Index})
+                   indexes={name: faiss.read_index(str(path / name), flag) for name in Index},
+                   member_count=member_count(path), members_in_store=not member_state)
 
     @property
     def version(self) -> int:
@@ -71,6 +86,22 @@ class ModelBundle:
         if idx is None:
             raise NotFound(f"unknown item {item_id!r}")
         return idx
+
+    def member_list_columns(self, lo: int, hi: int, depth: int) -> list[ListColumns]:
+        """Members lo..hi-1's lists as the feature store holds them: the precomputed collaborative lists
+        (else `depth` items searched in the member index, as `member_top` would) and every intent's lists."""
+        top_items = self.arrays.get(Array.MEMBER_TOP_ITEMS)
+        if top_items is not None:
+            items, scores = top_items[lo:hi], self.arrays[Array.MEMBER_TOP_SCORES][lo:hi]
+        else:
+            query = np.ascontiguousarray(self.arrays[Array.MEMBER_FACTORS][lo:hi], dtype=np.float32)
+            scores, items = self.indexes[Index.MEMBER].search(query, min(depth, len(self.items)))
+        out = [ListColumns(None, np.asarray(items), np.asarray(scores))]
+        for intent, (item_name, score_name) in INTENT_ARRAYS.items():
+            if item_name in self.arrays:
+                out.append(ListColumns(intent, np.asarray(self.arrays[item_name][lo:hi]),
+                                       np.asarray(self.arrays[score_name][lo:hi])))
+        return out
 
     def member_scores(self, member_id: str) -> np.ndarray | None:
         """Collaborative scores of every item for a known member; None lets the caller fall back to cold start."""
@@ -188,3 +219,13 @@ class ModelBundle:
         scores[basket] = -np.inf
         best = top_finite(scores, k)
         return best, scores[best]
+
+
+def member_ids(path: Path) -> np.ndarray:
+    """The member ids of the bundle at `path`, memory-mapped (paged in only where read)."""
+    return np.load(Path(path) / MEMBERS, mmap_mode="r", allow_pickle=False)
+
+
+def member_count(path: Path) -> int:
+    """Members of the bundle at `path`, from the id file's header."""
+    return int(member_ids(path).shape[0])

@@ -46,6 +46,7 @@ ITEM = "item"
 STOCK = "stock"
 CATEGORY_ITEMS = "category_items"
 BRAND_ITEMS = "brand_items"
+MEMBER_TOP = "member_top"
 
 # Durable entities (written live; survive re-materialisation).
 IDENTITY = "identity"
@@ -113,6 +114,10 @@ class Keys:
     def purchased(self, member_id: str) -> str:
         """Packed timed list: (item id, unix seconds of its last purchase) pairs, most recent first."""
         return self.feature(PURCHASED, member_id)
+
+    def member_top(self, member_id: str) -> str:
+        """Binary: the member's precomputed lists (`domain.member_lists`), when member state is in the store."""
+        return self.feature(MEMBER_TOP, member_id)
 
     def anon_recent(self, anonymous_id: str) -> str:
         return self.feature(ANON_RECENT, anonymous_id)

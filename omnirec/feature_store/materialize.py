@@ -3,7 +3,8 @@
 Features are computed column-wise with numpy/Arrow (no per-member Python objects), encoded to the Redis
 protocol with Arrow string kernels (`feature_store.resp`) and sent in pipelined batches of
 `batch_members` members (three `SET`s of packed values each, `feature_store.packed`; the purchased list
-packs each item with its last purchase time). Readers keep
+packs each item with its last purchase time; a fourth, the member's precomputed lists, when member state is
+in the store: `MemberListSource`). Readers keep
 serving the previous generation until
 the pointer hash is rewritten in one HSET at the very end; the previous generation then gets a short
 EXPIRE so in-flight readers can finish.
@@ -24,9 +25,11 @@ import redis
 from redis.cluster import RedisCluster
 from tqdm import tqdm
 
+from omnirec.bundle.reader import ModelBundle
 from omnirec.domain.clock import stale_data_warning
 from omnirec.domain.derive import codes, last_two
 from omnirec.domain.lifecycle import DAY, STAGES, LifecycleRules, lifecycle_stages
+from omnirec.domain.member_lists import ListColumns, encode
 from omnirec.domain.readers import RetailData
 from omnirec.domain.tiers import TierLadder
 from omnirec.domain.vocab import Col, EventType
@@ -275,6 +278,23 @@ def catalogue_features(items: pa.Table, inventory: pa.Table, links: pa.Table, no
 
 
 @dataclass(frozen=True)
+class MemberListSource:
+    """The published bundle's member-side lists, which a materialisation copies into the store when replicas
+    do not hold member state (`service.config.member_state_in_store`)."""
+
+    bundle_version: int
+    member_ids: pa.Array
+    columns: Callable[[int, int], list[ListColumns]]
+    """Lists of members lo..hi-1 (rows of `member_ids`)."""
+
+    @classmethod
+    def from_bundle(cls, bundle: ModelBundle, depth: int) -> MemberListSource:
+        """`depth`: collaborative items per member when the bundle has no precomputed lists."""
+        return cls(bundle.version, pa.array(bundle.members.external_ids),
+                   lambda lo, hi: bundle.member_list_columns(lo, hi, depth))
+
+
+@dataclass(frozen=True)
 class LoadReport:
     generation: int
     previous_generation: int | None
@@ -304,11 +324,13 @@ class Materializer:
         self.config = config
         self.keys = Keys(config.namespace)
 
-    def load(self, features: BatchFeatures, progress: bool = False) -> LoadReport:
+    def load(self, features: BatchFeatures, progress: bool = False,
+             member_lists: MemberListSource | None = None) -> LoadReport:
+        """`member_lists`: also write each bundle member's lists (`member_top`), for replicas without member state."""
         with redis_unavailable("materialisation"):
-            return self._load(features, progress)
+            return self._load(features, progress, member_lists)
 
-    def _load(self, f: BatchFeatures, progress: bool) -> LoadReport:
+    def _load(self, f: BatchFeatures, progress: bool, member_lists: MemberListSource | None) -> LoadReport:
         started = time.perf_counter()
         generation = self.begin()
         k = self.keys.at(generation)
@@ -333,6 +355,8 @@ class Materializer:
                 self._send(sender, [_packed_lists(f.anon_recent, f.anon_ids, f.item_ids, k.anon_recent, lo,
                                                   lo + step, ttl)], None)
             self.write_catalogue(f, generation, sender, stamp)
+            if member_lists is not None:
+                self.write_member_lists(member_lists, generation, sender, progress)
         return self.finish(generation, n, len(f.item_ids), sender.commands_sent, started)
 
     def begin(self) -> int:
@@ -343,6 +367,21 @@ class Materializer:
         """Items, stock and identity links (what grows with the catalogue and stores, not with members)."""
         self._load_items(f, self.keys.at(generation), sender, stamp)
         self._load_links(f, sender, stamp)
+
+    def write_member_lists(self, source: MemberListSource, generation: int, sender: resp.BulkSender,
+                           progress: bool = False) -> None:
+        """One `member_top` value per bundle member (`domain.member_lists`), in batches of `batch_members`."""
+        k = self.keys.at(generation)
+        n = len(source.member_ids)
+        step = self.config.batch_members
+        with tqdm(total=n, desc=f"member lists of bundle v{source.bundle_version}", unit="member",
+                  disable=not progress) as bar:
+            for lo in range(0, n, step):
+                hi = min(lo + step, n)
+                keys = key_column(k.member_top, source.member_ids.slice(lo, hi - lo))
+                values = encode(source.bundle_version, source.columns(lo, hi))
+                self._send(sender, [(keys, resp.set_values(keys, values, self.config.feature_ttl_s))], None)
+                bar.update(hi - lo)
 
     def finish(self, generation: int, members: int, items: int, commands: int, started: float) -> LoadReport:
         """Switch readers to `generation` (one HSET), then give older generations the grace TTL."""
@@ -449,9 +488,11 @@ class MaterializeSummary:
 
 
 def materialize(data_dir: Path, config: RedisConfig, tiers: TierLadder, rules: LifecycleRules,
-                now: float | None = None, progress: bool = False) -> MaterializeSummary:
+                now: float | None = None, progress: bool = False,
+                member_lists: MemberListSource | None = None) -> MaterializeSummary:
     """Read the retail files in `data_dir`, compute features at `now` (as_of; default the newest event)
-    and load them as a new generation. Events after `now` are left out; a stale history is logged."""
+    and load them as a new generation. Events after `now` are left out; a stale history is logged.
+    `member_lists`: the bundle's member lists to store too (member state in the store)."""
     started = time.perf_counter()
     data = RetailData.read(data_dir)
     if now is not None:
@@ -462,7 +503,7 @@ def materialize(data_dir: Path, config: RedisConfig, tiers: TierLadder, rules: L
     computed = time.perf_counter()
     client = connect(config, socket_timeout_s=config.bulk_timeout_s)
     try:
-        report = Materializer(client, config).load(features, progress=progress)
+        report = Materializer(client, config).load(features, progress=progress, member_lists=member_lists)
     finally:
         client.close()
     return MaterializeSummary(report, read - started, computed - read)

@@ -25,6 +25,7 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
+from omnirec.domain.member_lists import MalformedLists, MemberLists, decode
 from omnirec.domain.vocab import ONLINE_STORE
 from omnirec.feature_store.config import RedisConfig
 from omnirec.feature_store.errors import FeatureStoreError, NotMaterialised, redis_call
@@ -85,6 +86,8 @@ class MemberFeatures:
     """Newest first, distinct, at most `recent_items` long."""
     purchased: Mapping[str, int]
     """Item -> unix seconds of its last purchase, most recent first, at most `purchased_items` long."""
+    top_lists: MemberLists | None = None
+    """The member's precomputed lists (`member_top`), when asked for and stored."""
 
     @property
     def purchased_items(self) -> frozenset[str]:
@@ -187,6 +190,15 @@ def parse_purchased(key: str, raw: bytes | None) -> dict[str, int]:
         raise FeatureStoreError(f"{key}: malformed purchased list ({exc})") from None
 
 
+def _top_lists(key: str, raw: bytes | None) -> MemberLists | None:
+    if raw is None:
+        return None
+    try:
+        return decode(raw)
+    except MalformedLists as exc:
+        raise FeatureStoreError(f"{key}: malformed member lists ({exc})") from None
+
+
 class ReadPlans:
     """What each request-time read sends and how it parses the replies, shared by both readers."""
 
@@ -226,7 +238,7 @@ class ReadPlans:
     def read_request(self, member_id: str | None = None, anonymous_id: str | None = None,
                      item_ids: Sequence[str] = (), store_id: str | None = None,
                      selections: Sequence[ItemSelection] = (), extra: Extra | None = None,
-                     member_lists: bool = True) -> Plan[RequestFeatures]:
+                     member_lists: bool = True, member_top: bool = False) -> Plan[RequestFeatures]:
         if not member_id and not anonymous_id:
             raise ValueError("read_request needs a member_id or an anonymous_id")
         store = store_id or ONLINE_STORE
@@ -235,7 +247,7 @@ class ReadPlans:
         def queue(batch: Batch, k: Keys) -> None:
             out.clear()
             if member_id:
-                self._queue_member(batch, k, member_id, member_lists, out)
+                self._queue_member(batch, k, member_id, member_lists, out, member_top)
             else:
                 batch.pipe.hget(k.identity(anonymous_id), "member_id")
                 batch.pipe.get(k.anon_recent(anonymous_id))
@@ -252,7 +264,7 @@ class ReadPlans:
 
             def queue_linked(batch: Batch, k: Keys) -> None:
                 out.update(anon_recent=())
-                self._queue_member(batch, k, resolved, member_lists, out)
+                self._queue_member(batch, k, resolved, member_lists, out, member_top)
                 self._queue_items(batch, k, list(item_ids), store, out)  # again: one generation per answer
                 self._queue_selections(batch, k, selections, store, out, self.cluster)
                 if extra is not None:
@@ -268,19 +280,23 @@ class ReadPlans:
             stock=out["stock"], selections_in_stock=out["selections"])
 
     @staticmethod
-    def _queue_member(batch: Batch, k: Keys, member_id: str, lists: bool, out: dict[str, Any]) -> None:
+    def _queue_member(batch: Batch, k: Keys, member_id: str, lists: bool, out: dict[str, Any],
+                      top: bool = False) -> None:
         batch.pipe.get(k.member(member_id))
         if lists:
             batch.pipe.get(k.recent(member_id))
             batch.pipe.get(k.purchased(member_id))
+        if top:
+            batch.pipe.get(k.member_top(member_id))
 
         def parse(r: list[Any]) -> None:
             profile = MemberProfile.from_packed(member_id, k.member(member_id), r[0]) if r[0] is not None else None
             out["member"] = MemberFeatures(
                 member_id=member_id, profile=profile, recent_items=tuple(unpack(r[1])) if lists else (),
-                purchased=parse_purchased(k.purchased(member_id), r[2]) if lists else {})
+                purchased=parse_purchased(k.purchased(member_id), r[2]) if lists else {},
+                top_lists=_top_lists(k.member_top(member_id), r[-1]) if top else None)
 
-        batch.add(3 if lists else 1, parse)
+        batch.add(1 + (2 if lists else 0) + (1 if top else 0), parse)
 
     @staticmethod
     def _queue_items(batch: Batch, k: Keys, item_ids: list[str], store: str, out: dict[str, Any]) -> None:
@@ -452,12 +468,13 @@ class FeatureReader:
     def read_request(self, member_id: str | None = None, anonymous_id: str | None = None,
                      item_ids: Sequence[str] = (), store_id: str | None = None,
                      selections: Sequence[ItemSelection] = (), extra: Extra | None = None,
-                     member_lists: bool = True) -> RequestFeatures:
+                     member_lists: bool = True, member_top: bool = False) -> RequestFeatures:
         """All features of one request. `store_id` None reads online stock (app, mini-program, web);
         `selections`: which of them has an item in stock there; `extra`: reads another owner adds;
-        `member_lists=False` leaves the recent and purchased lists out (empty): the profile is all offers need."""
+        `member_lists=False` leaves the recent and purchased lists out (empty): the profile is all offers need;
+        `member_top` adds the member's precomputed lists (member state in the store)."""
         return self._run(self.plans.read_request(member_id, anonymous_id, item_ids, store_id, selections, extra,
-                                                 member_lists))
+                                                 member_lists, member_top))
 
     def profiles(self, member_ids: Sequence[str]) -> tuple[int, list[MemberProfile | None]]:
         """(generation, profile or None per member), one round trip: audiences read members in chunks."""
@@ -500,9 +517,9 @@ class AsyncFeatureReader:
     async def read_request(self, member_id: str | None = None, anonymous_id: str | None = None,
                            item_ids: Sequence[str] = (), store_id: str | None = None,
                            selections: Sequence[ItemSelection] = (), extra: Extra | None = None,
-                           member_lists: bool = True) -> RequestFeatures:
+                           member_lists: bool = True, member_top: bool = False) -> RequestFeatures:
         return await self._run(self.plans.read_request(member_id, anonymous_id, item_ids, store_id, selections,
-                                                       extra, member_lists))
+                                                       extra, member_lists, member_top))
 
     async def selection_items(self, selections: Sequence[ItemSelection]) -> tuple[int, list[tuple[str, ...]]]:
         return await self._run(self.plans.selection_items(selections))

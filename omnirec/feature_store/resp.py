@@ -22,7 +22,12 @@ Part = pa.Array | str
 
 
 def bulk(values: pa.Array) -> pa.Array:
-    """Each value as a RESP bulk string `$<len>\\r\\n<value>\\r\\n` (values must not be null)."""
+    """Each value as a RESP bulk string `$<len>\\r\\n<value>\\r\\n` (values must not be null).
+
+    Binary values (`domain.member_lists`) are viewed as strings without UTF-8 validation: RESP is binary
+    safe and the string kernels used here work on bytes."""
+    if pa.types.is_binary(values.type):
+        values = values.view(pa.string())
     values = values if pa.types.is_string(values.type) else pc.cast(values, pa.string())
     length = pc.cast(pc.binary_length(values), pa.string())
     return pc.binary_join_element_wise("$", length, "\r\n", values, "\r\n", "")

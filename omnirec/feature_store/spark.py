@@ -6,7 +6,9 @@ per channel, purchases, spend, last two purchase times), the recent, purchased a
 and the three RFM quintile cuts (exact order statistics, four numbers each). Each partition then turns
 its members into packed records with the batch job's own `profile_columns` and `resp` encoders and sends
 them on its own pipelined connections (`resp.BulkSender`, one batch in flight per node), so the driver
-never holds the members. Items, stock and identity links (catalogue-sized) are loaded by the driver.
+never holds the members. Items, stock and identity links (catalogue-sized) are loaded by the driver, and so are
+the bundle's member lists when member state is in the store (`MemberListSource`: read from the bundle's
+memory-mapped arrays in batches, so the driver streams them without holding them).
 Readers keep serving the old generation until the driver's one `HSET` of the pointer, as in the batch job.
 """
 
@@ -37,6 +39,7 @@ from omnirec.feature_store.materialize import (
     Materializer,
     MaterializeSummary,
     MemberAggregates,
+    MemberListSource,
     catalogue_features,
     profile_columns,
     quintile_ranks,
@@ -169,7 +172,8 @@ class PartitionWriter:
 
 
 def materialize_spark(data_dir: Path, config: RedisConfig, spark_config: SparkConfig, tiers: TierLadder,
-                      rules: LifecycleRules, now: float | None = None) -> MaterializeSummary:
+                      rules: LifecycleRules, now: float | None = None,
+                      member_lists: MemberListSource | None = None) -> MaterializeSummary:
     """`omnirec materialize --engine spark`: see the module docstring. `read_seconds` covers the Spark
     aggregation; the load, timed from the first write, includes computing profiles on the executors."""
     if config.url is None:
@@ -203,6 +207,8 @@ def materialize_spark(data_dir: Path, config: RedisConfig, spark_config: SparkCo
                                                  "member_id": pa.array([], pa.string())}), now)
         with resp.BulkSender(client) as sender:
             materializer.write_catalogue(catalogue, generation, sender, writer.stamp)
+            if member_lists is not None:
+                materializer.write_member_lists(member_lists, generation, sender)
         report = materializer.finish(generation, n_members, item_table.num_rows, commands + sender.commands_sent,
                                      started)
         return MaterializeSummary(report, started - begun, 0.0)

@@ -3,13 +3,16 @@
 Known, cold and anonymous members are told apart here, once (as RecTools' `ModelBase.recommend` splits
 hot, warm and cold users): a member the model knows is scored by the model and needs at most their
 purchases from the feature store; anyone else needs their profile for the content model, or gets
-popularity. A feature store that cannot answer in time makes the answer degraded, never failed. The
-servicer only turns protos into these calls and `Answer`s back into protos.
+popularity. When member state is in the feature store (`Bundle.members_in_store`) the replica cannot tell
+them apart: every request reads the profile, purchases and the member's stored lists in one round trip.
+A feature store that cannot answer in time makes the answer degraded, never failed. The servicer only
+turns protos into these calls and `Answer`s back into protos.
 
-The request's `Intent` picks the list: a member with precomputed lists (`Bundle.intent_top`) gets their
-list corrected by the purchases made since (`intents.from_lists`, one purchased-list read); anyone else
-gets `BUY_AGAIN` from their purchases, most due first, `DISCOVER` as today's answer without bought items,
-and `MIXED` as today's answer (unchanged for callers that do not set an intent).
+The request's `Intent` picks the list: a member with precomputed lists (`Bundle.intent_top`, or the
+feature store's copy when member state is there) gets their list corrected by the purchases made since
+(`intents.from_lists`, one purchased-list read); anyone else gets `BUY_AGAIN` from their purchases, most due
+first, `DISCOVER` as today's answer without bought items, and `MIXED` as today's answer (unchanged for
+callers that do not set an intent).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ class MemberSource(Protocol):
     """The feature-store reads a request may make; each raises `Unavailable` when it cannot answer in time."""
 
     async def member(self, member_id: MemberId | None, anonymous_id: AnonymousId | None,
-                     budget_s: float) -> MemberContext: ...
+                     budget_s: float, top_lists: bool = False) -> MemberContext: ...
     async def purchased(self, member_id: MemberId, budget_s: float) -> MemberContext: ...
     async def in_stock(self, item_ids: list[ItemId], store_id: StoreId | None, budget_s: float) -> np.ndarray: ...
 
@@ -60,12 +63,16 @@ class MemberRead(Enum):
     """A member the model knows, with the purchase filter: only their purchased list."""
     PROFILE = "profile"
     """Anyone else: profile (cold start) and purchases, the anonymous id resolved to a member when linked."""
+    LISTS = "lists"
+    """Member state in the feature store: as `PROFILE`, plus the member's precomputed lists, one round trip."""
 
 
 def member_read(bundle: Bundle, member_id: MemberId | None, filters: Filters,
                 intent: Intent = Intent.MIXED, has_lists: bool = False) -> MemberRead:
     """Buy-again and discover need the member's purchases, and so does a precomputed list (to apply the
     purchases made since); today's MIXED answer needs them only for the purchase filter."""
+    if bundle.members_in_store:
+        return MemberRead.LISTS
     if member_id and member_id in bundle.members:
         needs = filters.exclude_purchased or has_lists or intent is not Intent.MIXED
         return MemberRead.PURCHASES if needs else MemberRead.NONE
@@ -106,10 +113,24 @@ async def _member(source: MemberSource, bundle: Bundle, member_id: MemberId | No
             return MemberContext(member_id=member_id), filters, []
         if read is MemberRead.PURCHASES and member_id:
             return await source.purchased(member_id, budget()), filters, []
+        if read is MemberRead.LISTS:
+            return _matching_lists(bundle, await source.member(member_id, anonymous_id, budget(), top_lists=True),
+                                   filters)
         return await source.member(member_id, anonymous_id, budget()), filters, []
     except Unavailable as exc:
         return (MemberContext(member_id=member_id), replace(filters, exclude_purchased=False),
                 [f"member features unavailable (purchases not excluded): {exc}"])
+
+
+def _matching_lists(bundle: Bundle, member: MemberContext,
+                    filters: Filters) -> tuple[MemberContext, Filters, list[str]]:
+    """Stored lists from another bundle version hold positions in another item order: dropped, degraded."""
+    if member.lists is None or member.lists.bundle_version == bundle.version:
+        return member, filters, []
+    stale = member.lists.bundle_version
+    return (replace(member, lists=None), filters,
+            [f"member lists in the feature store are from bundle v{stale}, serving v{bundle.version} (run "
+             "`omnirec materialize` after `omnirec publish`): content or popularity answer"])
 
 
 async def _finish(source: MemberSource, bundle: Bundle, categories: CategoryIndex, ranked: Ranked, request: Request,
@@ -162,6 +183,9 @@ async def for_member(source: MemberSource, bundle: Bundle, categories: CategoryI
     lists = bundle.intent_top(member_id, intent, n) if member_id else None
     read = member_read(bundle, member_id, request.filters, intent, lists is not None)
     member, filters, degraded = await _member(source, bundle, member_id, anonymous_id, request.filters, budget, read)
+    stored = member.lists.intents.get(intent) if member.lists is not None else None
+    if lists is None and stored is not None:
+        lists = stored.head(n)
     if intent is Intent.DISCOVER and not degraded:
         filters = replace(filters, exclude_purchased=True)
     request = replace(request, filters=filters)

@@ -7,7 +7,7 @@ items.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Protocol
 
@@ -15,6 +15,7 @@ import numpy as np
 
 from omnirec.domain.errors import NotFound
 from omnirec.domain.idmap import IdMap
+from omnirec.domain.member_lists import MemberLists
 from omnirec.domain.profile import ColdStartProfile
 from omnirec.domain.topk import top_finite
 from omnirec.domain.vocab import Channel, Intent, ItemId, MemberId, StoreId
@@ -45,6 +46,12 @@ class Bundle(Protocol):
 
     items: IdMap
     members: IdMap
+    """Empty when `members_in_store`."""
+    members_in_store: bool
+    """Member state (lists) is read from the feature store, not held by the bundle."""
+
+    @property
+    def version(self) -> int: ...
 
     def member_scores(self, member_id: str) -> np.ndarray | None: ...
     def member_top(self, member_id: str, n: int) -> tuple[np.ndarray, np.ndarray] | None: ...
@@ -112,6 +119,9 @@ class MemberContext:
     profile: ColdStartProfile | None = None
     purchased: Mapping[ItemId, float] = field(default_factory=dict)
     """Every item the member bought -> unix seconds of its last purchase, most recent first."""
+    lists: MemberLists | None = None
+    """The member's precomputed lists from the feature store (member state in the store), when they match
+    the serving bundle's version."""
 
 
 @dataclass(frozen=True)
@@ -173,10 +183,13 @@ def recommend(bundle: Bundle, categories: CategoryIndex, member: MemberContext, 
     """The member's best `n` candidates after category and purchase filters (stock is checked later).
 
     Without a category filter a known member's candidates come from `bundle.member_top` (a row of the
-    precomputed lists, or an index search) instead of scoring the whole catalogue.
+    precomputed lists, or an index search) instead of scoring the whole catalogue. When member state is in
+    the feature store the member's stored list is the candidates (`_from_stored_list`).
     """
     excluded = list(member.purchased) if filters.exclude_purchased else []
     applied = [Reason.EXCLUDED_PURCHASED] if filters.exclude_purchased and member.member_id is not None else []
+    if member.lists is not None and member.lists.collaborative is not None:
+        return _from_stored_list(bundle, categories, member, channel, store_id, n, filters, excluded, applied)
     if member.member_id and not filters.category:
         wanted = n + len(excluded) + (n if categories.never is not None else 0)
         found = bundle.member_top(member.member_id, wanted)
@@ -186,10 +199,44 @@ def recommend(bundle: Bundle, categories: CategoryIndex, member: MemberContext, 
             keep = np.flatnonzero(~np.isin(idx, drop) & categories.allowed(idx))[:n]
             if len(keep) == n or len(idx) < wanted:
                 return Ranked(idx[keep], scores[keep], [Reason.COLLABORATIVE] * len(keep), applied)
+    return _scored(bundle, categories, member, channel, store_id, n, filters, excluded, applied)
+
+
+def _scored(bundle: Bundle, categories: CategoryIndex, member: MemberContext, channel: Channel,
+            store_id: StoreId | None, n: int, filters: Filters, excluded: list[ItemId], applied: list[Reason],
+            taken: np.ndarray | None = None) -> Ranked:
+    """The best `n` of the whole catalogue by `personal_scores`, after the filters and without `taken`."""
     scores, reason = personal_scores(bundle, member, channel, store_id)
     masked, filtered = _exclusions(bundle, categories, scores, filters, excluded)
+    if taken is not None:
+        masked[taken] = -np.inf
     best = top_finite(masked, n)
     return Ranked(best, masked[best], [reason] * len(best), filtered + applied)
+
+
+def _from_stored_list(bundle: Bundle, categories: CategoryIndex, member: MemberContext, channel: Channel,
+                      store_id: StoreId | None, n: int, filters: Filters, excluded: list[ItemId],
+                      applied: list[Reason]) -> Ranked:
+    """The stored collaborative list after the filters; when the filters leave fewer than `n` of its items
+    (a replica without member state cannot score the catalogue for the member), the rest comes from the
+    member's profile (content) or popularity, after them."""
+    top = member.lists.collaborative if member.lists is not None else None
+    if top is None:
+        raise ValueError("_from_stored_list needs a member with a stored collaborative list")
+    idx, scores = top.items.astype(np.int64), np.asarray(top.scores, dtype=np.float32)
+    drop = bundle.items.to_internal(excluded, strict=False)
+    keep = ~np.isin(idx, drop) & categories.allowed(idx)
+    if filters.category:
+        keep &= categories.mask(filters.category)[idx]
+    head = np.flatnonzero(keep)[:n]
+    filtered = [Reason.CATEGORY_FILTER] if filters.category else []
+    ranked = Ranked(idx[head], scores[head], [Reason.COLLABORATIVE] * len(head), filtered + applied)
+    if len(head) == n:
+        return ranked
+    rest = _scored(bundle, categories, replace(member, member_id=None, lists=None), channel, store_id,
+                   n - len(head), filters, excluded, applied, taken=idx[head])
+    return Ranked(np.concatenate([ranked.idx, rest.idx]), np.concatenate([ranked.scores, rest.scores]),
+                  ranked.reasons + rest.reasons, rest.applied)
 
 
 def _filter_list(idx: np.ndarray, scores: np.ndarray, reason: Reason, categories: CategoryIndex,

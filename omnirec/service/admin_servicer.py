@@ -45,7 +45,7 @@ def model_info(model: ServingModel) -> admin_pb2.ModelInfo:
         metrics=_flatten(manifest.metrics),
         data_fingerprint=manifest.data_fingerprint,
         n_items=len(model.bundle.items),
-        n_members=len(model.bundle.members),
+        n_members=model.bundle.member_count,
     )
 
 

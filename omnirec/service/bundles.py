@@ -15,9 +15,11 @@ import pyarrow.parquet as pq
 
 from omnirec.audience.builder import FactorModel
 from omnirec.bundle import Array, BundleRegistry, ModelBundle
+from omnirec.bundle.reader import member_count
 from omnirec.domain.readers import ITEMS_FILE
 from omnirec.recommendations.config import RecommendationConfig
 from omnirec.recommendations.ranking import CategoryIndex
+from omnirec.service.config import ServiceConfig, member_state_in_store
 from omnirec.service.model import ModelHolder, ServingModel
 
 log = logging.getLogger(__name__)
@@ -51,22 +53,33 @@ def never_items(bundle: ModelBundle, data_dir: Path, rules: RecommendationConfig
     return never
 
 
-def load_serving_model(path: Path, data_dir: Path, rules: RecommendationConfig | None = None) -> ServingModel:
+def load_serving_model(path: Path, data_dir: Path, rules: RecommendationConfig | None = None,
+                       service: ServiceConfig | None = None) -> ServingModel:
+    """Above `service.member_state_in_store_above` members the bundle is loaded without member state: the
+    members' lists are read from the feature store (`omnirec materialize` put them there)."""
     rules = rules or RecommendationConfig()
-    bundle = ModelBundle.load(path, mmap=True)
+    in_store = member_state_in_store(service or ServiceConfig(), member_count(path))
+    bundle = ModelBundle.load(path, mmap=True, member_state=not in_store)
+    if in_store:
+        log.info("bundle v%d: %d members, member state read from the feature store", bundle.version,
+                 bundle.member_count)
     categories = CategoryIndex.from_categories(item_categories(bundle, data_dir), never_items(bundle, data_dir, rules),
                                                rules.never_categories)
     return ServingModel(bundle, categories, str(bundle.version), path)
 
 
-def holder_for(bundle_root: Path, data_dir: Path, rules: RecommendationConfig | None = None) -> ModelHolder:
+def holder_for(bundle_root: Path, data_dir: Path, rules: RecommendationConfig | None = None,
+               service: ServiceConfig | None = None) -> ModelHolder:
     """A holder following the registry's `current` pointer under `bundle_root`."""
     registry = BundleRegistry(bundle_root)
-    return ModelHolder(registry.current_path, lambda path: load_serving_model(path, data_dir, rules))
+    return ModelHolder(registry.current_path, lambda path: load_serving_model(path, data_dir, rules, service))
 
 
-def factor_model(bundle: ModelBundle, version: str) -> FactorModel:
-    """The bundle's collaborative factors as audiences score them (memory-mapped, not copied)."""
+def factor_model(bundle: ModelBundle, version: str) -> FactorModel | None:
+    """The bundle's collaborative factors as audiences score them (memory-mapped, not copied); None on a
+    replica without member state (audiences of that size run on Spark: `omnirec audience --engine spark`)."""
     arrays = bundle.arrays
+    if Array.MEMBER_FACTORS not in arrays:
+        return None
     return FactorModel(version, bundle.members, arrays[Array.MEMBER_FACTORS], bundle.items, arrays[Array.ITEM_FACTORS],
                        arrays.get(Array.POPULARITY))

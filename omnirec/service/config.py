@@ -65,7 +65,21 @@ class ServiceConfig(BaseModel):
     audience_chunk_members: int = Field(4096, ge=1)
     """Members an audience pull reads per store round trip; a cancelled call or a passed deadline stops the
     pull at the next chunk."""
+    member_state_in_store_above: int | None = Field(None, ge=0)
+    """Above this many members in the published bundle, member state moves to the feature store: `omnirec
+    materialize` writes each member's lists (`member_top:{id}`, FORMAT.md) and replicas load the bundle without
+    member ids, factors and lists, reading a member's lists in the request's feature-store round trip
+    (docs/scale.md, "Member state"). None: replicas always hold member state (a laptop, a few million members)."""
+    member_state_top_k: int = Field(100, ge=1)
+    """Items of the collaborative list stored per member when the bundle has no precomputed lists."""
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     """Each worker's event loop: uvloop (libuv) runs the feature-store reads' socket I/O and callbacks with
     less Python overhead (+11% Recommend throughput with the purchase filter in `bench/service_load.py`);
     `asyncio` is the standard library's loop."""
+
+
+def member_state_in_store(config: ServiceConfig, members: int) -> bool:
+    """Whether a bundle of `members` members serves its member state from the feature store: the one rule
+    `omnirec materialize` (which writes the lists) and the replicas (which then do not map them) share."""
+    threshold = config.member_state_in_store_above
+    return threshold is not None and members > threshold

@@ -8,6 +8,7 @@ import secrets
 import sys
 from pathlib import Path
 
+from omnirec.bundle.reader import member_ids
 from omnirec.config import OmnirecConfig
 from omnirec.service import audience_process
 from omnirec.service.audience_process import AudienceJobs
@@ -25,7 +26,7 @@ async def _serve_and_ask(config: OmnirecConfig, audience: AudienceJobs, api_key:
     server, port = await serve(state, port=0)
     await server.start()
     try:
-        members = state.models.get().bundle.members.external_ids
+        members = member_ids(state.models.get().bundle.path)  # also when the replica holds no member ids
         member_id = str(members[len(members) // 2])
         log.info("demo: asking for member %s with %s", member_id, CLIENT)
         client = await asyncio.create_subprocess_exec(sys.executable, str(CLIENT), "--target", f"127.0.0.1:{port}",

@@ -38,7 +38,8 @@ T = TypeVar("T")
 def _member_context(features: RequestFeatures) -> MemberContext:
     cold_start = features.profile.cold_start() if features.profile is not None else None
     purchased = features.member.purchased if features.member else {}
-    return MemberContext(member_id=features.member_id, profile=cold_start, purchased=purchased)
+    lists = features.member.top_lists if features.member else None
+    return MemberContext(member_id=features.member_id, profile=cold_start, purchased=purchased, lists=lists)
 
 
 class Features:
@@ -91,13 +92,15 @@ class Features:
         return int(generation), None if ts is None else float(ts)
 
     async def member(self, member_id: MemberId | None, anonymous_id: AnonymousId | None,
-                     budget_s: float) -> MemberContext:
-        """Profile and purchases of the member (resolved from the anonymous id when linked).
+                     budget_s: float, top_lists: bool = False) -> MemberContext:
+        """Profile and purchases of the member (resolved from the anonymous id when linked), and with
+        `top_lists` their precomputed lists (member state in the store), all in one round trip.
 
         Unavailable when Redis is down or slow, or holds nothing servable (no or malformed materialisation).
         """
         try:
-            features = await self._within(budget_s, self._reader.read_request(member_id, anonymous_id), "member")
+            features = await self._within(
+                budget_s, self._reader.read_request(member_id, anonymous_id, member_top=top_lists), "member")
         except FeatureStoreError as exc:
             raise Unavailable(str(exc)) from exc
         return _member_context(features)

@@ -87,7 +87,7 @@ class ServingState:
     def create(cls, config: OmnirecConfig, audience: AudienceJobs,
                preloaded: ServingModel | None = None) -> ServingState:
         """`preloaded`: a bundle the parent loaded before forking, so workers share its pages."""
-        models = holder_for(config.train.bundle_root, config.data_dir, config.recommendations)
+        models = holder_for(config.train.bundle_root, config.data_dir, config.recommendations, config.service)
         if preloaded is not None:
             models.adopt(preloaded)
         parts = wiring.build(config, models)
@@ -251,7 +251,8 @@ def _preload(config: OmnirecConfig) -> ServingModel | None:
     objects' headers, which would copy their pages into each worker. Later hot reloads load per worker.
     """
     path = BundleRegistry(config.train.bundle_root).current_path()
-    model = load_serving_model(path, config.data_dir, config.recommendations) if path is not None else None
+    model = load_serving_model(path, config.data_dir, config.recommendations, config.service) \
+        if path is not None else None
     gc.freeze()
     return model
 

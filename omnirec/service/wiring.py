@@ -18,6 +18,7 @@ from redis.cluster import RedisCluster
 from omnirec.audience import AudienceBuilder, AudienceSources, Campaigns
 from omnirec.config import OmnirecConfig
 from omnirec.domain.clock import clock_at
+from omnirec.domain.errors import FailedPrecondition
 from omnirec.domain.readers import LIVE_EVENTS_DIR
 from omnirec.feature_store.connection import connect, connect_async
 from omnirec.feature_store.live import LiveUpdater
@@ -86,8 +87,13 @@ def campaign_jobs(config: OmnirecConfig, models: ModelHolder) -> Campaigns:
 
     def sources() -> AudienceSources:
         current = models.current
+        model = None if current is None else factor_model(current.bundle, current.version)
+        if current is not None and model is None:
+            raise FailedPrecondition(f"bundle {current.version} serves member state from the feature store "
+                                     "(`[service] member_state_in_store_above`): build audiences of this size with "
+                                     "`omnirec audience --engine spark`")
         return AudienceSources(
-            model=None if current is None else factor_model(current.bundle, current.version),
+            model=model,
             uplift=engine.uplift, catalogue=engine.catalogue.current(), target_items=target_items,
             profiles=reader.profiles, marketing=engine.store.marketing_states)
 

@@ -25,12 +25,14 @@ def test_generation_scoped_keys() -> None:
     assert k.stock("online") == "omnirec@7:v5:stock:{online}"
     assert k.category_items("home/kitchen") == "omnirec@7:v5:category_items:{home/kitchen}"
     assert k.brand_items("b1") == "omnirec@7:v5:brand_items:{b1}"
+    assert k.member_top("m0000001") == "omnirec@7:v5:member_top:{m0000001}"
     assert k.all_generations_pattern() == "omnirec@*"
 
 
 def test_a_members_feature_keys_share_one_cluster_slot_in_every_generation() -> None:
     keys = [Keys("omnirec", g).member("m0000001") for g in (1, 2)]
-    keys += [Keys("omnirec", 2).recent("m0000001"), Keys("omnirec", 2).purchased("m0000001")]
+    keys += [Keys("omnirec", 2).recent("m0000001"), Keys("omnirec", 2).purchased("m0000001"),
+             Keys("omnirec", 2).member_top("m0000001")]
     assert {key_slot(k.encode()) for k in keys} == {key_slot(b"m0000001")}
     assert key_slot(Keys("omnirec", 2).member("m0000002").encode()) == key_slot(b"m0000002")
 

@@ -10,6 +10,8 @@ import pytest
 from test_ranking import CATS, ITEMS, TinyBundle
 
 from omnirec.domain.errors import Unavailable
+from omnirec.domain.idmap import IdMap
+from omnirec.domain.member_lists import MemberLists, TopList
 from omnirec.domain.profile import ColdStartProfile
 from omnirec.domain.vocab import Channel
 from omnirec.recommendations import engine
@@ -23,15 +25,20 @@ class FakeSource:
 
     down: bool = False
     calls: list[str] = field(default_factory=list)
+    lists: MemberLists | None = None
+    """What the store holds for m1 (member state in the store)."""
 
     def _read(self, name: str) -> None:
         self.calls.append(name)
         if self.down:
             raise Unavailable("feature store did not answer within 50 ms")
 
-    async def member(self, member_id: str | None, anonymous_id: str | None, budget_s: float) -> MemberContext:
-        self._read("member")
-        return MemberContext(member_id or "linked", ColdStartProfile(tier="gold"), purchased={"i0": 0.0})
+    async def member(self, member_id: str | None, anonymous_id: str | None, budget_s: float,
+                     top_lists: bool = False) -> MemberContext:
+        self._read("member+lists" if top_lists else "member")
+        lists = self.lists if top_lists and member_id == "m1" else None
+        purchased = {"i1": 0.0} if member_id == "m1" else {"i0": 0.0}  # m1's as `purchased` reads them
+        return MemberContext(member_id or "linked", ColdStartProfile(tier="gold"), purchased=purchased, lists=lists)
 
     async def purchased(self, member_id: str, budget_s: float) -> MemberContext:
         self._read("purchased")
@@ -43,9 +50,10 @@ class FakeSource:
 
 
 def ask(source: FakeSource, member_id: str | None, filters: Filters | None = None, anonymous_id: str | None = None,
-        channel: Channel = Channel.APP) -> engine.Answer:
+        channel: Channel = Channel.APP, bundle: TinyBundle | None = None) -> engine.Answer:
     request = Request(channel, "s1" if channel.is_physical else None, 3, filters or Filters())
-    return asyncio.run(for_member(source, TinyBundle(), CATS, member_id, anonymous_id, request, lambda: 0.05))
+    return asyncio.run(for_member(source, bundle or TinyBundle(), CATS, member_id, anonymous_id, request,
+                                  lambda: 0.05))
 
 
 @pytest.mark.parametrize(("member_id", "filters", "read"), [
@@ -91,3 +99,42 @@ def test_stock_is_checked_at_the_store_on_physical_channels() -> None:
     answer = ask(FakeSource(), "m1", Filters(in_stock_only=True), channel=Channel.POS)
     assert "i3" not in answer.item_ids and ITEMS.to_external(answer.ranked.idx).tolist() == answer.item_ids
     assert answer.ranked.applied == [Reason.IN_STOCK_AT_STORE]
+
+
+HELD = TinyBundle(top=(np.array([1, 3, 2, 5, 4, 0]), np.array([0.9, 0.8, 0.5, 0.3, 0.2, 0.1], np.float32)))
+LEAN = TinyBundle(members=IdMap.from_ids([]), members_in_store=True)
+"""The same model, its member state held by the replica, then in the feature store (no member ids at all)."""
+
+
+def _stored(version: int = 1) -> MemberLists:
+    assert HELD.top is not None
+    return MemberLists(version, TopList(HELD.top[0].astype(np.int32), HELD.top[1]), {})
+
+
+@pytest.mark.parametrize("filters", [Filters(), Filters(exclude_purchased=True), Filters(in_stock_only=True),
+                                     Filters(exclude_purchased=True, in_stock_only=True)])
+def test_store_held_lists_answer_as_the_bundle_held_ones_in_one_read(filters: Filters) -> None:
+    held_source, store_source = FakeSource(), FakeSource(lists=_stored())
+    held = ask(held_source, "m1", filters, bundle=HELD)
+    stored = ask(store_source, "m1", filters, bundle=LEAN)
+    assert stored.item_ids == held.item_ids and stored.ranked.reasons == held.ranked.reasons
+    assert stored.ranked.applied == held.ranked.applied and not stored.degraded
+    # One member read (profile, purchases and lists together) where the held bundle made one or none.
+    assert store_source.calls == ["member+lists"] + [c for c in held_source.calls if c == "in_stock"]
+
+
+def test_member_read_is_lists_for_everyone_when_member_state_is_in_the_store() -> None:
+    assert {member_read(LEAN, m, Filters()) for m in ("m1", "new", None)} == {MemberRead.LISTS}
+
+
+def test_lists_of_another_bundle_version_degrade_to_the_profile() -> None:
+    answer = ask(FakeSource(lists=_stored(version=7)), "m1", bundle=LEAN)
+    assert answer.ranked.reasons == [Reason.CONTENT_COLD_START] * 3
+    assert len(answer.degraded) == 1 and "bundle v7, serving v1" in answer.degraded[0]
+
+
+def test_a_member_without_stored_lists_is_a_cold_start_and_a_dead_store_degrades() -> None:
+    cold = ask(FakeSource(), "new", bundle=LEAN)
+    assert cold.ranked.reasons == [Reason.CONTENT_COLD_START] * 3 and not cold.degraded
+    dead = ask(FakeSource(down=True, lists=_stored()), "m1", bundle=LEAN)
+    assert dead.ranked.reasons[0] is Reason.POPULAR_IN_CHANNEL and dead.degraded

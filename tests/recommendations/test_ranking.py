@@ -11,6 +11,7 @@ import pytest
 from omnirec.bundle import Array, BundleRegistry
 from omnirec.domain.errors import NotFound
 from omnirec.domain.idmap import IdMap
+from omnirec.domain.member_lists import MemberLists, TopList
 from omnirec.domain.profile import ColdStartProfile
 from omnirec.domain.topk import top_finite
 from omnirec.domain.vocab import Channel, Intent
@@ -32,12 +33,14 @@ class TinyBundle:
     cycles: np.ndarray | None = None
     """Repurchase cycle of each item in days (None: the bundle has none)."""
     lists_as_of: float | None = None
+    members_in_store: bool = False
+    version: int = 1
 
     def member_scores(self, member_id: str) -> np.ndarray | None:
-        return np.array([0.1, 0.9, 0.5, 0.8, 0.2, 0.3], dtype=np.float32) if member_id == "m1" else None
+        return np.array([0.1, 0.9, 0.5, 0.8, 0.2, 0.3], dtype=np.float32) if member_id in self.members else None
 
     def member_top(self, member_id: str, n: int) -> tuple[np.ndarray, np.ndarray] | None:
-        if member_id != "m1" or self.top is None:
+        if member_id not in self.members or self.top is None:
             return None
         return self.top[0][:n], self.top[1][:n]
 
@@ -55,7 +58,7 @@ class TinyBundle:
         return np.array([0, 5, 2, 1])[:k], np.array([0.9, 0.8, 0.7, 0.6], dtype=np.float32)[:k]
 
     def intent_top(self, member_id: str, intent: Intent, n: int) -> tuple[np.ndarray, np.ndarray] | None:
-        found = self.lists.get(intent) if member_id == "m1" else None
+        found = self.lists.get(intent) if member_id in self.members else None
         return None if found is None else (found[0][:n], found[1][:n])
 
     def cycle_days(self, idx: np.ndarray) -> np.ndarray:
@@ -174,3 +177,18 @@ def test_never_recommend_from_config_and_zero_prices(bundle_root: Path, small_re
         ranked = recommend(model.bundle, model.categories, MemberContext(member_id), Channel.APP, None, 10, Filters())
         got = set(model.bundle.items.external_ids[ranked.idx].tolist())
         assert len(got) == 10 and not got & banned
+
+
+def test_a_stored_list_too_short_for_the_filters_is_topped_up_from_the_profile() -> None:
+    """The replica cannot score the catalogue for the member: the list's items in the category come first,
+    then content scores (the profile) fill the answer, never an item twice."""
+    lists = MemberLists(1, TopList(np.array([1, 3, 2], np.int32), np.array([0.9, 0.8, 0.5], np.float32)), {})
+    member = MemberContext("m1", ColdStartProfile(tier="basic"), purchased={"i3": 0.0}, lists=lists)
+    lean = TinyBundle(members=IdMap.from_ids([]), members_in_store=True)
+    ranked = recommend(lean, CATS, member, Channel.APP, None, 3, Filters(category="home", exclude_purchased=True))
+    assert ITEMS.to_external(ranked.idx).tolist() == ["i1", "i0"]
+    assert ranked.reasons == [Reason.COLLABORATIVE, Reason.CONTENT_COLD_START]
+    assert ranked.applied == [Reason.CATEGORY_FILTER, Reason.EXCLUDED_PURCHASED]
+    full = recommend(lean, CATS, member, Channel.APP, None, 4, Filters())
+    assert ITEMS.to_external(full.idx).tolist() == ["i1", "i3", "i2", "i0"]
+    assert full.reasons == [Reason.COLLABORATIVE] * 3 + [Reason.CONTENT_COLD_START]
