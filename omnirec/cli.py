@@ -278,7 +278,7 @@ def migrate_durable(config: ConfigOpt = None) -> None:
 def _member_lists(cfg: OmnirecConfig) -> MemberListSource | None:
     """The published bundle's member lists when its member count is above `[service]
     member_state_in_store_above` (replicas then read them from the store); None otherwise."""
-    from omnirec.bundle import BundleRegistry, ModelBundle
+    from omnirec.bundle import BundleRegistry
     from omnirec.bundle.reader import member_count
     from omnirec.feature_store.materialize import MemberListSource
     from omnirec.service.config import member_state_in_store
@@ -286,7 +286,7 @@ def _member_lists(cfg: OmnirecConfig) -> MemberListSource | None:
     path = BundleRegistry(cfg.train.bundle_root).current_path()
     if path is None or not member_state_in_store(cfg.service, member_count(path)):
         return None
-    return MemberListSource.from_bundle(ModelBundle.load(path), cfg.service.member_state_top_k)
+    return MemberListSource.from_path(path, cfg.service.member_state_top_k)
 
 
 @app.command("train-uplift")

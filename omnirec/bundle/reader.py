@@ -57,9 +57,10 @@ class ModelBundle:
     """Loaded without member state (`member_state=False`): members' lists are the feature store's."""
 
     @classmethod
-    def load(cls, path: Path, mmap: bool = True, member_state: bool = True) -> ModelBundle:
+    def load(cls, path: Path, mmap: bool = True, member_state: bool = True, member_index: bool = True) -> ModelBundle:
         """Open a bundle folder; with `mmap`, arrays and indexes are paged in on use, not copied. Without
-        `member_state`, nothing that grows with members (ids, `MEMBER_ARRAYS`) is read."""
+        `member_state`, nothing that grows with members (ids, `MEMBER_ARRAYS`) is read; without
+        `member_index`, the member arrays are mapped but no id lookup is built (batch jobs that walk rows)."""
         path = Path(path)
         if not (path / MANIFEST).exists():
             raise NotFound(f"no model bundle at {path} ({MANIFEST} missing)")
@@ -70,7 +71,7 @@ class ModelBundle:
         arrays = {name: np.asarray(np.load(path / f"{name}.npy", mmap_mode=mode, allow_pickle=False))
                   for name in Array
                   if name not in skip and (name not in OPTIONAL_ARRAYS or (path / f"{name}.npy").exists())}
-        members = IdMap.load(path / MEMBERS) if member_state else IdMap.from_ids([])
+        members = IdMap.load(path / MEMBERS) if member_state and member_index else IdMap.from_ids([])
         return cls(path=path, manifest=Manifest.read(path), items=IdMap.load(path / ITEMS),
                    members=members, arrays=arrays,
                    sparse={name: sp.load_npz(path / f"{name}.npz").tocsr() for name in Sparse},

@@ -25,7 +25,7 @@ import redis
 from redis.cluster import RedisCluster
 from tqdm import tqdm
 
-from omnirec.bundle.reader import ModelBundle
+from omnirec.bundle.reader import ModelBundle, member_ids
 from omnirec.domain.clock import stale_data_warning
 from omnirec.domain.derive import codes, last_two
 from omnirec.domain.lifecycle import DAY, STAGES, LifecycleRules, lifecycle_stages
@@ -290,8 +290,14 @@ class MemberListSource:
     @classmethod
     def from_bundle(cls, bundle: ModelBundle, depth: int) -> MemberListSource:
         """`depth`: collaborative items per member when the bundle has no precomputed lists."""
-        return cls(bundle.version, pa.array(bundle.members.external_ids),
+        return cls(bundle.version, pa.array(member_ids(bundle.path)),
                    lambda lo, hi: bundle.member_list_columns(lo, hi, depth))
+
+    @classmethod
+    def from_path(cls, path: Path, depth: int) -> MemberListSource:
+        """The bundle at `path`, its member arrays mapped without building an id lookup (tens of millions of
+        ids would cost gigabytes)."""
+        return cls.from_bundle(ModelBundle.load(path, member_index=False), depth)
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,11 @@ import redis
 from pyspark.sql import SparkSession
 from redis.cluster import RedisCluster
 
+from omnirec.bundle import BundleRegistry
 from omnirec.domain import LifecycleRules, TierLadder
 from omnirec.feature_store.config import RedisConfig
 from omnirec.feature_store.keys import Keys
-from omnirec.feature_store.materialize import BatchFeatures, LoadReport, Materializer
+from omnirec.feature_store.materialize import BatchFeatures, LoadReport, Materializer, MemberListSource
 from omnirec.feature_store.reader import FeatureReader
 from omnirec.feature_store.resp import node_clients
 from omnirec.feature_store.spark import materialize_spark
@@ -42,17 +43,20 @@ def _stored(client: redis.Redis, keys: Keys) -> dict[bytes, object]:
 @pytest.mark.timeout(900)  # a dozen small Spark jobs: seconds each on a quiet machine, minutes on a busy one
 def test_spark_materialisation_writes_what_the_local_job_writes(
         spark: SparkSession, redis_client: redis.Redis, store_config: RedisConfig, small_retail_dir: Path,
-        features: BatchFeatures) -> None:
+        features: BatchFeatures, bundle_root: Path) -> None:
+    """With the bundle's member lists too (member state in the store), which the driver writes."""
     config = store_config.model_copy(update={"recent_items": 20, "purchased_items": 50})
-    local = Materializer(redis_client, config).load(features)
+    lists = MemberListSource.from_path(BundleRegistry(bundle_root).current_path(), 20)  # type: ignore[arg-type]
+    local = Materializer(redis_client, config).load(features, member_lists=lists)
     summary = materialize_spark(small_retail_dir, config, SparkConfig(), TierLadder(), LifecycleRules(),
-                                now=features.now)
+                                now=features.now, member_lists=lists)
     report: LoadReport = summary.load
     assert report.generation == local.generation + 1 and report.previous_generation == local.generation
     assert report.members == len(features.member_ids)
     keys = Keys(config.namespace)
     want, got = _stored(redis_client, keys.at(local.generation)), _stored(redis_client, keys.at(report.generation))
-    assert len(got) == len(want) > 2 * len(features.member_ids)
+    assert len(got) == len(want) > 2 * len(features.member_ids) + len(lists.member_ids)
+    assert sum(b":member_top:" in k for k in got) == len(lists.member_ids)
     renamed = {k.replace(f"@{local.generation}:".encode(), f"@{report.generation}:".encode()): v
                for k, v in want.items()}
     assert got == renamed
