@@ -13,7 +13,7 @@ from omnirec.domain.errors import Unavailable
 from omnirec.domain.idmap import IdMap
 from omnirec.domain.member_lists import MemberLists, TopList
 from omnirec.domain.profile import ColdStartProfile
-from omnirec.domain.vocab import Channel
+from omnirec.domain.vocab import Channel, Intent
 from omnirec.recommendations import engine
 from omnirec.recommendations.engine import MemberRead, Request, for_member, member_read
 from omnirec.recommendations.ranking import Filters, MemberContext, Reason
@@ -138,3 +138,29 @@ def test_a_member_without_stored_lists_is_a_cold_start_and_a_dead_store_degrades
     assert cold.ranked.reasons == [Reason.CONTENT_COLD_START] * 3 and not cold.degraded
     dead = ask(FakeSource(down=True, lists=_stored()), "m1", bundle=LEAN)
     assert dead.ranked.reasons[0] is Reason.POPULAR_IN_CHANNEL and dead.degraded
+
+
+INTENT_LISTS = {Intent.MIXED: (np.array([2, 0, 5, 1]), np.array([0.9, 0.8, 0.7, 0.6], np.float32)),
+                Intent.BUY_AGAIN: (np.array([1, 3]), np.array([2.0, 1.0], np.float32)),
+                Intent.DISCOVER: (np.array([4, 5, 2, 0]), np.array([0.5, 0.4, 0.3, 0.2], np.float32))}
+
+
+@pytest.mark.parametrize("intent", list(Intent))
+@pytest.mark.parametrize("filters", [Filters(), Filters(in_stock_only=True)])
+def test_store_held_intent_lists_answer_as_the_bundle_held_ones(intent: Intent, filters: Filters) -> None:
+    """The next-basket lists too: the same list, the same live purchases applied (m1 bought i1 at t=0)."""
+    assert HELD.top is not None
+    held = TinyBundle(top=HELD.top, lists=INTENT_LISTS)
+    stored = MemberLists(1, TopList(HELD.top[0].astype(np.int32), HELD.top[1]),
+                         {i: TopList(items.astype(np.int32), scores) for i, (items, scores) in INTENT_LISTS.items()})
+    request = Request(Channel.APP, None, 3, filters, intent=intent, now=86_400.0)
+
+    def answer(bundle: TinyBundle, source: FakeSource) -> engine.Answer:
+        return asyncio.run(for_member(source, bundle, CATS, "m1", None, request, lambda: 0.05))
+
+    store_source = FakeSource(lists=stored)
+    want, got = answer(held, FakeSource()), answer(LEAN, store_source)
+    assert {Reason.NEXT_BASKET, Reason.BUY_AGAIN, Reason.DISCOVER} & set(want.ranked.reasons)  # the lists served
+    assert got.item_ids == want.item_ids and got.ranked.reasons == want.ranked.reasons
+    assert got.ranked.applied == want.ranked.applied and got.degraded == want.degraded
+    assert store_source.calls[0] == "member+lists" and "purchased" not in store_source.calls

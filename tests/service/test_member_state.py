@@ -70,6 +70,8 @@ def test_store_held_member_state_answers_as_bundle_held(servers: tuple[RunningSe
         {"channel": common_pb2.CHANNEL_APP, "k": 10, "exclude_purchased": True},
         {"channel": common_pb2.CHANNEL_POS, "store_id": store_id, "k": 5, "exclude_purchased": True,
          "filter": common_pb2.ItemFilter(in_stock_only=True)},
+        {"channel": common_pb2.CHANNEL_APP, "k": 10, "intent": rec.INTENT_BUY_AGAIN},
+        {"channel": common_pb2.CHANNEL_APP, "k": 10, "intent": rec.INTENT_DISCOVER},
     ]
     for member_id in members:
         for request in requests:
