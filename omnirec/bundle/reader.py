@@ -89,11 +89,12 @@ class ModelBundle:
         return idx
 
     def member_list_columns(self, lo: int, hi: int, depth: int) -> list[ListColumns]:
-        """Members lo..hi-1's lists as the feature store holds them: the precomputed collaborative lists
-        (else `depth` items searched in the member index, as `member_top` would) and every intent's lists."""
+        """Members lo..hi-1's lists as the feature store holds them: `depth` collaborative items (from the
+        precomputed lists when they are that deep, else searched in the member index, as `member_top` does)
+        and every intent's lists."""
         top_items = self.arrays.get(Array.MEMBER_TOP_ITEMS)
-        if top_items is not None:
-            items, scores = top_items[lo:hi], self.arrays[Array.MEMBER_TOP_SCORES][lo:hi]
+        if top_items is not None and top_items.shape[1] >= depth:
+            items, scores = top_items[lo:hi, :depth], self.arrays[Array.MEMBER_TOP_SCORES][lo:hi, :depth]
         else:
             query = np.ascontiguousarray(self.arrays[Array.MEMBER_FACTORS][lo:hi], dtype=np.float32)
             scores, items = self.indexes[Index.MEMBER].search(query, min(depth, len(self.items)))

@@ -70,8 +70,11 @@ class ServiceConfig(BaseModel):
     materialize` writes each member's lists (`member_top:{id}`, FORMAT.md) and replicas load the bundle without
     member ids, factors and lists, reading a member's lists in the request's feature-store round trip
     (docs/scale.md, "Member state"). None: replicas always hold member state (a laptop, a few million members)."""
-    member_state_top_k: int = Field(100, ge=1)
-    """Items of the collaborative list stored per member when the bundle has no precomputed lists."""
+    member_state_top_k: int = Field(50, ge=1)
+    """Collaborative items stored per member (member state in the store): the bundle's precomputed lists
+    when they are this deep (`train.member_top_k`), else a search of its member index. A request that needs
+    more (a purchase filter over many purchases, or the stock check's over-fetch, 4k + 20) is topped up from
+    the profile, where a replica holding member state would search deeper."""
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     """Each worker's event loop: uvloop (libuv) runs the feature-store reads' socket I/O and callbacks with
     less Python overhead (+11% Recommend throughput with the purchase filter in `bench/service_load.py`);

@@ -39,9 +39,13 @@ def _read(client: redis.Redis, reader: FeatureReader, **kwargs: Any) -> tuple[in
         return trips, done.value
 
 
+@pytest.mark.parametrize("depth", [20, 80])
 def test_a_members_lists_come_in_the_requests_round_trip(redis_client: redis.Redis, store_config: RedisConfig,
-                                                        features: BatchFeatures, bundle: ModelBundle) -> None:
-    Materializer(redis_client, store_config).load(features, member_lists=MemberListSource.from_bundle(bundle, 20))
+                                                        features: BatchFeatures, bundle: ModelBundle,
+                                                        depth: int) -> None:
+    """20: a slice of the bundle's precomputed 50; 80: deeper, searched in its member index."""
+    Materializer(redis_client, store_config).load(features,
+                                                  member_lists=MemberListSource.from_bundle(bundle, depth))
     reader = FeatureReader(redis_client, store_config)
     members = bundle.members.external_ids[[0, len(bundle.members) // 2, -1]].tolist()
     _read(redis_client, reader, member_id=members[0])  # the reader learns the generation once
@@ -54,8 +58,8 @@ def test_a_members_lists_come_in_the_requests_round_trip(redis_client: redis.Red
         assert got.member.purchased_items == plain.member.purchased_items and got.profile == plain.profile
         lists = got.member.top_lists
         assert lists.bundle_version == bundle.version and lists.collaborative is not None
-        assert len(lists.collaborative.items) == 50  # the bundle's precomputed depth (`member_top_k`)
-        expected = bundle.member_top(member_id, 50)
+        assert len(lists.collaborative.items) == depth
+        expected = bundle.member_top(member_id, depth)
         assert expected is not None
         assert lists.collaborative.items.tolist() == expected[0].tolist()
         np.testing.assert_allclose(lists.collaborative.scores, expected[1], rtol=1e-6)

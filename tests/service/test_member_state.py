@@ -42,7 +42,8 @@ def _materialize(retail: RetailData, config: OmnirecConfig, lists: MemberListSou
 @pytest.fixture
 def servers(config: OmnirecConfig, retail: RetailData, bundle: ModelBundle) -> Iterator[tuple[RunningServer,
                                                                                             RunningServer]]:
-    """A replica holding member state and one reading it from the store, over the same bundle and store."""
+    """A replica holding member state and one reading it from the store, over the same bundle and store;
+    100 stored items cover the stock check's over-fetch (4k + 20) up to k = 20."""
     _materialize(retail, config, MemberListSource.from_bundle(bundle, 100))
     lean_config = config.model_copy(update={"service": config.service.model_copy(
         update={"member_state_in_store_above": 0})})
@@ -70,6 +71,7 @@ def test_store_held_member_state_answers_as_bundle_held(servers: tuple[RunningSe
         {"channel": common_pb2.CHANNEL_APP, "k": 10, "exclude_purchased": True},
         {"channel": common_pb2.CHANNEL_POS, "store_id": store_id, "k": 5, "exclude_purchased": True,
          "filter": common_pb2.ItemFilter(in_stock_only=True)},
+        {"channel": common_pb2.CHANNEL_WEB, "k": 10, "filter": common_pb2.ItemFilter(in_stock_only=True)},
         {"channel": common_pb2.CHANNEL_APP, "k": 10, "intent": rec.INTENT_BUY_AGAIN},
         {"channel": common_pb2.CHANNEL_APP, "k": 10, "intent": rec.INTENT_DISCOVER},
     ]
