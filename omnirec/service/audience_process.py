@@ -298,7 +298,7 @@ async def campaign_jobs(config: OmnirecConfig, preloaded: ServingModel | None = 
     from omnirec.service import wiring
     from omnirec.service.bundles import holder_for
 
-    models = holder_for(config.train.bundle_root, config.data_dir, config.recommendations)
+    models = holder_for(config.train.bundle_root, config.data_dir, config.recommendations, config.service)
     if preloaded is not None:
         models.adopt(preloaded)
 

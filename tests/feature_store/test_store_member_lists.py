@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from omnirec.bundle import BundleRegistry, ModelBundle
+from omnirec.bundle.format import MEMBER_ARRAYS
 from omnirec.domain.member_lists import ListColumns
 from omnirec.domain.vocab import Intent
 from omnirec.feature_store.config import RedisConfig
@@ -103,8 +104,7 @@ def test_without_member_state_the_bundle_maps_nothing_that_grows_with_members(bu
                                                                                bundle: ModelBundle) -> None:
     lean = ModelBundle.load(bundle.path, member_state=False)
     assert lean.members_in_store and len(lean.members) == 0 and lean.member_count == len(bundle.members)
-    assert set(lean.arrays) == {name for name in bundle.arrays if name not in
-                                {"member_factors", "member_top_items", "member_top_scores"}}
+    assert set(lean.arrays) == set(bundle.arrays) - MEMBER_ARRAYS and set(bundle.arrays) & MEMBER_ARRAYS
     member_id = str(bundle.members.external_ids[0])
     assert lean.member_top(member_id, 5) is None and lean.member_scores(member_id) is None
     assert len(lean.items) == len(bundle.items)
