@@ -15,6 +15,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+from omnirec.domain.errors import InvalidArgument
 from omnirec.domain.readers import Interactions
 from omnirec.domain.vocab import Intent
 from omnirec.training.baskets import Baskets, NextBasketSplit
@@ -176,6 +177,9 @@ def run_comparison(interactions: Interactions, baskets: Baskets, split: NextBask
     start = time.perf_counter()
     ranker_data = RankerData(baskets, interactions, config, seed)
     model = fit_ranker(ranker_data, split.cut_day, progress)
+    if model is None:
+        raise InvalidArgument("events", "no training window before the cut-off has a next basket among its "
+                                        "candidates: the ranker needs a longer history")
     seconds["fit_ranker"] = time.perf_counter() - start
     start = time.perf_counter()
     als = next(m.model for m in methods if isinstance(m, CollaborativeBaseline) and m.name == "ALS")

@@ -64,6 +64,7 @@ from omnirec.training.next_basket import (
     evaluate_methods,
     list_heads,
     next_basket_gate,
+    score_lists,
     served_results,
 )
 from omnirec.training.ranker import IntentLists, RankerData, TwoStageModel, fit_ranker, intent_lists
@@ -177,7 +178,7 @@ class ServedLists:
 
 def next_basket_report(interactions: Interactions, data: RankerData, collaborative: Recommender,
                        hybrid: Recommender, config: TrainConfig, cutoff_ts: int, timings: dict[str, float],
-                       progress: bool = False) -> tuple[list[MethodResult], GateDecision, TwoStageModel]:
+                       progress: bool = False) -> tuple[list[MethodResult], GateDecision, TwoStageModel | None]:
     """The next-basket protocol on this data set: what the service serves against the strongest baselines.
 
     The split is by day: `test_days` before the last purchase day, each member's first basket after it.
@@ -201,9 +202,14 @@ def next_basket_report(interactions: Interactions, data: RankerData, collaborati
     model = fit_ranker(data, split.cut_day, progress)
     timings["fit_ranker"] = time.perf_counter() - start
     start = time.perf_counter()
-    context = data.context(split.cut_day, ranker_als(collaborative, cutoff_ts // DAY <= split.cut_day))
-    lists = intent_lists(model, context, split.members, config.ranker.list_depth, progress)
-    results = served_results(list_heads(lists, config.eval_k), split, config.gate_bootstrap, config.seed) + results
+    if model is None:  # no intent lists: the service answers MIXED from the collaborative model
+        served = CollaborativeBaseline(collaborative, SERVED_MIXED).recommend(split.members, config.eval_k)
+        results = [score_lists(SERVED_MIXED, served, split, config.gate_bootstrap, config.seed), *results]
+    else:
+        context = data.context(split.cut_day, ranker_als(collaborative, cutoff_ts // DAY <= split.cut_day))
+        lists = intent_lists(model, context, split.members, config.ranker.list_depth, progress)
+        results = served_results(list_heads(lists, config.eval_k), split, config.gate_bootstrap,
+                                 config.seed) + results
     timings["next_basket_served"] = time.perf_counter() - start
     metrics = (f"recall@{config.eval_k}", f"ndcg@{config.eval_k}")
     return results, next_basket_gate(results, SERVED_MIXED, metrics, config.gate_margin, config.gate_bootstrap,
@@ -294,14 +300,15 @@ def train_retail(retail: RetailData, config: TrainConfig, force: bool = False, p
         full = train_set(retail, interactions, config, all_rows, int(interactions.events[Col.TS].to_numpy().max()))
         models = make_models(config, spark_model)
         timings.update({f"refit_{k}": v for k, v in fit_all(models, full, progress).items()})
-        ranker_start = time.perf_counter()
-        ranker = fit_ranker(ranker_data, int(interactions.events[Col.TS].to_numpy().max()) // DAY, progress)
-        timings["refit_ranker"] = time.perf_counter() - ranker_start
+        if ranker is not None:  # lists only where the evaluated (and gated) answer was the ranker's
+            ranker_start = time.perf_counter()
+            ranker = fit_ranker(ranker_data, int(interactions.events[Col.TS].to_numpy().max()) // DAY, progress)
+            timings["refit_ranker"] = time.perf_counter() - ranker_start
     else:
         full = evaluation_set
     lists_start = time.perf_counter()
-    served = served_lists(ranker_data, ranker, interactions, next(m for m in models if m.name == config.collaborative),
-                          config, progress)
+    served = None if ranker is None else served_lists(
+        ranker_data, ranker, interactions, next(m for m in models if m.name == config.collaborative), config, progress)
     del ranker_data  # its context holds member x item matrices the bundle stage does not need
     timings["intent_lists"] = time.perf_counter() - lists_start
     registry = BundleRegistry(config.bundle_root)
@@ -309,8 +316,9 @@ def train_retail(retail: RetailData, config: TrainConfig, force: bool = False, p
     bundle_start = time.perf_counter()
     result = TrainResult(version, registry.path(version), metrics, better, False, timings, next_basket, gate)
     artifacts = bundle_artifacts(models, full, config, version, metrics, better, data_fingerprint(retail), progress)
-    artifacts = dataclasses.replace(artifacts, arrays={**artifacts.arrays, **intent_arrays(served)})
-    verdict = {"lists_as_of": served.as_of, "publish_gate": config.publish_gate,
+    if served is not None:
+        artifacts = dataclasses.replace(artifacts, arrays={**artifacts.arrays, **intent_arrays(served)})
+    verdict = {"lists_as_of": "" if served is None else served.as_of, "publish_gate": config.publish_gate,
                "gate_passed": None if gate is None else gate.passed,
                "next_basket": {"rows": [r.row() for r in next_basket], "gate": None if gate is None else
                                {"passed": gate.passed, "margin": gate.margin, "checks": gate.checks}}}

@@ -30,7 +30,6 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from omnirec.domain.errors import InvalidArgument
 from omnirec.domain.readers import Interactions
 from omnirec.domain.vocab import Intent
 from omnirec.training.baskets import Baskets, next_basket_split
@@ -307,12 +306,18 @@ class RankerData:
                                           self.seed, als)
         return self._context
 
-    def window(self, cut_day: int) -> tuple[Candidates, np.ndarray]:
+    def window(self, cut_day: int) -> tuple[Candidates, np.ndarray] | None:
         """Candidates of up to `train_members` members with a basket in the `window_days` after `cut_day`,
-        features at `cut_day`, and their labels (1: in that next basket)."""
+        features at `cut_day`, and their labels (1: in that next basket); None when no member bought both
+        before `cut_day` and in the window after it (a short history)."""
+        days = self.params.window_days
+        day = self.baskets.day
+        if not ((day <= cut_day).any() and ((day > cut_day) & (day <= cut_day + days)).any()):
+            return None
         if cut_day not in self._windows:
-            days = self.params.window_days
             split = next_basket_split(self.baskets.until(cut_day + days), days, cut_day=cut_day)
+            if not len(split.members):
+                return None
             rows = np.arange(len(split.members))
             if len(rows) > self.params.train_members:
                 rng = np.random.default_rng([self.seed, cut_day])
@@ -323,14 +328,21 @@ class RankerData:
         return self._windows[cut_day]
 
 
-def fit_ranker(data: RankerData, cut_day: int, progress: bool = False) -> TwoStageModel:
-    """Train on `windows` windows ending at `cut_day`: features at cut - w*days, labels after it."""
+def fit_ranker(data: RankerData, cut_day: int, progress: bool = False) -> TwoStageModel | None:
+    """Train on `windows` windows ending at `cut_day`: features at cut - w*days, labels after it.
+
+    Windows the history does not reach are skipped; None when no window has a next basket among its
+    candidates (a history too short to learn from: the bundle then holds no intent lists and the service
+    answers from the collaborative model, which is what the gate then judges)."""
     params = data.params
     parts, ys = [], []
     for w in tqdm(range(1, params.windows + 1), desc="ranker windows", unit="window", disable=not progress):
-        cands, y = data.window(cut_day - w * params.window_days)
-        parts.append(cands)
-        ys.append(y)
+        window = data.window(cut_day - w * params.window_days)
+        if window is not None:
+            parts.append(window[0])
+            ys.append(window[1])
+    if not parts:
+        return None
     offset = 0
     shifted = []
     for cands in parts:  # members of different windows are different ranking groups
@@ -342,8 +354,7 @@ def fit_ranker(data: RankerData, cut_day: int, progress: bool = False) -> TwoSta
     bought = train.column("bought") > 0
     mixed = _fit_booster(train, y, np.ones(len(y), bool), params, data.seed)
     if mixed is None:
-        raise InvalidArgument("events", "no training window has a next basket among its candidates; "
-                                        "the ranker needs more history")
+        return None
     return TwoStageModel(mixed=mixed, discover=_fit_booster(train, y, ~bought, params, data.seed), params=params)
 
 

@@ -68,3 +68,21 @@ def test_empty_log_is_refused(small_retail_dir: Path, tmp_path: Path) -> None:
     data = copy_with_events(small_retail_dir, tmp_path / "d", events)
     with pytest.raises(InvalidArgument, match="events"):
         train(data, TrainConfig(bundle_root=tmp_path / "b"), progress=False)
+
+
+def test_a_history_too_short_for_the_ranker_trains_without_intent_lists(small_retail_dir: Path,
+                                                                        tmp_path: Path) -> None:
+    """16 days of events leave the next-basket split its 14-day test window but no ranker window before it:
+    training still publishes (whatever the service accepted must train), the bundle holds no intent lists,
+    so the service answers MIXED from ALS, and that list is the `omnirec` row the gate judges."""
+    events = pq.read_table(small_retail_dir / "events.parquet")
+    ts = events.column("ts").to_numpy()
+    recent = events.filter(pa.array(ts >= ts.max() - 16 * 86_400))
+    data = copy_with_events(small_retail_dir, tmp_path / "d", recent)
+    result = train(data, TrainConfig(bundle_root=tmp_path / "b", lightfm={"epochs": 2}, ranker=SMALL_RANKER),
+                   force=True, progress=False)
+    rows = {r.method: r for r in result.next_basket}
+    assert "omnirec" in rows and "omnirec-buy-again" not in rows and "omnirec-discover" not in rows
+    assert result.gate is not None and result.gate.served == "omnirec"
+    assert not list(result.path.glob("intent_*.npy"))
+    assert json.loads((result.path / "manifest.json").read_text())["lists_as_of"] == ""
