@@ -199,6 +199,27 @@ def _top_lists(key: str, raw: bytes | None) -> MemberLists | None:
         raise FeatureStoreError(f"{key}: malformed member lists ({exc})") from None
 
 
+def _queue_selection_lists(batch: Batch, selections: Sequence[ItemSelection], lists: list[list[str]],
+                           out: dict[str, Any], name: str) -> None:
+    """GET every selection's category and brand lists; `out[name]` = each selection's own item ids and its
+    lists' ids, in order, without repeats."""
+    for keys in lists:
+        for key in keys:
+            batch.pipe.get(key)
+
+    def parse(r: list[Any]) -> None:
+        at, found = 0, []
+        for s, keys in zip(selections, lists, strict=True):
+            ids = dict.fromkeys(s.item_ids)
+            for raw in r[at:at + len(keys)]:
+                ids.update(dict.fromkeys(unpack(raw)))
+            at += len(keys)
+            found.append(tuple(ids))
+        out[name] = found
+
+    batch.add(sum(map(len, lists)), parse)
+
+
 class ReadPlans:
     """What each request-time read sends and how it parses the replies, shared by both readers."""
 
@@ -322,21 +343,7 @@ class ReadPlans:
             return
         lists = [s.lists(k) for s in selections]
         if cluster and any(lists):  # a list and the stock hash are two slots: read the lists now, the stock next
-            for keys in lists:
-                for key in keys:
-                    batch.pipe.get(key)
-
-            def parse_lists(r: list[Any]) -> None:
-                at, found = 0, []
-                for s, keys in zip(selections, lists, strict=True):
-                    ids = dict.fromkeys(s.item_ids)
-                    for raw in r[at:at + len(keys)]:
-                        ids.update(dict.fromkeys(unpack(raw)))
-                    at += len(keys)
-                    found.append(tuple(ids))
-                out["selection_ids"] = found
-
-            batch.add(sum(map(len, lists)), parse_lists)
+            _queue_selection_lists(batch, selections, lists, out, "selection_ids")
             return
         keys, args = [k.stock(store)], [len(selections)]
         for s in selections:
@@ -367,22 +374,7 @@ class ReadPlans:
         out: dict[str, Any] = {}
 
         def queue(batch: Batch, k: Keys) -> None:
-            lists = [s.lists(k) for s in selections]
-            for keys in lists:
-                for key in keys:
-                    batch.pipe.get(key)
-
-            def parse(r: list[Any]) -> None:
-                at, found = 0, []
-                for s, keys in zip(selections, lists, strict=True):
-                    ids = dict.fromkeys(s.item_ids)
-                    for raw in r[at:at + len(keys)]:
-                        ids.update(dict.fromkeys(unpack(raw)))
-                    at += len(keys)
-                    found.append(tuple(ids))
-                out["items"] = found
-
-            batch.add(sum(map(len, lists)), parse)
+            _queue_selection_lists(batch, selections, [s.lists(k) for s in selections], out, "items")
 
         generation = yield from self._consistent(queue, "selection_items")
         return generation, out["items"]
