@@ -58,7 +58,30 @@ from omnirec.feature_store.keys import Keys
 from omnirec.feature_store.reader import Batch
 from omnirec.offers.catalogue import Cap, Offer
 
-_ISSUE = """
+_LIMITS = """
+local function over_limits(contacts, cap, cap_since, fatigue, fatigue_since, offer_id, channel)
+  cap, cap_since = tonumber(cap), tonumber(cap_since)
+  fatigue, fatigue_since = tonumber(fatigue), tonumber(fatigue_since)
+  if cap < 0 and fatigue < 0 then return nil end
+  local entries = redis.call('ZRANGEBYSCORE', contacts, math.min(cap_since, fatigue_since), '+inf', 'WITHSCORES')
+  local mine, on_channel = 0, 0
+  for i = 1, #entries, 2 do
+    local contact = cjson.decode(entries[i])
+    local ts = tonumber(entries[i + 1])
+    if contact[2] == offer_id and ts >= cap_since then mine = mine + 1 end
+    if contact[3] == channel and ts >= fatigue_since then on_channel = on_channel + 1 end
+  end
+  if cap >= 0 and mine >= cap then return 'cap_reached', mine end
+  if fatigue >= 0 and on_channel >= fatigue then return 'fatigue_cap', on_channel end
+  return nil
+end
+"""
+"""The per-member cap and the channel's fatigue cap, shared by the single-Redis issue script and the cluster's
+member step: `over_limits(contacts key, cap count, cap since, fatigue count, fatigue since, offer id, channel)`
+returns the rule that blocks (`cap_reached`, `fatigue_cap`) and the contacts it counted, or nil. Negative
+counts mean "no limit"."""
+
+_ISSUE = _LIMITS + """
 local stored = redis.call('GET', KEYS[1])
 if stored then return {'replayed', stored} end
 local max_count, max_cents, cost = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -67,20 +90,8 @@ local cents = tonumber(redis.call('HGET', KEYS[2], 'reserved_cents') or '0')
 if (max_count >= 0 and count + 1 > max_count) or (max_cents >= 0 and cents + cost > max_cents) then
   return {'budget_exhausted', ''}
 end
-local cap, fatigue = tonumber(ARGV[7]), tonumber(ARGV[9])
-if cap >= 0 or fatigue >= 0 then
-  local since = math.min(tonumber(ARGV[8]), tonumber(ARGV[10]))
-  local entries = redis.call('ZRANGEBYSCORE', KEYS[3], since, '+inf', 'WITHSCORES')
-  local mine, channel = 0, 0
-  for i = 1, #entries, 2 do
-    local contact = cjson.decode(entries[i])
-    local ts = tonumber(entries[i + 1])
-    if contact[2] == ARGV[11] and ts >= tonumber(ARGV[8]) then mine = mine + 1 end
-    if contact[3] == ARGV[12] and ts >= tonumber(ARGV[10]) then channel = channel + 1 end
-  end
-  if cap >= 0 and mine >= cap then return {'cap_reached', tostring(mine)} end
-  if fatigue >= 0 and channel >= fatigue then return {'fatigue_cap', tostring(channel)} end
-end
+local blocked, seen = over_limits(KEYS[3], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12])
+if blocked then return {blocked, tostring(seen)} end
 redis.call('HINCRBY', KEYS[2], 'issued', 1)
 redis.call('HINCRBY', KEYS[2], 'reserved_cents', cost)
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[13])
@@ -142,28 +153,6 @@ return {1, raw}
 5 discount cents. Check-and-set in one step, so concurrent or retried redemptions record exactly one."""
 
 
-_LIMITS_BLOCK = """
-local cap, fatigue = tonumber(ARGV[4]), tonumber(ARGV[6])
-if cap >= 0 or fatigue >= 0 then
-  local since = math.min(tonumber(ARGV[5]), tonumber(ARGV[7]))
-  local entries = redis.call('ZRANGEBYSCORE', KEYS[2], since, '+inf', 'WITHSCORES')
-  local mine, channel = 0, 0
-  for i = 1, #entries, 2 do
-    local contact = cjson.decode(entries[i])
-    local ts = tonumber(entries[i + 1])
-    if contact[2] == ARGV[8] and ts >= tonumber(ARGV[5]) then mine = mine + 1 end
-    if contact[3] == ARGV[9] and ts >= tonumber(ARGV[7]) then channel = channel + 1 end
-  end
-  local blocked = nil
-  if cap >= 0 and mine >= cap then blocked = {'cap_reached', tostring(mine), 0}
-  elseif fatigue >= 0 and channel >= fatigue then blocked = {'fatigue_cap', tostring(channel), 0} end
-  if blocked then
-    redis.call('HSET', KEYS[1], 'void:' .. ARGV[2], 1)
-    redis.call('EXPIRE', KEYS[1], ARGV[3])
-    return blocked
-  end
-end
-"""
 
 _RESERVE = """
 local hold = redis.call('HMGET', KEYS[2], 'request', 'state', 'token')
@@ -190,14 +179,19 @@ return {'pending', ARGV[6]}
 hold's state (`pending`, `confirmed`) and token, `budget_exhausted`, or `other_request` (the request id was
 reserved for another request)."""
 
-_MEMBER_ISSUE = """
+_MEMBER_ISSUE = _LIMITS + """
 local rec = redis.call('HMGET', KEYS[1], 'decision', 'token')
 if rec[1] then
   if rec[2] ~= ARGV[2] then redis.call('HSET', KEYS[1], 'void:' .. ARGV[2], 1) end
   return {'replayed', rec[1], rec[2] == ARGV[2] and 1 or 0}
 end
 if redis.call('HEXISTS', KEYS[1], 'void:' .. ARGV[2]) == 1 then return {'released', '', 0} end
-""" + _LIMITS_BLOCK + """
+local blocked, seen = over_limits(KEYS[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
+if blocked then
+  redis.call('HSET', KEYS[1], 'void:' .. ARGV[2], 1)
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  return {blocked, tostring(seen), 0}
+end
 redis.call('ZADD', KEYS[2], ARGV[15], ARGV[10])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[15]) - tonumber(ARGV[11]))
 redis.call('EXPIRE', KEYS[2], ARGV[11])
