@@ -11,6 +11,13 @@ The parent binds a Unix socket in a private folder; the audience process accepts
 (`omnirec.audience` types both sides own): the request, then the audience's summary and its rows in the
 stream's chunks, or the error to raise. A worker whose caller cancels closes its connection, and a passed
 deadline travels with the request: either stops the builder at its next chunk of members.
+
+Whether the audience process is up is a lock, not a connection: the listening socket belongs to the parent
+(and is inherited by the workers), so a connection is accepted by the kernel even while no audience process
+runs, and waits in the backlog for the replacement. The audience process holds an exclusive `flock` on a file
+beside the socket from the moment it accepts calls until it stops; the kernel drops the lock when the process
+dies however it dies (`kill -9`, the OOM killer), so a worker that can take a shared lock on that file knows
+nobody serves audiences (`AudienceJobs.serving`, a few microseconds, read by the worker's health checks).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import functools
 import gc
 import logging
@@ -118,11 +126,31 @@ async def _receive(reader: asyncio.StreamReader) -> Any:
     return pickle.loads(await reader.readexactly(size))
 
 
+def _ready_path(socket_path: Path) -> Path:
+    """The file the audience process keeps locked while it accepts calls (beside its socket)."""
+    return socket_path.with_name("ready.lock")
+
+
 class AudienceJobs:
     """A serving worker's handle on the audience process: each call is one connection."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._ready = _ready_path(path)
+
+    def serving(self) -> bool:
+        """Whether an audience process is accepting calls now: it holds its lock (see the module docstring)."""
+        try:
+            fd = os.open(self._ready, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # also releases the shared lock when it was granted
+        return False
 
     async def _open(self, message: object) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:
@@ -246,6 +274,7 @@ class AudienceProcess:
         self._owner = os.getpid()
         self._dir = Path(tempfile.mkdtemp(prefix="omnirec-audience-"))
         self.path = self._dir / "jobs.sock"
+        _ready_path(self.path).touch()
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(str(self.path))
         self._listener.listen(64)
@@ -281,8 +310,13 @@ class AudienceProcess:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        # Opened here, not inherited: a lock belongs to its open file, which no other process may share.
+        # Blocking: a worker's test holds the shared lock for microseconds.
+        ready = os.open(_ready_path(self.path), os.O_RDONLY)
+        fcntl.flock(ready, fcntl.LOCK_EX)
         log.info("audience process %d serving %s", os.getpid(), self.path)
         await stop.wait()
+        os.close(ready)  # NOT_SERVING from here on: stopping
         server.close()
         jobs.stop()  # asyncio.run waits for the pulls' threads before this process can exit
         for task in tasks:

@@ -14,6 +14,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,16 +56,21 @@ log = logging.getLogger(__name__)
 
 
 NEEDS = {
-    "": (True, False),
-    recommendation_servicer.SERVICE: (True, False),
-    event_servicer.SERVICE: (False, True),
-    offer_servicer.SERVICE: (False, True),
-    audience_servicer.SERVICE: (True, True),
-    admin_servicer.SERVICE: (False, False),
+    "": (True, False, False),
+    recommendation_servicer.SERVICE: (True, False, False),
+    event_servicer.SERVICE: (False, True, False),
+    offer_servicer.SERVICE: (False, True, False),
+    audience_servicer.SERVICE: (True, True, True),
+    admin_servicer.SERVICE: (False, False, False),
 }
-"""Health-check name -> (needs a loaded model, needs a materialised feature store). A service is NOT_SERVING
-while a dependency it cannot answer without is missing: recommendations degrade without the feature store,
-but events, coupons and audiences cannot; the server as a whole ("") follows recommendations."""
+"""Health-check name -> (needs a loaded model, needs a materialised feature store, needs the audience
+process). A service is NOT_SERVING while a dependency it cannot answer without is missing: recommendations
+degrade without the feature store, but events, coupons and audiences cannot, and audiences are built only in
+the audience process (down while it is being replaced); the server as a whole ("") follows recommendations."""
+
+AUDIENCE_CHECK_S = 1.0
+"""How often a worker looks whether the audience process is up: a lock test of microseconds, so often enough
+that a crash and a replacement both show within a second (the other dependencies: `poll_interval_s`)."""
 
 
 @dataclass
@@ -82,6 +88,7 @@ class ServingState:
     tracing: tracing.Tracing | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _health: dict[str, bool] = field(default_factory=dict)
+    _store: bool = False
 
     @classmethod
     def create(cls, config: OmnirecConfig, audience: AudienceJobs,
@@ -117,16 +124,19 @@ class ServingState:
         """Run a background task until the worker closes."""
         self._tasks.append(asyncio.create_task(task))
 
-    async def _check_health(self) -> None:
-        """Set each service's health from its dependencies now (the only writer of health statuses)."""
+    async def _check_health(self, read_store: bool = True) -> None:
+        """Set each service's health from its dependencies now (the only writer of health statuses); the feature
+        store as last read unless `read_store`."""
         model = self.models.current is not None
-        try:
-            await self.features.generation(self.config.service.default_deadline_s)
-            store = True
-        except OmnirecError:
-            store = False
-        for name, (needs_model, needs_store) in NEEDS.items():
-            ok = (model or not needs_model) and (store or not needs_store)
+        if read_store:
+            try:
+                await self.features.generation(self.config.service.default_deadline_s)
+                self._store = True
+            except OmnirecError:
+                self._store = False
+        audience = self.audience.serving()
+        for name, (needs_model, needs_store, needs_audience) in NEEDS.items():
+            ok = (model or not needs_model) and (self._store or not needs_store) and (audience or not needs_audience)
             if self._health.get(name) != ok:
                 self._health[name] = ok
                 await self.health.set(name, health_pb2.HealthCheckResponse.SERVING if ok
@@ -135,9 +145,14 @@ class ServingState:
                         "SERVING" if ok else "NOT_SERVING")
 
     async def _report_health(self, interval_s: float) -> None:
+        """Every dependency each `interval_s`, the audience process alone in between (`AUDIENCE_CHECK_S`)."""
+        read_at = time.monotonic() + interval_s
         while True:
-            await asyncio.sleep(interval_s)
-            await self._check_health()
+            await asyncio.sleep(min(AUDIENCE_CHECK_S, interval_s))
+            read_store = time.monotonic() >= read_at
+            if read_store:
+                read_at = time.monotonic() + interval_s
+            await self._check_health(read_store)
 
     async def _watch_features(self, interval_s: float) -> None:
         """Feature generation and when it was switched in, for the freshness metrics (one HMGET per interval)."""

@@ -199,7 +199,8 @@ def test_no_model_yet_is_unavailable_until_one_is_published(small_retail_dir: Pa
 
 def test_health_is_per_service_and_follows_the_feature_store(config: OmnirecConfig, retail: RetailData) -> None:
     """Before materialisation events, offers and audiences cannot answer: NOT_SERVING; recommendations degrade
-    and stay SERVING. Once the features are loaded every service turns SERVING within a poll interval."""
+    and stay SERVING. Once the features are loaded every service turns SERVING within a poll interval (audiences
+    once the audience process accepts calls, too)."""
     server = RunningServer(config, retail)
     health = health_pb2_grpc.HealthStub(server.channel)
 
@@ -212,10 +213,11 @@ def test_health_is_per_service_and_follows_the_feature_store(config: OmnirecConf
         for name in ("omnirec.v1.EventService", "omnirec.v1.OfferService", "omnirec.v1.AudienceService"):
             assert status(name) == not_serving
         materialize(retail, config)
-        deadline = time.time() + 10
-        while status("omnirec.v1.OfferService") != serving and time.time() < deadline:
+        deadline = time.time() + 30  # AudienceService also waits for the (niced) audience process to be up
+        names = ("omnirec.v1.EventService", "omnirec.v1.OfferService", "omnirec.v1.AudienceService")
+        while {status(name) for name in names} != {serving} and time.time() < deadline:
             time.sleep(0.05)
-        for name in ("omnirec.v1.EventService", "omnirec.v1.OfferService", "omnirec.v1.AudienceService"):
-            assert status(name) == serving
+        for name in names:
+            assert status(name) == serving, name
     finally:
         server.stop()

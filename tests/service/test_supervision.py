@@ -131,6 +131,50 @@ def test_a_killed_audience_process_is_replaced(serve, small_retail_dir: Path, bu
     assert "audience (pid" in (tmp_path / "serve.log").read_text()
 
 
+def test_audience_health_follows_the_audience_process(serve, small_retail_dir: Path, bundle_root: Path,  # type: ignore[no-untyped-def]
+                                                     redis_config: RedisConfig, tmp_path: Path,
+                                                     retail: RetailData) -> None:
+    """grpc.health.v1 says AudienceService NOT_SERVING from the audience process's death to its replacement's
+    start, on every worker, while the other services stay SERVING; then SERVING again."""
+    port = free_port()
+    # The replacement starts 4 s after the death: a window that a 1 s health check cannot miss.
+    config = _config(tmp_path, small_retail_dir, bundle_root, redis_config, port, worker_restart_backoff_s=4)
+    materialize(retail, OmnirecConfig.load(config))
+    proc = serve(config)
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    # Separate connections, which the kernel spreads over both workers (SO_REUSEPORT); each worker checks alone.
+    channels = [grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(6)]
+
+    def statuses(service: str) -> set[int | None]:
+        def check(channel: grpc.Channel) -> int | None:
+            try:
+                return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
+                                                                 timeout=2).status
+            except grpc.RpcError:
+                return None
+        return {check(channel) for channel in channels}
+
+    audience, others = "omnirec.v1.AudienceService", ("", "omnirec.v1.RecommendationService",
+                                                      "omnirec.v1.EventService", "omnirec.v1.OfferService")
+    try:
+        _until(lambda: all(statuses(name) == {serving} for name in (audience, *others))
+               and len(serve_children(proc.pid)[1]) == 1, "omnirec serve did not become healthy")
+        (first,) = serve_children(proc.pid)[1]
+        os.kill(first, signal.SIGKILL)
+        _until(lambda: statuses(audience) == {not_serving}, "AudienceService still SERVING", timeout=3.5)
+        assert serve_children(proc.pid)[1] == []  # not replaced yet: the window is the back-off
+        for name in others:
+            assert statuses(name) == {serving}, name
+        _until(lambda: statuses(audience) == {serving}, "AudienceService not SERVING after the replacement")
+        assert serve_children(proc.pid)[1] not in ([], [first])
+    finally:
+        for channel in channels:
+            channel.close()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+
+
 def test_serve_exits_non_zero_when_workers_cannot_start(serve, small_retail_dir: Path,  # type: ignore[no-untyped-def]
                                                        bundle_root: Path, redis_config: RedisConfig,
                                                        tmp_path: Path) -> None:
