@@ -85,6 +85,16 @@ def encode(bundle_version: int, lists: Sequence[ListColumns]) -> pa.BinaryArray:
     return pa.BinaryArray.from_buffers(pa.binary(), rows, [None, pa.py_buffer(offsets), pa.py_buffer(body.tobytes())])
 
 
+def encode_none(bundle_version: int, rows: int) -> pa.BinaryArray:
+    """`rows` values of no list at all (count 0): what a member with a profile but unknown to the bundle gets,
+    so a reader tells such a cold start apart from a known member whose entry is missing (not loaded, or
+    evicted), which it must answer degraded."""
+    value = np.frombuffer(_HEADER.pack(FORMAT, bundle_version, 0), np.uint8)
+    offsets = np.arange(0, (rows + 1) * len(value), len(value), dtype=np.int32)
+    return pa.BinaryArray.from_buffers(pa.binary(), rows, [None, pa.py_buffer(offsets),
+                                                           pa.py_buffer(np.tile(value, rows).tobytes())])
+
+
 def decode(raw: bytes) -> MemberLists:
     """The lists of one stored value (padding dropped); `MalformedLists` when it is not one."""
     try:

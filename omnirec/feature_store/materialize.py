@@ -29,7 +29,7 @@ from omnirec.bundle.reader import ModelBundle, member_ids
 from omnirec.domain.clock import stale_data_warning
 from omnirec.domain.derive import codes, last_two
 from omnirec.domain.lifecycle import DAY, STAGES, LifecycleRules, lifecycle_stages
-from omnirec.domain.member_lists import ListColumns, encode
+from omnirec.domain.member_lists import ListColumns, encode, encode_none
 from omnirec.domain.readers import RetailData
 from omnirec.domain.tiers import TierLadder
 from omnirec.domain.vocab import Col, EventType
@@ -363,6 +363,7 @@ class Materializer:
             self.write_catalogue(f, generation, sender, stamp)
             if member_lists is not None:
                 self.write_member_lists(member_lists, generation, sender, progress)
+                self.write_no_lists(member_lists, f.member_ids, generation, sender)
         return self.finish(generation, n, len(f.item_ids), sender.commands_sent, started)
 
     def begin(self) -> int:
@@ -388,6 +389,19 @@ class Materializer:
                 values = encode(source.bundle_version, source.columns(lo, hi))
                 self._send(sender, [(keys, resp.set_values(keys, values, self.config.feature_ttl_s))], None)
                 bar.update(hi - lo)
+
+    def write_no_lists(self, source: MemberListSource, profiled: pa.Array, generation: int,
+                       sender: resp.BulkSender) -> None:
+        """An empty `member_top` (`encode_none`) for each of `profiled` the bundle does not know: with it a
+        reader serving member state from the store tells a cold start (empty entry) from a known member whose
+        entry is missing (no entry, answered degraded)."""
+        k = self.keys.at(generation)
+        unknown = profiled.filter(pc.invert(pc.is_in(profiled, value_set=source.member_ids)))
+        step = self.config.batch_members
+        for lo in range(0, len(unknown), step):
+            keys = key_column(k.member_top, unknown.slice(lo, step))
+            values = encode_none(source.bundle_version, len(keys))
+            self._send(sender, [(keys, resp.set_values(keys, values, self.config.feature_ttl_s))], None)
 
     def finish(self, generation: int, members: int, items: int, commands: int, started: float) -> LoadReport:
         """Switch readers to `generation` (one HSET), then give older generations the grace TTL."""

@@ -209,6 +209,8 @@ def materialize_spark(data_dir: Path, config: RedisConfig, spark_config: SparkCo
             materializer.write_catalogue(catalogue, generation, sender, writer.stamp)
             if member_lists is not None:
                 materializer.write_member_lists(member_lists, generation, sender)
+                materializer.write_no_lists(member_lists, pq.read_table(data_dir / MEMBERS_FILE, columns=[
+                    Col.MEMBER_ID])[Col.MEMBER_ID].combine_chunks(), generation, sender)
         report = materializer.finish(generation, n_members, item_table.num_rows, commands + sender.commands_sent,
                                      started)
         return MaterializeSummary(report, started - begun, 0.0)

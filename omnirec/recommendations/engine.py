@@ -124,8 +124,16 @@ async def _member(source: MemberSource, bundle: Bundle, member_id: MemberId | No
 
 def _matching_lists(bundle: Bundle, member: MemberContext,
                     filters: Filters) -> tuple[MemberContext, Filters, list[str]]:
-    """Stored lists from another bundle version hold positions in another item order: dropped, degraded."""
-    if member.lists is None or member.lists.bundle_version == bundle.version:
+    """Stored lists from another bundle version hold positions in another item order: dropped, degraded.
+    A member with a profile but no entry at all is one the bundle knows (materialisation gives every other
+    profiled member an empty entry) whose lists were not loaded or were evicted: degraded, not a cold start."""
+    if member.lists is None:
+        if member.profile is None:
+            return member, filters, []
+        return (member, filters,
+                ["member lists missing from the feature store (materialisation incomplete or evicted; run `omnirec "
+                 "materialize`): content answer"])
+    if member.lists.bundle_version == bundle.version:
         return member, filters, []
     stale = member.lists.bundle_version
     return (replace(member, lists=None), filters,

@@ -85,6 +85,10 @@ def test_intent_lists_and_an_anonymous_id_linked_to_the_member(redis_client: red
     assert first.top_lists.collaborative is not None and first.top_lists.collaborative.items.tolist() == [5, 3]
     assert first.top_lists.intents[Intent.BUY_AGAIN].items.tolist() == [3, 5]
     assert first.top_lists.intents[Intent.BUY_AGAIN].scores.tolist() == [1.0, 2.0]
+    other = reader.read_request(features.member_ids[3].as_py(), member_top=True).member
+    assert other is not None and other.profile is not None and other.top_lists is not None
+    assert other.top_lists.bundle_version == 12 and other.top_lists.collaborative is None  # empty: unknown to it
+    assert not other.top_lists.intents
     via_link = reader.read_request(anonymous_id=linked["anonymous_id"], member_top=True).member
     assert via_link is not None and via_link.top_lists is not None
     assert via_link.top_lists.collaborative is not None and via_link.top_lists.collaborative.items.tolist() == [7, 8, 9]

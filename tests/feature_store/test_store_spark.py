@@ -12,6 +12,7 @@ from redis.cluster import RedisCluster
 
 from omnirec.bundle import BundleRegistry
 from omnirec.domain import LifecycleRules, TierLadder
+from omnirec.domain.member_lists import decode
 from omnirec.feature_store.config import RedisConfig
 from omnirec.feature_store.keys import Keys
 from omnirec.feature_store.materialize import BatchFeatures, LoadReport, Materializer, MemberListSource
@@ -46,7 +47,9 @@ def test_spark_materialisation_writes_what_the_local_job_writes(
         features: BatchFeatures, bundle_root: Path) -> None:
     """With the bundle's member lists too (member state in the store), which the driver writes."""
     config = store_config.model_copy(update={"recent_items": 20, "purchased_items": 50})
-    lists = MemberListSource.from_path(BundleRegistry(bundle_root).current_path(), 20)  # type: ignore[arg-type]
+    every = MemberListSource.from_path(BundleRegistry(bundle_root).current_path(), 20)  # type: ignore[arg-type]
+    lists = MemberListSource(every.bundle_version, every.member_ids.slice(0, len(every.member_ids) - 2),
+                             every.columns)  # two members as if the bundle did not know them: empty entries
     local = Materializer(redis_client, config).load(features, member_lists=lists)
     summary = materialize_spark(small_retail_dir, config, SparkConfig(), TierLadder(), LifecycleRules(),
                                 now=features.now, member_lists=lists)
@@ -56,7 +59,9 @@ def test_spark_materialisation_writes_what_the_local_job_writes(
     keys = Keys(config.namespace)
     want, got = _stored(redis_client, keys.at(local.generation)), _stored(redis_client, keys.at(report.generation))
     assert len(got) == len(want) > 2 * len(features.member_ids) + len(lists.member_ids)
-    assert sum(b":member_top:" in k for k in got) == len(lists.member_ids)
+    tops = [v for k, v in got.items() if b":member_top:" in k]
+    assert len(tops) == len(features.member_ids)  # the bundle's lists, and an empty entry for every other member
+    assert sum(decode(v).collaborative is None for v in tops) == len(features.member_ids) - len(lists.member_ids) > 0  # type: ignore[arg-type]
     renamed = {k.replace(f"@{local.generation}:".encode(), f"@{report.generation}:".encode()): v
                for k, v in want.items()}
     assert got == renamed

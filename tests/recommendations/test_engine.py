@@ -27,6 +27,9 @@ class FakeSource:
     calls: list[str] = field(default_factory=list)
     lists: MemberLists | None = None
     """What the store holds for m1 (member state in the store)."""
+    others: MemberLists | None = None
+    """What it holds for any other member (materialisation writes an empty entry for those the bundle does not
+    know; None: the entry is missing)."""
 
     def _read(self, name: str) -> None:
         self.calls.append(name)
@@ -36,7 +39,7 @@ class FakeSource:
     async def member(self, member_id: str | None, anonymous_id: str | None, budget_s: float,
                      top_lists: bool = False) -> MemberContext:
         self._read("member+lists" if top_lists else "member")
-        lists = self.lists if top_lists and member_id == "m1" else None
+        lists = (self.lists if member_id == "m1" else self.others) if top_lists else None
         purchased = {"i1": 0.0} if member_id == "m1" else {"i0": 0.0}  # m1's as `purchased` reads them
         return MemberContext(member_id or "linked", ColdStartProfile(tier="gold"), purchased=purchased, lists=lists)
 
@@ -134,8 +137,11 @@ def test_lists_of_another_bundle_version_degrade_to_the_profile() -> None:
 
 
 def test_a_member_without_stored_lists_is_a_cold_start_and_a_dead_store_degrades() -> None:
-    cold = ask(FakeSource(), "new", bundle=LEAN)
+    cold = ask(FakeSource(others=MemberLists(1, None, {})), "new", bundle=LEAN)
     assert cold.ranked.reasons == [Reason.CONTENT_COLD_START] * 3 and not cold.degraded
+    missing = ask(FakeSource(), "new", bundle=LEAN)  # a profile but no entry: a known member's lists are lost
+    assert missing.ranked.reasons == [Reason.CONTENT_COLD_START] * 3
+    assert len(missing.degraded) == 1 and missing.degraded[0].startswith("member lists missing from the feature store")
     dead = ask(FakeSource(down=True, lists=_stored()), "m1", bundle=LEAN)
     assert dead.ranked.reasons[0] is Reason.POPULAR_IN_CHANNEL and dead.degraded
 

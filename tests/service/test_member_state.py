@@ -16,6 +16,7 @@ from omnirec.bundle import BundleRegistry, ModelBundle
 from omnirec.config import OmnirecConfig
 from omnirec.domain.readers import RetailData
 from omnirec.feature_store.connection import connect
+from omnirec.feature_store.keys import Keys
 from omnirec.feature_store.materialize import Materializer, MemberListSource, compute_features
 from omnirec.v1 import common_pb2
 from omnirec.v1 import recommendation_pb2 as rec
@@ -99,3 +100,27 @@ def test_lists_of_another_bundle_are_not_served(config: OmnirecConfig, retail: R
         lean.stop()
     assert len(reply.items.item_ids) == 5 and common_pb2.REASON_COLLABORATIVE not in reply.items.reasons
     assert reply.info.degraded and f"bundle v{bundle.version + 1}" in reply.info.degraded_reason
+
+
+def test_a_known_members_missing_lists_answer_degraded_not_as_a_cold_start(
+        config: OmnirecConfig, retail: RetailData, bundle: ModelBundle, known_member: str,
+        redis_client: redis.Redis | RedisCluster) -> None:
+    """Materialisation gives every profiled member an entry (empty for those the bundle does not know), so a
+    known member without one (a load cut short, an evicted key) is told apart from a cold start."""
+    every = MemberListSource.from_bundle(bundle, 100)
+    lists = MemberListSource(bundle.version, every.member_ids.slice(0, len(every.member_ids) - 3), every.columns)
+    unknown = every.member_ids.slice(len(every.member_ids) - 3).to_pylist()  # as if trained without them
+    _materialize(retail, config, lists)
+    generation = int(redis_client.hget(Keys(config.redis.namespace).pointer(), "generation"))  # type: ignore[arg-type]
+    assert redis_client.delete(Keys(config.redis.namespace, generation).member_top(known_member)) == 1
+    lean = RunningServer(config.model_copy(update={"service": config.service.model_copy(
+        update={"member_state_in_store_above": 0})}), retail)
+    try:
+        missing = _ask(lean, member_id=known_member, channel=common_pb2.CHANNEL_APP, k=5)
+        cold = [_ask(lean, member_id=m, channel=common_pb2.CHANNEL_APP, k=5) for m in unknown]
+    finally:
+        lean.stop()
+    assert missing.info.degraded and "member lists missing from the feature store" in missing.info.degraded_reason
+    assert len(missing.items.item_ids) == 5 and common_pb2.REASON_COLLABORATIVE not in missing.items.reasons
+    assert all(not c.info.degraded and len(c.items.item_ids) == 5 for c in cold)
+    assert all(set(c.items.reasons) == {common_pb2.REASON_CONTENT_COLD_START} for c in cold)
