@@ -36,6 +36,7 @@ from omnirec.service import (
     audience_process,
     audience_servicer,
     event_servicer,
+    hold_reaper,
     metrics,
     offer_servicer,
     recommendation_servicer,
@@ -101,9 +102,10 @@ class ServingState:
         return cls(config, models, parts.features, parts.ingest, parts.offers, audience,
                    tracing=tracing.setup(config.tracing))
 
-    async def start(self) -> None:
+    async def start(self, reap_holds: bool = True) -> None:
         """Recover what dead workers journaled, load the published bundle if there is one, then poll for newer
-        ones and roll the event log."""
+        ones and roll the event log. `reap_holds`: this worker settles abandoned coupon holds on a cluster
+        (`hold_reaper`; of several workers, only slot 0)."""
         await self.features.warm_up()
         await asyncio.to_thread(self.ingest.recover)
         try:
@@ -115,6 +117,8 @@ class ServingState:
                        asyncio.create_task(self._flush_events(interval)),
                        asyncio.create_task(self._report_health(interval))]
         await self._check_health()
+        if reap_holds and self.offers.store.cluster:
+            self.watch(hold_reaper.reap_abandoned_holds(self.offers, self.config.offers.reservation_s / 2))
         if metrics.current() is not None:
             self.watch(self._watch_features(interval))
             self.watch(self._report_budgets(interval))
@@ -230,10 +234,11 @@ async def serve(state: ServingState, port: int | None = None) -> tuple[grpc.aio.
     return server, bound
 
 
-async def _worker(config: OmnirecConfig, audience: Path, preloaded: ServingModel | None) -> None:
-    """One serving process: load the model, serve until SIGTERM/SIGINT, then drain and flush."""
+async def _worker(config: OmnirecConfig, audience: Path, preloaded: ServingModel | None, slot: int) -> None:
+    """One serving process: load the model, serve until SIGTERM/SIGINT, then drain and flush. Worker slot 0
+    also reaps abandoned coupon holds on a cluster (`hold_reaper`: one owner, not one per worker)."""
     state = ServingState.create(config, AudienceJobs(audience), preloaded)
-    await state.start()
+    await state.start(reap_holds=slot == 0)
     server, port = await serve(state)
     await server.start()
     stop = asyncio.Event()
@@ -248,14 +253,15 @@ async def _worker(config: OmnirecConfig, audience: Path, preloaded: ServingModel
     await state.close()
 
 
-def _worker_process(config: OmnirecConfig, audience: Path, preloaded: ServingModel | None = None) -> None:
+def _worker_process(config: OmnirecConfig, audience: Path, preloaded: ServingModel | None = None,
+                    slot: int = 0) -> None:
     # Workers are the parallelism: one BLAS/OpenMP thread each, so N workers do not oversubscribe N cores.
     faiss.omp_set_num_threads(1)
     with threadpool_limits(1):
         if config.service.event_loop == "uvloop":
-            uvloop.run(_worker(config, audience, preloaded))
+            uvloop.run(_worker(config, audience, preloaded, slot))
         else:
-            asyncio.run(_worker(config, audience, preloaded))
+            asyncio.run(_worker(config, audience, preloaded, slot))
 
 
 def _preload(config: OmnirecConfig) -> ServingModel | None:

@@ -13,6 +13,7 @@ SIGTERM/SIGINT the parent forwards SIGTERM, waits for the workers to drain and e
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -59,14 +60,17 @@ class _Slot:
 
 
 class Supervisor:
-    def __init__(self, ctx: ForkContext, target: Callable[[], None], workers: int, backoff_s: float,
+    def __init__(self, ctx: ForkContext, target: Callable[[int], None], workers: int, backoff_s: float,
                  max_quick_restarts: int, others: Mapping[str, Callable[[], None]] | None = None) -> None:
-        """`others`: more processes to keep alive beside the workers, by name, forked before them."""
+        """`target(i)` runs worker i; a replacement gets its slot's `i`, so a duty of one worker (the hold
+        reaper of worker 0) always has exactly one owner. `others`: more processes to keep alive beside the
+        workers, by name, forked before them."""
         self._ctx = ctx
         self._backoff_s = backoff_s
         self._max_quick_restarts = max_quick_restarts
         self._slots = [_Slot(name, other, backoff_s=backoff_s) for name, other in (others or {}).items()]
-        self._slots += [_Slot(f"worker {i}", target, backoff_s=backoff_s) for i in range(workers)]
+        self._slots += [_Slot(f"worker {i}", functools.partial(target, i), backoff_s=backoff_s)
+                        for i in range(workers)]
         self._stopping = False
 
     def _spawn(self, slot: _Slot) -> None:
