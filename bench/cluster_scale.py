@@ -5,11 +5,12 @@
 DATA is a retailer directory (`omnirec simulate --members 100000 --items 20000 --out DIR`); ROOT a bundle
 root with a published bundle trained on it (`omnirec train --data DIR --bundles ROOT --force`; its quality
 does not matter here). The cluster is the tests' (`tests/cluster.py`: 3 redis-servers on free loopback
-ports, no replicas); the single Redis is the one on 127.0.0.1:6379 (database `--db`, bench keys under a
-private namespace deleted at the end).
+ports, or `--cluster-port` and the next two, no replicas); the single Redis is the one on 127.0.0.1:6379
+(database `--db`, bench keys under a private namespace deleted at the end).
 
 Materialisation: the features are computed once, then loaded into each store `--rounds` times, alternating
-which goes first; members/s is `Materializer`'s (first write to the generation switch). Serving: one
+which goes first; members/s is `Materializer`'s (first write to the generation switch), and the loader's
+CPU per member (this process: encoding, slot routing, reply checks) is what to compare on a busy machine. Serving: one
 `omnirec serve` per store (same bundle, same workers, each reading its store in the request's one
 pipelined round trip) and the echo server of `bench/service_load.py` (grpc.aio with nothing behind it, the
 ceiling), all started once; then each is loaded in turn, closed-loop, `--in-flight` requests for
@@ -99,11 +100,14 @@ def materialise(features: object, stores: dict[str, RedisConfig], rounds: int) -
     for r in range(rounds):
         for name in (list(stores) if r % 2 == 0 else list(reversed(stores))):
             client = connect(stores[name], socket_timeout_s=stores[name].bulk_timeout_s)
+            cpu = time.process_time()
             try:
                 report = Materializer(client, stores[name]).load(features)  # type: ignore[arg-type]
             finally:
                 client.close()
+            cpu = time.process_time() - cpu
             loads[name].append({"seconds": report.seconds, "members_per_s": report.members_per_s,
+                                "client_cpu_s": cpu, "client_cpu_us_per_member": cpu / report.members * 1e6,
                                 "commands": report.commands, "load_avg_1m": os.getloadavg()[0]})
             print(name, loads[name][-1], flush=True)
     return loads
@@ -152,12 +156,13 @@ def summary(results: dict[str, object], members: int, load_start: tuple[float, f
     qps: dict[str, list[dict[str, float]]] = results.get("recommend", {})  # type: ignore[assignment]
     table = Table(title=f"{members:,} members, {args.rounds} alternating rounds (medians); load average "
                         f"{load_start[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end, {os.cpu_count()} cpus")
-    for column in ("store", "materialise members/s", "vs one Redis", f"Recommend QPS ({args.in_flight} in flight)",
+    for column in ("store", "materialise members/s", "vs one Redis", "loader CPU us/member",
+                   f"Recommend QPS ({args.in_flight} in flight)",
                    "p50 / p99 ms", "vs echo", "errors / degraded"):
         table.add_column(column, justify="right")
     echo = median(qps["echo"], "qps") if qps else float("nan")
     if qps:
-        table.add_row("echo (no store)", "", "", f"{echo:,.0f}", f"{median(qps['echo'], 'p50_ms'):.2f} / "
+        table.add_row("echo (no store)", "", "", "", f"{echo:,.0f}", f"{median(qps['echo'], 'p50_ms'):.2f} / "
                       f"{median(qps['echo'], 'p99_ms'):.2f}", "100%", "")
     single = median(loads["one Redis"], "members_per_s")
     for name, rows in loads.items():
@@ -168,7 +173,8 @@ def summary(results: dict[str, object], members: int, load_start: tuple[float, f
             served = [f"{q:,.0f}", f"{median(qps[name], 'p50_ms'):.2f} / {median(qps[name], 'p99_ms'):.2f}",
                       f"{q / echo:.0%}", f"{sum(int(r['errors']) for r in qps[name])} / "
                                          f"{sum(int(r['degraded']) for r in qps[name])}"]
-        table.add_row(name, f"{rate:,.0f}", f"{rate / single:.0%}", *served)
+        table.add_row(name, f"{rate:,.0f}", f"{rate / single:.0%}",
+                      f"{median(rows, 'client_cpu_us_per_member'):.1f}", *served)
     return table
 
 
@@ -182,6 +188,8 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--cluster-port", type=int, help="the cluster's masters on this port and the next two "
+                                                           "(default: free ports)")
     args = parser.parse_args()
 
     load_start = os.getloadavg()
@@ -197,7 +205,7 @@ def main() -> None:
                                   "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
                                   "workers": args.workers, "in_flight": args.in_flight, "seconds": args.seconds}
     with tempfile.TemporaryDirectory(prefix="omnirec-cluster-bench-") as tmp:
-        cluster = LocalCluster(Path(tmp) / "cluster")
+        cluster = LocalCluster(Path(tmp) / "cluster", first_port=args.cluster_port)
         stores = {"one Redis": RedisConfig(url=f"redis://127.0.0.1:6379/{args.db}", namespace=namespace),
                   "Redis Cluster (3 masters)": RedisConfig(url=cluster.url, namespace=namespace)}
         servers: list[subprocess.Popen[bytes]] = []

@@ -50,11 +50,15 @@ class LocalCluster:
 
     ATTEMPTS = 3
 
-    def __init__(self, root: Path, masters: int = 3) -> None:
+    def __init__(self, root: Path, masters: int = 3, first_port: int | None = None) -> None:
+        """`first_port`: the masters listen on `first_port`, `first_port` + 1, ... (a bench's own range;
+        one attempt), else on free ports."""
         if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
             raise RuntimeError("redis-server and redis-cli must be on PATH to start a Redis Cluster")
-        for attempt in range(1, self.ATTEMPTS + 1):
-            self.ports = free_cluster_ports(masters)
+        attempts = self.ATTEMPTS if first_port is None else 1
+        for attempt in range(1, attempts + 1):
+            self.ports = free_cluster_ports(masters) if first_port is None else \
+                list(range(first_port, first_port + masters))
             self.pid_files: list[Path] = []
             try:
                 for port in self.ports:
@@ -69,7 +73,7 @@ class LocalCluster:
                 return
             except BaseException as exc:
                 self.stop()
-                if attempt == self.ATTEMPTS or not isinstance(exc, RuntimeError | subprocess.SubprocessError):
+                if attempt == attempts or not isinstance(exc, RuntimeError | subprocess.SubprocessError):
                     raise
 
     @property

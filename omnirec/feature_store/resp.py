@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import redis
-from redis.cluster import RedisCluster
+from redis.cluster import ClusterNode, RedisCluster
 
 from omnirec.feature_store.errors import FeatureStoreError
 
@@ -103,6 +103,51 @@ def _payload(commands: pa.Array) -> bytes:
     return commands.buffers()[2].to_pybytes()[offsets[0]:offsets[-1]]
 
 
+SLOTS = 16_384
+
+
+def _crc16_table() -> np.ndarray:
+    """CRC-16/XMODEM (polynomial 0x1021, what Redis Cluster hashes keys with), one entry per byte value."""
+    table = np.zeros(256, np.int32)
+    for byte in range(256):
+        crc = byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+        table[byte] = crc & 0xFFFF
+    return table
+
+
+_CRC16 = _crc16_table()
+
+
+def key_slots(keys: pa.Array) -> np.ndarray:
+    """Each key's cluster slot (`redis.crc.key_slot`), for a whole column at once: the hash tag (between a
+    key's first `{` and the first `}` after it, when not empty; else the whole key) is found by binary search
+    over the buffer's brace positions, then CRC16 runs over byte j of every key in one numpy step per j (a
+    key of our layout hashes its id: about a dozen steps)."""
+    keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+    keys = pc.cast(keys, pa.string()) if not pa.types.is_string(keys.type) else keys
+    n = len(keys)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    offsets = np.frombuffer(keys.buffers()[1], np.int32, n + 1, keys.offset * 4).astype(np.int64)
+    data = np.frombuffer(keys.buffers()[2], np.uint8, int(offsets[-1]))
+    start, end = offsets[:-1], offsets[1:]
+    opens = np.append(np.flatnonzero(data == ord("{")), len(data))
+    closes = np.append(np.flatnonzero(data == ord("}")), len(data))
+    first_open = opens[np.searchsorted(opens, start)]
+    close = closes[np.searchsorted(closes, np.minimum(first_open + 1, len(data)))]
+    tagged = (first_open < end) & (close < end) & (close > first_open + 1)
+    start = np.where(tagged, first_open + 1, start)
+    length = np.where(tagged, close, end) - start
+    crc = np.zeros(n, np.int32)
+    for j in range(int(length.max())):  # no byte at all: no step
+        byte = data[np.minimum(start + j, len(data) - 1)].astype(np.int32)
+        step = ((crc << 8) & 0xFFFF) ^ _CRC16[((crc >> 8) ^ byte) & 0xFF]
+        crc = np.where(length > j, step, crc)
+    return (crc % SLOTS).astype(np.int64)
+
+
 def node_clients(client: redis.Redis | RedisCluster) -> list[redis.Redis]:
     """The client of every primary: one for a single Redis, one per shard for a cluster."""
     if isinstance(client, RedisCluster):
@@ -122,6 +167,8 @@ class BulkSender:
         self.client = client
         self.commands_sent = 0
         self._nodes: dict[str, _NodeStream] = {}
+        if isinstance(client, RedisCluster):
+            self._primaries, self._slot_owner = _slot_map(client)
 
     def __enter__(self) -> BulkSender:
         return self
@@ -142,11 +189,10 @@ class BulkSender:
         if len(commands) == 0:
             return
         if isinstance(self.client, RedisCluster):
-            nodes = [self.client.nodes_manager.get_node_from_slot(self.client.keyslot(k)) for k in keys.to_pylist()]
-            names = np.array([n.name for n in nodes])
-            for name in np.unique(names):
-                node = self.client.get_node(node_name=str(name))
-                self._stream(str(name), node.redis_connection).send(pc.filter(commands, pa.array(names == name)))
+            owner = self._slot_owner[key_slots(keys)]
+            for index in np.unique(owner):
+                node = self._primaries[index]
+                self._stream(node.name, node.redis_connection).send(pc.filter(commands, pa.array(owner == index)))
         else:
             self._stream("", self.client).send(commands)
         self.commands_sent += len(commands)
@@ -155,6 +201,15 @@ class BulkSender:
         if name not in self._nodes:
             self._nodes[name] = _NodeStream(client)
         return self._nodes[name]
+
+
+def _slot_map(client: RedisCluster) -> tuple[list[ClusterNode], np.ndarray]:
+    """The primaries, and for each slot the index of the one serving it, read once from the client's slot
+    map: a slot that moves during the load makes its writes fail (`MOVED`), never go astray."""
+    primaries = client.get_primaries()
+    index = {node.name: i for i, node in enumerate(primaries)}
+    owner = np.array([index[client.nodes_manager.get_node_from_slot(slot).name] for slot in range(SLOTS)], np.int64)
+    return primaries, owner
 
 
 class _NodeStream:

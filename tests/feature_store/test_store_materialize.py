@@ -4,6 +4,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import redis
+from redis.crc import key_slot
 
 from omnirec.domain.lifecycle import LifecycleRules
 from omnirec.domain.vocab import ONLINE_STORE
@@ -111,3 +112,18 @@ def test_resp_encoding_is_the_redis_protocol() -> None:
     assert resp.grouped("RPUSH", keys, np.array([0, 2, 3]), rows, 1).to_pylist() == [
         "*4\r\n$5\r\nRPUSH\r\n$2\r\nk1\r\n$1\r\na\r\n$1\r\nb\r\n", "*3\r\n$5\r\nRPUSH\r\n$2\r\nk2\r\n$1\r\nc\r\n"]
     assert resp.split_groups(np.array([1, 1, 1, 2, 3, 3]), 2).tolist() == [0, 2, 3, 4, 6]
+
+
+def test_key_slots_are_redis_clusters() -> None:
+    """Whole-column slots equal redis-py's per-key `key_slot` (CRC16 of the hash tag, Redis's tag rules: the
+    first `{`, the first `}` after it, an empty tag hashes the whole key), on edge cases and random keys
+    dense in braces and multi-byte characters, and on a slice (an offset into the Arrow buffers)."""
+    rng = np.random.default_rng(7)
+    alphabet = np.array(list("ab{}{}:é日0"))
+    keys = ["", "a", "{}", "{}x", "x{}", "}{a}", "{a}{b}", "a{b{c}d", "{", "}", "日本{語}", "{}{a}",
+            Keys("omnirec", 7).member_top("m0000001"), Keys("omnirec").offer_budget("flash-5off"),
+            *("".join(rng.choice(alphabet, rng.integers(0, 25))) for _ in range(3000))]
+    want = [key_slot(k.encode()) for k in keys]
+    assert resp.key_slots(pa.array(keys)).tolist() == want
+    assert resp.key_slots(pa.array(keys).slice(7, 50)).tolist() == want[7:57]
+    assert resp.key_slots(pa.array([], pa.string())).tolist() == []
