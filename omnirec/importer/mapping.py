@@ -1,7 +1,7 @@
 """The mapping file: which of the retailer's columns is which omnirec field, and how to read it.
 
 A TOML file with one section per input table (`[events]` and `[items]` required; `[members]`, `[stores]`,
-`[inventory]`, `[identity_links]` optional) plus `[checks]` and `[derive]`. Field values name the
+`[inventory]`, `[identity_links]`, `[promotions]` optional) plus `[checks]` and `[derive]`. Field values name the
 retailer's columns; `[<table>.constants]` gives a value for a field the export does not have
 (`channel = "pos"`). The README's "Your own data" section documents every key.
 """
@@ -9,6 +9,7 @@ retailer's columns; `[<table>.constants]` gives a value for a field the export d
 from __future__ import annotations
 
 import tomllib
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -141,6 +142,44 @@ class IdentityMapping(Section):
     member_id: str
 
 
+class PromotionsMapping(Section):
+    """Planned promotions: an item on display in a store and/or in its mailer, for a week or a time range."""
+
+    item_id: str
+    store_id: str
+    week: str | None = None
+    """Week-number column (1 = the week starting at `week_one`); or `start` + `end`."""
+    week_one: str | None = None
+    """ISO date or time week 1 starts at (e.g. "2016-12-26T05:00:00Z"; a time without a zone is UTC)."""
+    start: str | None = None
+    end: str | None = None
+    """End column: the first moment the promotion no longer runs (exclusive)."""
+    time_format: str = "auto"
+    timezone: str = "UTC"
+    display: str | None = None
+    mailer: str | None = None
+    """Display / mailer columns: a value means yes unless it is empty or one of `not_promoted`."""
+    not_promoted: list[str] = ["0", "no", "n", "false", "f"]
+    """Values (any case) meaning "not on display" / "not in the mailer"."""
+
+    @model_validator(mode="after")
+    def _check(self) -> PromotionsMapping:
+        if bool(self.week) == bool(self.start or self.end):
+            raise ValueError("map either week (with week_one) or start and end")
+        if self.week and not self.week_one:
+            raise ValueError("week_one: the date week 1 starts is required with week")
+        if self.week_one:
+            try:
+                datetime.fromisoformat(self.week_one)
+            except ValueError:
+                raise ValueError(f"week_one: {self.week_one!r} is not an ISO date or time") from None
+        if not self.week and not (self.start and self.end):
+            raise ValueError("map both start and end")
+        if not (self.display or self.mailer):
+            raise ValueError("map display or mailer (or both) to a column")
+        return self
+
+
 class Checks(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -172,6 +211,7 @@ class Mapping(BaseModel):
     stores: StoresMapping | None = None
     inventory: InventoryMapping | None = None
     identity_links: IdentityMapping | None = None
+    promotions: PromotionsMapping | None = None
     checks: Checks = Checks()
     derive: Derive = Derive()
 

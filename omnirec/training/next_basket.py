@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
@@ -159,12 +160,13 @@ def served_gaps(results: list[MethodResult], k: int, n_boot: int = 1000,
 
 def run_comparison(interactions: Interactions, baskets: Baskets, split: NextBasketSplit, config: TrainConfig,
                    k: int = 10, n_boot: int = 1000, seed: int = 0, progress: bool = False,
-                   serve: Serve = ranked_heads) -> Comparison:
+                   serve: Serve = ranked_heads, promotions: pa.Table | None = None) -> Comparison:
     """Baselines and the served two-stage answers (every intent) on one split, with paired gaps.
 
     The ranker's lists come from `ranker.intent_lists`, the function that writes the bundle; `serve` gives
     the top-k rows that are scored (the bench writes the bundle's arrays and reads them back through the
     bundle reader). The ALS baseline, fitted on exactly the events up to the cut-off, is the ranker's ALS.
+    `promotions` (`domain.readers.read_promotions`) gives the ranker its promotion features.
     """
     seconds: dict[str, float] = {}
     start = time.perf_counter()
@@ -175,7 +177,7 @@ def run_comparison(interactions: Interactions, baskets: Baskets, split: NextBask
     results = evaluate_methods(methods, split, k, n_boot, seed, progress)
     seconds["baselines"] = time.perf_counter() - start
     start = time.perf_counter()
-    ranker_data = RankerData(baskets, interactions, config, seed)
+    ranker_data = RankerData(baskets, interactions, config, seed, promotions)
     model = fit_ranker(ranker_data, split.cut_day, progress)
     if model is None:
         raise InvalidArgument("events", "no training window before the cut-off has a next basket among its "

@@ -258,7 +258,7 @@ def train(data_dir: Path, config: TrainConfig, force: bool = False, publish: boo
     With `as_of` (unix seconds) the data is taken as it stood then: later events are left out and the
     members' lifecycle stages (a member feature) are recomputed at as_of; a stale history is logged.
     """
-    retail = RetailData.read(data_dir)
+    retail = RetailData.read(data_dir, promotions=config.ranker.promotions)
     if as_of is not None:
         retail = retail.until(as_of)
         stale_data_warning(float(pc.max(retail.events[Col.TS]).as_py() or 0), as_of, "train")
@@ -287,7 +287,8 @@ def train_retail(retail: RetailData, config: TrainConfig, force: bool = False, p
     better = beats_popularity(metrics, config.collaborative, config.eval_k)
     by_name = {model.name: model for model in models}
     basket_start = time.perf_counter()
-    ranker_data = RankerData(Baskets.from_interactions(interactions), interactions, config, config.seed)
+    ranker_data = RankerData(Baskets.from_interactions(interactions), interactions, config, config.seed,
+                             retail.promotions)
     next_basket, gate, ranker = next_basket_report(interactions, ranker_data, by_name[config.collaborative],
                                                    by_name["lightfm"], config, split.cutoff_ts, timings,
                                                    progress)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import lightgbm as lgb
 import numpy as np
+import pyarrow as pa
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
@@ -37,6 +38,7 @@ from omnirec.training.complements import top_per_row
 from omnirec.training.config import RankerSettings, TrainConfig
 from omnirec.training.models.factorization import ALSRecommender, FactorizationRecommender
 from omnirec.training.models.frequency import TIFUKNN, StorePopularity, global_counts
+from omnirec.training.promotions import PROMOTION_FEATURES, Promotions, PromotionWeek, promotion_columns, promotion_week
 from omnirec.training.weighting import collaborative_train_set
 
 NEVER = 10_000.0
@@ -46,6 +48,7 @@ FEATURES = (
     "bought", "p_count", "p_share", "p_tifu", "days_since_item", "p_interval", "due_personal", "due_item",
     "in_last_basket", "m_baskets", "m_days_since_last", "m_gap", "m_overdue", "knn", "als", "lift_last",
     "pop_log", "pop_recent", "pop_trend", "store_pop", "i_repeat_rate", "i_cycle", "i_buyers", "price",
+    *PROMOTION_FEATURES,
 )
 
 
@@ -116,11 +119,15 @@ class Context:
     pool: np.ndarray
     """Items every member may get as a candidate (in at least `min_item_baskets` baskets, the
     `max_pool_items` most popular of them)."""
+    promotions: PromotionWeek | None = None
+    """Promotions running in the `promotion_days` after the cut-off (`training.promotions`)."""
 
 
 def build_context(baskets: Baskets, interactions: Interactions, config: TrainConfig, cut_day: int,
-                  params: RankerSettings, seed: int = 0, als: FactorizationRecommender | None = None) -> Context:
-    """Fit the sources and gather statistics on `baskets` up to `cut_day`; nothing later is read.
+                  params: RankerSettings, seed: int = 0, als: FactorizationRecommender | None = None,
+                  promotions: Promotions | None = None) -> Context:
+    """Fit the sources and gather statistics on `baskets` up to `cut_day`; nothing later is read (but the
+    promotions planned for the days after it: `training.promotions`).
 
     `als`, when given, replaces the ALS fit: the caller vouches that it saw no event after `cut_day` (the
     pipeline passes its own ALS, fitted on the same events, to save a fit at scale)."""
@@ -158,7 +165,9 @@ def build_context(baskets: Baskets, interactions: Interactions, config: TrainCon
                    last_basket=last_basket, member_baskets=n_baskets, member_last=member_last, member_gap=gap,
                    items=item_stats(history, cut_day),
                    tifu=TIFUKNN(max_pool=params.knn_pool, seed=seed).fit(history),
-                   store=StorePopularity().fit(history), als=als, lift=basket_lift(history, pool, 50), pool=pool)
+                   store=StorePopularity().fit(history), als=als, lift=basket_lift(history, pool, 50), pool=pool,
+                   promotions=None if promotions is None else
+                   promotion_week(promotions, history, cut_day, params.promotion_days))
 
 
 def _top_mask(scores: np.ndarray, n: int, mask: np.ndarray) -> None:
@@ -229,6 +238,7 @@ def _candidate_batch(ctx: Context, members: np.ndarray, params: RankerSettings) 
             "lift_last": lift[row, col], "store_pop": store[row, col],
             **{name: ctx.items[name][item] for name in ("pop_log", "pop_recent", "pop_trend", "i_repeat_rate",
                                                         "i_cycle", "i_buyers", "price")},
+            **promotion_columns(ctx.promotions, members[row], item),
         }
     features = np.column_stack([np.asarray(columns[name], dtype=np.float32) for name in FEATURES])
     return Candidates(member=members[row], item=item.astype(np.int64), features=features)
@@ -292,9 +302,12 @@ class RankerData:
     windows keep only their sampled members' candidates.
     """
 
-    def __init__(self, baskets: Baskets, interactions: Interactions, config: TrainConfig, seed: int = 0) -> None:
+    def __init__(self, baskets: Baskets, interactions: Interactions, config: TrainConfig, seed: int = 0,
+                 promotions: pa.Table | None = None) -> None:
         self.baskets, self.interactions, self.config, self.seed = baskets, interactions, config, seed
         self.params = config.ranker
+        self.promotions = None if promotions is None or not self.params.promotions else Promotions.from_table(
+            promotions, interactions.items, baskets.store_names)
         self._context: Context | None = None
         self._windows: dict[int, tuple[Candidates, np.ndarray]] = {}
 
@@ -303,7 +316,7 @@ class RankerData:
         if self._context is None or self._context.cut_day != cut_day:
             self._context = None
             self._context = build_context(self.baskets, self.interactions, self.config, cut_day, self.params,
-                                          self.seed, als)
+                                          self.seed, als, self.promotions)
         return self._context
 
     def window(self, cut_day: int) -> tuple[Candidates, np.ndarray] | None:

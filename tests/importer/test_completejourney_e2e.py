@@ -39,8 +39,9 @@ CATALOGUE = Path(__file__).resolve().parents[2] / "omnirec" / "offers" / "exampl
 
 
 def slice_of_complete_journey(dest: Path) -> tuple[Path, list[str]]:
-    """The first `HOUSEHOLDS` households' transactions and the products they bought, plus a consent file
-    (the retailer's opt-ins) for half of them, and the shipped mapping extended with it."""
+    """The first `HOUSEHOLDS` households' transactions, the products they bought and those products'
+    promotions at their stores, plus a consent file (the retailer's opt-ins) for half of them, and the
+    shipped mapping extended with it."""
     src = data_dir()
     tx = pq.read_table(src / "transactions.parquet")
     households = pc.unique(tx["household_id"]).sort()[:HOUSEHOLDS]
@@ -50,6 +51,10 @@ def slice_of_complete_journey(dest: Path) -> tuple[Path, list[str]]:
     dest.mkdir()
     pq.write_table(tx, dest / "transactions.parquet")
     pq.write_table(products, dest / "products.parquet")
+    promotions = pq.read_table(src / "promotions.parquet")
+    promotions = promotions.filter(pc.and_(pc.is_in(promotions["product_id"], value_set=products["product_id"]),
+                                           pc.is_in(promotions["store_id"], value_set=pc.unique(tx["store_id"]))))
+    pq.write_table(promotions, dest / "promotions.parquet")
     opted = [str(h) for h in households.to_pylist()[::2]]
     pq.write_table(pa.table({"household_id": opted, "pos_ok": ["Y"] * len(opted), "app_ok": ["Y"] * len(opted)}),
                    dest / "consent.parquet")
@@ -73,6 +78,7 @@ def test_complete_journey_slice_end_to_end(tmp_path: Path, redis_client: redis.R
     data = tmp_path / "data"
     result = import_data(Mapping.load(mapping), tmp_path / "cj", data, TierLadder(), LifecycleRules(), as_of=AS_OF)
     assert result.members == HOUSEHOLDS and result.report.tables["events"].rows_written > 50_000
+    assert result.report.tables["promotions"].rows_written > 100_000
     assert not result.report.warnings  # replayed at the end of the history, nothing is stale
 
     kw = redis_client.connection_pool.connection_kwargs

@@ -247,3 +247,90 @@ def test_duplicate_detection_is_exact_across_nulls_and_types() -> None:
     assert _duplicates(table).tolist() == [False, True, False, True, False, False]
     among = np.array([False, True, True, True, True, True])
     assert _duplicates(table, among=among).tolist() == [False, False, False, True, False, False]
+
+
+PROMOTIONS_BY_WEEK = """\
+sku,shop,wk,display_loc,mailer_loc
+A,s1,1,3,0
+B,s2,2,0,A
+A,s1,0,3,0
+Z,s1,1,3,0
+C,s1,x,3,0
+B,,2,0,A
+C,s2,2,No,0
+B,s2,2,0,A
+"""
+WEEKS = ('[promotions]\npath = "promotions.csv"\nitem_id = "sku"\nstore_id = "shop"\nweek = "wk"\n'
+         'week_one = "2024-01-01T05:00:00Z"\ndisplay = "display_loc"\nmailer = "mailer_loc"\n')
+
+
+def run_promotions(tmp_path: Path, promotions: str, section: str) -> tuple[object, Path]:
+    (tmp_path / "src").mkdir(exist_ok=True)
+    (tmp_path / "src" / "promotions.csv").write_text(promotions)
+    return run(tmp_path, extra=section)
+
+
+def test_promotions_by_week_are_imported_and_bad_rows_named(tmp_path: Path) -> None:
+    from omnirec.domain.readers import read_promotions
+
+    result, out = run_promotions(tmp_path, PROMOTIONS_BY_WEEK, WEEKS)
+    text = problems(result)
+    assert "promotions.csv:4: field 'week': must be >= 1" in text
+    assert "promotions.csv:5: field 'item_id': not in the item file" in text
+    assert "promotions.csv:6: field 'week': not a whole number" in text
+    assert "promotions.csv:7: field 'store_id': required value is empty" in text
+    stats = result.report.tables["promotions"]  # type: ignore[attr-defined]
+    assert (stats.rows_read, stats.rows_written, stats.duplicates) == (8, 3, 1)
+    data = RetailData.read(out, promotions=True)
+    assert data.promotions is not None and RetailData.read(out).promotions is None
+    week_one = int(datetime(2024, 1, 1, 5, tzinfo=UTC).timestamp())
+    rows = data.promotions.to_pylist()
+    assert rows == [
+        {"item_id": "A", "store_id": "s1", "start_ts": week_one, "end_ts": week_one + 7 * 86_400, "display": True,
+         "mailer": False},
+        {"item_id": "B", "store_id": "s2", "start_ts": week_one + 7 * 86_400, "end_ts": week_one + 14 * 86_400,
+         "display": False, "mailer": True},
+        {"item_id": "C", "store_id": "s2", "start_ts": week_one + 7 * 86_400, "end_ts": week_one + 14 * 86_400,
+         "display": False, "mailer": False}]
+    assert read_promotions(out / "promotions.parquet").num_rows == 3
+
+
+def test_promotions_by_time_range(tmp_path: Path) -> None:
+    promotions = ("sku,shop,from,to,shelf\nA,s1,2024-02-01,2024-02-08,end cap\nB,s1,2024-02-08,2024-02-01,yes\n"
+                  "C,s2,2024-02-01,2024-02-02,\n")
+    section = ('[promotions]\npath = "promotions.csv"\nitem_id = "sku"\nstore_id = "shop"\nstart = "from"\n'
+               'end = "to"\ndisplay = "shelf"\n')
+    result, out = run_promotions(tmp_path, promotions, section)
+    assert "promotions.csv:3: field 'end_ts': not after start (got '2024-02-01T00:00:00Z')" in problems(result)
+    rows = RetailData.read(out, promotions=True).promotions.to_pylist()  # type: ignore[union-attr]
+    assert [(r["item_id"], r["display"], r["mailer"]) for r in rows] == [("A", True, False), ("C", False, False)]
+    assert rows[0]["end_ts"] - rows[0]["start_ts"] == 7 * 86_400
+    result, out = run(tmp_path)
+    assert not (out / "promotions.parquet").exists()  # a later import without the table leaves none behind
+
+
+def test_promotions_mapping_mistakes_name_the_key(tmp_path: Path) -> None:
+    for section, message in ((WEEKS.replace('week_one = "2024-01-01T05:00:00Z"\n', ""), "week_one"),
+                             (WEEKS.replace('week = "wk"\n', ""), "map either week"),
+                             (WEEKS.replace('display = "display_loc"\nmailer = "mailer_loc"\n', ""), "display"),
+                             (WEEKS + 'start = "from"\nend = "to"\n', "map either week")):
+        (tmp_path / "m.toml").write_text(MAPPING.format(events_extra="", extra=section))
+        with pytest.raises(InvalidArgument, match=f"mapping promotions.*{message}"):
+            Mapping.load(tmp_path / "m.toml")
+
+
+def test_promotions_file_is_validated_on_read(tmp_path: Path) -> None:
+    from omnirec.domain.errors import DataError
+    from omnirec.domain.readers import read_promotions
+
+    good = {"item_id": ["A", "B"], "store_id": ["s1", "s1"], "start_ts": [0, 10], "end_ts": [5, 20],
+            "display": [True, False], "mailer": [False, True]}
+    for change, field, row in (({"end_ts": [5, 10]}, "end_ts", 2), ({"store_id": ["s1", None]}, "store_id", 2),
+                               ({"item_id": ["A\x01", "B"]}, "item_id", 1), ({"start_ts": [-1, 10]}, "start_ts", 1)):
+        pq.write_table(pa.table({**good, **change}), tmp_path / "p.parquet")
+        with pytest.raises(DataError, match=rf"p.parquet:{row}: field '{field}'"):
+            read_promotions(tmp_path / "p.parquet")
+    pq.write_table(pa.table({k: v for k, v in good.items() if k != "mailer"}), tmp_path / "p.parquet")
+    with pytest.raises(DataError, match="field 'mailer': column missing"):
+        read_promotions(tmp_path / "p.parquet")
+    assert read_promotions(tmp_path / "none.parquet") is None
