@@ -1,5 +1,5 @@
 """Promotion features for the ranker: is the candidate on display, or in the mailer, at the member's store in
-the days being predicted, and at how many of the chain's stores.
+the days being predicted, at how many of the chain's stores, and is its price marked down now.
 
 Leakage: every other feature at cut-off day c reads events up to day c only. Promotions are different in
 kind: a retailer plans its displays and mailers weeks ahead, so the promotions running in the days the
@@ -24,8 +24,13 @@ from omnirec.domain.clock import DAY
 from omnirec.domain.idmap import IdMap
 from omnirec.training.baskets import Baskets
 
-PROMOTION_FEATURES = ("promo_display", "promo_mailer", "promo_stores")
-"""On display at the member's home store; in its mailer; share of the chain's stores promoting the item."""
+PROMOTION_FEATURES = ("promo_display", "promo_mailer", "promo_stores", "price_cut")
+"""On display at the member's home store; in its mailer; share of the chain's stores promoting the item;
+how far the item's price paid in the last `RECENT_DAYS` before the cut-off is below its mean."""
+RECENT_DAYS = 14
+"""The event log carries the unit price paid after discounts (no separate discount column): a mean over these
+last days below the item's mean over the history is a markdown running now (Complete Journey: loyalty-card
+and coupon discounts are in `sales_value`)."""
 
 
 def _codes(column: pa.ChunkedArray, known: np.ndarray) -> np.ndarray:
@@ -84,6 +89,9 @@ class PromotionWeek:
     mailer: np.ndarray
     store_share: np.ndarray
     """Per item, the share of the table's stores promoting it in those days."""
+    price_cut: np.ndarray
+    """Per item, 1 - (mean price paid in the last `RECENT_DAYS`) / (mean over the history); 0 where either is
+    missing."""
     home: np.ndarray
     """Per member, the store index of most of their baskets up to the cut-off (-1: none)."""
     n_items: int
@@ -118,7 +126,23 @@ def promotion_week(promotions: Promotions, history: Baskets, cut_day: int, days:
         display = np.logical_or.reduceat(display, starts)
         mailer = np.logical_or.reduceat(mailer, starts)
     return PromotionWeek(keys=keys, display=display[:len(keys)], mailer=mailer[:len(keys)],
-                         store_share=share.astype(np.float32), home=home_stores(history), n_items=n_items)
+                         store_share=share.astype(np.float32), price_cut=price_cut(history, cut_day),
+                         home=home_stores(history), n_items=n_items)
+
+
+def price_cut(history: Baskets, cut_day: int) -> np.ndarray:
+    """Per item, how far its mean price paid in the `RECENT_DAYS` up to `cut_day` is below its mean over
+    `history` (float32; 0 where the item has no recent purchase or no price)."""
+    n = history.n_items
+    recent = history.day > cut_day - RECENT_DAYS
+    overall = np.bincount(history.item, weights=history.price, minlength=n)
+    count = np.bincount(history.item, minlength=n)
+    now = np.bincount(history.item[recent], weights=history.price[recent], minlength=n)
+    count_now = np.bincount(history.item[recent], minlength=n)
+    usual = overall / np.maximum(count, 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cut = np.where((count_now > 0) & (usual > 0), 1.0 - now / np.maximum(count_now, 1) / usual, 0.0)
+    return cut.astype(np.float32)
 
 
 def promotion_columns(week: PromotionWeek | None, member: np.ndarray, item: np.ndarray) -> dict[str, np.ndarray]:
@@ -133,4 +157,4 @@ def promotion_columns(week: PromotionWeek | None, member: np.ndarray, item: np.n
     display = found & week.display[at] if len(week.keys) else found
     mailer = found & week.mailer[at] if len(week.keys) else found
     return {"promo_display": display.astype(np.float32), "promo_mailer": mailer.astype(np.float32),
-            "promo_stores": week.store_share[item]}
+            "promo_stores": week.store_share[item], "price_cut": week.price_cut[item]}

@@ -14,7 +14,7 @@ from omnirec.domain.schema import PROMOTION_SCHEMA, check_promotions
 from omnirec.domain.vocab import Col
 from omnirec.training.baskets import Baskets, next_basket_split
 from omnirec.training.config import TrainConfig
-from omnirec.training.promotions import PROMOTION_FEATURES, Promotions, home_stores
+from omnirec.training.promotions import PROMOTION_FEATURES, RECENT_DAYS, Promotions, home_stores, price_cut
 from omnirec.training.ranker import FEATURES, RankerData, build_context, candidates, fit_ranker
 from tests.training.planted import planted_interactions
 
@@ -130,3 +130,24 @@ def test_items_the_model_does_not_know_are_left_out(planted):
                                           ("not-sold", "s9", cut, cut + 7, True, False)]),
                                    interactions.items, baskets.store_names)
     assert promos.item.tolist() == [interactions.items.get("i000")] and promos.n_stores == 2
+
+
+def test_price_cut_is_a_recent_markdown_before_the_cutoff(planted):
+    interactions, _, cut = planted
+    events = interactions.events
+    day = pc.divide(events[Col.TS], DAY)
+    item = pc.equal(events[Col.ITEM_ID], "i002")
+    marked = pc.and_(item, pc.and_(pc.greater(day, cut - RECENT_DAYS), pc.less_equal(day, cut)))
+    later = pc.and_(item, pc.greater(day, cut))
+    price = pc.if_else(marked, pc.multiply(events[Col.PRICE], 0.5), events[Col.PRICE])
+    halved = Interactions.from_events(events.set_column(events.schema.get_field_index(Col.PRICE), Col.PRICE, price),
+                                      members=interactions.members, items=interactions.items)
+    cheap_later = pc.if_else(later, pc.multiply(price, 0.1), price)
+    halved_later = Interactions.from_events(
+        events.set_column(events.schema.get_field_index(Col.PRICE), Col.PRICE, cheap_later),
+        members=interactions.members, items=interactions.items)
+    cuts = [price_cut(Baskets.from_interactions(i).until(cut), cut) for i in (interactions, halved, halved_later)]
+    i002 = interactions.items.get("i002")
+    assert not cuts[0].any()
+    assert 0.2 < cuts[1][i002] < 0.5 and np.count_nonzero(cuts[1]) == 1
+    np.testing.assert_array_equal(cuts[1], cuts[2])
