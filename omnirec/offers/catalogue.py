@@ -15,6 +15,7 @@ import tomllib
 from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -62,7 +63,7 @@ class Target(BaseModel):
             raise ValueError(f"a {self.scope} target needs at least one id")
         return self
 
-    @property
+    @cached_property
     def key(self) -> str:
         """Arbitration shows at most one offer per target."""
         return f"{self.scope}:{','.join(sorted(self.ids))}"
@@ -95,6 +96,15 @@ class Eligibility(BaseModel):
         if unknown:
             raise ValueError(f"unknown tier(s) {unknown}; ladder is {', '.join(ladder.names)}")
         return value
+
+    @cached_property
+    def tier_rule(self) -> str:
+        """The tier condition as decisions explain it (computed once per catalogue load, not per decision)."""
+        if self.min_tier is not None:
+            return f"tier>={self.min_tier}"
+        if self.tiers:
+            return f"tier in {'|'.join(self.tiers)}"
+        return "tier=any"
 
     @model_validator(mode="after")
     def _one_tier_rule(self) -> Eligibility:
@@ -178,7 +188,12 @@ class Offer(BaseModel):
         return self.redemption_cost
 
     def valid_at(self, ts: float) -> bool:
-        return self.valid_from.timestamp() <= ts < self.valid_until.timestamp()
+        return self.valid_span[0] <= ts < self.valid_span[1]
+
+    @cached_property
+    def valid_span(self) -> tuple[float, float]:
+        """(valid_from, valid_until) as unix seconds, converted once per catalogue load."""
+        return self.valid_from.timestamp(), self.valid_until.timestamp()
 
 
 class Catalogue(BaseModel):

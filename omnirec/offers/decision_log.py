@@ -12,6 +12,7 @@ import json
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -104,29 +105,50 @@ class DecisionRecord:
         return out
 
 
+def _day(ts: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ts))
+
+
 def _scored(s: ScoredOffer) -> dict[str, object]:
     return {"offer_id": s.offer.id, "score": round(s.score, 6), "propensity": round(s.propensity, 6),
             "uplift": round(s.uplift, 6), "reasons": list(s.reasons)}
 
 
 class DecisionLog:
+    """Appends to the current day's file through a descriptor kept open (O_APPEND): opening and closing the
+    file per record cost a decision more than writing it. The descriptor is reopened when the day changes
+    or when the file it points to was deleted (nothing is written into an unlinked file)."""
+
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._day = ""
+        self._fd = -1
+        self._closer: weakref.finalize | None = None
 
     def path_for(self, ts: float) -> Path:
-        return self.directory / f"decisions-{time.strftime('%Y-%m-%d', time.gmtime(ts))}.jsonl"
+        return self.directory / f"decisions-{_day(ts)}.jsonl"
 
     def append(self, record: DecisionRecord) -> None:
         """The record's `ts` picks the day file."""
         line = (json.dumps(record.to_json(), separators=(",", ":"), sort_keys=True) + "\n").encode()
+        day = _day(record.ts)
         with self._lock:
-            fd = os.open(self.path_for(record.ts), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, line)
-            finally:
-                os.close(fd)
+            if day != self._day or os.fstat(self._fd).st_nlink == 0:
+                self._open(day)
+            os.write(self._fd, line)
+
+    def _open(self, day: str) -> None:
+        fd = os.open(self.directory / f"decisions-{day}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.close()
+        self._day, self._fd = day, fd
+        self._closer = weakref.finalize(self, os.close, fd)
+
+    def close(self) -> None:
+        if self._closer is not None:
+            self._closer()
+            self._closer, self._day, self._fd = None, "", -1
 
     def records(self) -> Iterator[dict[str, Any]]:
         """Every record, oldest day first (for audits, tests and training the next uplift model)."""

@@ -109,10 +109,10 @@ def in_holdout(offer_id: str, member_id: str, share: float) -> bool:
 def _tier_rule(offer: Offer, member: MemberView, tiers: TierLadder) -> tuple[bool, str]:
     rule = offer.eligibility
     if rule.min_tier is not None:
-        return tiers.at_least(member.tier, rule.min_tier), f"tier>={rule.min_tier}"
+        return tiers.at_least(member.tier, rule.min_tier), rule.tier_rule
     if rule.tiers:
-        return member.tier in rule.tiers, f"tier in {'|'.join(rule.tiers)}"
-    return True, "tier=any"
+        return member.tier in rule.tiers, rule.tier_rule
+    return True, rule.tier_rule
 
 
 def screen(offer: Offer, member: MemberView, channel: Channel, now: float, state: OfferState,
