@@ -23,7 +23,7 @@ import numpy as np
 
 from omnirec.domain.clock import DAY
 from omnirec.domain.vocab import Intent
-from omnirec.recommendations.ranking import Bundle, CategoryIndex, Filters, MemberContext, Ranked, Reason
+from omnirec.recommendations.ranking import Bundle, CategoryIndex, Filters, MemberContext, Ranked, Reason, isin
 
 NOT_DUE = 0.5
 """An item bought less than this share of its repurchase cycle ago is not due again: it leaves the list."""
@@ -48,7 +48,7 @@ class Purchases:
         idx = bundle.items.to_internal(member.purchased, strict=False)
         ts = np.fromiter(member.purchased.values(), dtype=np.float64, count=len(idx))
         known = idx >= 0
-        return cls(idx[known], ts[known])
+        return cls(idx, ts) if known.all() else cls(idx[known], ts[known])
 
     def since(self, ts: float | None) -> Purchases:
         """The purchases after `ts` (all of them when None: nothing precomputed saw any)."""
@@ -104,8 +104,7 @@ def _demote(scores: np.ndarray, later: np.ndarray) -> tuple[np.ndarray, np.ndarr
     """(order, scores) with the `later` entries after all others, each group in its own order, and their
     scores lowered below every other score so the list stays best first."""
     scores = np.asarray(scores, dtype=np.float64).copy()
-    if later.any():
-        scores[later] -= scores.max() - scores.min() + 1.0
+    scores[later] -= scores.max() - scores.min() + 1.0
     return np.concatenate([np.flatnonzero(~later), np.flatnonzero(later)]), scores
 
 
@@ -124,20 +123,23 @@ def from_lists(bundle: Bundle, categories: CategoryIndex, member: MemberContext,
     later = np.zeros(len(idx), bool)
     not_due = np.zeros(0, np.int64)
     if intent is Intent.DISCOVER or filters.exclude_purchased:
-        keep &= ~np.isin(idx, bought.idx)
+        keep &= ~isin(idx, bought.idx)
         if filters.exclude_purchased:  # unset when the purchases could not be read (degraded)
             applied = [*applied, Reason.EXCLUDED_PURCHASED]
     elif len(live.idx):
-        ratio = np.full(len(idx), np.inf)
+        ratio, cycles = np.full(len(idx), np.inf), due(bundle, live, now)
         order = np.argsort(live.idx)
         pos = np.clip(np.searchsorted(live.idx[order], idx), 0, len(order) - 1)
         hit = live.idx[order][pos] == idx
-        ratio[hit] = due(bundle, live, now)[order][pos[hit]]
-        not_due = live.idx[due(bundle, live, now) < NOT_DUE]
-        keep &= ~np.isin(idx, not_due)
+        ratio[hit] = cycles[order][pos[hit]]
+        not_due = live.idx[cycles < NOT_DUE]
+        keep &= ~isin(idx, not_due)
         later = hit & ~(ratio >= 1.0)
-    order, scores = _demote(scores, later & keep)
-    return _ranked(idx[order], scores[order], reasons[order], keep[order], applied), not_due
+    later &= keep
+    if later.any():
+        order, scores = _demote(scores, later)
+        idx, scores, reasons, keep = idx[order], scores[order], reasons[order], keep[order]
+    return _ranked(idx, scores, reasons, keep, applied), not_due
 
 
 def buy_again(bundle: Bundle, categories: CategoryIndex, member: MemberContext, filters: Filters,
@@ -171,7 +173,7 @@ def merge(first: Ranked, then: Ranked, n: int, left_out: np.ndarray) -> Ranked:
     below `first`'s so the answer stays best first. Filters count only when both applied them."""
     if len(first.idx) >= n or not len(then.idx):
         return first.head(n)
-    fresh = np.flatnonzero(~np.isin(then.idx, first.idx) & ~np.isin(then.idx, left_out))[:n - len(first.idx)]
+    fresh = np.flatnonzero(~isin(then.idx, first.idx) & ~isin(then.idx, left_out))[:n - len(first.idx)]
     tail = np.asarray(then.scores, dtype=np.float64)[fresh]
     if len(first.idx) and len(tail):
         tail = tail - tail.max() + float(first.scores.min()) - 1.0
