@@ -38,55 +38,11 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from synthetic_bundle import write_bundle
 
 RESULTS = Path(__file__).parent / "results" / "audience_isolation.json"
 APP_KEY, CAMPAIGN_KEY = "bench-app-key", "bench-campaign-key"
 IN_FLIGHT, CONNECTIONS = 8, 4
-
-
-def write_bundle(data_dir: Path, root: Path, dim: int) -> None:
-    """A published bundle of random factors over the simulated members and items."""
-    import faiss
-    import pyarrow.parquet as pq
-    import scipy.sparse as sp
-
-    from omnirec.bundle import BundleRegistry
-    from omnirec.bundle.format import Array, BundleArtifacts, Index, Manifest, Sparse, write_bundle
-    from omnirec.domain.idmap import IdMap
-
-    registry = BundleRegistry(root)
-    if registry.current_path() is not None:
-        return
-    members = IdMap.from_ids(pq.read_table(data_dir / "members.parquet", columns=["member_id"])["member_id"]
-                             .to_numpy(zero_copy_only=False).astype(str))
-    items = IdMap.from_ids(pq.read_table(data_dir / "items.parquet", columns=["item_id"])["item_id"]
-                           .to_numpy(zero_copy_only=False).astype(str))
-    rng = np.random.default_rng(0)
-    n_m, n_i = len(members), len(items)
-    item_factors = rng.standard_normal((n_i, dim), np.float32)
-    content = rng.standard_normal((n_i, dim), np.float32)
-    unit = content / np.linalg.norm(content, axis=1, keepdims=True)
-    member_index, item_index = faiss.IndexFlatIP(dim), faiss.IndexFlatIP(dim)
-    member_index.add(item_factors)
-    item_index.add(unit)
-    top_items = rng.integers(0, n_i, (n_m, 50), dtype=np.int32)
-    top_scores = -np.sort(-rng.random((n_m, 50), np.float32), axis=1)
-    empty = sp.csr_matrix((0, n_i), dtype=np.float32)
-    version = registry.next_version()
-    write_bundle(BundleArtifacts(
-        manifest=Manifest(version=version, beats_popularity=True, complement_blend=0.5, collaborative="random"),
-        items=items, members=members,
-        arrays={Array.MEMBER_FACTORS: rng.standard_normal((n_m, dim), np.float32), Array.ITEM_FACTORS: item_factors,
-                Array.ITEM_CONTENT: content, Array.ITEM_CONTENT_BIAS: np.zeros(n_i, np.float32),
-                Array.ITEM_CONTENT_UNIT: unit, Array.PROFILE_NAMES: np.array(["tier=gold"]),
-                Array.PROFILE_EMBEDDINGS: rng.standard_normal((1, dim), np.float32),
-                Array.POPULARITY: rng.random(n_i, np.float32), Array.POPULARITY_CHANNEL_NAMES: np.array([], str),
-                Array.POPULARITY_STORE_IDS: np.array([], str), Array.MEMBER_TOP_ITEMS: top_items,
-                Array.MEMBER_TOP_SCORES: top_scores},
-        sparse={Sparse.POPULARITY_CHANNELS: empty, Sparse.POPULARITY_STORES: empty,
-                Sparse.COMPLEMENTS: sp.csr_matrix((n_i, n_i), dtype=np.float32)},
-        indexes={Index.ITEM: item_index, Index.MEMBER: member_index}), registry.path(version))
-    registry.publish(version)
 
 
 def write_config(path: Path, data_dir: Path, bundle_root: Path, redis_url: str, namespace: str, port: int) -> Path:

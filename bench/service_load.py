@@ -1,13 +1,19 @@
 """Closed-loop load on loopback: Recommend per intent on `omnirec serve`, alternated with an empty grpc.aio echo server.
 
     .venv/bin/python bench/service_load.py --config var/bench/omnirec.toml --data-dir var/bench/data
+    .venv/bin/python bench/service_load.py --config var/bench/omnirec.toml --data-dir var/bench/m1000000 \
+        --synthetic 1000000,100000 --levels 8
 
-Set-up used for the README figures: `omnirec simulate --members 1000000 --items 100000`, `omnirec train`,
+Set-up from a trained bundle: `omnirec simulate --members 1000000 --items 100000`, `omnirec train`,
 `omnirec materialize` with a config whose `[redis]` points at a database of its own (e.g.
 `redis://127.0.0.1:6379/7`; the tests use database 1): millions of bench keys in a tests' database slow
 their key scans; then `bench/intent_lists.py` when the bundle has no intent lists (the precomputed-list
-path). The config needs `[service] port`, `workers` and an `app` key in `[service.api_keys]`; the echo
-server listens on port + 1.
+path). Without a training run (`--synthetic MEMBERS,ITEMS`: training 1M members does not fit beside the
+benchmark on a shared machine): the retailer is simulated into `--data-dir` when it holds none (60 days,
+seed 0), materialised into the config's Redis when its namespace holds no generation, and a bundle of random
+factors with intent lists of the ranker's shape (`bench/synthetic_bundle.py`: serving cost depends on shapes,
+not values) is published under the config's `train.bundle_root` when none is. The config needs `[service]
+port`, `workers` and an `app` key in `[service.api_keys]`; the echo server listens on port + 1.
 
 Both servers run at once as separate processes with the same number of workers; the load generator is one
 grpc.aio client process over `--connections` TCP connections (4: the kernel balances connections, not
@@ -191,6 +197,29 @@ def setup(args: argparse.Namespace) -> tuple[OmnirecConfig, str, np.ndarray, lis
             {**os.environ, "OMNIREC_CONFIG": str(args.config)})
 
 
+def synthetic(config: OmnirecConfig, data_dir: Path, members: int, items: int) -> None:
+    """Simulated data, its features in Redis and a random bundle with intent lists, each made only when
+    missing (see the module doc)."""
+    from synthetic_bundle import write_bundle
+
+    from omnirec.domain.lifecycle import LifecycleRules
+    from omnirec.domain.tiers import TierLadder
+    from omnirec.feature_store.connection import connect
+    from omnirec.feature_store.keys import Keys
+    from omnirec.feature_store.materialize import materialize
+    from omnirec.simulator import SimulationConfig, simulate
+
+    if not (data_dir / "members.parquet").exists():
+        simulate(SimulationConfig(n_members=members, n_items=items, days=60, seed=0), data_dir, progress=True)
+    client = connect(config.redis)
+    try:
+        if client.hget(Keys(config.redis.namespace).pointer(), "generation") is None:
+            materialize(data_dir, config.redis, TierLadder(), LifecycleRules(), now=time.time(), progress=True)
+    finally:
+        client.close()
+    write_bundle(data_dir, config.train.bundle_root, dim=32, intent_lists=50)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True, help="omnirec config (bundle root, redis, api key)")
@@ -201,11 +230,16 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=4,
                         help="client TCP connections (spread over the server's workers by the kernel)")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"request kinds to measure, of {', '.join(KINDS)}")
+    parser.add_argument("--synthetic", metavar="MEMBERS,ITEMS",
+                        help="simulate, materialise and publish a random bundle with intent lists where missing")
     parser.add_argument("--echo-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo_server:
         echo_server(args.echo_server, args.workers)
         return
+    if args.synthetic:
+        members, items = (int(x) for x in args.synthetic.split(","))
+        synthetic(OmnirecConfig.load(args.config), args.data_dir, members, items)
 
     config, api_key, member_ids, levels, env = setup(args)
     port = config.service.port
