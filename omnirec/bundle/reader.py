@@ -88,21 +88,21 @@ class ModelBundle:
             raise NotFound(f"unknown item {item_id!r}")
         return idx
 
-    def member_list_columns(self, lo: int, hi: int, depth: int) -> list[ListColumns]:
-        """Members lo..hi-1's lists as the feature store holds them: `depth` collaborative items (from the
-        precomputed lists when they are that deep, else searched in the member index, as `member_top` does)
-        and every intent's lists."""
+    def member_list_columns(self, rows: slice | np.ndarray, depth: int) -> list[ListColumns]:
+        """The lists of the members at `rows` (a range, or row numbers: what one Spark partition holds) as the
+        feature store holds them: `depth` collaborative items (from the precomputed lists when they are that
+        deep, else searched in the member index, as `member_top` does) and every intent's lists."""
         top_items = self.arrays.get(Array.MEMBER_TOP_ITEMS)
         if top_items is not None and top_items.shape[1] >= depth:
-            items, scores = top_items[lo:hi, :depth], self.arrays[Array.MEMBER_TOP_SCORES][lo:hi, :depth]
+            items, scores = top_items[rows, :depth], self.arrays[Array.MEMBER_TOP_SCORES][rows, :depth]
         else:
-            query = np.ascontiguousarray(self.arrays[Array.MEMBER_FACTORS][lo:hi], dtype=np.float32)
+            query = np.ascontiguousarray(self.arrays[Array.MEMBER_FACTORS][rows], dtype=np.float32)
             scores, items = self.indexes[Index.MEMBER].search(query, min(depth, len(self.items)))
         out = [ListColumns(None, np.asarray(items), np.asarray(scores))]
         for intent, (item_name, score_name) in INTENT_ARRAYS.items():
             if item_name in self.arrays:
-                out.append(ListColumns(intent, np.asarray(self.arrays[item_name][lo:hi]),
-                                       np.asarray(self.arrays[score_name][lo:hi])))
+                out.append(ListColumns(intent, np.asarray(self.arrays[item_name][rows]),
+                                       np.asarray(self.arrays[score_name][rows])))
         return out
 
     def member_scores(self, member_id: str) -> np.ndarray | None:

@@ -286,12 +286,16 @@ class MemberListSource:
     member_ids: pa.Array
     columns: Callable[[int, int], list[ListColumns]]
     """Lists of members lo..hi-1 (rows of `member_ids`)."""
+    path: Path | None = None
+    """The bundle folder, from which Spark's executors read the lists themselves (`feature_store.spark`)."""
+    depth: int = 0
+    """Collaborative items per member."""
 
     @classmethod
     def from_bundle(cls, bundle: ModelBundle, depth: int) -> MemberListSource:
         """`depth`: collaborative items per member when the bundle has no precomputed lists."""
         return cls(bundle.version, pa.array(member_ids(bundle.path)),
-                   lambda lo, hi: bundle.member_list_columns(lo, hi, depth))
+                   lambda lo, hi: bundle.member_list_columns(slice(lo, hi), depth), bundle.path, depth)
 
     @classmethod
     def from_path(cls, path: Path, depth: int) -> MemberListSource:

@@ -6,14 +6,17 @@ per channel, purchases, spend, last two purchase times), the recent, purchased a
 and the three RFM quintile cuts (exact order statistics, four numbers each). Each partition then turns
 its members into packed records with the batch job's own `profile_columns` and `resp` encoders and sends
 them on its own pipelined connections (`resp.BulkSender`, one batch in flight per node), so the driver
-never holds the members. Items, stock and identity links (catalogue-sized) are loaded by the driver, and so are
-the bundle's member lists when member state is in the store (`MemberListSource`: read from the bundle's
-memory-mapped arrays in batches, so the driver streams them without holding them).
+never holds the members. When member state is in the store the member table is joined with the bundle's
+member rows (read by the executors from the bundle's memory-mapped id file), and each partition also
+writes its members' lists (`member_top`), read from the bundle's memory-mapped arrays in row order, or an
+empty entry for a member the bundle does not know: the bundle folder must be on storage every executor
+reads, as the event log is. Items, stock and identity links (catalogue-sized) are loaded by the driver.
 Readers keep serving the old generation until the driver's one `HSET` of the pointer, as in the batch job.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,8 +29,10 @@ import pyarrow.parquet as pq
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from omnirec.bundle.reader import ModelBundle, member_count, member_ids
 from omnirec.domain.errors import InvalidArgument
 from omnirec.domain.lifecycle import LifecycleRules
+from omnirec.domain.member_lists import ListColumns, encode, encode_none
 from omnirec.domain.readers import IDENTITY_FILE, INVENTORY_FILE, ITEMS_FILE, MEMBERS_FILE
 from omnirec.domain.tiers import TierLadder
 from omnirec.domain.vocab import Col, EventType
@@ -50,6 +55,7 @@ from omnirec.spark.session import event_paths, read_events, session
 
 RECENCY, FREQUENCY, MONETARY = "_recency", "_frequency", "_monetary"
 LAST_SEEN, LAST_BUY, PREV_BUY, RECENT, PURCHASED = "_last_seen", "_last_buy", "_prev_buy", "_recent", "_purchased"
+BUNDLE_ROW = "_bundle_row"
 
 
 def _newest_distinct(events: DataFrame, owner: str, limit: int, name: str, timed: bool = False) -> DataFrame:
@@ -113,6 +119,40 @@ def quintile_cuts(table: DataFrame, now: float) -> np.ndarray:
     return cuts
 
 
+@functools.lru_cache(maxsize=1)
+def _bundle(path: str) -> ModelBundle:
+    """The bundle, opened once per executor process (Python workers are reused across tasks)."""
+    return ModelBundle.load(Path(path), member_index=False)
+
+
+@dataclass(frozen=True)
+class BundleLists:
+    """The published bundle's member lists as executors read them, from the bundle folder itself."""
+
+    path: str
+    depth: int
+    """Collaborative items per member."""
+    version: int
+
+    @classmethod
+    def of(cls, source: MemberListSource) -> BundleLists:
+        if source.path is None:
+            raise InvalidArgument("member_lists", "Spark executors read the member lists from the bundle folder; "
+                                                  "this source names none")
+        return cls(str(source.path), source.depth, source.bundle_version)
+
+    def rows(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """mapInArrow over `spark.range(members)`: each bundle row's member id, from the mapped id file."""
+        ids = member_ids(Path(self.path))
+        for batch in batches:
+            rows = batch.column(0).to_numpy()
+            yield pa.RecordBatch.from_pydict({Col.MEMBER_ID: pa.array(np.asarray(ids[rows]), pa.string()),
+                                              BUNDLE_ROW: pa.array(rows, pa.int64())})
+
+    def columns(self, rows: np.ndarray) -> list[ListColumns]:
+        return _bundle(self.path).member_list_columns(rows, self.depth)
+
+
 @dataclass(frozen=True)
 class PartitionWriter:
     """What an executor needs to write its members: plain, picklable settings (no clients)."""
@@ -124,6 +164,8 @@ class PartitionWriter:
     now: float
     cuts: np.ndarray
     stamp: str
+    lists: BundleLists | None = None
+    """Also write each member's `member_top` (member state in the store)."""
 
     def members(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         """mapInArrow: write the members of each Arrow batch; yield how many commands went out."""
@@ -169,6 +211,23 @@ class PartitionWriter:
             has = pc.is_valid(rows[name])
             list_keys = key_column(key, ids.filter(has))
             sender.send(list_keys, resp.set_values(list_keys, rows[name].filter(has), ttl))
+        if self.lists is not None:
+            self._send_lists(sender, k, ids, pc.fill_null(rows[BUNDLE_ROW], -1).to_numpy(), self.lists)
+
+    def _send_lists(self, sender: resp.BulkSender, k: Keys, ids: pa.Array, bundle_rows: np.ndarray,
+                    lists: BundleLists) -> None:
+        """The members' lists from the bundle, read in bundle row order (sequential pages of the mapped
+        arrays), and an empty entry for each member the bundle does not know (`Materializer.write_no_lists`)."""
+        ttl = self.config.feature_ttl_s
+        known = bundle_rows >= 0
+        order = np.argsort(bundle_rows[known], kind="stable")
+        if len(order):
+            keys = key_column(k.member_top, ids.filter(pa.array(known)).take(pa.array(order)))
+            values = encode(lists.version, lists.columns(bundle_rows[known][order]))
+            sender.send(keys, resp.set_values(keys, values, ttl))
+        if not known.all():
+            keys = key_column(k.member_top, ids.filter(pa.array(~known)))
+            sender.send(keys, resp.set_values(keys, encode_none(lists.version, len(keys)), ttl))
 
 
 def materialize_spark(data_dir: Path, config: RedisConfig, spark_config: SparkConfig, tiers: TierLadder,
@@ -188,6 +247,11 @@ def materialize_spark(data_dir: Path, config: RedisConfig, spark_config: SparkCo
     members = spark.read.parquet(str(data_dir / MEMBERS_FILE))
     now = float(events.agg(F.max(Col.TS)).first()[0]) if now is None else now
     table, anonymous = member_table(events, members, items, config.recent_items, config.purchased_items)
+    lists = BundleLists.of(member_lists) if member_lists is not None else None
+    if lists is not None:
+        rows = spark.range(member_count(Path(lists.path)), numPartitions=spark_config.shuffle_partitions)
+        table = table.join(rows.mapInArrow(lists.rows, f"{Col.MEMBER_ID} string, {BUNDLE_ROW} long"), Col.MEMBER_ID,
+                           "left")
     table = table.cache()
     cuts = quintile_cuts(table, now)
 
@@ -196,7 +260,7 @@ def materialize_spark(data_dir: Path, config: RedisConfig, spark_config: SparkCo
     try:
         materializer = Materializer(client, config)
         generation = materializer.begin()
-        writer = PartitionWriter(config, generation, tiers, rules, now, cuts, str(int(time.time())))
+        writer = PartitionWriter(config, generation, tiers, rules, now, cuts, str(int(time.time())), lists)
         commands = sum(r[0] for r in table.mapInArrow(writer.members, "commands long").collect())
         commands += sum(r[0] for r in anonymous.mapInArrow(writer.anonymous, "commands long").collect())
         n_members = table.count()
@@ -207,10 +271,6 @@ def materialize_spark(data_dir: Path, config: RedisConfig, spark_config: SparkCo
                                                  "member_id": pa.array([], pa.string())}), now)
         with resp.BulkSender(client) as sender:
             materializer.write_catalogue(catalogue, generation, sender, writer.stamp)
-            if member_lists is not None:
-                materializer.write_member_lists(member_lists, generation, sender)
-                materializer.write_no_lists(member_lists, pq.read_table(data_dir / MEMBERS_FILE, columns=[
-                    Col.MEMBER_ID])[Col.MEMBER_ID].combine_chunks(), generation, sender)
         report = materializer.finish(generation, n_members, item_table.num_rows, commands + sender.commands_sent,
                                      started)
         return MaterializeSummary(report, started - begun, 0.0)
