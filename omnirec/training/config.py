@@ -102,6 +102,8 @@ class RankerSettings(_Section):
     n_jobs: int = Field(1, ge=1, description="LightGBM threads; more than one is 10-20x slower, not faster, on a "
                                              "machine other jobs keep busy (OpenMP threads spin-wait)")
     batch: int = Field(256, ge=1, description="members whose candidates are built and scored at once")
+    processes: int = Field(2, ge=1, description="forked processes scoring the members' intent lists (they share "
+                                                "the parent's context); 1 scores in the training process")
     list_depth: int = Field(50, ge=1, description="items per member and intent written to the bundle")
     promotions: bool = Field(False, description="promotion features from the data directory's promotions "
                                                 "table, where it has one (`training.promotions`)")

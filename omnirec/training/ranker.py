@@ -22,7 +22,10 @@ neighbours are searched among `knn_pool` members, and members are scored `batch`
 
 from __future__ import annotations
 
+import multiprocessing
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import lightgbm as lgb
 import numpy as np
@@ -40,6 +43,9 @@ from omnirec.training.models.factorization import ALSRecommender, FactorizationR
 from omnirec.training.models.frequency import TIFUKNN, StorePopularity, global_counts
 from omnirec.training.promotions import PROMOTION_FEATURES, Promotions, PromotionWeek, promotion_columns, promotion_week
 from omnirec.training.weighting import collaborative_train_set
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 NEVER = 10_000.0
 """Days since a purchase that never happened (LightGBM only needs it larger than any real gap)."""
@@ -401,22 +407,60 @@ class IntentLists:
     scores: dict[Intent, np.ndarray]
 
 
+_SCORING: tuple[TwoStageModel, Context, int] | None = None
+"""The model, context and depth the scoring workers read: set before the pool forks, so each worker shares
+the parent's context pages instead of receiving a pickled copy of member x item matrices."""
+
+
+def _score_batch(members: np.ndarray) -> tuple[dict[Intent, np.ndarray], dict[Intent, np.ndarray]]:
+    """One batch's candidates, scores and `depth` best items per intent (runs in a worker or in place)."""
+    if _SCORING is None:
+        raise RuntimeError("_score_batch runs only inside intent_lists")
+    model, ctx, depth = _SCORING
+    cands = _candidate_batch(ctx, members, model.params)
+    items, scores = {}, {}
+    for intent, score in model.scores(cands).items():
+        items[intent], scores[intent] = top_lists(cands, score, members, depth)
+    return items, scores
+
+
 def intent_lists(model: TwoStageModel, ctx: Context, members: np.ndarray, depth: int,
                  progress: bool = False) -> IntentLists:
     """Score `members` (sorted) `batch` at a time from `ctx` and keep `depth` items per intent.
 
-    Memory is bounded by one batch's candidates plus the output; members without a basket before the
-    cut-off get empty (-1) rows, for serving to fall back on popularity or cold start.
+    Batches are spread over `processes` forked workers when there are several (scoring every member is
+    the longest stage at a million members); memory is bounded by one batch's candidates per worker plus
+    the output. Members without a basket before the cut-off get empty (-1) rows, for serving to fall back
+    on popularity or cold start.
     """
+    global _SCORING
     params = model.params
     items = {intent: np.full((len(members), depth), -1, np.int32) for intent in Intent}
     scores = {intent: np.full((len(members), depth), -np.inf, np.float32) for intent in Intent}
     active = np.flatnonzero(ctx.member_baskets[members] > 0)
-    batches = range(0, len(active), params.batch)
-    for start in tqdm(batches, desc="intent lists", unit="batch", disable=not progress):
-        rows = active[start:start + params.batch]
-        cands = _candidate_batch(ctx, members[rows], params)
-        for intent, score in model.scores(cands).items():
-            top, top_scores = top_lists(cands, score, members[rows], depth)
-            items[intent][rows], scores[intent][rows] = top, top_scores
+    chunks = [active[start:start + params.batch] for start in range(0, len(active), params.batch)]
+    processes = min(params.processes, len(chunks))
+    _SCORING = (model, ctx, depth)
+    try:
+        with (multiprocessing.get_context("fork").Pool(processes) if processes > 1 else _InPlace()) as pool:
+            results = pool.imap(_score_batch, [members[rows] for rows in chunks])
+            for rows, (top, top_scores) in tqdm(zip(chunks, results, strict=True), total=len(chunks),
+                                                desc="intent lists", unit="batch", disable=not progress):
+                for intent in Intent:
+                    items[intent][rows], scores[intent][rows] = top[intent], top_scores[intent]
+    finally:
+        _SCORING = None
     return IntentLists(members=members, items=items, scores=scores)
+
+
+class _InPlace:
+    """The pool's `imap` in this process (one process: no fork, no pickling)."""
+
+    def __enter__(self) -> _InPlace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def imap(self, function: Callable[[T], R], iterable: Iterable[T]) -> Iterator[R]:
+        return map(function, iterable)

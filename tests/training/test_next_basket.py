@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import numpy as np
 import pyarrow.compute as pc
 import pytest
@@ -178,3 +179,16 @@ def test_publish_gate_refuses_what_does_not_clear_the_strongest_baseline():
     strict = next_basket_gate([_result("omnirec", base + 0.1), strong, weak], "omnirec", metrics, margin=0.06,
                               n_boot=200)
     assert not strict.passed
+
+
+def test_intent_lists_scored_in_forked_processes_equal_one_process(planted, ranked):
+    """Spreading the batches over worker processes changes no list (the bundle's lists at a million members)."""
+    interactions, baskets = planted
+    split, model, _, _ = ranked
+    ctx = RankerData(baskets, interactions, CONFIG).context(split.cut_day)
+    one, two = (intent_lists(dataclasses.replace(model, params=model.params.model_copy(
+        update={"batch": 7, "processes": processes})), ctx, split.members, 20) for processes in (1, 2))
+    assert (one.items[Intent.MIXED] >= 0).sum() > 20 * len(split.members) // 2
+    for intent in Intent:
+        assert np.array_equal(one.items[intent], two.items[intent])
+        assert np.array_equal(one.scores[intent], two.scores[intent])
