@@ -12,7 +12,10 @@ import hashlib
 import importlib.metadata
 import json
 import platform
+import resource
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -82,6 +85,10 @@ class TrainResult:
     beats_popularity: bool
     published: bool
     seconds: dict[str, float] = field(default_factory=dict)
+    """Wall seconds per stage."""
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+    """CPU seconds per stage, this process and its scoring workers: what a quiet machine's cores spend,
+    which wall time on a shared machine does not show."""
     next_basket: list[MethodResult] = field(default_factory=list)
     """The next-basket protocol's rows: the served list first, then the baselines."""
     gate: GateDecision | None = None
@@ -156,15 +163,33 @@ def train_set(retail: RetailData, interactions: Interactions, config: TrainConfi
                     item_features=item_features(retail.items, interactions.items))
 
 
-def fit_all(models: list[Recommender], data: TrainSet, progress: bool) -> dict[str, float]:
-    """Fit each model with BLAS on one thread; returns seconds per model."""
-    seconds: dict[str, float] = {}
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its finished children (the scoring workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@dataclass
+class Stages:
+    """Wall and CPU seconds per named stage of a training run."""
+
+    wall: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def time(self, name: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), cpu_seconds()
+        yield
+        self.wall[name] = time.perf_counter() - wall
+        self.cpu[name] = cpu_seconds() - cpu
+
+
+def fit_all(models: list[Recommender], data: TrainSet, progress: bool, stages: Stages, prefix: str) -> None:
+    """Fit each model with BLAS on one thread; times each as stage `prefix` + model name."""
     with threadpool_limits(1, "blas"):
         for model in tqdm(models, desc="fit", unit="model", disable=not progress):
-            start = time.perf_counter()
-            model.fit(data)
-            seconds[model.name] = time.perf_counter() - start
-    return seconds
+            with stages.time(prefix + model.name):
+                model.fit(data)
 
 
 @dataclass(frozen=True)
@@ -177,7 +202,7 @@ class ServedLists:
 
 
 def next_basket_report(interactions: Interactions, data: RankerData, collaborative: Recommender,
-                       hybrid: Recommender, config: TrainConfig, cutoff_ts: int, timings: dict[str, float],
+                       hybrid: Recommender, config: TrainConfig, cutoff_ts: int, stages: Stages,
                        progress: bool = False) -> tuple[list[MethodResult], GateDecision, TwoStageModel | None]:
     """The next-basket protocol on this data set: what the service serves against the strongest baselines.
 
@@ -185,32 +210,29 @@ def next_basket_report(interactions: Interactions, data: RankerData, collaborati
     The served rows are the two-stage ranker's lists computed by `intent_lists`, the function that writes
     the bundle, with the ranker fitted on windows before the cut-off. The collaborative models were fitted
     on events before `cutoff_ts` (`test_days` before the newest event), which is not after the cut-off
-    day, so nothing after the cut-off reaches any method. Seconds per stage go into `timings`.
+    day, so nothing after the cut-off reaches any method. Seconds per stage go into `stages`.
     """
-    start = time.perf_counter()
-    split = next_basket_split(data.baskets, config.test_days)
-    if len(split.members) > config.eval_members:
-        keep = np.sort(np.random.default_rng(config.seed).choice(len(split.members), config.eval_members,
-                                                                 replace=False))
-        split = NextBasketSplit(split.history, split.members[keep], split.targets[keep], split.seen[keep],
-                                split.cut_day)
-    methods = [GTopFreq(), PTopFreq(), GPTopFreq(), StorePopularity(), TIFUKNN(seed=config.seed),
-               CollaborativeBaseline(collaborative), CollaborativeBaseline(hybrid)]
-    results = evaluate_methods(methods, split, config.eval_k, config.gate_bootstrap, config.seed)
-    timings["next_basket_baselines"] = time.perf_counter() - start
-    start = time.perf_counter()
-    model = fit_ranker(data, split.cut_day, progress)
-    timings["fit_ranker"] = time.perf_counter() - start
-    start = time.perf_counter()
-    if model is None:  # no intent lists: the service answers MIXED from the collaborative model
-        served = CollaborativeBaseline(collaborative, SERVED_MIXED).recommend(split.members, config.eval_k)
-        results = [score_lists(SERVED_MIXED, served, split, config.gate_bootstrap, config.seed), *results]
-    else:
-        context = data.context(split.cut_day, ranker_als(collaborative, cutoff_ts // DAY <= split.cut_day))
-        lists = intent_lists(model, context, split.members, config.ranker.list_depth, progress)
-        results = served_results(list_heads(lists, config.eval_k), split, config.gate_bootstrap,
-                                 config.seed) + results
-    timings["next_basket_served"] = time.perf_counter() - start
+    with stages.time("next_basket_baselines"):
+        split = next_basket_split(data.baskets, config.test_days)
+        if len(split.members) > config.eval_members:
+            keep = np.sort(np.random.default_rng(config.seed).choice(len(split.members), config.eval_members,
+                                                                     replace=False))
+            split = NextBasketSplit(split.history, split.members[keep], split.targets[keep], split.seen[keep],
+                                    split.cut_day)
+        methods = [GTopFreq(), PTopFreq(), GPTopFreq(), StorePopularity(), TIFUKNN(seed=config.seed),
+                   CollaborativeBaseline(collaborative), CollaborativeBaseline(hybrid)]
+        results = evaluate_methods(methods, split, config.eval_k, config.gate_bootstrap, config.seed)
+    with stages.time("fit_ranker"):
+        model = fit_ranker(data, split.cut_day, progress)
+    with stages.time("next_basket_served"):
+        if model is None:  # no intent lists: the service answers MIXED from the collaborative model
+            served = CollaborativeBaseline(collaborative, SERVED_MIXED).recommend(split.members, config.eval_k)
+            results = [score_lists(SERVED_MIXED, served, split, config.gate_bootstrap, config.seed), *results]
+        else:
+            context = data.context(split.cut_day, ranker_als(collaborative, cutoff_ts // DAY <= split.cut_day))
+            lists = intent_lists(model, context, split.members, config.ranker.list_depth, progress)
+            results = served_results(list_heads(lists, config.eval_k), split, config.gate_bootstrap,
+                                     config.seed) + results
     metrics = (f"recall@{config.eval_k}", f"ndcg@{config.eval_k}")
     return results, next_basket_gate(results, SERVED_MIXED, metrics, config.gate_margin, config.gate_bootstrap,
                                      config.seed), model
@@ -272,64 +294,66 @@ def train_retail(retail: RetailData, config: TrainConfig, force: bool = False, p
                  progress: bool = True, data_dir: Path | None = None, spark: SparkConfig | None = None) -> TrainResult:
     """`train` on already read files (tests and benchmarks reuse one read); timings exclude the read.
     The Spark engine (`spark`, where it runs) reads the event log again from `data_dir` or `spark.events_uri`."""
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    interactions = retail.interactions()
-    split = time_split(interactions, config.test_days)
-    evaluation_set = train_set(retail, interactions, config, split.train_rows, split.cutoff_ts)
-    spark_model = engine_model(config, data_dir, interactions, spark)
-    models = make_models(config, spark_model)
-    timings.update({f"fit_{k}": v for k, v in fit_all(models, evaluation_set, progress).items()})
-    test = interaction_matrix(interactions, config, split.test_rows)
-    relevant = relevant_items(test, evaluation_set.matrix)
-    members = eval_members(relevant, evaluation_set.matrix, config.eval_members, config.seed)
-    metrics = evaluate(models, evaluation_set.matrix, relevant, members, config.eval_k, config.eval_batch, progress)
-    better = beats_popularity(metrics, config.collaborative, config.eval_k)
-    by_name = {model.name: model for model in models}
-    basket_start = time.perf_counter()
-    ranker_data = RankerData(Baskets.from_interactions(interactions), interactions, config, config.seed,
-                             retail.promotions)
-    next_basket, gate, ranker = next_basket_report(interactions, ranker_data, by_name[config.collaborative],
-                                                   by_name["lightfm"], config, split.cutoff_ts, timings,
-                                                   progress)
-    timings["next_basket"] = time.perf_counter() - basket_start
-    if config.publish_gate == "popularity":
-        gate = None
-    timings["read_fit_evaluate"] = time.perf_counter() - start
-    if config.refit_full:
-        all_rows = np.ones(len(interactions), bool)
-        full = train_set(retail, interactions, config, all_rows, int(interactions.events[Col.TS].to_numpy().max()))
+    stages = Stages()
+    with stages.time("total"):
+        with stages.time("prepare"):
+            interactions = retail.interactions()
+            split = time_split(interactions, config.test_days)
+            evaluation_set = train_set(retail, interactions, config, split.train_rows, split.cutoff_ts)
+        spark_model = engine_model(config, data_dir, interactions, spark)
         models = make_models(config, spark_model)
-        timings.update({f"refit_{k}": v for k, v in fit_all(models, full, progress).items()})
-        if ranker is not None:  # lists only where the evaluated (and gated) answer was the ranker's
-            ranker_start = time.perf_counter()
-            ranker = fit_ranker(ranker_data, int(interactions.events[Col.TS].to_numpy().max()) // DAY, progress)
-            timings["refit_ranker"] = time.perf_counter() - ranker_start
-    else:
-        full = evaluation_set
-    lists_start = time.perf_counter()
-    served = None if ranker is None else served_lists(
-        ranker_data, ranker, interactions, next(m for m in models if m.name == config.collaborative), config, progress)
-    del ranker_data  # its context holds member x item matrices the bundle stage does not need
-    timings["intent_lists"] = time.perf_counter() - lists_start
-    registry = BundleRegistry(config.bundle_root)
-    version = registry.next_version()
-    bundle_start = time.perf_counter()
-    result = TrainResult(version, registry.path(version), metrics, better, False, timings, next_basket, gate)
-    artifacts = bundle_artifacts(models, full, config, version, metrics, better, data_fingerprint(retail), progress)
-    if served is not None:
-        artifacts = dataclasses.replace(artifacts, arrays={**artifacts.arrays, **intent_arrays(served)})
-    verdict = {"lists_as_of": "" if served is None else served.as_of, "publish_gate": config.publish_gate,
-               "gate_passed": None if gate is None else gate.passed,
-               "next_basket": {"rows": [r.row() for r in next_basket], "gate": None if gate is None else
-                               {"passed": gate.passed, "margin": gate.margin, "checks": gate.checks}}}
-    artifacts = dataclasses.replace(artifacts, manifest=artifacts.manifest.model_copy(update=verdict))
-    write_bundle(artifacts, result.path)
-    timings["bundle"] = time.perf_counter() - bundle_start
-    result.published = publish and (result.publishable or force)
-    if result.published:
-        registry.publish(version)
-    timings["total"] = time.perf_counter() - start
+        fit_all(models, evaluation_set, progress, stages, "fit_")
+        with stages.time("evaluate"):
+            test = interaction_matrix(interactions, config, split.test_rows)
+            relevant = relevant_items(test, evaluation_set.matrix)
+            members = eval_members(relevant, evaluation_set.matrix, config.eval_members, config.seed)
+            metrics = evaluate(models, evaluation_set.matrix, relevant, members, config.eval_k, config.eval_batch,
+                               progress)
+        better = beats_popularity(metrics, config.collaborative, config.eval_k)
+        by_name = {model.name: model for model in models}
+        with stages.time("next_basket"):
+            ranker_data = RankerData(Baskets.from_interactions(interactions), interactions, config, config.seed,
+                                     retail.promotions)
+            next_basket, gate, ranker = next_basket_report(interactions, ranker_data, by_name[config.collaborative],
+                                                           by_name["lightfm"], config, split.cutoff_ts, stages,
+                                                           progress)
+        if config.publish_gate == "popularity":
+            gate = None
+        if config.refit_full:
+            all_rows = np.ones(len(interactions), bool)
+            full = train_set(retail, interactions, config, all_rows,
+                             int(interactions.events[Col.TS].to_numpy().max()))
+            models = make_models(config, spark_model)
+            fit_all(models, full, progress, stages, "refit_")
+            if ranker is not None:  # lists only where the evaluated (and gated) answer was the ranker's
+                with stages.time("refit_ranker"):
+                    ranker = fit_ranker(ranker_data, int(interactions.events[Col.TS].to_numpy().max()) // DAY,
+                                        progress)
+        else:
+            full = evaluation_set
+        with stages.time("intent_lists"):
+            served = None if ranker is None else served_lists(
+                ranker_data, ranker, interactions, next(m for m in models if m.name == config.collaborative),
+                config, progress)
+            del ranker_data  # its context holds member x item matrices the bundle stage does not need
+        registry = BundleRegistry(config.bundle_root)
+        version = registry.next_version()
+        result = TrainResult(version, registry.path(version), metrics, better, False, stages.wall, stages.cpu,
+                             next_basket, gate)
+        with stages.time("bundle"):
+            artifacts = bundle_artifacts(models, full, config, version, metrics, better, data_fingerprint(retail),
+                                         progress)
+            if served is not None:
+                artifacts = dataclasses.replace(artifacts, arrays={**artifacts.arrays, **intent_arrays(served)})
+            verdict = {"lists_as_of": "" if served is None else served.as_of, "publish_gate": config.publish_gate,
+                       "gate_passed": None if gate is None else gate.passed,
+                       "next_basket": {"rows": [r.row() for r in next_basket], "gate": None if gate is None else
+                                       {"passed": gate.passed, "margin": gate.margin, "checks": gate.checks}}}
+            artifacts = dataclasses.replace(artifacts, manifest=artifacts.manifest.model_copy(update=verdict))
+            write_bundle(artifacts, result.path)
+        result.published = publish and (result.publishable or force)
+        if result.published:
+            registry.publish(version)
     return result
 
 

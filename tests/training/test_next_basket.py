@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+
 import numpy as np
 import pyarrow.compute as pc
 import pytest
@@ -192,3 +193,16 @@ def test_intent_lists_scored_in_forked_processes_equal_one_process(planted, rank
     for intent in Intent:
         assert np.array_equal(one.items[intent], two.items[intent])
         assert np.array_equal(one.scores[intent], two.scores[intent])
+
+
+def test_compiled_rankers_score_as_lightgbm(planted, ranked):
+    """Above `compile_members` the lists come from the lleaves-compiled boosters: the same lists."""
+    interactions, baskets = planted
+    split, model, _, _ = ranked
+    ctx = RankerData(baskets, interactions, CONFIG).context(split.cut_day)
+    plain, compiled = (intent_lists(dataclasses.replace(model, params=model.params.model_copy(
+        update={"compile_members": n, "processes": 2, "batch": 50})), ctx, split.members, 20)
+        for n in (10**9, 1))
+    for intent in Intent:
+        assert np.array_equal(plain.items[intent], compiled.items[intent])
+        assert np.allclose(plain.scores[intent], compiled.scores[intent], rtol=1e-5, atol=1e-6)
