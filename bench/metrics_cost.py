@@ -8,10 +8,10 @@ with only its ports, event log directory, `[service] metrics_port` and `[logging
 run for the whole benchmark, idle but for the one under load, and the load alternates between them in
 every round (off, on, on + log, then the reverse order), so drift on a shared machine falls on all of
 them and no round waits for a server to start. The load is `service_load.measure`: one closed-loop
-grpc.aio client over 4 connections, Recommend for a random member with the purchase filter (one
-feature-store read per call) and without it (the bundle alone, the cheapest call, so the relative cost is
-largest). A server with metrics on is scraped once a second throughout, as a Prometheus would (more often
-than usual).
+grpc.aio client over 16 connections, fresh ones each run (the kernel spreads connections, not requests, over
+the 2 workers: with `service_load`'s 4, one run in eight puts all of them on one worker), Recommend for a
+random member per `service_load.KINDS` (per intent and with the purchase filter). A server with metrics on
+is scraped once a second throughout, as a Prometheus would (more often than usual).
 
 Besides QPS it reports the serving workers' CPU time per answered request (utime + stime from /proc):
 on a shared, oversubscribed machine QPS swings with the neighbours' load, while the CPU a request costs
@@ -20,10 +20,12 @@ inverse. Also the serving parent's CPU per second of load: what answering the sc
 it shares with the workers. Prints the medians per variant and, against "off", both the ratio of the
 medians and the median of each round's ratio (a variant against the "off" run next to it in time, which
 cancels most of the drift); writes bench/results/metrics_cost.json. `--variants off,metrics` spends the
-time on the two the 5% target compares.
+time on the two the 5% target compares; `--variants off,off_again,metrics` adds a control server with
+metrics off, whose ratio to "off" is the bench's own noise floor.
 
-`--hooks` measures instead, in this process and without a server, what the interceptor adds to one call
-(request id, context variable, metrics, a Recommend answer's labels) with metrics off and on, alternated.
+`--hooks` measures instead, in this process and without a server, what the per-request hooks add to one call
+(the interceptor's request id, context variable, metrics and a Recommend answer's labels, plus one timed
+feature-store read) with metrics off and on, alternated.
 """
 
 from __future__ import annotations
@@ -51,7 +53,9 @@ from omnirec.config import OmnirecConfig
 from omnirec.logs import LoggingConfig
 
 RESULTS = Path(__file__).parent / "results" / "metrics_cost.json"
-VARIANTS = ("off", "metrics", "metrics+json_log")
+VARIANTS = ("off", "off_again", "metrics", "metrics+json_log")
+"""`off_again`, a second server with metrics off, is the control: how far two identical servers measured the same
+way land apart (what a difference between "off" and "metrics" has to exceed to mean anything)."""
 
 
 def _free_port() -> int:
@@ -63,7 +67,7 @@ def _free_port() -> int:
 def variant_config(base: OmnirecConfig, variant: str, event_log_dir: Path) -> OmnirecConfig:
     """`base` with a port, a metrics port and an event log of its own, and the variant's metrics and logs."""
     service = base.service.model_copy(update={"port": _free_port(), "event_log_dir": event_log_dir,
-                                              "metrics_port": _free_port() if variant != "off" else None})
+                                              "metrics_port": None if variant.startswith("off") else _free_port()})
     logging = LoggingConfig(format="json", access_log="all" if variant == "metrics+json_log" else "off")
     return base.model_copy(update={"service": service, "logging": logging})
 
@@ -140,8 +144,8 @@ class _Context:
 
 
 def hook_cost(rounds: int, calls: int) -> dict[str, list[float]]:
-    """CPU microseconds the interceptor spends per Recommend call, metrics off vs on (access log off), with
-    one flush of the recorded metrics per run."""
+    """CPU microseconds the per-request hooks spend on a Recommend call with the purchase filter, metrics off vs
+    on (access log off), with one flush of the recorded metrics per run."""
     from omnirec.service import metrics
     from omnirec.service.telemetry import _Method
     from omnirec.v1 import common_pb2, recommendation_pb2
@@ -162,6 +166,7 @@ def hook_cost(rounds: int, calls: int) -> dict[str, list[float]]:
             for _ in range(calls):
                 call = method.begin(context)  # type: ignore[arg-type]
                 call.ctx.request = request
+                metrics.feature_read("purchased", 0.0004, False)  # the purchase filter's one feature-store read
                 call.end(context, response, None)  # type: ignore[arg-type]
             metrics.flush()  # a worker flushes once a second, so this overstates the flush's share
             out[variant].append((time.process_time() - start) * 1e6 / calls)
@@ -181,8 +186,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--in-flight", type=int, default=8)
-    parser.add_argument("--connections", type=int, default=4)
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"a subset of {', '.join(VARIANTS)}")
+    parser.add_argument("--connections", type=int, default=16,
+                        help="TCP connections; the kernel spreads connections, not requests, over the workers: "
+                             "with 4, one run in eight puts all of them on one worker")
+    parser.add_argument("--variants", default="off,metrics,metrics+json_log",
+                        help=f"a subset of {', '.join(VARIANTS)}")
     parser.add_argument("--hooks", action="store_true", help="time the interceptor's per-call work only")
     args = parser.parse_args()
     variants = tuple(v for v in VARIANTS if v in args.variants.split(","))

@@ -250,6 +250,7 @@ def disable() -> None:
     os.environ.pop(MULTIPROC_ENV, None)
     values.ValueClass = values.MutexValue
     _metrics, _restarts, _directory = None, None, None
+    _reads.clear()
 
 
 def serve_http(port: int, host: str = "0.0.0.0") -> None:
@@ -294,9 +295,17 @@ async def flush_every(interval_s: float) -> None:
         flush()
 
 
+_reads: dict[str, Timing] = {}
+"""`feature_read`'s value per read name, kept to skip the label-set lookup on every request (emptied by
+`disable`)."""
+
+
 def feature_read(read: str, seconds: float, timed_out: bool) -> None:
     if (m := current()) is not None:
-        m.timing(m.feature_read, read).observe(seconds)
+        timing = _reads.get(read)
+        if timing is None:
+            timing = _reads[read] = m.timing(m.feature_read, read)
+        timing.observe(seconds)
         if timed_out:
             m.count(m.feature_timeouts, read).inc()
 

@@ -120,7 +120,6 @@ class ServingState:
         if reap_holds and self.offers.store.cluster:
             self.watch(hold_reaper.reap_abandoned_holds(self.offers, self.config.offers.reservation_s / 2))
         if metrics.current() is not None:
-            self.watch(self._watch_features(interval))
             self.watch(self._report_budgets(interval))
             self.watch(metrics.flush_every(self.config.service.metrics_flush_interval_s))
 
@@ -134,7 +133,8 @@ class ServingState:
         model = self.models.current is not None
         if read_store:
             try:
-                await self.features.generation(self.config.service.default_deadline_s)
+                # The same read gives the freshness metrics (a no-op with metrics off): one HMGET per interval.
+                metrics.feature_generation(*await self.features.generation(self.config.service.default_deadline_s))
                 self._store = True
             except OmnirecError:
                 self._store = False
@@ -157,15 +157,6 @@ class ServingState:
             if read_store:
                 read_at = time.monotonic() + interval_s
             await self._check_health(read_store)
-
-    async def _watch_features(self, interval_s: float) -> None:
-        """Feature generation and when it was switched in, for the freshness metrics (one HMGET per interval)."""
-        while True:
-            try:
-                metrics.feature_generation(*await self.features.generation(interval_s))
-            except OmnirecError as exc:
-                log.debug("feature generation not read: %s", exc)
-            await asyncio.sleep(interval_s)
 
     async def _report_budgets(self, interval_s: float) -> None:
         """Budget used vs limit of every budgeted offer in the catalogue in force, for the budget-burn alert."""

@@ -19,7 +19,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
@@ -89,23 +89,52 @@ def _intent(request: object) -> str:
 _REASONS = {v.number: v.name.removeprefix("REASON_").lower() for v in common_pb2.Reason.DESCRIPTOR.values}
 
 
-def _first_reason(response: Message) -> str | None:
-    """The reason code of a ranked answer's first item; None for responses that rank no items."""
-    reasons = getattr(getattr(response, "items", None), "reasons", None)
-    if reasons is None:
-        return None
+def _has_degraded(fields: Mapping[str, object]) -> bool:
+    return "degraded" in fields and "degraded_reason" in fields
+
+
+class _Shape:
+    """Where a response type keeps what the answer metrics read, found once per type from its descriptor: a
+    protobuf attribute read builds a wrapper object, and reading one that is not there raises inside `getattr`,
+    each more CPU than counting the call."""
+
+    __slots__ = ("ranked", "info", "degraded")
+
+    def __init__(self, response: Message) -> None:
+        fields = response.DESCRIPTOR.fields_by_name
+        items = fields.get("items")
+        self.ranked = items is not None and items.message_type is not None \
+            and "reasons" in items.message_type.fields_by_name
+        """`items.reasons`: a ranked answer, counted by its first item's reason."""
+        info = fields.get("info")
+        self.info = info is not None and info.message_type is not None \
+            and _has_degraded(info.message_type.fields_by_name)
+        """`info.degraded` / `info.degraded_reason` (`ResponseInfo`); else the response's own, when it has them."""
+        self.degraded = self.info or _has_degraded(fields)
+
+
+_SHAPES: dict[type, _Shape] = {}
+
+
+def _shape(response: Message) -> _Shape:
+    kind = type(response)
+    shape = _SHAPES.get(kind)
+    if shape is None:
+        shape = _SHAPES[kind] = _Shape(response)
+    return shape
+
+
+def _first_reason(response: Message) -> str:
+    """The reason code of a ranked answer's first item (`_Shape.ranked`); `empty` for no item."""
+    reasons = response.items.reasons  # type: ignore[attr-defined]
     return _REASONS.get(reasons[0], "unknown") if reasons else "empty"
 
 
-def _degraded_reasons(info: object) -> list[str]:
-    """Short names of why an answer is degraded (`ResponseInfo`, or a response with its own `degraded`):
-    each `degraded_reason` part's phrase before its detail ("stock not checked: ..." -> `stock_not_checked`),
-    so the label set stays small."""
-    if not getattr(info, "degraded", False):
-        return []
-    parts = str(getattr(info, "degraded_reason", "")).split("; ")
+def _degraded_reasons(reason: str) -> list[str]:
+    """Short names of why an answer is degraded: each `degraded_reason` part's phrase before its detail
+    ("stock not checked: ..." -> `stock_not_checked`), so the label set stays small."""
     return [re.sub(r"\W+", "_", re.sub(r"\(.*?\)", "", part.partition(":")[0])).strip("_").lower() or "unspecified"
-            for part in parts]
+            for part in reason.split("; ")]
 
 
 def _answer_fields(request: object, response: Message | None, member_ids: bool) -> dict[str, object]:
@@ -135,26 +164,33 @@ class _Method:
         self.started = m.count(m.started, *self.labels) if m else None
         self.handling = m.timing(m.handling, *self.labels) if m else None
         self._handled: dict[grpc.StatusCode, metrics.Count] = {}
+        self._code: grpc.StatusCode | None = None
+        self._code_handled: metrics.Count | None = None
         self._answers: dict[tuple[str, str], metrics.Count] = {}
 
     def record(self, m: metrics.ServiceMetrics, code: grpc.StatusCode, seconds: float, request: object,
                response: Message | None) -> None:
         self.handling.observe(seconds)  # type: ignore[union-attr]
-        handled = self._handled.get(code)
-        if handled is None:
-            handled = self._handled[code] = m.count(m.handled, *self.labels, code.name)
-        handled.inc()
+        if code is not self._code:  # an enum's hash is a Python call: a call with the last call's code skips it
+            handled = self._handled.get(code)
+            if handled is None:
+                handled = self._handled[code] = m.count(m.handled, *self.labels, code.name)
+            self._code, self._code_handled = code, handled
+        self._code_handled.inc()  # type: ignore[union-attr]
         if response is None:
             return
-        reason = _first_reason(response)
-        if reason is not None:
-            key = (_intent(request), reason)
+        shape = _shape(response)
+        if shape.ranked:
+            key = (_intent(request), _first_reason(response))
             answers = self._answers.get(key)
             if answers is None:
                 answers = self._answers[key] = m.count(m.answers, self.name, *key)
             answers.inc()
-        for why in _degraded_reasons(getattr(response, "info", None) or response):
-            m.count(m.degraded, self.name, why).inc()
+        if shape.degraded:
+            info = response.info if shape.info else response  # type: ignore[attr-defined]
+            if info.degraded:
+                for why in _degraded_reasons(info.degraded_reason):
+                    m.count(m.degraded, self.name, why).inc()
 
     def begin(self, context: grpc.aio.ServicerContext) -> _Call:
         request_id = _request_id(context.invocation_metadata())
