@@ -1,19 +1,22 @@
 """Spark MLlib ALS vs `implicit` ALS on the same split, weights, factors and regularisation.
 
-    python bench/spark_scale.py DATA_DIR [ITERATIONS]
+    nice -n 10 python bench/spark_scale.py DATA_DIR [--seeds N] [--engines implicit,spark local[2],...]
 
 DATA_DIR is a retailer directory (`omnirec simulate --members 100000 --items 20000 --out DIR`, or
 `omnirec import` of Complete Journey). Both models are fitted on the evaluation split's train part, the
 way `omnirec train` fits them, and ranked by the same `evaluate` on the same members (NDCG@10 with a 95%
-interval over members); Spark is timed on `local[2]` and `local[1]`, `implicit` on one thread. Both take
+interval over members), each engine with `--seeds` seeds (mean and spread over them, and the ratio to
+`implicit` of the same seed); Spark is timed on `local[2]` and `local[1]`, `implicit` on one thread. Both take
 `[train.als]` through `training.als_objective` (the one mapping of the shared settings onto each library);
 one more `implicit` row fits the matrix as `implicit` reads it unmapped (confidence alpha * r, what omnirec
-did before the mapping), to show what the mapping changes. Prints a table with the load average around
+did before the mapping), to show what the mapping changes, and `implicit exact` solves each row exactly
+(Cholesky, as MLlib does) instead of by conjugate gradient. Prints a table with the load average around
 each run and writes bench/results/spark_scale_<data dir name>.json. Keep it lean: the machine is shared.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -32,6 +35,7 @@ from omnirec.domain.readers import RetailData
 from omnirec.domain.vocab import Col
 from omnirec.spark.config import SparkConfig
 from omnirec.spark.session import event_paths, read_events
+from omnirec.training.als_objective import implicit_kwargs
 from omnirec.training.config import TrainConfig
 from omnirec.training.evaluation import eval_members, relevant_items
 from omnirec.training.metrics import hits_matrix, ranking_metrics
@@ -59,6 +63,16 @@ def ndcg(model: Recommender, members: np.ndarray, train: sp.csr_matrix, relevant
     return float(values.mean()), float(1.96 * values.std(ddof=1) / np.sqrt(len(values)))
 
 
+class ExactALS(ALSRecommender):
+    """The mapped objective solved exactly per row (Cholesky, as MLlib solves it) instead of `implicit`'s three
+    conjugate-gradient steps from the last sweep: tells a solver gap from a seed gap."""
+
+    name = "als-exact"
+
+    def _model(self) -> AlternatingLeastSquares:
+        return AlternatingLeastSquares(random_state=self.seed, use_cg=False, **implicit_kwargs(self.settings))
+
+
 class UnmappedALS(ImplicitRecommender):
     """`implicit` given R and alpha as they are: confidence alpha * r (omnirec before `als_objective`)."""
 
@@ -75,7 +89,15 @@ def spark_session(cores: int) -> SparkSession:
             .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false").getOrCreate())
 
 
-def main(data_dir: Path, iterations: int) -> None:
+ENGINES = ("implicit", "implicit exact", "implicit unmapped", "spark local[2]", "spark local[1]")
+
+
+def implicit_model(engine: str, seed: int, als: dict[str, object]) -> Recommender:
+    kind = {"implicit": ALSRecommender, "implicit exact": ExactALS, "implicit unmapped": UnmappedALS}[engine]
+    return kind(seed=seed, **als)
+
+
+def main(data_dir: Path, iterations: int, seeds: list[int], engines: list[str]) -> None:
     config = TrainConfig()
     als = {**config.als.kwargs(), "iterations": iterations}
     retail = RetailData.read(data_dir)
@@ -89,48 +111,76 @@ def main(data_dir: Path, iterations: int) -> None:
     members = eval_members(relevant, data.matrix, config.eval_members, config.seed)
     rows: list[dict[str, object]] = []
     reg_param = None
-    for engine in ("implicit", "implicit unmapped", "spark local[2]", "spark local[1]"):
-        load_before = os.getloadavg()[0]
-        start = time.perf_counter()
-        if engine.startswith("implicit"):
-            model: Recommender = (ALSRecommender if engine == "implicit" else UnmappedALS)(seed=config.seed, **als)
-            with threadpool_limits(1, "blas"):
-                model.fit(data)
-        else:
-            spark = spark_session(int(engine[-2]))
+    for engine in engines:
+        spark = spark_session(int(engine[-2])) if engine.startswith("spark") else None
+        events = None
+        if spark is not None:
             paths = event_paths(SparkConfig(), data_dir)
             links = data_dir / "identity_links.parquet"
-            events = read_events(spark, paths, str(links) if links.exists() else None).where(
-                f"{Col.MEMBER_ID} IS NOT NULL AND {Col.ITEM_ID} IS NOT NULL")
-            model = SparkALSRecommender(spark, indexed(spark, events, interactions).cache(), WeightRules.of(config),
-                                        seed=config.seed, **als)
-            start = time.perf_counter()  # the fit, as for implicit (reading is timed by omnirec train)
-            model.fit(data)
-            reg_param = model.params.reg_param if model.params else None
-        fit_s = time.perf_counter() - start
-        if engine.startswith("spark"):
+            events = indexed(spark, read_events(spark, paths, str(links) if links.exists() else None).where(
+                f"{Col.MEMBER_ID} IS NOT NULL AND {Col.ITEM_ID} IS NOT NULL"), interactions).cache()
+        for seed in seeds:
+            load_before = os.getloadavg()[0]
+            if spark is None:
+                model = implicit_model(engine, seed, als)
+                start = time.perf_counter()
+                with threadpool_limits(1, "blas"):
+                    model.fit(data)
+            else:
+                model = SparkALSRecommender(spark, events, WeightRules.of(config), seed=seed, **als)
+                start = time.perf_counter()  # the fit, as for implicit (reading is timed by omnirec train)
+                model.fit(data)
+                reg_param = model.params.reg_param if model.params else None
+            fit_s = time.perf_counter() - start
+            mean, half = ndcg(model, members, data.matrix, relevant, config.eval_k)
+            rows.append({"engine": engine, "seed": seed, "fit_s": fit_s, "ndcg@10": mean, "ci95": half,
+                         "load_avg_1m": [load_before, os.getloadavg()[0]]})
+            print(rows[-1], flush=True)
+        if spark is not None:
             spark.stop()
-        mean, half = ndcg(model, members, data.matrix, relevant, config.eval_k)
-        rows.append({"engine": engine, "fit_s": fit_s, "ndcg@10": mean, "ci95": half,
-                     "load_avg_1m": [load_before, os.getloadavg()[0]]})
-        print(rows[-1], flush=True)
-    table = Table(title=f"ALS d={als['factors']}, lambda={als['regularization']} (MLlib regParam {reg_param:.4g}), "
-                        f"alpha={als['alpha']}, {iterations} it. on {data_dir} ({data.matrix.nnz:,} pairs, "
-                        f"{len(members):,} eval members)")
-    for column in ("engine", "fit s", "NDCG@10 (95% CI)", "vs implicit", "load avg (1 min) before, after"):
-        table.add_column(column, justify="right")
-    base = float(rows[0]["ndcg@10"])  # type: ignore[arg-type]
-    for r in rows:
-        load = r["load_avg_1m"]
-        table.add_row(str(r["engine"]), f"{r['fit_s']:.1f}", f"{r['ndcg@10']:.4f} +- {r['ci95']:.4f}",
-                      f"{float(r['ndcg@10']) / base:.1%}", f"{load[0]:.1f}, {load[1]:.1f}")  # type: ignore[index]
-    Console().print(table)
+    Console(width=160).print(summary(rows, engines, als, reg_param, data_dir, int(data.matrix.nnz), len(members),
+                                     iterations))
     out = RESULTS / f"spark_scale_{data_dir.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"data_dir": str(data_dir), "als": als, "mllib_reg_param": reg_param,
-                               "pairs": int(data.matrix.nnz), "eval_members": len(members), "runs": rows}, indent=2))
+                               "pairs": int(data.matrix.nnz), "eval_members": len(members), "seeds": seeds,
+                               "runs": rows}, indent=2))
     print(f"wrote {out}")
 
 
+def summary(rows: list[dict[str, object]], engines: list[str], als: dict[str, object], reg_param: float | None,
+            data_dir: Path, pairs: int, n_members: int, iterations: int) -> Table:
+    """Per engine over the seeds: NDCG@10 mean and standard deviation, and its ratio to `implicit` fitted
+    with the same seed (mean, min..max): a gap larger than the seeds' spread is the engines', not the start's."""
+    mllib = f"{reg_param:.4g}" if reg_param is not None else "-"
+    table = Table(title=f"ALS d={als['factors']}, lambda={als['regularization']} (MLlib regParam {mllib}), "
+                        f"alpha={als['alpha']}, {iterations} it. on {data_dir} ({pairs:,} pairs, {n_members:,} eval "
+                        f"members)")
+    for column in ("engine", "seeds", "fit s (median)", "NDCG@10 mean +- sd (seeds)", "95% CI over members",
+                   "vs implicit, same seed: mean (min..max)", "load avg (1 min) range"):
+        table.add_column(column, justify="right")
+    base = {r["seed"]: float(r["ndcg@10"]) for r in rows if r["engine"] == "implicit"}  # type: ignore[arg-type]
+    for engine in engines:
+        runs = [r for r in rows if r["engine"] == engine]
+        values = np.array([float(r["ndcg@10"]) for r in runs])  # type: ignore[arg-type]
+        ratios = np.array([float(r["ndcg@10"]) / base[r["seed"]] for r in runs if r["seed"] in base])  # type: ignore[arg-type]
+        loads = [x for r in runs for x in r["load_avg_1m"]]  # type: ignore[attr-defined]
+        spread = f"{values.std(ddof=1):.5f}" if len(values) > 1 else "-"
+        table.add_row(engine, str(len(runs)), f"{np.median([float(r['fit_s']) for r in runs]):.1f}",  # type: ignore[arg-type]
+                      f"{values.mean():.5f} +- {spread}", f"+- {np.mean([float(r['ci95']) for r in runs]):.5f}",  # type: ignore[arg-type]
+                      f"{ratios.mean():.1%} ({ratios.min():.1%}..{ratios.max():.1%})" if len(ratios) else "-",
+                      f"{min(loads):.0f}-{max(loads):.0f}")
+    return table
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else TrainConfig().als.iterations)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data_dir", type=Path)
+    parser.add_argument("--iterations", type=int, default=TrainConfig().als.iterations)
+    parser.add_argument("--seeds", type=int, default=1, help="fits per engine, seeds [train] seed, seed + 1, ...")
+    parser.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, of: {', '.join(ENGINES)}")
+    args = parser.parse_args()
+    chosen = args.engines.split(",")
+    if "implicit" not in chosen or set(chosen) - set(ENGINES):
+        parser.error(f"--engines: `implicit` (the baseline) and any of {', '.join(ENGINES)}")
+    main(args.data_dir, args.iterations, [TrainConfig().seed + i for i in range(args.seeds)], chosen)
