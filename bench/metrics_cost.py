@@ -23,6 +23,12 @@ cancels most of the drift); writes bench/results/metrics_cost.json. `--variants 
 time on the two the 5% target compares; `--variants off,off_again,metrics` adds a control server with
 metrics off, whose ratio to "off" is the bench's own noise floor.
 
+`--in-situ` measures the per-request hooks where they run: one metrics server under the same load, whose
+workers switch the hooks off and on every `--phase-seconds` (2 s) and note each phase's CPU and requests; the
+ratio of two neighbouring phases compares the same process, connections and neighbours a few seconds apart
+(writes bench/results/metrics_cost_in_situ.json). The rest (the flush each second, the budget gauges each
+`poll_interval_s`, the scrapes in the parent) runs in both phases: measured apart.
+
 `--hooks` measures instead, in this process and without a server, what the per-request hooks add to one call
 (the interceptor's request id, context variable, metrics and a Recommend answer's labels, plus one timed
 feature-store read) with metrics off and on, alternated.
@@ -32,6 +38,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import itertools
 import json
 import multiprocessing
 import os
@@ -43,7 +51,9 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 from service_load import KINDS, measure, wait_ready  # the sibling bench script (bench/ is on sys.path)
@@ -53,6 +63,7 @@ from omnirec.config import OmnirecConfig
 from omnirec.logs import LoggingConfig
 
 RESULTS = Path(__file__).parent / "results" / "metrics_cost.json"
+IN_SITU = Path(__file__).parent / "results" / "metrics_cost_in_situ.json"
 VARIANTS = ("off", "off_again", "metrics", "metrics+json_log")
 """`off_again`, a second server with metrics off, is the control: how far two identical servers measured the same
 way land apart (what a difference between "off" and "metrics" has to exceed to mean anything)."""
@@ -101,10 +112,10 @@ class Variant:
     """One variant's `omnirec serve`, running for the whole benchmark (idle while another variant is loaded),
     and, with metrics on, a scraper reading its endpoint once a second from start to end."""
 
-    def __init__(self, config: OmnirecConfig) -> None:
+    def __init__(self, config: OmnirecConfig, serve: Callable[[OmnirecConfig], None] = _serve) -> None:
         self.config = config
         self.target = f"127.0.0.1:{config.service.port}"
-        self._server = multiprocessing.get_context("spawn").Process(target=_serve, args=(config,))
+        self._server = multiprocessing.get_context("spawn").Process(target=serve, args=(config,))
         self._server.start()
         self._stop = threading.Event()
         self.pid: int = self._server.pid  # type: ignore[assignment]
@@ -128,6 +139,95 @@ class Variant:
         self._stop.set()
         self._server.terminate()  # SIGTERM: the serving parent drains its workers
         self._server.join(60)
+
+
+def _serve_switching(phases: Path, phase_s: float, config: OmnirecConfig) -> None:
+    """The metrics server, whose workers switch their per-request metrics hooks (the interceptor's `record`,
+    the feature-read timing) off and on every `phase_s`, appending to `phases/PID.txt` a line per phase:
+    hooks on (1/0), requests answered, the worker's CPU seconds. Same process, same connections, same memory:
+    only the hooks differ between two neighbouring phases."""
+    from omnirec.service import metrics, server, telemetry
+
+    state = {"on": True, "calls": 0}
+    record, read, end, start = (telemetry._Method.record, metrics.feature_read, telemetry._Call.end,
+                                server.ServingState.start)
+
+    def counted_end(self: telemetry._Call, *args: Any) -> None:
+        state["calls"] += 1
+        end(self, *args)
+
+    def switched_record(self: telemetry._Method, *args: Any) -> None:
+        if state["on"]:
+            record(self, *args)
+
+    def switched_read(*args: Any) -> None:
+        if state["on"]:
+            read(*args)
+
+    async def switch() -> None:
+        with (phases / f"{os.getpid()}.txt").open("a") as out:
+            while True:
+                cpu, calls = time.process_time(), state["calls"]
+                await asyncio.sleep(phase_s)
+                out.write(f"{int(state['on'])} {state['calls'] - calls} {time.process_time() - cpu:.6f}\n")
+                out.flush()
+                state["on"] = not state["on"]
+
+    async def started(self: server.ServingState, *args: Any, **kwargs: Any) -> None:
+        await start(self, *args, **kwargs)
+        self.watch(switch())
+
+    telemetry._Call.end = counted_end  # type: ignore[method-assign]
+    telemetry._Method.record = switched_record  # type: ignore[method-assign]
+    metrics.feature_read = switched_read
+    server.ServingState.start = started  # type: ignore[method-assign]
+    _serve(config)
+
+
+def paired_phases(path: Path, min_calls: int) -> list[float]:
+    """CPU per request with the hooks on over the neighbouring phase's with them off, for every two neighbouring
+    phases of one worker that both answered at least `min_calls` requests (idle gaps between runs left out)."""
+    rows = [line.split() for line in path.read_text().splitlines()]
+    phases = [(on == "1", int(calls), float(cpu)) for on, calls, cpu in rows]
+    ratios = []
+    for (on_a, calls_a, cpu_a), (on_b, calls_b, cpu_b) in itertools.pairwise(phases):
+        if min(calls_a, calls_b) >= min_calls and on_a != on_b:
+            a, b = cpu_a / calls_a, cpu_b / calls_b
+            ratios.append(a / b if on_a else b / a)
+    return ratios
+
+
+def in_situ(base: OmnirecConfig, args: argparse.Namespace, api_key: str, member_ids: object) -> None:
+    """`--in-situ`: one metrics server loaded with every kind for `--rounds` x `--seconds`, its workers
+    switching their per-request hooks every `--phase-seconds`; prints the paired ratios per worker."""
+    out: dict[str, object] = {"phase_seconds": args.phase_seconds, "load_average_1_5_15": [os.getloadavg()]}
+    with tempfile.TemporaryDirectory(prefix="omnirec-metrics-cost-") as tmp:
+        phases = Path(tmp) / "phases"
+        phases.mkdir()
+        server = Variant(variant_config(base, "metrics", Path(tmp) / "events"),
+                         functools.partial(_serve_switching, phases, args.phase_seconds))
+        try:
+            server.ready()
+            for r in range(args.rounds):
+                for kind in KINDS:
+                    value, us, _ = server.measure(kind, args, api_key, member_ids)
+                    print(f"round {r}: {kind:<22} {value:>8,.0f} QPS {us:>7.0f} us CPU/request  "
+                          f"load {os.getloadavg()[0]:.2f}", flush=True)
+        finally:
+            server.close()
+        out["load_average_1_5_15"].append(os.getloadavg())  # type: ignore[attr-defined]
+        for path in sorted(phases.glob("*.txt")):
+            ratios = paired_phases(path, min_calls=20)
+            q1, median, q3 = statistics.quantiles(ratios, n=4)
+            out[f"worker {path.stem}"] = ratios
+            print(f"worker {path.stem}: CPU per request, hooks on / off in neighbouring {args.phase_seconds:g} s "
+                  f"phases: median {median:.3f}, mean {statistics.mean(ratios):.3f}, quartiles {q1:.3f}-{q3:.3f} "
+                  f"({len(ratios)} pairs)")
+    print("load average (1, 5, 15 min) before and after: "
+          + "; ".join(", ".join(f"{x:.2f}" for x in la) for la in out["load_average_1_5_15"]))  # type: ignore[attr-defined]
+    IN_SITU.parent.mkdir(parents=True, exist_ok=True)
+    IN_SITU.write_text(json.dumps(out, indent=2))
+    print(f"wrote {IN_SITU}")
 
 
 class _Context:
@@ -192,6 +292,9 @@ def main() -> None:
     parser.add_argument("--variants", default="off,metrics,metrics+json_log",
                         help=f"a subset of {', '.join(VARIANTS)}")
     parser.add_argument("--hooks", action="store_true", help="time the interceptor's per-call work only")
+    parser.add_argument("--in-situ", action="store_true",
+                        help="one metrics server whose workers switch their per-request hooks off and on")
+    parser.add_argument("--phase-seconds", type=float, default=2.0, help="--in-situ: how long each switch lasts")
     args = parser.parse_args()
     variants = tuple(v for v in VARIANTS if v in args.variants.split(","))
     if variants[:1] != ("off",):
@@ -207,6 +310,9 @@ def main() -> None:
     api_key = next(k for k, role in base.service.api_keys.items() if role == "app")
     members = pq.read_table(args.data_dir / "members.parquet", columns=["member_id"])["member_id"]
     member_ids = members.to_numpy(zero_copy_only=False).astype(str)
+    if args.in_situ:
+        in_situ(base, args, api_key, member_ids)
+        return
     qps: dict[str, dict[str, list[float]]] = {v: {k: [] for k in KINDS} for v in variants}
     cpu: dict[str, dict[str, list[float]]] = {v: {k: [] for k in KINDS} for v in variants}
     parent: dict[str, dict[str, list[float]]] = {v: {k: [] for k in KINDS} for v in variants}

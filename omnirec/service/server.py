@@ -102,10 +102,12 @@ class ServingState:
         return cls(config, models, parts.features, parts.ingest, parts.offers, audience,
                    tracing=tracing.setup(config.tracing))
 
-    async def start(self, reap_holds: bool = True) -> None:
+    async def start(self, reap_holds: bool = True, report_budgets: bool = True) -> None:
         """Recover what dead workers journaled, load the published bundle if there is one, then poll for newer
         ones and roll the event log. `reap_holds`: this worker settles abandoned coupon holds on a cluster
-        (`hold_reaper`; of several workers, only slot 0)."""
+        (`hold_reaper`; of several workers, only slot 0). `report_budgets`: with metrics on, this worker reads
+        the offer budgets for their gauges (only slot 0: the gauges keep the most recent value of any process,
+        so more readers would only repeat the same Redis reads)."""
         await self.features.warm_up()
         await asyncio.to_thread(self.ingest.recover)
         try:
@@ -120,7 +122,8 @@ class ServingState:
         if reap_holds and self.offers.store.cluster:
             self.watch(hold_reaper.reap_abandoned_holds(self.offers, self.config.offers.reservation_s / 2))
         if metrics.current() is not None:
-            self.watch(self._report_budgets(interval))
+            if report_budgets:
+                self.watch(self._report_budgets(interval))
             self.watch(metrics.flush_every(self.config.service.metrics_flush_interval_s))
 
     def watch(self, task: Coroutine[None, None, None]) -> None:
@@ -227,9 +230,10 @@ async def serve(state: ServingState, port: int | None = None) -> tuple[grpc.aio.
 
 async def _worker(config: OmnirecConfig, audience: Path, preloaded: ServingModel | None, slot: int) -> None:
     """One serving process: load the model, serve until SIGTERM/SIGINT, then drain and flush. Worker slot 0
-    also reaps abandoned coupon holds on a cluster (`hold_reaper`: one owner, not one per worker)."""
+    also reaps abandoned coupon holds on a cluster (`hold_reaper`: one owner, not one per worker) and reads the
+    offer budgets for their gauges."""
     state = ServingState.create(config, AudienceJobs(audience), preloaded)
-    await state.start(reap_holds=slot == 0)
+    await state.start(reap_holds=slot == 0, report_budgets=slot == 0)
     server, port = await serve(state)
     await server.start()
     stop = asyncio.Event()
