@@ -18,7 +18,8 @@ stime from /proc, as `bench/metrics_cost.py`): on a shared, oversubscribed machi
 neighbours' load, the CPU a request costs much less.
 
 `--baseline DIR` also serves the same calls from another copy of the code (a third server, on port + 2,
-run with `PYTHONPATH=DIR`), alternated with the others in every round: a before/after in one run, e.g.
+run with `PYTHONPATH=DIR` and `python -P`, so that the working directory's copy does not shadow it),
+alternated with the others in every round: a before/after in one run, e.g.
 
     git archive main | tar -x -C /tmp/base && cp -r omnirec/v1 /tmp/base/omnirec/
     .venv/bin/python bench/offer_load.py ... --baseline /tmp/base
@@ -206,11 +207,11 @@ def main() -> None:
     echo = subprocess.Popen([sys.executable, "-P", service_load.__file__, "--config", str(args.config), "--data-dir",
                              str(args.data_dir), "--workers", str(args.workers), "--echo-server", str(port + 1)])
     servers = {"echo": echo,
-               "offers": subprocess.Popen([sys.executable, "-m", "omnirec", "serve", "--workers", str(args.workers)],
-                                          env=env)}
+               "offers": subprocess.Popen([sys.executable, "-P", "-m", "omnirec", "serve", "--workers",
+                                           str(args.workers)], env=env)}
     if args.baseline:
         servers["baseline"] = subprocess.Popen(
-            [sys.executable, "-m", "omnirec", "serve", "--workers", str(args.workers), "--port", str(port + 2)],
+            [sys.executable, "-P", "-m", "omnirec", "serve", "--workers", str(args.workers), "--port", str(port + 2)],
             env={**env, "PYTHONPATH": str(args.baseline.resolve())})
     try:
         for name in servers:

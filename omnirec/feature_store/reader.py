@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import numpy as np
 import redis
 from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.client import Pipeline as AsyncPipeline
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
@@ -175,13 +176,33 @@ class Batch:
         if len(self.pipe.calls) == 1:
             command, args, kwargs = self.pipe.calls[0]
             return [await getattr(client, command)(*args, **kwargs)]
-        return await self.pipe.replay(client.pipeline(transaction=False)).execute()  # type: ignore[no-any-return]
+        return await _round_trip(self.pipe.replay(client.pipeline(transaction=False)))
 
     def parse(self, replies: list[Any]) -> None:
         at = 0
         for n, parse in self.parsers:
             parse(replies[at:at + n])
             at += n
+
+
+async def _round_trip(pipe: Any) -> list[Any]:
+    """The pipeline's commands in one write and their replies, parsed as redis-py parses them. On one
+    Redis without retries this skips `Pipeline.execute`'s machinery (retry wrapper, multi-key command
+    preparation, observability hooks), about a third of the client's CPU time for a request's read; a
+    connection whose replies were not all read (an error, a cancelled request) is dropped, never reused."""
+    retry = pipe.get_retry() if isinstance(pipe, AsyncPipeline) else None
+    if retry is None or retry.get_retries():
+        return await pipe.execute()  # type: ignore[no-any-return]
+    pool = pipe.connection_pool
+    conn = await pool.get_connection()
+    try:
+        await conn.send_packed_command(conn.pack_commands([args for args, _ in pipe.command_stack]))
+        return [await pipe.parse_response(conn, args[0], **options) for args, options in pipe.command_stack]
+    except BaseException:
+        await conn.disconnect()
+        raise
+    finally:
+        await pool.release(conn)
 
 
 Plan = Generator[Batch, None, T]
