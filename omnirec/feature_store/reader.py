@@ -33,6 +33,7 @@ from omnirec.feature_store.errors import FeatureStoreError, NotMaterialised, red
 from omnirec.feature_store.keys import SCHEMA_VERSION, Keys
 from omnirec.feature_store.model import ItemFeatures, MemberProfile, parse_stock
 from omnirec.feature_store.packed import unpack, unpack_timed
+from omnirec.feature_store.pipelined import PipelinedConnection
 
 Pipeline = Any
 """A redis-py pipeline, synchronous or asyncio: both queue commands through the same methods."""
@@ -171,8 +172,11 @@ class Batch:
             return [getattr(client, command)(*args, **kwargs)]
         return self.pipe.replay(client.pipeline(transaction=False)).execute()  # type: ignore[no-any-return]
 
-    async def execute_async(self, client: Any) -> list[Any]:
-        """`execute` on an asyncio client."""
+    async def execute_async(self, client: Any, pipelined: PipelinedConnection | None = None) -> list[Any]:
+        """`execute` on an asyncio client; a round trip of one `EVAL` goes on `pipelined` when given (its reply
+        is the script's, as redis-py returns it: no reply callback applies to EVAL)."""
+        if pipelined is not None and len(self.pipe.calls) == 1 and self.pipe.calls[0][0] == "eval":
+            return [await pipelined.execute("EVAL", *self.pipe.calls[0][1])]
         if len(self.pipe.calls) == 1:
             command, args, kwargs = self.pipe.calls[0]
             return [await getattr(client, command)(*args, **kwargs)]
@@ -559,13 +563,14 @@ class AsyncFeatureReader:
     def __init__(self, client: AsyncRedis | AsyncRedisCluster, config: RedisConfig) -> None:
         self.client = client
         self.plans = ReadPlans(config)
+        self._pipelined = PipelinedConnection(config) if PipelinedConnection.supports(config) else None
 
     async def _run(self, plan: Plan[T]) -> T:
         try:
             batch = next(plan)
             while True:
                 with redis_call(batch.what):
-                    replies = await batch.execute_async(self.client)
+                    replies = await batch.execute_async(self.client, self._pipelined)
                 batch.parse(replies)
                 batch = next(plan)
         except StopIteration as done:
@@ -588,4 +593,9 @@ class AsyncFeatureReader:
 
     async def in_stock(self, item_ids: Sequence[str], store_id: str | None = None) -> np.ndarray:
         return await self._run(self.plans.in_stock(item_ids, store_id))
+
+    def close(self) -> None:
+        """Close the pipelined connection (the client is its owner's to close)."""
+        if self._pipelined is not None:
+            self._pipelined.close()
 

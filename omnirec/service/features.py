@@ -121,5 +121,6 @@ class Features:
             raise Unavailable(str(exc)) from exc
 
     async def close(self) -> None:
+        self._reader.close()
         await self._async_client.aclose()
         self.client.close()

@@ -1,6 +1,7 @@
 """Request reads: explicit misses, identity resolution, and bad data or a dead Redis reported, not served."""
 
 import asyncio
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from omnirec.feature_store.config import RedisConfig
 from omnirec.feature_store.connection import connect, connect_async
 from omnirec.feature_store.errors import FeatureStoreError
 from omnirec.feature_store.keys import Keys
-from omnirec.feature_store.materialize import BatchFeatures, LoadReport
+from omnirec.feature_store.materialize import BatchFeatures, LoadReport, Materializer
 from omnirec.feature_store.model import PROFILE_FIELDS
 from omnirec.feature_store.reader import AsyncFeatureReader, FeatureReader
 from omnirec.feature_store.resp import node_clients
@@ -178,3 +179,68 @@ def test_async_read_cut_by_its_deadline_leaves_no_stale_reply(redis_client: redi
             await async_client.aclose()
 
     assert asyncio.run(scenario()) == want
+
+
+def test_purchased_reads_in_flight_together_each_get_their_own_and_a_cut_one_leaves_no_stale_reply(
+        redis_client: redis.Redis, store_config: RedisConfig, loaded: LoadReport, reader: FeatureReader,
+        features: BatchFeatures) -> None:
+    # On one Redis these reads share one pipelined connection, answered in order: a read its deadline cut
+    # must leave its reply to be dropped, never handed to the next read.
+    members = features.member_ids.to_pylist()[:40]
+    want = [dict(reader.read_request(m).member.purchased) for m in members]  # type: ignore[union-attr]
+
+    async def scenario() -> tuple[list[dict[str, int]], dict[str, int]]:
+        async_client = connect_async(store_config)
+        r = AsyncFeatureReader(async_client, store_config)
+        try:
+            await r.purchased(members[0])
+            together = [dict(p) for p in await asyncio.gather(*(r.purchased(m) for m in members))]
+            for node in node_clients(redis_client):  # every primary holds every reply for 300 ms
+                node.execute_command("CLIENT", "PAUSE", 300)
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    await r.purchased(members[0])
+            return together, dict(await r.purchased(members[1]))
+        finally:
+            r.close()
+            await async_client.aclose()
+
+    together, after_cut = asyncio.run(scenario())
+    assert together == want and after_cut == want[1]
+    assert any(want)
+
+
+def test_purchased_read_in_flight_when_redis_drops_the_connection_is_unavailable_and_the_next_reconnects(
+        single_client: redis.Redis, features: BatchFeatures) -> None:
+    # One Redis only: on a cluster the reads stay on redis-py's cluster client.
+    config = RedisConfig(url=single_client.test_url, namespace=single_client.test_prefix,  # type: ignore[attr-defined]
+                         recent_items=20, purchased_items=50, socket_timeout_s=2.0)
+    Materializer(single_client, config).load(features)
+    member = next(m for m in features.member_ids.to_pylist() if features.purchased_of(m))
+    name = f"omnirec-reads-{os.getpid()}"
+
+    def connection_ids() -> list[int]:
+        return [int(c["id"]) for c in single_client.client_list() if c["name"] == name]
+
+    async def scenario() -> tuple[str, dict[str, int], list[int], list[int]]:
+        async_client = connect_async(config)
+        r = AsyncFeatureReader(async_client, config)
+        try:
+            await r.purchased(member)
+            before = connection_ids()
+            single_client.execute_command("CLIENT", "PAUSE", 400, "WRITE")  # holds the EVAL, not CLIENT KILL
+            in_flight = asyncio.ensure_future(r.purchased(member))
+            await asyncio.sleep(0.05)
+            for client_id in before:
+                single_client.client_kill_filter(_id=client_id)
+            with pytest.raises(Unavailable) as lost:
+                await in_flight
+            return str(lost.value), dict(await r.purchased(member)), before, connection_ids()
+        finally:
+            r.close()
+            await async_client.aclose()
+
+    lost, again, before, after = asyncio.run(scenario())
+    assert "connection to Redis lost" in lost
+    assert again == features.purchased_of(member)
+    assert len(before) == 1 and len(after) == 1 and after != before
