@@ -7,7 +7,9 @@ Each request pipeline starts with `HMGET pointer generation schema` and reads th
 generation the reader last saw. When the pointer names another generation (a load just switched), the
 request is read again under the new one: one extra round trip per switch, never a mix of generations.
 The previous generation stays readable for `old_generation_ttl_s` after a switch, so the first read is
-itself consistent.
+itself consistent. The hottest read, a member's purchased list alone, is one `EVAL` that returns the
+pointer and the list together on one Redis, sent on the asyncio reader's pipelined connection
+(`feature_store.pipelined`); on a cluster it is the pointer and a `GET` in one pipeline like the others.
 
 Anonymous requests: the identity link is read in the same round trip; when it names a member, that
 member's features need a second round trip (only then).
