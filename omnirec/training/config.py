@@ -108,8 +108,8 @@ class RankerSettings(_Section):
                                                             "rankers with lleaves first (same scores, ~1/6 of the "
                                                             "predict CPU, ~40 CPU-s to compile each of the two)")
     list_depth: int = Field(50, ge=1, description="items per member and intent written to the bundle")
-    promotions: bool = Field(False, description="promotion features from the data directory's promotions "
-                                                "table, where it has one (`training.promotions`)")
+    promotions: bool = Field(True, description="promotion features from the data directory's promotions "
+                                               "table, where it has one (`training.promotions`)")
     promotion_days: int = Field(7, ge=1, description="promotions running in this many days after a cut-off are "
                                                      "the ones the ranker reads (a retailer plans them ahead)")
 
