@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import lightgbm as lgb
-import lleaves
 import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
@@ -134,12 +133,14 @@ class Context:
 
 def build_context(baskets: Baskets, interactions: Interactions, config: TrainConfig, cut_day: int,
                   params: RankerSettings, seed: int = 0, als: FactorizationRecommender | None = None,
-                  promotions: Promotions | None = None) -> Context:
+                  promotions: Promotions | None = None, fold_from: ALSRecommender | None = None) -> Context:
     """Fit the sources and gather statistics on `baskets` up to `cut_day`; nothing later is read (but the
     promotions planned for the days after it: `training.promotions`).
 
     `als`, when given, replaces the ALS fit: the caller vouches that it saw no event after `cut_day` (the
-    pipeline passes its own ALS, fitted on the same events, to save a fit at scale)."""
+    pipeline passes its own ALS, fitted on the same events, to save a fit at scale). Else `fold_from`, an
+    ALS fitted on events up to an earlier day, gives its item factors and the member factors are solved on
+    the events up to `cut_day` (`ALSRecommender.fold_in`); else ALS is fitted here."""
     history = baskets.until(cut_day)
     shape = (history.n_members, history.n_items)
     day = history.day.astype(np.float32) - cut_day - 1.0  # negative; 0 never stored, so sparse max/min work
@@ -166,7 +167,9 @@ def build_context(baskets: Baskets, interactions: Interactions, config: TrainCon
     pool = np.flatnonzero(popularity >= params.min_item_baskets)
     if len(pool) > params.max_pool_items:
         pool = np.sort(pool[np.argsort(-popularity[pool], kind="stable")[:params.max_pool_items]])
-    if als is None:
+    if als is None and fold_from is not None:
+        als = fold_from.fold_in(collaborative_train_set(interactions, config, cut_day))
+    elif als is None:
         als = ALSRecommender(seed=seed, **config.als.kwargs())
         with threadpool_limits(1, "blas"):
             als.fit(collaborative_train_set(interactions, config, cut_day))
@@ -284,6 +287,8 @@ class CompiledBooster:
     scoring runs (`compile_members`) use it."""
 
     def __init__(self, booster: lgb.Booster) -> None:
+        import lleaves  # here, not at module level: loading LLVM costs every other user of this module time
+
         with tempfile.TemporaryDirectory(prefix="omnirec-ranker-") as folder:
             path = Path(folder) / "booster.txt"
             booster.save_model(path)
@@ -330,7 +335,8 @@ class RankerData:
     The evaluated ranker (cut-off c) and the published one (c + test_days) share windows, and the
     evaluation's scoring context is the published ranker's first window, so `omnirec train` builds five
     contexts instead of eight. One context is kept at a time (each holds member x item matrices);
-    windows keep only their sampled members' candidates.
+    windows keep only their sampled members' candidates. ALS is fitted once, for the earliest window
+    (`window_als`); later windows fold their members into its item factors.
     """
 
     def __init__(self, baskets: Baskets, interactions: Interactions, config: TrainConfig, seed: int = 0,
@@ -341,13 +347,21 @@ class RankerData:
             promotions, interactions.items, baskets.store_names)
         self._context: Context | None = None
         self._windows: dict[int, tuple[Candidates, np.ndarray]] = {}
+        self.window_als: ALSRecommender | None = None
+        """The ALS fitted for the earliest window built so far, and the day it was fitted up to."""
+        self._window_als_day = 0
 
     def context(self, cut_day: int, als: FactorizationRecommender | None = None) -> Context:
-        """The context at `cut_day` (the kept one if it is for that day)."""
+        """The context at `cut_day` (the kept one if it is for that day). Without `als`, ALS comes from the
+        window ALS when that was fitted up to `cut_day` or earlier (folded in), else from a new fit, which
+        becomes the window ALS."""
         if self._context is None or self._context.cut_day != cut_day:
             self._context = None
+            fold_from = self.window_als if self._window_als_day <= cut_day else None
             self._context = build_context(self.baskets, self.interactions, self.config, cut_day, self.params,
-                                          self.seed, als, self.promotions)
+                                          self.seed, als, self.promotions, fold_from)
+            if als is None and fold_from is None and isinstance(self._context.als, ALSRecommender):
+                self.window_als, self._window_als_day = self._context.als, cut_day
         return self._context
 
     def window(self, cut_day: int) -> tuple[Candidates, np.ndarray] | None:
@@ -379,9 +393,12 @@ def fit_ranker(data: RankerData, cut_day: int, progress: bool = False) -> TwoSta
     candidates (a history too short to learn from: the bundle then holds no intent lists and the service
     answers from the collaborative model, which is what the gate then judges)."""
     params = data.params
+    cuts = [cut_day - w * params.window_days for w in range(1, params.windows + 1)]
+    for cut in tqdm(sorted(cuts), desc="ranker windows", unit="window", disable=not progress):
+        data.window(cut)  # earliest first: its ALS fit serves the later windows (fold-in)
     parts, ys = [], []
-    for w in tqdm(range(1, params.windows + 1), desc="ranker windows", unit="window", disable=not progress):
-        window = data.window(cut_day - w * params.window_days)
+    for cut in cuts:
+        window = data.window(cut)
         if window is not None:
             parts.append(window[0])
             ys.append(window[1])

@@ -15,6 +15,7 @@ from omnirec.domain.vocab import Col
 from omnirec.training.baskets import Baskets, next_basket_split
 from omnirec.training.config import TrainConfig
 from omnirec.training.metrics import bootstrap_ci, next_basket_per_member
+from omnirec.training.models.factorization import ALSRecommender
 from omnirec.training.models.frequency import TIFUKNN, GPTopFreq, GTopFreq, PTopFreq, tifu_vectors
 from omnirec.training.next_basket import (
     MethodResult,
@@ -34,6 +35,7 @@ from omnirec.training.ranker import (
     intent_lists,
     top_lists,
 )
+from omnirec.training.weighting import collaborative_train_set
 from tests.training.planted import planted_interactions
 
 CONFIG = TrainConfig(als={"factors": 8, "regularization": 1.0, "alpha": 3.0, "iterations": 5},
@@ -206,3 +208,29 @@ def test_compiled_rankers_score_as_lightgbm(planted, ranked):
     for intent in Intent:
         assert np.array_equal(plain.items[intent], compiled.items[intent])
         assert np.allclose(plain.scores[intent], compiled.scores[intent], rtol=1e-5, atol=1e-6)
+
+
+def test_fold_in_solves_the_members_the_fit_found(planted):
+    """Member factors solved against fitted item factors match the fit's own (it converged on the same data)."""
+    interactions, baskets = planted
+    data = collaborative_train_set(interactions, CONFIG, int(baskets.day.max()))
+    als = ALSRecommender(seed=0, **CONFIG.als.model_copy(update={"iterations": 30}).kwargs())
+    als.fit(data)
+    folded = als.fold_in(data)
+    active = np.diff(data.matrix.indptr) > 0
+    a, b = als.member_factors[active], folded.member_factors[active]
+    cosine = (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert np.median(cosine) > 0.99 and folded.item_factors is als.item_factors
+
+
+def test_the_ranker_windows_share_one_als_fit(planted, monkeypatch):
+    """Only the earliest window fits ALS; the later ones fold their members in (one fit, not one each)."""
+    interactions, baskets = planted
+    fits = []
+    original = ALSRecommender.fit
+    monkeypatch.setattr(ALSRecommender, "fit", lambda self, data: fits.append(data) or original(self, data))
+    data = RankerData(baskets, interactions, CONFIG)
+    cut = next_basket_split(baskets, 14).cut_day
+    assert fit_ranker(data, cut) is not None
+    assert len(fits) == 1 and data.window_als is not None
+    assert int(fits[0].interactions.events[Col.TS].to_numpy()[fits[0].rows].max()) // DAY <= cut - 2 * 14

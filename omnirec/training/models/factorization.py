@@ -71,6 +71,20 @@ class ALSRecommender(ImplicitRecommender):
     def _model(self) -> AlternatingLeastSquares:
         return AlternatingLeastSquares(random_state=self.seed, **implicit_kwargs(self.settings))
 
+    def fold_in(self, data: TrainSet) -> ALSRecommender:
+        """A copy whose member factors are solved on `data` with these item factors held fixed (one ALS
+        half-step, a fraction of a fit): the ranker's later training windows get their ALS feature from the
+        earliest window's fit instead of a fit each. `data` must hold every event the fit saw."""
+        model = self._model()
+        model.item_factors = self.item_factors
+        matrix = self._matrix(data.matrix)
+        with threadpool_limits(1, "blas"):
+            members = model.recalculate_user(np.arange(matrix.shape[0]), matrix)
+        out = ALSRecommender(self.seed, **self.params)
+        out.member_factors = np.ascontiguousarray(members, dtype=np.float32)
+        out.item_factors = self.item_factors
+        return out
+
 
 class BPRRecommender(ImplicitRecommender):
     """Bayesian personalised ranking: pairwise, ignores confidence values (any positive counts once)."""
