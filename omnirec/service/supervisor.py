@@ -7,16 +7,19 @@ back-off that doubles while replacements keep dying young (`service.worker_resta
 dead worker journaled (`service.ingest`). If a slot's replacements die young more than
 `service.worker_max_quick_restarts` times in a row, the service cannot serve: the parent stops the other
 workers and exits non-zero, so a process supervisor (systemd, Kubernetes) sees the failure. On
-SIGTERM/SIGINT the parent forwards SIGTERM, waits for the workers to drain and exits 0.
+SIGTERM/SIGINT the parent forwards SIGTERM, waits for the workers to drain and exits 0; a parent that is
+killed outright takes its workers with it (`PR_SET_PDEATHSIG`: they drain as on SIGTERM).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -37,11 +40,17 @@ def _describe(code: int | None) -> str:
     return f"exit code {code}"
 
 
-def _worker(target: Callable[[], None]) -> None:
+def _worker(target: Callable[[], None], parent: int) -> None:
     """A forked worker starts with the default signal actions, not the parent's handlers (until its own loop
-    installs the graceful ones, a SIGTERM simply ends it)."""
+    installs the graceful ones, a SIGTERM simply ends it), and gets SIGTERM when the parent dies: a parent
+    killed outright (`kill -9`, the OOM killer) must not leave unsupervised workers serving the port beside
+    the replacement service's."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the prctl
+            return
     target()
 
 
@@ -74,7 +83,7 @@ class Supervisor:
         self._stopping = False
 
     def _spawn(self, slot: _Slot) -> None:
-        slot.process = self._ctx.Process(target=_worker, args=(slot.target,),
+        slot.process = self._ctx.Process(target=_worker, args=(slot.target, os.getpid()),
                                          name=f"omnirec-{slot.name.replace(' ', '-')}")
         slot.process.start()
         slot.started, slot.restart_at = time.monotonic(), None

@@ -175,6 +175,26 @@ def test_audience_health_follows_the_audience_process(serve, small_retail_dir: P
     assert proc.wait(30) == 0
 
 
+def test_workers_die_with_a_killed_parent(serve, small_retail_dir: Path, bundle_root: Path,  # type: ignore[no-untyped-def]
+                                         redis_config: RedisConfig, tmp_path: Path) -> None:
+    """A serving parent killed outright (SIGKILL: no chance to stop its workers) leaves no worker serving."""
+    port = free_port()
+    proc = serve(_config(tmp_path, small_retail_dir, bundle_root, redis_config, port))
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        _until(lambda: _serving(channel) and len(_workers(proc)) == 2, "omnirec serve did not become healthy")
+    children = [*_workers(proc), *serve_children(proc.pid)[1]]
+    proc.kill()
+    proc.wait()
+
+    def gone(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"  # reaped by init soon
+        except FileNotFoundError:
+            return True
+
+    _until(lambda: all(gone(pid) for pid in children), "workers outlived their parent", timeout=30)
+
+
 def test_serve_exits_non_zero_when_workers_cannot_start(serve, small_retail_dir: Path,  # type: ignore[no-untyped-def]
                                                        bundle_root: Path, redis_config: RedisConfig,
                                                        tmp_path: Path) -> None:
