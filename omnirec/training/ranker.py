@@ -193,6 +193,18 @@ def _top_mask(scores: np.ndarray, n: int, mask: np.ndarray) -> None:
     mask[rows[ok], best[ok]] = True
 
 
+def _top_mask_sparse(scores: sp.csr_matrix, n: int, mask: np.ndarray) -> None:
+    """`_top_mask` for sparse scores (only stored entries can be positive): one sort of the stored entries
+    instead of a partition of every dense row."""
+    coo = scores.tocoo()
+    positive = np.isfinite(coo.data) & (coo.data > 0)
+    row, col, data = coo.row[positive], coo.col[positive], coo.data[positive]
+    order = np.lexsort((-data, row))
+    row, col = row[order], col[order]
+    keep = np.arange(len(row)) - np.searchsorted(row, row) < n
+    mask[row[keep], col[keep]] = True
+
+
 @dataclass(frozen=True)
 class Candidates:
     """(member, item) pairs, grouped by member in `members` order, and their feature rows."""
@@ -218,16 +230,20 @@ def _candidate_batch(ctx: Context, members: np.ndarray, params: RankerSettings) 
     personal = ctx.counts[members]
     cols = np.union1d(ctx.pool, personal.indices)
     counts = personal[:, cols].toarray()
-    own = ctx.tifu.vectors[members][:, cols].toarray()
+    own_sparse = ctx.tifu.vectors[members][:, cols]
+    lift_sparse = (ctx.last_basket[members] @ ctx.lift)[:, cols]
+    own, lift = own_sparse.toarray(), lift_sparse.toarray()
     knn = ctx.tifu.neighbour_mean(members)[:, cols].toarray()
     als = ctx.als.member_factors[members] @ ctx.als.item_factors[cols].T
-    lift = (ctx.last_basket[members] @ ctx.lift)[:, cols].toarray()
-    store = ctx.store.scores(members)[:, cols]
-    overall = np.broadcast_to(ctx.items["pop_recent"][cols], counts.shape)
+    store = ctx.store.scores(members, cols)
     mask = np.zeros(counts.shape, bool)
-    for scores, n in ((own, params.personal), (knn, params.knn), (als, params.als), (lift, params.lift),
-                      (store, params.store), (overall, params.overall)):
+    for sparse, n in ((own_sparse, params.personal), (lift_sparse, params.lift)):
+        _top_mask_sparse(sparse, n, mask)
+    for scores, n in ((knn, params.knn), (als, params.als), (store, params.store)):
         _top_mask(scores, n, mask)
+    overall = np.zeros((1, len(cols)), bool)  # the same for every member: ranked once
+    _top_mask(ctx.items["pop_recent"][cols][None, :], params.overall, overall)
+    mask |= overall
     row, col = np.nonzero(mask)
     item = cols[col]
     n_b = ctx.member_baskets[members][row]

@@ -119,12 +119,14 @@ class StorePopularity(BasketRecommender):
         self.overall = TIE * counts / (float(counts.max()) + 1.0)
         return self
 
-    def scores(self, members: np.ndarray) -> np.ndarray:
-        out = np.tile(self.overall, (len(members), 1))
+    def scores(self, members: np.ndarray, items: np.ndarray | None = None) -> np.ndarray:
+        """Scores over every item, or over `items` only (the ranker's candidate columns)."""
+        out = np.tile(self.overall if items is None else self.overall[items], (len(members), 1))
         store = self.main_store[members]
         has = store >= 0
         if has.any():
-            out[has] += self.table[store[has]].toarray()
+            rows = self.table[store[has]]
+            out[has] += (rows if items is None else rows[:, items]).toarray()
         return out
 
 
