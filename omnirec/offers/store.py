@@ -724,11 +724,9 @@ class OfferStore:
                 await self.client.set(key, raw, ex=self.idempotency_ttl)
             return None if created else StoredDecision.from_json(raw)
         with redis_unavailable("store_decision"):
-            pipe = self.client.pipeline(transaction=False)
-            pipe.set(key, StoredDecision.to_json(request, decision), nx=True, ex=self.idempotency_ttl)
-            pipe.get(key)
-            created, raw = await pipe.execute()
-        return None if created else StoredDecision.from_json(raw)
+            raw = await self.client.set(key, StoredDecision.to_json(request, decision), nx=True,
+                                        ex=self.idempotency_ttl, get=True)
+        return None if raw is None else StoredDecision.from_json(raw)
 
     async def show(self, member_id: str, channel: Channel, decision_id: str, offers: Sequence[Offer],
                    now: float) -> list[bool]:
