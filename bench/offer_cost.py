@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import io
 import json
 import os
-import pstats
 import statistics
 import time
 import uuid
@@ -31,6 +29,7 @@ import faiss
 import numpy as np
 import pyarrow.parquet as pq
 import uvloop
+from profiling import print_profiles
 from threadpoolctl import threadpool_limits
 
 from omnirec.config import OmnirecConfig
@@ -99,11 +98,7 @@ async def measure(config: OmnirecConfig, members: np.ndarray, calls: int, rounds
                 cpu[kind].append(c)
                 wall[kind].append(w)
                 print(f"  round {r + 1} {kind:<22} {c:>8.0f} us CPU {w:>8.0f} us wall per call", flush=True)
-        for kind, p in profiles.items():
-            for order in ("cumulative", "tottime"):
-                out = io.StringIO()
-                pstats.Stats(p, stream=out).sort_stats(order).print_stats(30)
-                print(f"\n=== {kind}: by {order} ===\n" + out.getvalue())
+        print_profiles(profiles, 30)
         return {"cpu_us": cpu, "wall_us": wall, "errors": dict(errors)}
     finally:
         await parts.features.close()

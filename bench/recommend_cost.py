@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import io
 import json
 import os
-import pstats
 import statistics
 import time
 from pathlib import Path
@@ -29,6 +27,7 @@ import faiss
 import numpy as np
 import pyarrow.parquet as pq
 import uvloop
+from profiling import print_profiles
 from threadpoolctl import threadpool_limits
 
 from omnirec.config import OmnirecConfig
@@ -96,11 +95,7 @@ async def measure(config: OmnirecConfig, members: np.ndarray, kinds: list[str], 
                 wall[kind].append(w)
                 degraded[kind] += d
                 print(f"  round {r + 1} {kind:<18} {c:>8.0f} us CPU {w:>8.0f} us wall per call", flush=True)
-        for kind, p in profiles.items():
-            for order in ("cumulative", "tottime"):
-                out = io.StringIO()
-                pstats.Stats(p, stream=out).sort_stats(order).print_stats(25)
-                print(f"\n=== {kind}: by {order} ===\n" + out.getvalue())
+        print_profiles(profiles, 25)
         return {"cpu_us": cpu, "wall_us": wall, "degraded": degraded}
     finally:
         await parts.features.close()
