@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from typing import TypeVar
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -39,6 +40,7 @@ MAX_MONEY_MINOR = 100_000_000
 MAX_QUANTITY = 1_000
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+T = TypeVar("T")
 
 _CHANNELS: dict[int, Channel] = {
     common_pb2.CHANNEL_APP: Channel.APP,
@@ -49,13 +51,17 @@ _CHANNELS: dict[int, Channel] = {
 }
 
 
+def _member(table: dict[int, T], value: int, field: str, problem: str, names: list[str]) -> T:
+    """A proto enum number's domain value; the refusal lists the names a client may send."""
+    try:
+        return table[value]
+    except KeyError:
+        raise InvalidArgument(field, f"{problem} ({value}); set one of {', '.join(names)}") from None
+
+
 def channel(value: int, field: str = "channel") -> Channel:
     """The domain channel for a proto enum value; unspecified or unknown numbers are refused."""
-    try:
-        return _CHANNELS[value]
-    except KeyError:
-        raise InvalidArgument(field, f"unknown or unspecified channel ({value}); set one of "
-                                     f"{', '.join(common_pb2.Channel.keys()[1:])}") from None
+    return _member(_CHANNELS, value, field, "unknown or unspecified channel", common_pb2.Channel.keys()[1:])
 
 
 _INTENTS: dict[int, Intent] = {
@@ -68,11 +74,7 @@ _INTENTS: dict[int, Intent] = {
 
 def intent(value: int, field: str = "intent") -> Intent:
     """The domain intent for a proto enum value; unspecified is MIXED, an unknown number is refused."""
-    try:
-        return _INTENTS[value]
-    except KeyError:
-        raise InvalidArgument(field, f"unknown intent ({value}); set one of "
-                                     f"{', '.join(recommendation_pb2.Intent.keys())}") from None
+    return _member(_INTENTS, value, field, "unknown intent", recommendation_pb2.Intent.keys())
 
 
 def k(value: int, field: str = "k", upper: int = MAX_K) -> int:
