@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import hiredis
@@ -73,6 +74,18 @@ class _Protocol(asyncio.Protocol):
         self._transport.write(hiredis.pack_command(args))
         return future
 
+    def send_many(self, commands: Sequence[tuple[Any, ...]]) -> list[asyncio.Future[Any]]:
+        """`send` for several commands in one `write` (a pipeline: one round trip, replies in order)."""
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in commands]
+        if self.lost is not None or self._transport is None:
+            for future in futures:
+                future.set_exception(self.lost or redis.ConnectionError("not connected to Redis"))
+            return futures
+        self._waiting.extend(futures)
+        self._transport.write(b"".join([hiredis.pack_command(args) for args in commands]))
+        return futures
+
 
 class PipelinedConnection:
     """Commands on one lazily opened connection per event loop (a loop other than the last one used opens
@@ -108,6 +121,27 @@ class PipelinedConnection:
         if isinstance(reply, redis.ResponseError):
             raise reply
         return reply
+
+    async def execute_many(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """The replies to several commands sent in one write (a non-transactional pipeline); the first error
+        reply is raised once every reply has arrived, so the connection stays in step."""
+        protocol = await self._connected()
+        futures = protocol.send_many(commands)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                replies = [await future for future in futures]
+        except TimeoutError:
+            raise redis.TimeoutError(f"Redis at {self._host}:{self._port} did not answer within "
+                                     f"{self._timeout_s} s") from None
+        except redis.ConnectionError:
+            for future in futures:  # the same failure is on every later call: retrieved, not logged as lost
+                if future.done() and not future.cancelled():
+                    future.exception()
+            raise
+        for reply in replies:
+            if isinstance(reply, redis.ResponseError):
+                raise reply
+        return replies
 
     async def _connected(self) -> _Protocol:
         loop = asyncio.get_running_loop()

@@ -174,11 +174,15 @@ class Batch:
             return [getattr(client, command)(*args, **kwargs)]
         return self.pipe.replay(client.pipeline(transaction=False)).execute()  # type: ignore[no-any-return]
 
-    async def execute_async(self, client: Any, pipelined: PipelinedConnection | None = None) -> list[Any]:
+    async def execute_async(self, client: Any, pipelined: PipelinedConnection | None = None,
+                            every: bool = False) -> list[Any]:
         """`execute` on an asyncio client; a round trip of one `EVAL` goes on `pipelined` when given (its reply
-        is the script's, as redis-py returns it: no reply callback applies to EVAL)."""
+        is the script's, as redis-py returns it: no reply callback applies to EVAL), and with `every` so does
+        any round trip of only `GET`, `HMGET` and `EVAL` (whose replies redis-py returns as Redis sends them)."""
         if pipelined is not None and len(self.pipe.calls) == 1 and self.pipe.calls[0][0] == "eval":
             return [await pipelined.execute("EVAL", *self.pipe.calls[0][1])]
+        if pipelined is not None and every and (raw := self.raw_commands()) is not None:
+            return await pipelined.execute_many(raw)  # type: ignore[no-any-return]
         # not on an asyncio cluster client: its direct commands fail under concurrent decisions (connections
         # read as closed by the server, tests/offers/test_offer_cluster.py), its pipelines do not
         if len(self.pipe.calls) == 1 and not isinstance(client, AsyncRedisCluster):
@@ -186,11 +190,28 @@ class Batch:
             return [await getattr(client, command)(*args, **kwargs)]
         return await _round_trip(self.pipe.replay(client.pipeline(transaction=False)))
 
+    def raw_commands(self) -> list[tuple[Any, ...]] | None:
+        """The round trip as Redis commands when each one's reply needs no redis-py callback, else None."""
+        out: list[tuple[Any, ...]] = []
+        for command, args, kwargs in self.pipe.calls:
+            if kwargs or command not in _RAW:
+                return None
+            out.append(_RAW[command](*args))
+        return out
+
     def parse(self, replies: list[Any]) -> None:
         at = 0
         for n, parse in self.parsers:
             parse(replies[at:at + n])
             at += n
+
+
+_RAW: dict[str, Callable[..., tuple[Any, ...]]] = {
+    "get": lambda key: ("GET", key),
+    "hmget": lambda key, fields: ("HMGET", key, *fields),
+    "eval": lambda script, n_keys, *keys_and_args: ("EVAL", script, n_keys, *keys_and_args),
+}
+"""redis-py's methods whose replies it returns as sent, as the commands they send."""
 
 
 async def _round_trip(pipe: Any) -> list[Any]:
@@ -564,17 +585,21 @@ class AsyncFeatureReader:
     Bound the wait with `asyncio.timeout`: a cancelled read drops its connection, never reuses it half-read.
     """
 
-    def __init__(self, client: AsyncRedis | AsyncRedisCluster, config: RedisConfig) -> None:
+    def __init__(self, client: AsyncRedis | AsyncRedisCluster, config: RedisConfig,
+                 pipeline_every_read: bool = False) -> None:
+        """`pipeline_every_read`: send every round trip of only `GET`, `HMGET` and `EVAL` on the pipelined
+        connection (one Redis), not only a lone `EVAL` (the offers engine's reads)."""
         self.client = client
         self.plans = ReadPlans(config)
         self._pipelined = PipelinedConnection(config) if PipelinedConnection.supports(config) else None
+        self._every = pipeline_every_read
 
     async def _run(self, plan: Plan[T]) -> T:
         try:
             batch = next(plan)
             while True:
                 with redis_call(batch.what):
-                    replies = await batch.execute_async(self.client, self._pipelined)
+                    replies = await batch.execute_async(self.client, self._pipelined, self._every)
                 batch.parse(replies)
                 batch = next(plan)
         except StopIteration as done:

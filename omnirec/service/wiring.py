@@ -65,7 +65,7 @@ def _offers(config: OmnirecConfig, models: ModelHolder, client: redis.Redis | Re
 
     return OfferEngine(
         cfg, CatalogueSource(cfg.catalogue_path, config.tiers, cfg.catalogue_poll_s),
-        AsyncFeatureReader(async_client, config.redis),
+        AsyncFeatureReader(async_client, config.redis, pipeline_every_read=True),
         OfferStore(async_client, config.redis, cfg.idempotency_days, sync_client=client,
                    reservation_s=cfg.reservation_s),
         DecisionLog(cfg.decision_log_dir), config.tiers, config.lifecycle, model,
