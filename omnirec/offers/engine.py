@@ -131,34 +131,68 @@ class CouponDecision:
                 "offer_id": self.offer_id, "reason": self.reason, "detail": self.detail, "score": self.score}
 
 
+TARGET_CANDIDATES = 512
+"""Items of a target whose scores stand for all of its items: every item of a smaller target, else the
+`TARGET_CANDIDATES` with the largest factor norms (an item's score is at most its norm times the member's,
+so they hold a target's best scores). A category of a 100,000-item catalogue holds thousands of items, and
+its affinity is the quantile of its best score: on the 1,000,000-member benchmark's factors the
+approximation moves an affinity by 0.0002 on average and at most 0.006 (below the reference items' own
+standard error, 0.008), checked in `tests/offers/test_offer_engine.py`, for an eighth of the product."""
+
+
+def candidate_rows(factors: np.ndarray, rows: np.ndarray, n: int = TARGET_CANDIDATES) -> np.ndarray:
+    """`rows` (item rows of `factors`), or the `n` of them with the largest factor norms, sorted."""
+    if len(rows) <= n:
+        return np.sort(rows)
+    norms = np.einsum("ij,ij->i", factors[rows], factors[rows], dtype=np.float64)
+    return np.sort(rows[np.argpartition(-norms, n - 1)[:n]])
+
+
 class TargetFactors:
-    """Offer target -> the serving model's factor rows of its items, and the reference items' rows, for one
-    feature generation and model version: a request scores only these (a few targets' items and
-    `REFERENCE_ITEMS`), not the whole catalogue.
+    """Offer target -> affinity, from one matrix per feature generation and model version: the reference
+    items' factor rows then each target's candidate rows (`candidate_rows`), so a request's affinities are
+    one product of a few thousand rows with the member's vector, not one per target over all its items.
 
     Categories and brands are resolved in the feature store (a category can hold thousands of items), so
     this is read once per generation, model and new target, not per request (as a bundle's category index
-    is built once per bundle). Rows are copied contiguous, so a request's products run from cache."""
+    is built once per bundle)."""
 
     def __init__(self, reader: AsyncFeatureReader) -> None:
         self.reader = reader
         self._for: tuple[int, str] | None = None
         self._rows: dict[str, np.ndarray] = {}
-        self.reference = np.zeros((0, 0), np.float32)
+        """Target key -> its candidate item rows (internal item indices)."""
+        self._matrix = np.zeros((0, 0), np.float32)
+        self._segments: dict[str, tuple[int, int]] = {}
+        self._n_reference = 0
 
-    async def of(self, targets: Sequence[Target], generation: int, model: AffinityModel,
-                 model_version: str) -> dict[str, np.ndarray]:
+    async def affinities(self, targets: Sequence[Target], generation: int, model: AffinityModel,
+                         model_version: str, vector: np.ndarray) -> dict[str, float]:
+        """Target key -> the member's affinity (`affinity`), for every target but basket ones."""
         factors = model.item_factors
         if self._for != (generation, model_version):
-            self._for, self._rows = (generation, model_version), {}
-            self.reference = np.ascontiguousarray(factors[reference_rows(len(factors))], dtype=np.float32)
+            self._for, self._rows, self._matrix = (generation, model_version), {}, np.zeros((0, 0), np.float32)
         missing = list({t.key: t for t in targets if t.scope != "basket" and t.key not in self._rows}.values())
         if missing:
             _, found = await self.reader.selection_items([selection(t) for t in missing])
             for target, ids in zip(missing, found, strict=True):
                 idx = model.items.to_internal(np.array(ids, dtype=object), strict=False) if ids else np.zeros(0, int)
-                self._rows[target.key] = np.ascontiguousarray(factors[np.sort(idx[idx >= 0])], dtype=np.float32)
-        return self._rows
+                self._rows[target.key] = candidate_rows(factors, np.unique(idx[idx >= 0]))
+            self._build(factors)
+        scores = self._matrix @ vector
+        reference = scores[:self._n_reference]
+        return {key: affinity(reference, scores[start:end]) for key, (start, end) in self._segments.items()}
+
+    def _build(self, factors: np.ndarray) -> None:
+        reference = reference_rows(len(factors))
+        parts, at = [reference], len(reference)
+        self._segments = {}
+        for key, rows in self._rows.items():
+            self._segments[key] = (at, at + len(rows))
+            parts.append(rows)
+            at += len(rows)
+        self._n_reference = len(reference)
+        self._matrix = np.ascontiguousarray(factors[np.concatenate(parts)], dtype=np.float32)
 
 
 class OfferEngine:
@@ -222,27 +256,19 @@ class OfferEngine:
                     snapshot: OfferSnapshot, in_stock: dict[str, bool], generation: int,
                     model: AffinityModel | None, model_version: str, deadline: float) -> Ranking:
         vector = model.member_vector(member.member_id) if model is not None else None
-        targets: dict[str, np.ndarray] = {}
-        reference = np.zeros(0, np.float32)
-        if model is not None and vector is not None:
-            targets = await self._within(deadline, self.targets.of([o.target for o in offers], generation, model,
-                                                                   model_version), "the offer targets' items")
-            reference = self.targets.reference @ vector
-        contacts = snapshot.contacts
         affinities: dict[str, float] = {}  # offers that share a target share its affinity
+        if model is not None and vector is not None:
+            affinities = await self._within(deadline, self.targets.affinities(
+                [o.target for o in offers], generation, model, model_version, vector), "the offer targets' items")
+        contacts = snapshot.contacts
         states = {}
         for offer in offers:
             cap = offer.per_member_cap
-            key = offer.target.key
-            if key not in affinities:
-                rows = targets.get(key)
-                affinities[key] = (NEUTRAL_AFFINITY if vector is None or rows is None
-                                   else affinity(reference, rows @ vector))
             states[offer.id] = OfferState(
                 member_contacts=contacts.count(now - cap.period_days * DAY, offer_id=offer.id) if cap else 0,
                 budget_left=budget_left(offer, snapshot.usage[offer.id]),
                 target_in_stock=in_stock.get(offer.id, True),
-                affinity=affinities[key],
+                affinity=affinities.get(offer.target.key, NEUTRAL_AFFINITY),
             )
         fatigue = self.config.fatigue.get(channel)
         channel_contacts = contacts.count(now - fatigue.period_days * DAY, channel=channel) if fatigue else 0

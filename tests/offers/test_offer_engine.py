@@ -25,7 +25,15 @@ from omnirec.feature_store.reader import AsyncFeatureReader
 from omnirec.offers.catalogue import CatalogueSource
 from omnirec.offers.config import OfferConfig
 from omnirec.offers.decision_log import DecisionLog
-from omnirec.offers.engine import REFERENCE_ITEMS, CouponDecision, OfferEngine, affinity, reference_rows
+from omnirec.offers.engine import (
+    REFERENCE_ITEMS,
+    TARGET_CANDIDATES,
+    CouponDecision,
+    OfferEngine,
+    affinity,
+    candidate_rows,
+    reference_rows,
+)
 from omnirec.offers.policy import Rule, in_holdout
 from omnirec.offers.store import CouponStatus, OfferStore
 from omnirec.offers.uplift import UpliftScores
@@ -331,6 +339,38 @@ def test_affinity_among_the_reference_items_is_the_quantile_among_all_items() ->
         exact = float(np.mean(factors @ taste < target.max()))
         errors.append(abs(affinity(factors[rows] @ taste, target) - exact))
     assert max(errors) < 0.03 and float(np.mean(errors)) < 0.01
+
+
+def test_a_large_targets_candidate_items_give_its_affinity_and_the_same_best_offer() -> None:
+    """A target of thousands of items is scored on its `TARGET_CANDIDATES` largest-norm items: on random
+    factors (the benchmark's synthetic bundle) the affinity moves by less than the reference items' standard
+    error, two targets whose affinities differ by more than that error keep their order, and a planted
+    favourite is found exactly."""
+    rng = np.random.default_rng(3)
+    factors = rng.standard_normal((40_000, 32)).astype(np.float32)
+    reference = factors[reference_rows(len(factors))]
+    targets = [rng.choice(len(factors), size, replace=False) for size in (300, 2_000, 6_000, 12_000)]
+    candidates = [candidate_rows(factors, t) for t in targets]
+    assert np.array_equal(candidates[0], np.sort(targets[0]))  # a small target is kept whole
+    assert all(len(c) == TARGET_CANDIDATES and set(c) <= set(t) for c, t in zip(candidates[1:], targets[1:]))
+    errors, orders = [], []
+    for _ in range(300):
+        taste = rng.standard_normal(32).astype(np.float32)
+        ref = reference @ taste
+        exact = [affinity(ref, factors[t] @ taste) for t in targets]
+        approx = [affinity(ref, factors[c] @ taste) for c in candidates]
+        errors += [abs(a - e) for a, e in zip(approx, exact)]
+        orders += [(exact[i] > exact[j]) == (approx[i] > approx[j]) for i in range(4) for j in range(4)
+                   if abs(exact[i] - exact[j]) > 0.008]
+    assert float(np.mean(errors)) < 0.001 and max(errors) < 0.008
+    assert len(orders) > 100 and all(orders)
+    planted = factors.copy()
+    favourite = targets[3][17]
+    taste = rng.standard_normal(32).astype(np.float32)
+    planted[favourite] = 3 * taste / np.linalg.norm(taste) * np.linalg.norm(planted, axis=1).max()
+    assert favourite in candidate_rows(planted, targets[3])
+    assert affinity(planted[reference_rows(len(planted))] @ taste,
+                    planted[candidate_rows(planted, targets[3])] @ taste) == 1.0
 
 
 def test_uplift_scores_keep_coupons_from_sure_things(make_engine: EngineFactory, tmp_path: Path) -> None:
