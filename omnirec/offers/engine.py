@@ -214,6 +214,12 @@ class OfferEngine:
         self.default_budget_s = default_budget_s
         self.targets = TargetFactors(reader)
 
+    def close(self) -> None:
+        """Close the reader's and the store's pipelined connections and the decision log."""
+        self.reader.close()
+        self.store.close()
+        self.log.close()
+
     @staticmethod
     async def _within(deadline: float, step: Awaitable[T], what: str) -> T:
         try:

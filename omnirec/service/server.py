@@ -188,6 +188,7 @@ class ServingState:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.to_thread(self.ingest.close)
         await self.features.close()
+        self.offers.close()
         if self.tracing is not None:
             self.tracing.close()
         metrics.flush()  # after the drain: the last calls' counts

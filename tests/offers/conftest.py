@@ -126,7 +126,8 @@ def make_engine(redis_client: redis.Redis, redis_config: RedisConfig, catalogue_
         materialise(redis_client, redis_config, members)
         cfg = OfferConfig(catalogue_path=path, decision_log_dir=tmp_path / "decisions", **config)  # type: ignore
         client = redis.asyncio.Redis.from_url(redis_config.url, socket_timeout=5)  # type: ignore[arg-type]
-        return OfferEngine(cfg, CatalogueSource(path, poll_seconds=0.0), AsyncFeatureReader(client, redis_config),
+        reader = AsyncFeatureReader(client, redis_config, pipeline_every_read=True)  # as `service.wiring` builds it
+        return OfferEngine(cfg, CatalogueSource(path, poll_seconds=0.0), reader,
                            OfferStore(client, redis_config), DecisionLog(cfg.decision_log_dir), clock=lambda: NOW,
                            default_budget_s=5.0)
     return make
@@ -138,6 +139,7 @@ def drive(engine: OfferEngine, body: Callable[[], Awaitable[T]]) -> T:
         try:
             return await body()
         finally:
+            engine.close()
             await engine.store.client.aclose()
 
     return asyncio.run(main())

@@ -19,6 +19,7 @@ from omnirec.domain.lifecycle import LifecycleRules
 from omnirec.domain.schema import EVENT_SCHEMA
 from omnirec.domain.tiers import TierLadder
 from omnirec.domain.vocab import Channel, LifecycleStage
+from omnirec.feature_store import pipelined
 from omnirec.feature_store.config import RedisConfig
 from omnirec.feature_store.live import LiveUpdater
 from omnirec.feature_store.reader import AsyncFeatureReader
@@ -352,14 +353,15 @@ def test_a_large_targets_candidate_items_give_its_affinity_and_the_same_best_off
     targets = [rng.choice(len(factors), size, replace=False) for size in (300, 2_000, 6_000, 12_000)]
     candidates = [candidate_rows(factors, t) for t in targets]
     assert np.array_equal(candidates[0], np.sort(targets[0]))  # a small target is kept whole
-    assert all(len(c) == TARGET_CANDIDATES and set(c) <= set(t) for c, t in zip(candidates[1:], targets[1:]))
+    assert all(len(c) == TARGET_CANDIDATES and set(c) <= set(t)
+               for c, t in zip(candidates[1:], targets[1:], strict=True))
     errors, orders = [], []
     for _ in range(300):
         taste = rng.standard_normal(32).astype(np.float32)
         ref = reference @ taste
         exact = [affinity(ref, factors[t] @ taste) for t in targets]
         approx = [affinity(ref, factors[c] @ taste) for c in candidates]
-        errors += [abs(a - e) for a, e in zip(approx, exact)]
+        errors += [abs(a - e) for a, e in zip(approx, exact, strict=True)]
         orders += [(exact[i] > exact[j]) == (approx[i] > approx[j]) for i in range(4) for j in range(4)
                    if abs(exact[i] - exact[j]) > 0.008]
     assert float(np.mean(errors)) < 0.001 and max(errors) < 0.008
@@ -446,23 +448,37 @@ base_response = 0.2
 
 def test_a_decision_is_one_read_and_one_write(make_engine: EngineFactory, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # On one Redis the engine's reads and scripts go on the hiredis pipelined connections (one write per
+    # round trip); redis-py's connections are not used at all.
     engine = make_engine(many_members(3), single_offer(tmp_path, "max_count = 100", cap=50))
-    round_trips: list[bytes] = []
+    round_trips: list[object] = []
     send = redis.asyncio.connection.AbstractConnection.send_packed_command
+    send_one, send_many = pipelined._Protocol.send, pipelined._Protocol.send_many
 
     async def counted(self, command, check_health=True):  # type: ignore[no-untyped-def]
-        round_trips.append(command)
+        round_trips.append(("redis-py", command))
         return await send(self, command, check_health)
+
+    def counted_one(self, args):  # type: ignore[no-untyped-def]
+        round_trips.append(args)
+        return send_one(self, args)
+
+    def counted_many(self, commands):  # type: ignore[no-untyped-def]
+        round_trips.append(commands)
+        return send_many(self, commands)
 
     async def count(call: Awaitable[object]) -> int:
         round_trips.clear()
         await call
+        assert not [r for r in round_trips if r[0] == "redis-py"]
         return len(round_trips)
 
     async def body() -> None:
         await engine.decide_coupon("warm-up", "m000", Channel.APP, None)  # the pointer, scripts loaded once
         await engine.next_best_offer("m000", Channel.APP, None, k=3, shown=True)
         monkeypatch.setattr(redis.asyncio.connection.AbstractConnection, "send_packed_command", counted)
+        monkeypatch.setattr(pipelined._Protocol, "send", counted_one)
+        monkeypatch.setattr(pipelined._Protocol, "send_many", counted_many)
         assert await count(engine.decide_coupon("r1", "m001", Channel.APP, None)) == 2  # read, issue script
         assert await count(engine.decide_coupon("r1", "m001", Channel.APP, None)) == 1  # a retry: the read only
         assert await count(engine.next_best_offer("m002", Channel.APP, None, k=3)) == 1  # a preview

@@ -24,9 +24,12 @@ KITCHEN = next(o for o in load_catalogue(EXAMPLE).offers if o.id == "kitchen-5of
 """5 off 25, cap 2 per 30 days, valid until 2030."""
 
 
-@pytest.fixture
-def config(redis_prefix: str) -> RedisConfig:
-    return RedisConfig(namespace=redis_prefix)
+@pytest.fixture(params=["pipelined", "redis-py"])
+def config(request: pytest.FixtureRequest, redis_client: redis.Redis, redis_prefix: str) -> RedisConfig:
+    """With the client's URL the store sends its scripts on its pipelined connection (as a worker on one
+    Redis does); without one, through redis-py (as on an embedded Redis's socket)."""
+    url = redis_client.test_url if request.param == "pipelined" else None  # type: ignore[attr-defined]
+    return RedisConfig(url=url, namespace=redis_prefix)
 
 
 @pytest.fixture
@@ -37,9 +40,11 @@ def run(redis_client: redis.Redis, config: RedisConfig) -> Callable[[Callable[[O
     def go(body: Callable[[OfferStore], Awaitable[R]]) -> R:
         async def main() -> R:
             client = redis.asyncio.Redis(host=kw["host"], port=kw["port"], db=kw.get("db", 0))
+            store = OfferStore(client, config)
             try:
-                return await body(OfferStore(client, config))
+                return await body(store)
             finally:
+                store.close()
                 await client.aclose()
         return asyncio.run(main())
 
