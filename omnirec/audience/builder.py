@@ -5,6 +5,12 @@ Suppression uses `offers.policy.screen` and the same contact ledger as NextBestO
 a member is never treated differently by a campaign and by the app. Stores are read a chunk of members
 at a time (one pipelined round trip per store per chunk), and only as far down the ranking as the
 audience needs: the summary counts are over the members examined.
+
+A chunk is decided column-wise: its profiles and ledgers decoded in bulk (`ProfileColumns`,
+`ContactColumns`), the campaign's filters, lifecycle stages, contact counts and fatigue as array
+operations; only an offer's `screen` runs per member, for those who pass the filters. `verdict` (one
+member: explain mode, the Spark engine) decides with the same rules member by member, and
+`tests/audience/test_builder.py` checks that both give every member the same fate.
 """
 
 from __future__ import annotations
@@ -23,10 +29,10 @@ from omnirec.domain.idmap import IdMap
 from omnirec.domain.lifecycle import DAY, STAGES, LifecycleRules, lifecycle_stages
 from omnirec.domain.tiers import TierLadder
 from omnirec.domain.vocab import Channel, LifecycleStage
-from omnirec.feature_store.model import MemberProfile
+from omnirec.feature_store.model import CHANNELS, MemberProfile, ProfileColumns
 from omnirec.offers.catalogue import Cap, Catalogue, Offer, Target
 from omnirec.offers.policy import Exclusion, MemberView, OfferState, in_holdout, screen
-from omnirec.offers.store import ContactHistory, Wallet
+from omnirec.offers.store import ContactColumns, ContactHistory, Wallet
 from omnirec.offers.uplift import UpliftScores
 
 ProfileReader = Callable[[Sequence[str]], tuple[int, list[MemberProfile | None]]]
@@ -34,6 +40,15 @@ ProfileReader = Callable[[Sequence[str]], tuple[int, list[MemberProfile | None]]
 MarketingReader = Callable[[Sequence[str], float, float, bool], list[tuple[ContactHistory, Wallet]]]
 """(member ids, contacts since, now, wallets too) -> each member's contact history and wallet (empty unless
 asked: only an offer's `already_redeemed` rule needs it), in one round trip."""
+ProfileColumnsReader = Callable[[Sequence[str]], tuple[int, ProfileColumns]]
+"""`ProfileReader`, column-wise."""
+LedgerReader = Callable[[Sequence[str], float, float, bool], tuple[ContactColumns, Sequence[Wallet]]]
+"""`MarketingReader`, the contacts column-wise."""
+
+_OUTCOMES: tuple[Suppression | None, ...] = (None, *Suppression)
+"""A chunk's verdicts as small integers: 0 is included, else the index of the `Suppression`."""
+_CODE = {why: i for i, why in enumerate(_OUTCOMES)}
+_STAGE_NAMES = np.array([s.value for s in STAGES], object)
 
 
 class AudienceCancelled(OmnirecError):
@@ -70,6 +85,23 @@ class AudienceSources:
     """Item ids a target covers (from the item catalogue)."""
     profiles: ProfileReader
     marketing: MarketingReader
+    profile_columns: ProfileColumnsReader | None = None
+    """A chunk's profiles column-wise (None: `profiles`, then converted)."""
+    ledger: LedgerReader | None = None
+    """A chunk's marketing state with the contacts column-wise (None: `marketing`, then converted)."""
+
+    def read_profiles(self, member_ids: Sequence[str]) -> tuple[int, ProfileColumns]:
+        if self.profile_columns is not None:
+            return self.profile_columns(member_ids)
+        generation, profiles = self.profiles(member_ids)
+        return generation, ProfileColumns.from_profiles(member_ids, profiles)
+
+    def read_ledger(self, member_ids: Sequence[str], since: float, now: float,
+                    wallets: bool) -> tuple[ContactColumns, Sequence[Wallet]]:
+        if self.ledger is not None:
+            return self.ledger(member_ids, since, now, wallets)
+        states = self.marketing(member_ids, since, now, wallets)
+        return ContactColumns.of([h for h, _ in states], since), [w for _, w in states]
 
 
 @dataclass(frozen=True)
@@ -205,21 +237,74 @@ class AudienceBuilder:
         return why, detail
 
     def _chunk(self, request: AudienceRequest, scored: _Scored, rows: np.ndarray, since: float, now: float,
-               sources: AudienceSources) -> tuple[int, list[tuple[Suppression | None, MemberProfile | None,
-                                                                    LifecycleStage | None]]]:
-        """Each member's verdict, profile and stage, in ranking order: the campaign's filters on the profiles
-        (one round trip), then the offer's rules for those who pass (a second round trip, for them only)."""
+               sources: AudienceSources) -> tuple[int, np.ndarray, ProfileColumns, np.ndarray]:
+        """(generation, each member's verdict code, profiles, stage codes), in ranking order: the campaign's
+        filters on the profiles (one round trip), then the offer's rules and fatigue for those who pass (a
+        second round trip, for them only)."""
         ids = scored.member_ids[rows]
-        generation, profiles = sources.profiles(ids)
-        member_stages = self.stages(profiles, now)
-        verdicts = [self._filter(request, p, s)[0] for p, s in zip(profiles, member_stages, strict=True)]
-        passing = [j for j, why in enumerate(verdicts) if why is None]
-        if passing:
-            states = sources.marketing([ids[j] for j in passing], since, now, scored.offer is not None)
-            for j, (history, wallet) in zip(passing, states, strict=True):
-                verdicts[j] = self._rules(request, scored.offer, profiles[j], member_stages[j],  # type: ignore[arg-type]
-                                          history, wallet, now)[0]
-        return generation, list(zip(verdicts, profiles, member_stages, strict=True))
+        generation, profiles = sources.read_profiles(ids)
+        stage = lifecycle_stages(self.lifecycle, now, profiles.signup_ts, profiles.last_purchase_ts,
+                                 profiles.prev_purchase_ts)
+        why = np.zeros(len(ids), np.int8)
+        for fails, rule in reversed(self._filters(request, profiles, stage)):  # the first filter failed wins
+            why[fails] = _CODE[rule]
+        passing = np.flatnonzero(why == 0)
+        if len(passing):
+            contacts, wallets = sources.read_ledger(ids[passing], since, now, scored.offer is not None)
+            why[passing] = self._rule_codes(request, scored.offer, profiles, stage, passing, contacts, wallets, now)
+        return generation, why, profiles, stage
+
+    @staticmethod
+    def _filters(request: AudienceRequest, profiles: ProfileColumns,
+                 stage: np.ndarray) -> list[tuple[np.ndarray, Suppression]]:
+        """`_filter` for a chunk: each filter's failures, in `_filter`'s order."""
+        def outside(values: np.ndarray, allowed: frozenset[str]) -> np.ndarray:
+            inside = np.zeros(len(values), bool)
+            for value in allowed:
+                inside |= values == value
+            return ~inside
+
+        checks = [(~profiles.present, Suppression.NO_PROFILE)]
+        if request.tiers:
+            checks.append((outside(profiles.tier, request.tiers), Suppression.FILTERED_TIER))
+        if request.stages:
+            codes = [STAGES.index(s) for s in request.stages]
+            checks.append((~np.isin(stage, codes), Suppression.FILTERED_STAGE))
+        if request.home_stores:
+            checks.append((outside(profiles.home_store, request.home_stores), Suppression.FILTERED_STORE))
+        if request.regions:
+            checks.append((outside(profiles.region, request.regions), Suppression.FILTERED_REGION))
+        checks.append((~profiles.consent[request.channel], Suppression.NO_CONSENT))
+        return checks
+
+    def _rule_codes(self, request: AudienceRequest, offer: Offer | None, profiles: ProfileColumns, stage: np.ndarray,
+                    rows: np.ndarray, contacts: ContactColumns, wallets: Sequence[Wallet], now: float) -> np.ndarray:
+        """`_rules` for the chunk's `rows` (which passed the filters): the offer's `screen` per member, the
+        contact counts and fatigue over all of them at once."""
+        why = np.zeros(len(rows), np.int8)
+        if offer is not None:
+            cap = offer.per_member_cap
+            capped = (contacts.count(now - cap.period_days * DAY, offer_id=offer.id) if cap
+                      else np.zeros(len(rows), np.int64)).tolist()
+            mask = np.zeros(len(rows), np.int64)
+            for bit, channel in enumerate(CHANNELS):
+                mask |= profiles.consent[channel][rows].astype(np.int64) << bit
+            consents = {m: frozenset(c for bit, c in enumerate(CHANNELS) if m >> bit & 1)
+                        for m in np.unique(mask).tolist()}
+            for j, (member, tier, code, m) in enumerate(zip(profiles.member_ids[rows].tolist(),
+                                                            profiles.tier[rows].tolist(), stage[rows].tolist(),
+                                                            mask.tolist(), strict=True)):
+                view = MemberView(member, tier, STAGES[code], consents[m])
+                verdict = screen(offer, view, request.channel, now, OfferState(member_contacts=capped[j]), self.tiers)
+                if isinstance(verdict, Exclusion):
+                    why[j] = _CODE[Suppression(verdict.rule.value)]
+                elif any(c.offer_id == offer.id and c.redeemed_ts is not None for c in wallets[j].coupons):
+                    why[j] = _CODE[Suppression.ALREADY_REDEEMED]
+        fatigue = self.fatigue.get(request.channel)
+        if fatigue is not None:
+            sent = contacts.count(now - fatigue.period_days * DAY, channel=request.channel)
+            why[(why == 0) & (sent >= fatigue.count)] = _CODE[Suppression.FATIGUE_CAP]
+        return why
 
     # --- the pull ------------------------------------------------------------------------------------
     def build(self, request: AudienceRequest, sources: AudienceSources, now: float | None = None,
@@ -234,11 +319,11 @@ class AudienceBuilder:
         since = self.since(request, scored.offer, now)
         counts: Counter[Suppression] = Counter()
         keep: list[np.ndarray] = []
-        tiers: list[str] = []
-        stages: list[str] = []
-        examined, generation = 0, 0
+        tiers: list[np.ndarray] = []
+        stages: list[np.ndarray] = []
+        examined, selected, generation = 0, 0, 0
         for start in range(0, len(order), self.chunk):
-            if len(tiers) >= request.max_size:
+            if selected >= request.max_size:
                 break
             if cancelled():
                 raise AudienceCancelled(examined)
@@ -248,29 +333,30 @@ class AudienceBuilder:
                 if below.any():
                     counts[Suppression.BELOW_MIN_SCORE] += len(order) - start - int(np.argmax(below))
                     rows = rows[:int(np.argmax(below))]
-            generation, verdicts = self._chunk(request, scored, rows, since, now, sources)
-            chosen = np.zeros(len(rows), bool)
-            for j, (why, profile, stage) in enumerate(verdicts):
-                if len(tiers) >= request.max_size:
-                    break
-                examined += 1
-                if why is not None:
-                    counts[why] += 1
-                    continue
-                chosen[j] = True
-                tiers.append(profile.tier)  # type: ignore[union-attr]
-                stages.append(stage.value)  # type: ignore[union-attr]
+            generation, why, profiles, stage = self._chunk(request, scored, rows, since, now, sources)
+            included = why == 0
+            taken = np.cumsum(included)
+            end = len(rows)
+            if len(rows) and taken[-1] > request.max_size - selected:  # full within this chunk
+                end = int(np.searchsorted(taken, request.max_size - selected)) + 1
+            examined += end
+            codes, n = np.unique(why[:end], return_counts=True)
+            counts.update({_OUTCOMES[c]: k for c, k in zip(codes.tolist(), n.tolist(), strict=True) if c})
+            chosen = np.flatnonzero(included[:end])
+            selected += len(chosen)
             keep.append(rows[chosen])
+            tiers.append(profiles.tier[chosen])
+            stages.append(_STAGE_NAMES[stage[chosen]])
             if progress is not None:
-                progress(examined, len(tiers))
+                progress(examined, selected)
             if len(rows) < self.chunk and request.min_score is not None:
                 break
         picked = np.concatenate(keep) if keep else np.zeros(0, np.int64)
         member_ids = scored.member_ids[picked]
         holdout = np.array([in_holdout(f"send:{request.send_id}", m, request.holdout_share) for m in member_ids],
                            bool)
-        rows_out = AudienceRows(member_ids, scored.scores[picked], np.array(tiers, object),
-                                np.array(stages, object), holdout) if len(picked) else AudienceRows.empty()
+        rows_out = AudienceRows(member_ids, scored.scores[picked], np.concatenate(tiers).astype(object),
+                                np.concatenate(stages).astype(object), holdout) if len(picked) else AudienceRows.empty()
         return Audience(rows_out, examined, len(order), dict(counts), scored.version, generation,
                         sources.catalogue.version,
                         {"scoring": t_scored - t0, "suppression": time.perf_counter() - t_scored})

@@ -7,17 +7,19 @@ key and field, so bad data is reported instead of being served.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from omnirec.domain.lifecycle import LifecycleRules, lifecycle_stage
 from omnirec.domain.profile import ColdStartProfile, preferred_channels
 from omnirec.domain.vocab import Channel, LifecycleStage
 from omnirec.feature_store.errors import FeatureStoreError
-from omnirec.feature_store.packed import unpack
+from omnirec.feature_store.packed import SEP, unpack
 
 TS = "_ts"
 """Every hash carries `_ts`: unix seconds at which it was written."""
@@ -142,6 +144,127 @@ class MemberProfile:
     def stage_at(self, rules: LifecycleRules, now: float) -> LifecycleStage:
         """The stage at `now` from the stored timestamps (stages drift as time passes without events)."""
         return lifecycle_stage(rules, now, self.signup_ts, self.last_purchase_ts, self.prev_purchase_ts)
+
+
+class _Rejected(Exception):
+    """A chunk the column decoder leaves to the per-member parser (which raises, or accepts a spelling Arrow
+    does not, such as `int(" 5")`)."""
+
+
+@dataclass(frozen=True)
+class ProfileColumns:
+    """Many members' profiles column-wise, the fields the campaign filters and the offer rules read (an
+    audience walks a million members: one `MemberProfile` each cost more than the rules themselves).
+
+    Row i is `member_ids[i]`; `present` is False where the store has no record, and there the text columns
+    are "" and the timestamps NaN. `from_packed` gives the values `MemberProfile.from_packed` gives member by
+    member, and raises its errors (`tests/feature_store/test_profile_columns.py`)."""
+
+    member_ids: np.ndarray
+    present: np.ndarray
+    tier: np.ndarray
+    home_store: np.ndarray
+    region: np.ndarray
+    consent: Mapping[Channel, np.ndarray]
+    signup_ts: np.ndarray
+    last_purchase_ts: np.ndarray
+    """NaN: never purchased (or no record)."""
+    prev_purchase_ts: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.member_ids)
+
+    @classmethod
+    def from_profiles(cls, member_ids: Sequence[str], profiles: Sequence[MemberProfile | None]) -> ProfileColumns:
+        """Columns of parsed profiles (None: no record)."""
+        nan = float("nan")
+
+        def column(get: Callable[[MemberProfile], object], missing: object, dtype: object) -> np.ndarray:
+            return np.array([missing if p is None else get(p) for p in profiles], dtype)  # type: ignore[call-overload]
+
+        def ts(value: float | None) -> float:
+            return nan if value is None else value
+
+        return cls(
+            member_ids=np.array(list(member_ids), object),
+            present=np.array([p is not None for p in profiles], bool),
+            tier=column(lambda p: p.tier, "", object),
+            home_store=column(lambda p: p.home_store, "", object),
+            region=column(lambda p: p.region, "", object),
+            consent={c: column(lambda p, c=c: p.consent[c], False, bool) for c in CHANNELS},  # type: ignore[misc]
+            signup_ts=column(lambda p: p.signup_ts, nan, np.float64),
+            last_purchase_ts=column(lambda p: ts(p.last_purchase_ts), nan, np.float64),
+            prev_purchase_ts=column(lambda p: ts(p.prev_purchase_ts), nan, np.float64),
+        )
+
+    @classmethod
+    def from_packed(cls, member_ids: Sequence[str], key: Callable[[str], str],
+                    raws: Sequence[bytes | None]) -> ProfileColumns:
+        """Decode a chunk's packed records (None: no record) with Arrow kernels over all of them at once; a
+        chunk with any value those kernels refuse is parsed member by member, so a malformed record raises
+        `FeatureStoreError` naming its key and field exactly as a request's read would."""
+        try:
+            return cls._decode(member_ids, raws)
+        except (pa.ArrowInvalid, _Rejected):
+            return cls.from_profiles(member_ids, [None if raw is None else MemberProfile.from_packed(m, key(m), raw)
+                                                  for m, raw in zip(member_ids, raws, strict=True)])
+
+    @classmethod
+    def _decode(cls, member_ids: Sequence[str], raws: Sequence[bytes | None]) -> ProfileColumns:
+        n, width = len(raws), len(PROFILE_FIELDS)
+        values = pa.array(raws, pa.binary()).cast(pa.string())  # UTF-8 checked, as bytes.decode()
+        present = values.is_valid().to_numpy(zero_copy_only=False)
+        split = pc.split_pattern(values, SEP)
+        lengths = pc.list_value_length(split).to_numpy(zero_copy_only=False)
+        if np.any(lengths[present] != width):
+            raise _Rejected
+        flat = split.flatten()
+        rows = np.flatnonzero(present)
+
+        def field(name: str) -> pa.Array:
+            return flat.take(pa.array(np.arange(PROFILE_POSITION[name], len(flat), width)))
+
+        def check(ok: object) -> None:
+            if not pc.all(ok).as_py():
+                raise _Rejected
+
+        def number(name: str, kind: pa.DataType) -> pa.Array:
+            return pc.cast(field(name), kind)
+
+        def text(name: str) -> np.ndarray:
+            out = np.full(n, "", object)
+            out[rows] = field(name).to_numpy(zero_copy_only=False)
+            return out
+
+        def timestamps(name: str, optional: bool) -> np.ndarray:
+            column = field(name)
+            if optional:
+                column = pc.if_else(pc.equal(column, ""), pa.scalar(None, pa.string()), column)
+            out = np.full(n, np.nan)
+            out[rows] = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+            return out
+
+        check(pc.greater(pc.binary_length(field("tier")), 0))
+        check(pc.is_in(field("lifecycle_stage"), value_set=pa.array([s.value for s in LifecycleStage])))
+        for name in ("recency_score", "frequency_score", "monetary_score"):
+            score = number(name, pa.int64())
+            check(pc.and_(pc.greater_equal(score, 0), pc.less_equal(score, 5)))
+        for name in ("points", *ACTIVITY_FIELDS):
+            number(name, pa.int64())
+        consent = {}
+        for channel, name in zip(CHANNELS, CONSENT_FIELDS, strict=True):
+            flag = field(name)
+            check(pc.is_in(flag, value_set=pa.array(["0", "1"])))
+            consent[channel] = np.zeros(n, bool)
+            consent[channel][rows] = pc.equal(flag, "1").to_numpy(zero_copy_only=False)
+        timestamps("last_seen_ts", optional=True)
+        timestamps(TS, optional=False)
+        return cls(
+            member_ids=np.array(list(member_ids), object), present=present, tier=text("tier"),
+            home_store=text("home_store"), region=text("region"), consent=consent,
+            signup_ts=timestamps("signup_ts", optional=False),
+            last_purchase_ts=timestamps("last_purchase_ts", optional=True),
+            prev_purchase_ts=timestamps("prev_purchase_ts", optional=True))
 
 
 @dataclass(frozen=True)

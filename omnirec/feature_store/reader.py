@@ -21,6 +21,7 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import hiredis
 import numpy as np
 import redis
 from redis.asyncio import Redis as AsyncRedis
@@ -30,10 +31,11 @@ from redis.cluster import RedisCluster
 
 from omnirec.domain.member_lists import MalformedLists, MemberLists, decode
 from omnirec.domain.vocab import ONLINE_STORE
+from omnirec.feature_store import resp
 from omnirec.feature_store.config import RedisConfig
 from omnirec.feature_store.errors import FeatureStoreError, NotMaterialised, redis_call
 from omnirec.feature_store.keys import SCHEMA_VERSION, Keys
-from omnirec.feature_store.model import ItemFeatures, MemberProfile, parse_stock
+from omnirec.feature_store.model import ItemFeatures, MemberProfile, ProfileColumns, parse_stock
 from omnirec.feature_store.packed import unpack, unpack_timed
 from omnirec.feature_store.pipelined import PipelinedConnection
 
@@ -174,6 +176,15 @@ class Batch:
             return [getattr(client, command)(*args, **kwargs)]
         return self.pipe.replay(client.pipeline(transaction=False)).execute()  # type: ignore[no-any-return]
 
+    def execute_raw(self, client: Any) -> list[Any]:
+        """`execute` on one Redis for a round trip whose replies need no redis-py callback (`raw_commands`):
+        packed by hiredis and read by `resp.round_trip_packed`. An audience's chunk of 4,096 profile keys
+        cost redis-py about 0.6 us per key to pack; other batches, and clusters, take `execute`."""
+        raw = self.raw_commands() if resp.supports_round_trip(client) else None
+        if raw is None:
+            return self.execute(client)
+        return resp.round_trip_packed(client, b"".join(hiredis.pack_command(c) for c in raw), len(raw))
+
     async def execute_async(self, client: Any, pipelined: PipelinedConnection | None = None,
                             every: bool = False) -> list[Any]:
         """`execute` on an asyncio client; a round trip of one `EVAL` goes on `pipelined` when given (its reply
@@ -208,6 +219,7 @@ class Batch:
 
 _RAW: dict[str, Callable[..., tuple[Any, ...]]] = {
     "get": lambda key: ("GET", key),
+    "mget": lambda keys: ("MGET", *keys),
     "hmget": lambda key, fields: ("HMGET", key, *fields),
     "eval": lambda script, n_keys, *keys_and_args: ("EVAL", script, n_keys, *keys_and_args),
 }
@@ -452,11 +464,26 @@ class ReadPlans:
     def profiles(self, member_ids: Sequence[str]) -> Plan[tuple[int, list[MemberProfile | None]]]:
         """Many members' profiles in one round trip (audiences), under one generation."""
         ids = list(member_ids)
+        generation, k, raw = yield from self._member_records(ids)
+        return generation, [None if value is None else MemberProfile.from_packed(m, k.member(m), value)
+                            for m, value in zip(ids, raw, strict=True)]
+
+    def profile_columns(self, member_ids: Sequence[str]) -> Plan[tuple[int, ProfileColumns]]:
+        """`profiles`, decoded column-wise (`ProfileColumns`): what an audience's chunk of members reads."""
+        ids = list(member_ids)
+        generation, k, raw = yield from self._member_records(ids)
+        return generation, ProfileColumns.from_packed(ids, k.member, raw)
+
+    def _member_records(self, ids: list[str]) -> Plan[tuple[int, Keys, list[bytes | None]]]:
+        """(generation, its keys, each member's packed record or None), in one round trip."""
         out: dict[str, Any] = {}
 
         cluster = self.config.cluster or (self.config.url or "").startswith("redis+cluster")
 
         def queue(batch: Batch, k: Keys) -> None:
+            out.update(keys=k, raw=[])
+            if not ids:  # the pointer alone (MGET takes a key at least)
+                return
             if cluster:  # keys of many members span slots: one GET each (the cluster client groups them by node)
                 for member_id in ids:
                     batch.pipe.get(k.member(member_id))
@@ -466,9 +493,7 @@ class ReadPlans:
                 batch.add(1, lambda r: out.update(keys=k, raw=r[0]))
 
         generation = yield from self._consistent(queue, "profiles")
-        k = out["keys"]
-        return generation, [None if raw is None else MemberProfile.from_packed(m, k.member(m), raw)
-                            for m, raw in zip(ids, out["raw"], strict=True)]
+        return generation, out["keys"], list(out["raw"])
 
     def _consistent_get(self, key: Callable[[Keys], str], what: str) -> Plan[tuple[str, bytes | None]]:
         """(key, value) of one `GET` under the generation the pointer names, as `_consistent` reads; on a
@@ -540,12 +565,12 @@ class FeatureReader:
         self.client = client
         self.plans = ReadPlans(config)
 
-    def _run(self, plan: Plan[T]) -> T:
+    def _run(self, plan: Plan[T], raw: bool = False) -> T:
         try:
             batch = next(plan)
             while True:
                 with redis_call(batch.what):
-                    replies = batch.execute(self.client)
+                    replies = batch.execute_raw(self.client) if raw else batch.execute(self.client)
                 batch.parse(replies)
                 batch = next(plan)
         except StopIteration as done:
@@ -565,6 +590,10 @@ class FeatureReader:
     def profiles(self, member_ids: Sequence[str]) -> tuple[int, list[MemberProfile | None]]:
         """(generation, profile or None per member), one round trip: audiences read members in chunks."""
         return self._run(self.plans.profiles(member_ids))
+
+    def profile_columns(self, member_ids: Sequence[str]) -> tuple[int, ProfileColumns]:
+        """`profiles` column-wise, one round trip: an audience's chunk of members."""
+        return self._run(self.plans.profile_columns(member_ids), raw=True)
 
     def selection_items(self, selections: Sequence[ItemSelection]) -> tuple[int, list[tuple[str, ...]]]:
         """(generation, the item ids of each selection): offer targets resolved in the feature store."""

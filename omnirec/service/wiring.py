@@ -16,6 +16,7 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
 from omnirec.audience import AudienceBuilder, AudienceSources, Campaigns
+from omnirec.audience.ledger import ledger_reader
 from omnirec.config import OmnirecConfig
 from omnirec.domain.clock import clock_at
 from omnirec.domain.errors import FailedPrecondition
@@ -81,6 +82,7 @@ def campaign_jobs(config: OmnirecConfig, models: ModelHolder) -> Campaigns:
     client = connect(config.redis, socket_timeout_s=config.redis.bulk_timeout_s)
     engine = _offers(config, models, client, connect_async(config.redis))
     reader = FeatureReader(client, config.redis)
+    ledger = ledger_reader(engine.store)
 
     def target_items(target: Target) -> tuple[str, ...]:
         return reader.selection_items([selection(target)])[1][0]
@@ -95,7 +97,8 @@ def campaign_jobs(config: OmnirecConfig, models: ModelHolder) -> Campaigns:
         return AudienceSources(
             model=model,
             uplift=engine.uplift, catalogue=engine.catalogue.current(), target_items=target_items,
-            profiles=reader.profiles, marketing=engine.store.marketing_states)
+            profiles=reader.profiles, marketing=engine.store.marketing_states,
+            profile_columns=reader.profile_columns, ledger=ledger)
 
     builder = AudienceBuilder(config.tiers, config.lifecycle, config.offers.fatigue,
                               chunk=config.service.audience_chunk_members)

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from omnirec.cli import app
 from omnirec.config import OmnirecConfig
 from omnirec.domain.readers import RetailData
-from omnirec.feature_store.model import MemberProfile
+from omnirec.feature_store.model import ProfileColumns
 from omnirec.feature_store.reader import FeatureReader
 from omnirec.offers.config import OfferConfig
 from omnirec.offers.decision_log import DecisionLog
@@ -183,15 +183,15 @@ def profile_reads(monkeypatch: pytest.MonkeyPatch) -> Synchronized[int]:
     """Chunks of profiles read by audience pulls, each made to take 50 ms (patched before the server starts,
     so its forked audience process runs with it)."""
     reads: Synchronized[int] = multiprocessing.get_context("fork").Value("i", 0)  # type: ignore[assignment]
-    read = FeatureReader.profiles
+    read = FeatureReader.profile_columns
 
-    def slow(self: FeatureReader, member_ids: Sequence[str]) -> tuple[int, list[MemberProfile | None]]:
+    def slow(self: FeatureReader, member_ids: Sequence[str]) -> tuple[int, ProfileColumns]:
         with reads.get_lock():
             reads.value += 1
         time.sleep(0.05)
         return read(self, member_ids)
 
-    monkeypatch.setattr(FeatureReader, "profiles", slow)
+    monkeypatch.setattr(FeatureReader, "profile_columns", slow)
     return reads
 
 
