@@ -19,9 +19,21 @@ Both servers run at once as separate processes with the same number of workers; 
 grpc.aio client process over `--connections` TCP connections (4: the kernel balances connections, not
 requests, across the workers) that keeps 1, 8 and 64 requests in flight. Each measurement of a request kind
 (`KINDS`: Recommend for a random member, k=10, per intent and with the purchase filter) at a level runs
-right after an echo measurement at that level (`--seconds` each, after 2 s of warm-up), and its ratio is
-taken against that echo run, so the noise of a machine other jobs load shows up in both; the 1-minute
-load average is recorded with each measurement.
+right after an echo measurement at that level (`--seconds` each, after 2 s of warm-up), `--rounds` times,
+and its ratio is taken against that echo run, so the noise of a machine other jobs load shows up in both;
+the 1-minute load average is recorded with each measurement. Besides QPS and latency each row has the
+server's worker CPU time per answered call (utime + stime of its worker processes from /proc, as
+`bench/offer_load.py`): on a shared machine QPS swings with the neighbours' load, the CPU a call costs much
+less, so it is the figure to compare changes by.
+
+`--baseline DIR` also serves the same calls from another copy of the code (a third server on port + 2, run
+with `PYTHONPATH=DIR` and `python -P` so the working directory's copy does not shadow it), measured right
+after the current code in every round: a before/after in one run, e.g.
+
+    git archive main | tar -x -C /tmp/rec-base && cp -r omnirec/v1 /tmp/rec-base/omnirec/
+    .venv/bin/python bench/service_load.py ... --baseline /tmp/rec-base
+
+Its rows are named `before:<kind>`.
 Counts failed and degraded answers (a degraded Recommend skipped its feature-store read, so its speed is
 not the real path's). Prints a table, writes bench/results/service_load.json, and reports resident (RSS)
 and proportional (PSS: shared pages split between the processes mapping them) memory per serving worker.
@@ -123,9 +135,10 @@ async def _closed_loop(calls: list, make_request, in_flight: int, seconds: float
 
 
 async def measure(target: str, kind: str, levels: list[int], seconds: float, api_key: str,
-                  member_ids: np.ndarray, connections: int) -> list[dict[str, float]]:
+                  member_ids: np.ndarray, connections: int, server_pid: int | None = None) -> list[dict[str, float]]:
     """Closed-loop load over `connections` TCP connections: the kernel spreads connections, not requests,
-    over the processes sharing the port (SO_REUSEPORT), so one connection would load one worker only."""
+    over the processes sharing the port (SO_REUSEPORT), so one connection would load one worker only.
+    With `server_pid` each row has `cpu_us`, the CPU its worker processes spent per answered call."""
     # A local subchannel pool per channel: otherwise channels to one target share one connection.
     channels = [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
                 for _ in range(connections)]
@@ -158,7 +171,11 @@ async def measure(target: str, kind: str, levels: list[int], seconds: float, api
         rows = []
         for level in levels:
             load = os.getloadavg()[0]
-            rows.append(await _closed_loop(calls, make, level, seconds) | {"load_1m": load})
+            cpu0 = worker_cpu_s(server_pid) if server_pid else 0.0
+            row = await _closed_loop(calls, make, level, seconds) | {"load_1m": load}
+            if server_pid:
+                row["cpu_us"] = (worker_cpu_s(server_pid) - cpu0) * 1e6 / max(row["requests"], 1)
+            rows.append(row)
         return rows
     finally:
         for channel in channels:
@@ -178,6 +195,19 @@ def memory(pid: int) -> dict[str, float]:
 def children(pid: int) -> list[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def worker_cpu_s(parent: int) -> float:
+    """User + system CPU seconds of `parent`'s child processes (the serving workers; an idle audience process
+    adds nothing) so far."""
+    total = 0
+    for pid in children(parent):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except FileNotFoundError:  # a worker that just exited
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def wait_ready(target: str, timeout_s: float = 120) -> None:
@@ -220,6 +250,49 @@ def synthetic(config: OmnirecConfig, data_dir: Path, members: int, items: int) -
     write_bundle(data_dir, config.train.bundle_root, dim=32, intent_lists=50)
 
 
+def summarise(results: dict[str, object], kinds: list[str]) -> list[dict[str, object]]:
+    """Per kind and level: the rounds pooled (QPS and latency percentiles averaged, CPU per call the median,
+    `vs_echo` the mean of each run's ratio to the echo run just before it)."""
+    out = []
+    for kind in ["echo", *kinds, *(f"before:{k}" for k in kinds)]:
+        rows = results.get(kind, [])
+        for level in dict.fromkeys(r["in_flight"] for r in rows):  # type: ignore[attr-defined]
+            mine = [r for r in rows if r["in_flight"] == level]  # type: ignore[attr-defined]
+            out.append({"kind": kind, "in_flight": level, "runs": len(mine),
+                        "qps": float(np.mean([r["qps"] for r in mine])),
+                        "p50_ms": float(np.mean([r["p50_ms"] for r in mine])),
+                        "p99_ms": float(np.mean([r["p99_ms"] for r in mine])),
+                        "cpu_us": float(np.median([r.get("cpu_us", 0.0) for r in mine])),
+                        "vs_echo": float(np.mean([r.get("vs_echo", 1.0) for r in mine])),
+                        "errors": sum(r["errors"] for r in mine), "degraded": sum(r["degraded"] for r in mine),
+                        "load_1m": [round(r["load_1m"], 1) for r in mine]})
+    return out
+
+
+def alternate(results: dict[str, object], kinds: list[str], levels: list[int], args: argparse.Namespace,
+              api_key: str, member_ids: np.ndarray, servers: dict[str, tuple[int, int]]) -> None:
+    """Every kind on the current code (and the baseline), each right after an echo run, `args.rounds` times per
+    level; `servers`: name -> (port, pid). Rows go to `results[echo | kind | before:kind]` in run order."""
+    runs = [(kind, kind, "serve") for kind in kinds]
+    if "baseline" in servers:
+        runs += [(kind, f"before:{kind}", "baseline") for kind in kinds]
+    for level in levels:
+        for _ in range(args.rounds):
+            for kind, label, server in runs:
+                echo_qps = None
+                for name, what, target in (("echo", "echo", "echo"), (label, kind, server)):
+                    port, pid = servers[target]
+                    row = asyncio.run(measure(f"127.0.0.1:{port}", what, [level], args.seconds, api_key,
+                                              member_ids, args.connections, pid))[0]
+                    if echo_qps is None:
+                        echo_qps = row["qps"]
+                    else:
+                        row["vs_echo"] = row["qps"] / echo_qps
+                    results.setdefault(name, []).append(row)  # type: ignore[attr-defined]
+                    print(f"  {name:<26} {level:>3} in flight: {row['qps']:>8,.0f} QPS  p99 {row['p99_ms']:6.2f} ms"
+                          f"  {row['cpu_us']:>6,.0f} us CPU per call  load {row['load_1m']:.1f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True, help="omnirec config (bundle root, redis, api key)")
@@ -227,11 +300,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--levels", default="1,8,64")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=1, help="alternating runs of each kind per level")
     parser.add_argument("--connections", type=int, default=4,
                         help="client TCP connections (spread over the server's workers by the kernel)")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"request kinds to measure, of {', '.join(KINDS)}")
     parser.add_argument("--synthetic", metavar="MEMBERS,ITEMS",
                         help="simulate, materialise and publish a random bundle with intent lists where missing")
+    parser.add_argument("--baseline", type=Path, help="another copy of the code to serve the same calls (before)")
     parser.add_argument("--echo-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo_server:
@@ -244,45 +319,42 @@ def main() -> None:
     config, api_key, member_ids, levels, env = setup(args)
     port = config.service.port
     results: dict[str, object] = {"workers": args.workers, "connections": args.connections,
-                                  "seconds_per_level": args.seconds,
+                                  "seconds_per_level": args.seconds, "rounds": args.rounds,
+                                  "baseline": str(args.baseline) if args.baseline else None,
                                   "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
                                   "members": len(member_ids)}
 
-    echo_port = port + 1
-    echo = subprocess.Popen([sys.executable, "-P", __file__, "--config", str(args.config),
-                             "--data-dir", str(args.data_dir), "--workers", str(args.workers),
-                             "--echo-server", str(echo_port)])
-    serve = subprocess.Popen([str(Path(sys.executable).parent / "omnirec"), "serve", "--workers", str(args.workers)],
-                             env=env)
+    servers = {"echo": subprocess.Popen([sys.executable, "-P", __file__, "--config", str(args.config),
+                                         "--data-dir", str(args.data_dir), "--workers", str(args.workers),
+                                         "--echo-server", str(port + 1)]),
+               "serve": subprocess.Popen([sys.executable, "-P", "-m", "omnirec", "serve", "--workers",
+                                          str(args.workers)], env=env)}
+    ports = {"echo": port + 1, "serve": port, "baseline": port + 2}
+    if args.baseline:
+        servers["baseline"] = subprocess.Popen(
+            [sys.executable, "-P", "-m", "omnirec", "serve", "--workers", str(args.workers), "--port", str(port + 2)],
+            env={**env, "PYTHONPATH": str(args.baseline.resolve())})
     kinds = args.kinds.split(",")
     try:
-        wait_ready(f"127.0.0.1:{echo_port}")
-        wait_ready(f"127.0.0.1:{port}")
+        for name in servers:
+            wait_ready(f"127.0.0.1:{ports[name]}", 300)
         t0 = time.time()
-        echo_rows: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
-        for level in levels:
-            for kind in kinds:  # each measurement right after an echo run at the same level
-                echo_rows[kind] += asyncio.run(measure(f"127.0.0.1:{echo_port}", "echo", [level], args.seconds,
-                                                       api_key, member_ids, args.connections))
-                results.setdefault(kind, []).extend(asyncio.run(  # type: ignore[attr-defined]
-                    measure(f"127.0.0.1:{port}", kind, [level], args.seconds, api_key, member_ids, args.connections)))
-        results["echo"] = echo_rows
-        results["worker_memory"] = [memory(pid) for pid in children(serve.pid)]
+        alternate(results, kinds, levels, args, api_key, member_ids, {n: (ports[n], p.pid) for n, p in servers.items()})
+        results["worker_memory"] = [memory(pid) for pid in children(servers["serve"].pid)]
         results["recommend_wall_s"] = time.time() - t0
     finally:
-        for proc in (serve, echo):
+        for proc in servers.values():
             proc.send_signal(signal.SIGTERM)
-        serve.wait(60)
-        echo.wait(30)
+        for proc in servers.values():
+            proc.wait(60)
 
-    print(f"{'server':<18} {'in flight':>9} {'QPS':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'degraded':>9} "
-          f"{'vs echo':>8} {'load 1m':>8}")
-    for kind in kinds:
-        for echo_row, row in zip(results["echo"][kind], results[kind], strict=True):  # type: ignore[index]
-            for name, r in (("echo", echo_row), (kind, row)):
-                ratio = f"{row['qps'] / echo_row['qps']:.0%}" if name != "echo" else ""
-                print(f"{name:<18} {r['in_flight']:>9} {r['qps']:>9,.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
-                      f"{r['errors']:>7} {r['degraded']:>9} {ratio:>8} {r['load_1m']:>8.2f}")
+    results["summary"] = table = summarise(results, kinds)
+    print(f"{'server':<26} {'in flight':>9} {'QPS':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'degraded':>9} "
+          f"{'vs echo':>8} {'CPU us':>7}  load 1m")
+    for r in table:
+        ratio = "" if r["kind"] == "echo" else f"{r['vs_echo']:.0%}"
+        print(f"{r['kind']:<26} {r['in_flight']:>9} {r['qps']:>9,.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+              f"{r['errors']:>7} {r['degraded']:>9} {ratio:>8} {r['cpu_us']:>7,.0f}  {r['load_1m']}")
     for i, mem in enumerate(results["worker_memory"]):  # type: ignore[arg-type]
         print(f"worker {i}: RSS {mem['rss_mib']:.0f} MiB, PSS {mem['pss_mib']:.0f} MiB")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
