@@ -82,11 +82,23 @@ class UnmappedALS(ImplicitRecommender):
         return AlternatingLeastSquares(random_state=self.seed, **self.params)
 
 
-def spark_session(cores: int) -> SparkSession:
+def spark_session(cores: int, driver_memory: str) -> SparkSession:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     return (SparkSession.builder.master(f"local[{cores}]").appName("spark-scale")
-            .config("spark.sql.shuffle.partitions", 2 * cores).config("spark.driver.memory", "3g")
+            .config("spark.sql.shuffle.partitions", 2 * cores).config("spark.driver.memory", driver_memory)
             .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false").getOrCreate())
+
+
+def cpu_s(spark: SparkSession | None) -> float:
+    """CPU seconds so far of this process (all its threads: `implicit` runs its own OpenMP threads) plus, with
+    a session, of its JVM (the driver and the local executor threads): on a shared machine the CPU a fit
+    used is what carries over, not its wall time."""
+    own = time.process_time()
+    if spark is None:
+        return own
+    pid = spark.sparkContext._gateway.proc.pid  # type: ignore[union-attr]  # spark-submit execs the JVM
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return own + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 ENGINES = ("implicit", "implicit exact", "implicit unmapped", "spark local[2]", "spark local[1]")
@@ -97,7 +109,7 @@ def implicit_model(engine: str, seed: int, als: dict[str, object]) -> Recommende
     return kind(seed=seed, **als)
 
 
-def main(data_dir: Path, iterations: int, seeds: list[int], engines: list[str]) -> None:
+def main(data_dir: Path, iterations: int, seeds: list[int], engines: list[str], driver_memory: str) -> None:
     config = TrainConfig()
     als = {**config.als.kwargs(), "iterations": iterations}
     retail = RetailData.read(data_dir)
@@ -111,40 +123,38 @@ def main(data_dir: Path, iterations: int, seeds: list[int], engines: list[str]) 
     members = eval_members(relevant, data.matrix, config.eval_members, config.seed)
     rows: list[dict[str, object]] = []
     reg_param = None
-    for engine in engines:
-        spark = spark_session(int(engine[-2])) if engine.startswith("spark") else None
-        events = None
-        if spark is not None:
-            paths = event_paths(SparkConfig(), data_dir)
-            links = data_dir / "identity_links.parquet"
-            events = indexed(spark, read_events(spark, paths, str(links) if links.exists() else None).where(
-                f"{Col.MEMBER_ID} IS NOT NULL AND {Col.ITEM_ID} IS NOT NULL"), interactions).cache()
-        for seed in seeds:
-            load_before = os.getloadavg()[0]
-            if spark is None:
-                model = implicit_model(engine, seed, als)
-                start = time.perf_counter()
-                with threadpool_limits(1, "blas"):
-                    model.fit(data)
-            else:
-                model = SparkALSRecommender(spark, events, WeightRules.of(config), seed=seed, **als)
-                start = time.perf_counter()  # the fit, as for implicit (reading is timed by omnirec train)
-                model.fit(data)
-                reg_param = model.params.reg_param if model.params else None
-            fit_s = time.perf_counter() - start
-            mean, half = ndcg(model, members, data.matrix, relevant, config.eval_k)
-            rows.append({"engine": engine, "seed": seed, "fit_s": fit_s, "ndcg@10": mean, "ci95": half,
-                         "load_avg_1m": [load_before, os.getloadavg()[0]]})
-            print(rows[-1], flush=True)
-        if spark is not None:
-            spark.stop()
-    Console(width=160).print(summary(rows, engines, als, reg_param, data_dir, int(data.matrix.nnz), len(members),
-                                     iterations))
     out = RESULTS / f"spark_scale_{data_dir.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"data_dir": str(data_dir), "als": als, "mllib_reg_param": reg_param,
-                               "pairs": int(data.matrix.nnz), "eval_members": len(members), "seeds": seeds,
-                               "runs": rows}, indent=2))
+    for seed in seeds:  # engines alternate within a seed, so a change of the machine's load hits every engine
+        for engine in engines:
+            spark = spark_session(int(engine[-2]), driver_memory) if engine.startswith("spark") else None
+            if spark is None:
+                model: Recommender = implicit_model(engine, seed, als)
+            else:
+                paths = event_paths(SparkConfig(), data_dir)
+                links = data_dir / "identity_links.parquet"
+                events = indexed(spark, read_events(spark, paths, str(links) if links.exists() else None).where(
+                    f"{Col.MEMBER_ID} IS NOT NULL AND {Col.ITEM_ID} IS NOT NULL"), interactions).cache()
+                events.count()  # read and indexed before the clock starts, as `implicit` gets its matrix
+                model = SparkALSRecommender(spark, events, WeightRules.of(config), seed=seed, **als)
+            load_before, cpu_before = os.getloadavg()[0], cpu_s(spark)
+            start = time.perf_counter()  # Spark's fit includes its weighting and pair sums (a few seconds)
+            with threadpool_limits(1, "blas"):
+                model.fit(data)
+            fit_s, fit_cpu_s = time.perf_counter() - start, cpu_s(spark) - cpu_before
+            load_after = os.getloadavg()[0]
+            if isinstance(model, SparkALSRecommender):
+                reg_param = model.params.reg_param if model.params else None
+                model.spark.stop()
+            mean, half = ndcg(model, members, data.matrix, relevant, config.eval_k)
+            rows.append({"engine": engine, "seed": seed, "fit_s": fit_s, "fit_cpu_s": fit_cpu_s, "ndcg@10": mean,
+                         "ci95": half, "load_avg_1m": [load_before, load_after]})
+            print(rows[-1], flush=True)
+            out.write_text(json.dumps({"data_dir": str(data_dir), "als": als, "mllib_reg_param": reg_param,
+                                       "pairs": int(data.matrix.nnz), "eval_members": len(members), "seeds": seeds,
+                                       "engines": engines, "runs": rows}, indent=2))
+    Console(width=180).print(summary(rows, engines, als, reg_param, data_dir, int(data.matrix.nnz), len(members),
+                                     iterations))
     print(f"wrote {out}")
 
 
@@ -156,8 +166,8 @@ def summary(rows: list[dict[str, object]], engines: list[str], als: dict[str, ob
     table = Table(title=f"ALS d={als['factors']}, lambda={als['regularization']} (MLlib regParam {mllib}), "
                         f"alpha={als['alpha']}, {iterations} it. on {data_dir} ({pairs:,} pairs, {n_members:,} eval "
                         f"members)")
-    for column in ("engine", "seeds", "fit s (median)", "NDCG@10 mean +- sd (seeds)", "95% CI over members",
-                   "vs implicit, same seed: mean (min..max)", "load avg (1 min) range"):
+    for column in ("engine", "seeds", "fit s (median)", "fit CPU s (median)", "NDCG@10 mean +- sd (seeds)",
+                   "95% CI over members", "vs implicit, same seed: mean (min..max)", "load avg (1 min) range"):
         table.add_column(column, justify="right")
     base = {r["seed"]: float(r["ndcg@10"]) for r in rows if r["engine"] == "implicit"}  # type: ignore[arg-type]
     for engine in engines:
@@ -167,6 +177,7 @@ def summary(rows: list[dict[str, object]], engines: list[str], als: dict[str, ob
         loads = [x for r in runs for x in r["load_avg_1m"]]  # type: ignore[attr-defined]
         spread = f"{values.std(ddof=1):.5f}" if len(values) > 1 else "-"
         table.add_row(engine, str(len(runs)), f"{np.median([float(r['fit_s']) for r in runs]):.1f}",  # type: ignore[arg-type]
+                      f"{np.median([float(r['fit_cpu_s']) for r in runs]):.1f}",  # type: ignore[arg-type]
                       f"{values.mean():.5f} +- {spread}", f"+- {np.mean([float(r['ci95']) for r in runs]):.5f}",  # type: ignore[arg-type]
                       f"{ratios.mean():.1%} ({ratios.min():.1%}..{ratios.max():.1%})" if len(ratios) else "-",
                       f"{min(loads):.0f}-{max(loads):.0f}")
@@ -178,9 +189,11 @@ if __name__ == "__main__":
     parser.add_argument("data_dir", type=Path)
     parser.add_argument("--iterations", type=int, default=TrainConfig().als.iterations)
     parser.add_argument("--seeds", type=int, default=1, help="fits per engine, seeds [train] seed, seed + 1, ...")
+    parser.add_argument("--driver-memory", default="2g", help="spark.driver.memory (local mode: the whole job)")
     parser.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, of: {', '.join(ENGINES)}")
     args = parser.parse_args()
     chosen = args.engines.split(",")
     if "implicit" not in chosen or set(chosen) - set(ENGINES):
         parser.error(f"--engines: `implicit` (the baseline) and any of {', '.join(ENGINES)}")
-    main(args.data_dir, args.iterations, [TrainConfig().seed + i for i in range(args.seeds)], chosen)
+    main(args.data_dir, args.iterations, [TrainConfig().seed + i for i in range(args.seeds)], chosen,
+         args.driver_memory)

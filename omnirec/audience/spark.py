@@ -20,10 +20,10 @@ only when a job runs.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import pyarrow as pa
@@ -81,14 +81,35 @@ def profile_from_row(row: dict[str, Any]) -> MemberProfile:
         prev_purchase_ts=_optional(row["prev_purchase_ts"]), written_ts=float(row["written_ts"]))
 
 
+class _IdSlices(Sequence[str]):
+    """The bundle's member ids as `export_ledger` reads them, one slice at a time as Python strings: the
+    driver never holds every member's id twice (a copy of the fixed-width array, a list of N strings)."""
+
+    def __init__(self, ids: np.ndarray) -> None:
+        self.ids = ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        return self.ids[index].tolist() if isinstance(index, slice) else str(self.ids[index])
+
+
 def export_inputs(request: AudienceRequest, offer: Offer | None, sources: AudienceSources, since: float,
                   now: float, out_dir: Path, chunk: int = 65_536) -> int:
-    """Write the job's inputs to `out_dir` (see the module docstring); returns the features generation read."""
+    """Write the job's inputs to `out_dir` (see the module docstring), `chunk` members at a time, so the
+    driver's memory for it does not grow with members; returns the features generation read."""
     model = sources.model
     if model is None:
         raise InvalidArgument("model", "no model bundle is loaded")
     out_dir.mkdir(parents=True, exist_ok=True)
-    ids = model.members.external_ids.astype(str)
+    ids = model.members.external_ids
     dim = model.member_factors.shape[1]
     generation = 0
     factors_schema = pa.schema([("member_id", pa.string()), ("row", pa.int64()),
@@ -96,16 +117,17 @@ def export_inputs(request: AudienceRequest, offer: Offer | None, sources: Audien
     with pq.ParquetWriter(out_dir / FACTORS_FILE, factors_schema) as factors, \
             pq.ParquetWriter(out_dir / PROFILES_FILE, PROFILES_SCHEMA) as profiles:
         for start in range(0, len(ids), chunk):
+            block_ids = ids[start:start + chunk].tolist()
             block = np.ascontiguousarray(model.member_factors[start:start + chunk], dtype=np.float32)
             offsets = pa.array(np.arange(0, (len(block) + 1) * dim, dim, dtype=np.int32))
             factors.write_table(pa.table({
-                "member_id": pa.array(ids[start:start + chunk]),
+                "member_id": pa.array(block_ids, pa.string()),
                 "row": pa.array(np.arange(start, start + len(block), dtype=np.int64)),
                 "factors": pa.ListArray.from_arrays(offsets, pa.array(block.ravel()))}, factors_schema))
-            generation, found = sources.profiles(list(ids[start:start + chunk]))
+            generation, found = sources.profiles(block_ids)
             profiles.write_table(pa.Table.from_pylist([profile_row(p) for p in found if p is not None],
                                                       PROFILES_SCHEMA))
-    export_ledger(sources.marketing, list(ids), since, now, out_dir, wallets=offer is not None)
+    export_ledger(sources.marketing, _IdSlices(ids), since, now, out_dir, wallets=offer is not None)
     return generation
 
 
