@@ -15,7 +15,10 @@ CPU per member (this process: encoding, slot routing, reply checks) is what to c
 pipelined round trip) and the echo server of `bench/service_load.py` (grpc.aio with nothing behind it, the
 ceiling), all started once; then each is loaded in turn, closed-loop, `--in-flight` requests for
 `--seconds`, alternated over the rounds. Recommend asks for a random member with the purchase filter (one
-feature-store read per call). Prints a table with the load average and writes bench/results/cluster_scale.json.
+feature-store read per call); each server's CPU per answered call (utime + stime of the server and its
+workers, from /proc; the 2 s warm-up's calls are counted in the CPU, not in the calls, so it is an upper
+bound, alike for every server) is what carries over from a busy machine. Prints a table with the load
+average and writes bench/results/cluster_scale.json.
 
 On one machine the three masters share its cores with the servers and the client, so this measures the
 cost of the cluster protocol (slot routing, one connection per master), not the capacity of three hosts.
@@ -113,15 +116,29 @@ def materialise(features: object, stores: dict[str, RedisConfig], rounds: int) -
     return loads
 
 
-def load_servers(ports: dict[str, int], members: np.ndarray, args: argparse.Namespace
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (utime + stime) of a server and every process under it (its workers): what a call costs
+    the server on a machine whose other load makes wall-clock rates noise."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+                for c in (task / "children").read_text().split()]
+    return own + sum(tree_cpu_s(child) for child in children)
+
+
+def load_servers(ports: dict[str, int], pids: dict[str, int], members: np.ndarray, args: argparse.Namespace
                  ) -> dict[str, list[dict[str, float]]]:
-    """Closed-loop QPS of each server in turn (echo: its empty call; the others: Recommend), alternated."""
+    """Closed-loop QPS of each server in turn (echo: its empty call; the others: Recommend with the purchase
+    filter), alternated, with the server's CPU per answered call."""
     qps: dict[str, list[dict[str, float]]] = {name: [] for name in ports}
     for r in range(args.rounds):
         for name in (list(ports) if r % 2 == 0 else list(reversed(ports))):
-            kind = "echo" if name == "echo" else "recommend"
+            kind = "echo" if name == "echo" else "exclude_purchased"
+            cpu = tree_cpu_s(pids[name])
             row = asyncio.run(measure(f"127.0.0.1:{ports[name]}", kind, [args.in_flight], args.seconds,
                                       API_KEY, members, args.connections))[0]
+            # the measure's warm-up calls are counted in the CPU but not in `requests`: an upper bound
+            row["server_cpu_us_per_call"] = (tree_cpu_s(pids[name]) - cpu) / max(int(row["requests"]), 1) * 1e6
             row["load_avg_1m"] = os.getloadavg()[0]
             qps[name].append(row)
             print(name, row, flush=True)
@@ -143,7 +160,8 @@ def serve_and_load(stores: dict[str, RedisConfig], members: np.ndarray, args: ar
                                         env={**os.environ, "OMNIREC_CONFIG": str(config)}))
     for port in ports.values():
         wait_ready(f"127.0.0.1:{port}", timeout_s=600)
-    return load_servers(ports, members, args)
+    pids = {name: server.pid for name, server in zip(ports, servers[-len(ports):], strict=True)}
+    return load_servers(ports, pids, members, args)
 
 
 def median(rows: list[dict[str, float]], key: str) -> float:
@@ -158,20 +176,22 @@ def summary(results: dict[str, object], members: int, load_start: tuple[float, f
                         f"{load_start[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end, {os.cpu_count()} cpus")
     for column in ("store", "materialise members/s", "vs one Redis", "loader CPU us/member",
                    f"Recommend QPS ({args.in_flight} in flight)",
-                   "p50 / p99 ms", "vs echo", "errors / degraded"):
+                   "p50 / p99 ms", "vs echo", "server CPU us/call", "errors / degraded"):
         table.add_column(column, justify="right")
     echo = median(qps["echo"], "qps") if qps else float("nan")
     if qps:
         table.add_row("echo (no store)", "", "", "", f"{echo:,.0f}", f"{median(qps['echo'], 'p50_ms'):.2f} / "
-                      f"{median(qps['echo'], 'p99_ms'):.2f}", "100%", "")
+                      f"{median(qps['echo'], 'p99_ms'):.2f}", "100%",
+                      f"{median(qps['echo'], 'server_cpu_us_per_call'):,.0f}", "")
     single = median(loads["one Redis"], "members_per_s")
     for name, rows in loads.items():
         rate = median(rows, "members_per_s")
-        served = ["", "", "", ""]
+        served = ["", "", "", "", ""]
         if qps:
             q = median(qps[name], "qps")
             served = [f"{q:,.0f}", f"{median(qps[name], 'p50_ms'):.2f} / {median(qps[name], 'p99_ms'):.2f}",
-                      f"{q / echo:.0%}", f"{sum(int(r['errors']) for r in qps[name])} / "
+                      f"{q / echo:.0%}", f"{median(qps[name], 'server_cpu_us_per_call'):,.0f}",
+                      f"{sum(int(r['errors']) for r in qps[name])} / "
                                          f"{sum(int(r['degraded']) for r in qps[name])}"]
         table.add_row(name, f"{rate:,.0f}", f"{rate / single:.0%}",
                       f"{median(rows, 'client_cpu_us_per_member'):.1f}", *served)
