@@ -17,6 +17,7 @@ member's features need a second round trip (only then).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -302,6 +303,18 @@ def _queue_selection_lists(batch: Batch, selections: Sequence[ItemSelection], li
     batch.add(sum(map(len, lists)), parse)
 
 
+@functools.lru_cache(maxsize=64)
+def _any_in_stock_call(k: Keys, store: str, selections: tuple[ItemSelection, ...]) -> tuple[list[str], list[object]]:
+    """`_ANY_IN_STOCK`'s keys and arguments: the same for every request of one generation, store and set of
+    selections (an offer catalogue's targets), so built once, not per request."""
+    keys, args = [k.stock(store)], [len(selections)]
+    for s in selections:
+        lists = s.lists(k)
+        keys += lists
+        args += [len(s.item_ids), len(lists), *s.item_ids]
+    return keys, args
+
+
 class ReadPlans:
     """What each request-time read sends and how it parses the replies, shared by both readers."""
 
@@ -427,11 +440,7 @@ class ReadPlans:
         if cluster and any(lists):  # a list and the stock hash are two slots: read the lists now, the stock next
             _queue_selection_lists(batch, selections, lists, out, "selection_ids")
             return
-        keys, args = [k.stock(store)], [len(selections)]
-        for s in selections:
-            lists = s.lists(k)
-            keys += lists
-            args += [len(s.item_ids), len(lists), *s.item_ids]
+        keys, args = _any_in_stock_call(k, store, tuple(selections))
         batch.pipe.eval(_ANY_IN_STOCK, len(keys), *keys, *args)
         batch.add(1, lambda r: out.update(selections=tuple(bool(f) for f in r[0])))
 

@@ -164,6 +164,8 @@ class TargetFactors:
         """Target key -> its candidate item rows (internal item indices)."""
         self._matrix = np.zeros((0, 0), np.float32)
         self._segments: dict[str, tuple[int, int]] = {}
+        self._filled: list[str] = []
+        self._starts: list[int] = []
         self._n_reference = 0
 
     async def affinities(self, targets: Sequence[Target], generation: int, model: AffinityModel,
@@ -181,7 +183,12 @@ class TargetFactors:
             self._build(factors)
         scores = self._matrix @ vector
         reference = scores[:self._n_reference]
-        return {key: affinity(reference, scores[start:end]) for key, (start, end) in self._segments.items()}
+        if not self._starts:
+            return dict.fromkeys(self._segments, NEUTRAL_AFFINITY)
+        best = np.maximum.reduceat(scores, self._starts)  # each target's best score (its rows are contiguous)
+        n = len(reference)
+        found = {key: int(np.count_nonzero(reference < b)) / n for key, b in zip(self._filled, best, strict=True)}
+        return {key: found.get(key, NEUTRAL_AFFINITY) for key in self._segments}
 
     def _build(self, factors: np.ndarray) -> None:
         reference = reference_rows(len(factors))
@@ -193,6 +200,9 @@ class TargetFactors:
             at += len(rows)
         self._n_reference = len(reference)
         self._matrix = np.ascontiguousarray(factors[np.concatenate(parts)], dtype=np.float32)
+        self._filled = [key for key, (start, end) in self._segments.items() if end > start]
+        """Targets with items in the model (an empty one is neutral, as `affinity` has it)."""
+        self._starts = [self._segments[key][0] for key in self._filled]
 
 
 class OfferEngine:
@@ -213,6 +223,7 @@ class OfferEngine:
         self.clock = clock
         self.default_budget_s = default_budget_s
         self.targets = TargetFactors(reader)
+        self._selections: dict[str, ItemSelection] = {}
 
     def close(self) -> None:
         """Close the reader's and the store's pipelined connections and the decision log."""
@@ -245,11 +256,18 @@ class OfferEngine:
         targeted = [o for o in offers if o.target.scope != "basket"]
         snapshot = self.store.plan_snapshot(member_id, offers, now - self._horizon(offers, channel), request_id, now)
         features = await self._within(deadline, self.reader.read_request(
-            member_id, store_id=where, selections=[selection(o.target) for o in targeted], extra=snapshot.queue,
-            member_lists=False),
+            member_id, store_id=where, selections=[self._selection(o.target) for o in targeted],
+            extra=snapshot.queue, member_lists=False),
             "the offer read")
         in_stock = {o.id: ok for o, ok in zip(targeted, features.selections_in_stock, strict=True)}
         return features, snapshot.result, in_stock
+
+    def _selection(self, target: Target) -> ItemSelection:
+        """`selection(target)`, built once per target (the feature store caches its reads' arguments by it)."""
+        found = self._selections.get(target.key)
+        if found is None:
+            found = self._selections[target.key] = selection(target)
+        return found
 
     def _member(self, features: RequestFeatures, now: float) -> MemberView:
         p = features.profile

@@ -398,14 +398,22 @@ def _contact_entry(decision_id: str, offer_id: str, channel: Channel | str) -> s
 
 
 def parse_contacts(key: str, raw: list[tuple[bytes, float]], since_ts: float) -> ContactHistory:
-    contacts = []
-    for entry, ts in raw:
+    if not raw:
+        return ContactHistory((), since_ts)
+    try:  # every entry in one JSON document: one parse per member instead of one per contact
+        entries = json.loads(b"[" + b",".join(entry for entry, _ in raw) + b"]")
+        return ContactHistory(tuple(Contact(float(ts), Channel(channel), str(offer_id), str(decision_id))
+                                    for (decision_id, offer_id, channel), (_, ts) in zip(entries, raw, strict=True)),
+                              since_ts)
+    except (ValueError, TypeError):
+        pass
+    for entry, _ in raw:  # name the malformed one
         try:
             decision_id, offer_id, channel = json.loads(entry)
-            contacts.append(Contact(float(ts), Channel(channel), str(offer_id), str(decision_id)))
-        except ValueError:
+            Channel(channel)
+        except (ValueError, TypeError):
             raise FeatureStoreError(f"{key}: malformed contact {entry[:200]!r}") from None
-    return ContactHistory(tuple(contacts), since_ts)
+    raise FeatureStoreError(f"{key}: malformed contacts")
 
 
 @dataclass(frozen=True)
@@ -485,8 +493,8 @@ def _usage(raw: dict[bytes, bytes]) -> BudgetUsage:
 
 def _usage_of(values: Sequence[bytes | None]) -> BudgetUsage:
     """The four counters in `_SNAPSHOT`'s order (None: never charged)."""
-    issued, reserved, redeemed, spent = (0 if v is None else int(v) for v in values)
-    return BudgetUsage(issued, reserved, redeemed, spent)
+    issued, reserved, redeemed, spent = values
+    return BudgetUsage(int(issued or 0), int(reserved or 0), int(redeemed or 0), int(spent or 0))
 
 
 def budget_left(offer: Offer, usage: BudgetUsage) -> bool:

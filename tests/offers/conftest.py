@@ -109,7 +109,9 @@ def catalogue_path(tmp_path: Path) -> Path:
 @pytest.fixture
 def redis_config(redis_client: redis.Redis, redis_prefix: str) -> RedisConfig:
     kw = redis_client.connection_pool.connection_kwargs
-    return RedisConfig(url=f"redis://{kw['host']}:{kw['port']}/{kw.get('db', 0)}", namespace=redis_prefix)
+    # the engine's client waits up to 5 s (below); so do its pipelined connections, on a loaded test machine
+    return RedisConfig(url=f"redis://{kw['host']}:{kw['port']}/{kw.get('db', 0)}", namespace=redis_prefix,
+                       socket_timeout_s=5.0, connect_timeout_s=5.0)
 
 
 EngineFactory = Callable[..., OfferEngine]

@@ -29,7 +29,7 @@ def config(request: pytest.FixtureRequest, redis_client: redis.Redis, redis_pref
     """With the client's URL the store sends its scripts on its pipelined connection (as a worker on one
     Redis does); without one, through redis-py (as on an embedded Redis's socket)."""
     url = redis_client.test_url if request.param == "pipelined" else None  # type: ignore[attr-defined]
-    return RedisConfig(url=url, namespace=redis_prefix)
+    return RedisConfig(url=url, namespace=redis_prefix, socket_timeout_s=5.0, connect_timeout_s=5.0)
 
 
 @pytest.fixture
@@ -141,5 +141,19 @@ def test_malformed_wallet_entry_is_reported(run, redis_client: redis.Redis,  # t
         redis_client.delete(key)
         await issue(store, "r1")
         assert 0 < redis_client.ttl(key) <= config.wallet_ttl_s
+
+    run(body)
+
+
+def test_contacts_are_parsed_together_and_a_malformed_one_is_named(run) -> None:  # type: ignore[no-untyped-def]
+    async def body(store: OfferStore) -> None:
+        assert await issue(store, "r1") == "issued"
+        assert await issue(store, "r2", now=T + 1) == "issued"
+        history = await store.contacts("m1", T - DAY)
+        assert [(c.ts, c.offer_id, c.decision_id, c.channel) for c in history.contacts] == [
+            (T, KITCHEN.id, "d-r1", Channel.APP), (T + 1, KITCHEN.id, "d-r2", Channel.APP)]
+        await store.client.zadd(store.keys.contacts("m1"), {'["d-x","kitchen-5off25"]': T + 2})
+        with pytest.raises(FeatureStoreError, match=r'malformed contact b\'\["d-x","kitchen-5off25"\]\''):
+            await store.contacts("m1", T - DAY)
 
     run(body)
