@@ -279,31 +279,48 @@ class AudienceBuilder:
 
     def _rule_codes(self, request: AudienceRequest, offer: Offer | None, profiles: ProfileColumns, stage: np.ndarray,
                     rows: np.ndarray, contacts: ContactColumns, wallets: Sequence[Wallet], now: float) -> np.ndarray:
-        """`_rules` for the chunk's `rows` (which passed the filters): the offer's `screen` per member, the
-        contact counts and fatigue over all of them at once."""
+        """`_rules` for the chunk's `rows` (which passed the filters): the offer's `screen`, then already
+        redeemed, then fatigue, with the contact counts over all of them at once."""
         why = np.zeros(len(rows), np.int8)
         if offer is not None:
             cap = offer.per_member_cap
             capped = (contacts.count(now - cap.period_days * DAY, offer_id=offer.id) if cap
-                      else np.zeros(len(rows), np.int64)).tolist()
-            mask = np.zeros(len(rows), np.int64)
-            for bit, channel in enumerate(CHANNELS):
-                mask |= profiles.consent[channel][rows].astype(np.int64) << bit
-            consents = {m: frozenset(c for bit, c in enumerate(CHANNELS) if m >> bit & 1)
-                        for m in np.unique(mask).tolist()}
-            for j, (member, tier, code, m) in enumerate(zip(profiles.member_ids[rows].tolist(),
-                                                            profiles.tier[rows].tolist(), stage[rows].tolist(),
-                                                            mask.tolist(), strict=True)):
-                view = MemberView(member, tier, STAGES[code], consents[m])
-                verdict = screen(offer, view, request.channel, now, OfferState(member_contacts=capped[j]), self.tiers)
-                if isinstance(verdict, Exclusion):
-                    why[j] = _CODE[Suppression(verdict.rule.value)]
-                elif any(c.offer_id == offer.id and c.redeemed_ts is not None for c in wallets[j].coupons):
+                      else np.zeros(len(rows), np.int64))
+            why = self._screen_codes(request, offer, profiles, stage, rows, capped, now)
+            for j in np.flatnonzero(why == 0).tolist():
+                if any(c.offer_id == offer.id and c.redeemed_ts is not None for c in wallets[j].coupons):
                     why[j] = _CODE[Suppression.ALREADY_REDEEMED]
         fatigue = self.fatigue.get(request.channel)
         if fatigue is not None:
             sent = contacts.count(now - fatigue.period_days * DAY, channel=request.channel)
             why[(why == 0) & (sent >= fatigue.count)] = _CODE[Suppression.FATIGUE_CAP]
+        return why
+
+    def _screen_codes(self, request: AudienceRequest, offer: Offer, profiles: ProfileColumns, stage: np.ndarray,
+                      rows: np.ndarray, capped: np.ndarray, now: float) -> np.ndarray:
+        """`screen`'s verdict on each of `rows`, run once per group of members it cannot tell apart. It sees a
+        member as a `MemberView` and an `OfferState`, and uses the member's id only for the offer's holdout
+        (`in_holdout(offer.id, member_id, offer.holdout_share)`): members alike in tier, stage, consents,
+        contacts of the offer and holdout assignment get the same verdict (`tests/audience/test_bulk_decoding.py`
+        holds `screen` to that), so a chunk of thousands runs it a few dozen times."""
+        members = profiles.member_ids[rows].tolist()
+        mask = np.zeros(len(rows), np.int64)
+        for bit, channel in enumerate(CHANNELS):
+            mask |= profiles.consent[channel][rows].astype(np.int64) << bit
+        consents = {m: frozenset(c for bit, c in enumerate(CHANNELS) if m >> bit & 1) for m in np.unique(mask).tolist()}
+        held = ([in_holdout(offer.id, m, offer.holdout_share) for m in members] if offer.holdout_share > 0
+                else [False] * len(members))
+        verdicts: dict[tuple[str, int, int, int, bool], int] = {}
+        why = np.zeros(len(rows), np.int8)
+        for j, group in enumerate(zip(profiles.tier[rows].tolist(), stage[rows].tolist(), mask.tolist(),
+                                      capped.tolist(), held, strict=True)):
+            code = verdicts.get(group)
+            if code is None:
+                tier, stage_code, consent, contacts, _ = group
+                verdict = screen(offer, MemberView(members[j], tier, STAGES[stage_code], consents[consent]),
+                                 request.channel, now, OfferState(member_contacts=contacts), self.tiers)
+                code = verdicts[group] = _CODE[Suppression(verdict.rule.value)] if isinstance(verdict, Exclusion) else 0
+            why[j] = code
         return why
 
     # --- the pull ------------------------------------------------------------------------------------

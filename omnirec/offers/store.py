@@ -46,6 +46,8 @@ from enum import StrEnum
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import redis
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
@@ -451,32 +453,48 @@ class ContactColumns:
 
 
 _CHANNELS = frozenset(c.value for c in Channel)
+_ENTRY = (r'^\["(?P<decision>[^"\\\x00-\x1f]*)","(?P<offer>[^"\\\x00-\x1f]*)","(?P<channel>'
+          + "|".join(sorted(_CHANNELS)) + r')"\]$')
+"""A contact entry as `_contact_entry` writes it, with no escape in its strings: its JSON value is the three
+strings as they stand."""
 _SCAN = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[attr-defined]
-"""The C scanner under `json.loads`: one call per entry, without `loads`' Python layers."""
+"""The C scanner under `json.loads`, for entries spelled otherwise."""
 
 
 def parse_contact_columns(member_ids: Sequence[str], key: Callable[[str], str],
                           raws: Sequence[Sequence[tuple[bytes, float]]], since_ts: float) -> ContactColumns:
     """`parse_contacts` of many members at once (`raws[i]`: the (entry, score) pairs under `key(member_ids[i])`,
-    as `parse_contacts` takes them). Entries spelled as `_contact_entry` writes them (a JSON list of three
-    strings, a known channel, UTF-8) are decoded in bulk; a chunk with any other spelling goes through
-    `parse_contacts` member by member, which accepts or raises exactly as the offer decisions' reads do."""
-    entries = [e for r in raws for e, _ in r]
+    as `parse_contacts` takes them). Entries as `_contact_entry` writes them are matched by one Arrow regex
+    kernel over the chunk, other JSON lists of three values with a known channel are read by the JSON scanner
+    one by one; a chunk with anything else goes through `parse_contacts` member by member, which accepts or
+    raises exactly as the offer decisions' reads do."""
     try:
-        texts = b"\x1f".join(entries).decode().split("\x1f") if entries else []  # ids hold no control characters
-        if len(texts) == len(entries):
-            scanned = [_SCAN(t, 0) for t in texts]
-            values = np.array([v for v, _ in scanned] or np.zeros((0, 3)), object)
-            if ([end for _, end in scanned] == list(map(len, texts)) and values.ndim == 2 and values.shape[1] == 3
-                    and set(map(type, values.ravel().tolist())) <= {str} and set(values[:, 2].tolist()) <= _CHANNELS):
-                sizes = np.fromiter(map(len, raws), np.int64, len(raws))
-                return ContactColumns(len(raws), since_ts, np.repeat(np.arange(len(raws)), sizes),
-                                      np.array([ts for r in raws for _, ts in r], np.float64),
-                                      values[:, 2], values[:, 1])
-    except (ValueError, TypeError, StopIteration):
-        pass
-    return ContactColumns.of([parse_contacts(key(m), list(r), since_ts) for m, r in zip(member_ids, raws, strict=True)],
-                             since_ts)
+        decoded = _entries([e for r in raws for e, _ in r])
+    except (ValueError, TypeError, StopIteration, pa.ArrowInvalid):
+        decoded = None
+    if decoded is None:
+        return ContactColumns.of([parse_contacts(key(m), list(r), since_ts)
+                                  for m, r in zip(member_ids, raws, strict=True)], since_ts)
+    sizes = np.fromiter(map(len, raws), np.int64, len(raws))
+    return ContactColumns(len(raws), since_ts, np.repeat(np.arange(len(raws)), sizes),
+                          np.array([ts for r in raws for _, ts in r], np.float64), decoded[1], decoded[0])
+
+
+def _entries(entries: list[bytes]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(offer ids, channels) of contact entries as `parse_contacts` reads them, or None when one of them is
+    left to it (not a JSON list of three values with a known channel)."""
+    if not entries:
+        return np.zeros(0, object), np.zeros(0, object)
+    parts = pc.extract_regex(pa.array(entries, pa.binary()).cast(pa.string()), _ENTRY)  # UTF-8 checked
+    offers = parts.field("offer").to_numpy(zero_copy_only=False).astype(object)
+    channels = parts.field("channel").to_numpy(zero_copy_only=False).astype(object)
+    for i in np.flatnonzero(~parts.is_valid().to_numpy(zero_copy_only=False)).tolist():
+        text = entries[i].decode()
+        value, end = _SCAN(text, 0)
+        if end != len(text) or type(value) is not list or len(value) != 3 or value[2] not in _CHANNELS:
+            return None
+        offers[i], channels[i] = str(value[1]), value[2]
+    return offers, channels
 
 
 def parse_wallet(key: str, raw: dict[bytes, bytes], now: float) -> Wallet:

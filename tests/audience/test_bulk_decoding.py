@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from omnirec.feature_store.errors import FeatureStoreError
 from omnirec.feature_store.keys import Keys
 from omnirec.feature_store.model import CHANNELS, PROFILE_FIELDS, MemberProfile, ProfileColumns
 from omnirec.offers.catalogue import Target
+from omnirec.offers.policy import MemberView, OfferState, in_holdout, screen
 from omnirec.offers.store import (
     Contact,
     ContactColumns,
@@ -135,6 +137,9 @@ def assert_same_counts(columns: ContactColumns, per: list[ContactHistory]) -> No
     None,
     (entry("d", "o1", "app", spacing=True), NOW),  # JSON spelled otherwise than `_contact_entry` writes it
     (entry("d", 7, "app"), NOW),  # a number for an offer id: `parse_contacts` reads it as "7"
+    (entry('d"q', "o1", "web"), NOW),  # an escape in a string: read by the JSON scanner
+    (entry("d", "o\u00e9", "app"), NOW),  # json.dumps escapes the non-ASCII character
+    ('["d","o\u00e9","pos"]'.encode(), NOW),  # raw UTF-8
 ])
 def test_contact_columns_equal_the_per_member_parser(odd: tuple[bytes, float] | None) -> None:
     rng = np.random.default_rng(3)
@@ -252,3 +257,27 @@ def test_chunks_decide_as_the_per_member_rules_do(request_args: dict[str, object
     assert audience.suppressed == expected
     assert len(expected) >= 2
     assert list(audience.rows.tiers) == [world.profiles[m].tier for m in included]  # type: ignore[union-attr]
+
+
+def test_screen_tells_members_apart_only_by_the_offers_holdout() -> None:
+    """What lets a chunk run `screen` once per group of alike members (`AudienceBuilder._screen_codes`): two
+    members with the same view and state get the same verdict unless the offer's holdout splits them."""
+    world = World()
+    rng = np.random.default_rng(5)
+    tiers = TierLadder()
+    seen = {True: 0, False: 0}
+    for offer in world.catalogue.offers:
+        for _ in range(200):
+            view = MemberView(f"a{rng.integers(1e9)}", str(rng.choice(["basic", "silver", "gold", "platinum"])),
+                              LifecycleStage(str(rng.choice(STAGES))),
+                              frozenset(c for c in Channel if rng.random() < 0.7))
+            other = replace(view, member_id=f"b{rng.integers(1e9)}")
+            state = OfferState(member_contacts=int(rng.integers(0, 3)))
+            channel = Channel(str(rng.choice(list(offer.channels))))
+            same = in_holdout(offer.id, view.member_id, offer.holdout_share) == \
+                in_holdout(offer.id, other.member_id, offer.holdout_share)
+            if same:
+                assert screen(offer, view, channel, NOW, state, tiers) == \
+                    screen(offer, other, channel, NOW, state, tiers)
+            seen[same] += 1
+    assert seen[True] > 100 and seen[False] > 5
