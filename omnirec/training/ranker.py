@@ -127,6 +127,21 @@ class Context:
     pool: np.ndarray
     """Items every member may get as a candidate (in at least `min_item_baskets` baskets, the
     `max_pool_items` most popular of them)."""
+    pool_position: np.ndarray
+    """Per item: its position in `pool`, -1 outside it."""
+    knn_pool: sp.csr_matrix
+    """The TIFU neighbours' vectors over the `pool` items only (neighbours x pool): one sparse product gives
+    every member's neighbour mean as a dense row over the pool."""
+    knn_rare: sp.csc_matrix
+    """The TIFU neighbours' vectors by column, for the neighbour mean at the bought items outside the pool."""
+    pool_factors: np.ndarray
+    """ALS item factors of the `pool` items (the one dense source: members' scores over the pool)."""
+    store_top: np.ndarray
+    """`store_bestsellers`: each store's `store` best pool items, the chain's in the last row."""
+    store_keys: np.ndarray
+    """`store.table`'s (store, item) keys, for reading the store popularity of candidate pairs."""
+    overall_top: np.ndarray
+    """The chain's `overall` recent bestsellers in the pool (the same for every member)."""
     promotions: PromotionWeek | None = None
     """Promotions running in the `promotion_days` after the cut-off (`training.promotions`)."""
 
@@ -173,36 +188,96 @@ def build_context(baskets: Baskets, interactions: Interactions, config: TrainCon
         als = ALSRecommender(seed=seed, **config.als.kwargs())
         with threadpool_limits(1, "blas"):
             als.fit(collaborative_train_set(interactions, config, cut_day))
-    return Context(history=history, cut_day=cut_day, counts=history.counts(), first_day=first, last_day=last,
-                   last_basket=last_basket, member_baskets=n_baskets, member_last=member_last, member_gap=gap,
-                   items=item_stats(history, cut_day),
-                   tifu=TIFUKNN(max_pool=params.knn_pool, seed=seed).fit(history),
-                   store=StorePopularity().fit(history), als=als, lift=basket_lift(history, pool, 50), pool=pool,
+    items = item_stats(history, cut_day)
+    store = StorePopularity().fit(history)
+    pool_position = np.full(history.n_items, -1, np.int64)
+    pool_position[pool] = np.arange(len(pool))
+    tifu = TIFUKNN(max_pool=params.knn_pool, seed=seed).fit(history)
+    return Context(history=history, cut_day=cut_day, counts=_sorted(history.counts()), first_day=_sorted(first),
+                   last_day=_sorted(last), last_basket=_sorted(last_basket), member_baskets=n_baskets,
+                   member_last=member_last, member_gap=gap, items=items,
+                   tifu=tifu, store=store, als=als, lift=basket_lift(history, pool, 50), pool=pool,
+                   pool_position=pool_position, knn_pool=sp.csr_matrix(tifu.pool[:, pool]),
+                   knn_rare=sp.csc_matrix(tifu.pool),
+                   pool_factors=np.ascontiguousarray(als.item_factors[pool]),
+                   store_top=store_bestsellers(store, pool, params.store), store_keys=_keys(_sorted(store.table)),
+                   overall_top=ranked_pool(items["pop_recent"], pool, params.overall),
                    promotions=None if promotions is None else
                    promotion_week(promotions, history, cut_day, params.promotion_days))
 
 
-def _top_mask(scores: np.ndarray, n: int, mask: np.ndarray) -> None:
-    """Mark each row's n best finite scores in `mask` (in place)."""
-    n = min(n, scores.shape[1])
-    if n <= 0:
-        return
-    best = np.argpartition(-scores, n - 1, axis=1)[:, :n]
-    ok = np.isfinite(np.take_along_axis(scores, best, axis=1)) & (np.take_along_axis(scores, best, axis=1) > 0)
-    rows = np.repeat(np.arange(len(scores)), n).reshape(best.shape)
-    mask[rows[ok], best[ok]] = True
+def _keys(matrix: sp.csr_matrix) -> np.ndarray:
+    """row * n_cols + column of each stored entry, ascending (`matrix` has sorted indices)."""
+    rows = np.repeat(np.arange(matrix.shape[0], dtype=np.int64), np.diff(matrix.indptr))
+    return rows * matrix.shape[1] + matrix.indices
 
 
-def _top_mask_sparse(scores: sp.csr_matrix, n: int, mask: np.ndarray) -> None:
-    """`_top_mask` for sparse scores (only stored entries can be positive): one sort of the stored entries
-    instead of a partition of every dense row."""
-    coo = scores.tocoo()
-    positive = np.isfinite(coo.data) & (coo.data > 0)
-    row, col, data = coo.row[positive], coo.col[positive], coo.data[positive]
+def _sorted(matrix: sp.csr_matrix) -> sp.csr_matrix:
+    """`matrix` in canonical form (sorted column indices per row, no duplicates), so `_keys` is ascending."""
+    matrix = sp.csr_matrix(matrix)
+    if not matrix.has_canonical_format:
+        matrix.sum_duplicates()
+    return matrix
+
+
+def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """values[keys == query] per query key (0 where `keys`, ascending, lacks it): a sparse matrix's cells
+    at (row, column) pairs by one binary search, instead of dense rows."""
+    if not len(keys):
+        return np.zeros(len(query), np.float32)
+    at = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+    return np.where(keys[at] == query, values[at], 0).astype(np.float32)
+
+
+def _top_keys(row: np.ndarray, col: np.ndarray, data: np.ndarray, n: int, width: int) -> np.ndarray:
+    """Keys (row * width + col) of each row's n best positive finite entries."""
+    positive = np.isfinite(data) & (data > 0)
+    row, col, data = row[positive], col[positive], data[positive]
     order = np.lexsort((-data, row))
     row, col = row[order], col[order]
     keep = np.arange(len(row)) - np.searchsorted(row, row) < n
-    mask[row[keep], col[keep]] = True
+    return row[keep].astype(np.int64) * width + col[keep]
+
+
+def _top_keys_sparse(scores: sp.csr_matrix, n: int) -> np.ndarray:
+    """`_top_keys` of a sparse matrix's stored entries (only those can be positive)."""
+    rows = np.repeat(np.arange(scores.shape[0], dtype=np.int64), np.diff(scores.indptr))
+    return _top_keys(rows, scores.indices.astype(np.int64), scores.data, n, scores.shape[1])
+
+
+def _top_keys_dense(scores: np.ndarray, columns: np.ndarray, n: int, width: int) -> np.ndarray:
+    """Keys of each row's n best positive finite scores, `scores` holding the items `columns`."""
+    n = min(n, scores.shape[1])
+    if n <= 0:
+        return np.zeros(0, np.int64)
+    best = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+    value = np.take_along_axis(scores, best, axis=1)
+    ok = np.isfinite(value) & (value > 0)
+    rows = np.broadcast_to(np.arange(len(scores), dtype=np.int64)[:, None], best.shape)
+    return rows[ok] * width + columns[best[ok]]
+
+
+def ranked_pool(scores: np.ndarray, pool: np.ndarray, n: int) -> np.ndarray:
+    """The n pool items with the best positive scores (`scores` over every item), best first."""
+    values = scores[pool]
+    order = np.argsort(-values, kind="stable")[:n]
+    return pool[order[values[order] > 0]]
+
+
+def store_bestsellers(store: StorePopularity, pool: np.ndarray, n: int) -> np.ndarray:
+    """Each store's n bestselling pool items (ties by overall popularity, -1 pads), then, in the last row,
+    the chain's (for members without a main store): the store source is the same list for every member of
+    a store, so it is ranked once per context instead of once per member over dense rows."""
+    out = np.full((store.table.shape[0] + 1, n), -1, np.int64)
+    for row in range(store.table.shape[0]):
+        scores = store.overall.astype(np.float64)
+        line = store.table[row]
+        scores[line.indices] += line.data
+        best = ranked_pool(scores, pool, n)
+        out[row, :len(best)] = best
+    best = ranked_pool(store.overall, pool, n)
+    out[-1, :len(best)] = best
+    return out
 
 
 @dataclass(frozen=True)
@@ -227,43 +302,64 @@ def candidates(ctx: Context, members: np.ndarray, params: RankerSettings) -> Can
 
 
 def _candidate_batch(ctx: Context, members: np.ndarray, params: RankerSettings) -> Candidates:
-    personal = ctx.counts[members]
-    cols = np.union1d(ctx.pool, personal.indices)
-    counts = personal[:, cols].toarray()
-    own_sparse = ctx.tifu.vectors[members][:, cols]
-    lift_sparse = (ctx.last_basket[members] @ ctx.lift)[:, cols]
-    own, lift = own_sparse.toarray(), lift_sparse.toarray()
-    knn = ctx.tifu.neighbour_mean(members)[:, cols].toarray()
-    als = ctx.als.member_factors[members] @ ctx.als.item_factors[cols].T
-    store = ctx.store.scores(members, cols)
-    mask = np.zeros(counts.shape, bool)
-    for sparse, n in ((own_sparse, params.personal), (lift_sparse, params.lift)):
-        _top_mask_sparse(sparse, n, mask)
-    for scores, n in ((knn, params.knn), (als, params.als), (store, params.store)):
-        _top_mask(scores, n, mask)
-    overall = np.zeros((1, len(cols)), bool)  # the same for every member: ranked once
-    _top_mask(ctx.items["pop_recent"][cols][None, :], params.overall, overall)
-    mask |= overall
-    row, col = np.nonzero(mask)
-    item = cols[col]
+    """Each source's top items as sparse (row, item) keys, their union, then every feature read at the
+    union's pairs by binary search in the sparse rows: no dense member x item rows but ALS's over the pool.
+
+    Members may get the pool's items and the items they bought themselves; sources are ranked over those.
+    """
+    width = ctx.counts.shape[1]
+    personal = _sorted(ctx.counts[members])
+    personal_keys = _keys(personal)
+    own = _sorted(ctx.tifu.vectors[members])
+    lift = _sorted(ctx.last_basket[members] @ ctx.lift)
+    # the neighbour mean, dense over the pool and the batch's bought items outside it (`rare`), which only
+    # their buyers may get
+    entry_rows = np.repeat(np.arange(len(members), dtype=np.int64), np.diff(personal.indptr))
+    outside = ctx.pool_position[personal.indices] < 0
+    rare = np.unique(personal.indices[outside])
+    pick = ctx.tifu.neighbours(members)
+    knn = np.hstack([(pick @ ctx.knn_pool).toarray(), (pick @ ctx.knn_rare[:, rare]).toarray()])
+    owned = np.zeros((len(members), len(rare)), bool)
+    owned[entry_rows[outside], np.searchsorted(rare, personal.indices[outside])] = True
+    knn[:, len(ctx.pool):] *= owned
+    knn_items = np.concatenate([ctx.pool, rare])
+    member_factors = ctx.als.member_factors[members]
+    als_pool = member_factors @ ctx.pool_factors.T
+    store_of = ctx.store.main_store[members]
+    rows = np.arange(len(members), dtype=np.int64)[:, None] * width
+    store_top = ctx.store_top[store_of]  # row -1: the chain's list, for members without a main store
+    store_keys = (rows + store_top)[store_top >= 0]
+    overall_keys = (rows + ctx.overall_top[None, :]).ravel()
+    keys = np.unique(np.concatenate([
+        _top_keys_sparse(own, params.personal), _top_keys_sparse(lift, params.lift),
+        _top_keys_dense(knn, knn_items, params.knn, width),
+        _top_keys_dense(als_pool, ctx.pool, params.als, width), store_keys, overall_keys]))
+    row, item = keys // width, keys % width
+    knn_column = np.where(ctx.pool_position[item] >= 0, ctx.pool_position[item],
+                          len(ctx.pool) + np.searchsorted(rare, item))
     n_b = ctx.member_baskets[members][row]
-    bought = counts[row, col] > 0
-    in_last = ctx.last_basket[members][:, cols].toarray()[row, col]
-    last = ctx.last_day[members][:, cols].toarray()[row, col]
-    first = ctx.first_day[members][:, cols].toarray()[row, col]
-    since_item = np.where(bought, -last - 1.0, NEVER)
+    n_item = _lookup(personal_keys, personal.data, keys)
+    bought = n_item > 0
+    last_basket, last_day, first_day = (_sorted(m[members]) for m in (ctx.last_basket, ctx.last_day, ctx.first_day))
+    last_seen = _lookup(_keys(last_day), last_day.data, keys)
+    first_seen = _lookup(_keys(first_day), first_day.data, keys)
+    store = store_of[row]
+    has_store = store >= 0
+    store_pop = ctx.store.overall[item].astype(np.float32)
+    store_pop[has_store] += _lookup(ctx.store_keys, ctx.store.table.data, store[has_store] * width + item[has_store])
+    since_item = np.where(bought, -last_seen - 1.0, NEVER)
     with np.errstate(invalid="ignore", divide="ignore"):
-        n_item = counts[row, col]
-        interval = np.where(n_item > 1, (last - first) / np.maximum(n_item - 1, 1), np.nan)
+        interval = np.where(n_item > 1, (last_seen - first_seen) / np.maximum(n_item - 1, 1), np.nan)
         m_since = ctx.cut_day - ctx.member_last[members][row]
         columns = {
             "bought": bought.astype(np.float32), "p_count": n_item, "p_share": n_item / n_b,
-            "p_tifu": own[row, col], "days_since_item": since_item, "p_interval": interval,
+            "p_tifu": _lookup(_keys(own), own.data, keys), "days_since_item": since_item, "p_interval": interval,
             "due_personal": since_item / interval, "due_item": since_item / ctx.items["i_cycle"][item],
-            "in_last_basket": in_last, "m_baskets": n_b,
+            "in_last_basket": _lookup(_keys(last_basket), last_basket.data, keys), "m_baskets": n_b,
             "m_days_since_last": m_since, "m_gap": ctx.member_gap[members][row],
-            "m_overdue": m_since / ctx.member_gap[members][row], "knn": knn[row, col], "als": als[row, col],
-            "lift_last": lift[row, col], "store_pop": store[row, col],
+            "m_overdue": m_since / ctx.member_gap[members][row], "knn": knn[row, knn_column],
+            "als": np.einsum("ij,ij->i", member_factors[row], ctx.als.item_factors[item]),
+            "lift_last": _lookup(_keys(lift), lift.data, keys), "store_pop": store_pop,
             **{name: ctx.items[name][item] for name in ("pop_log", "pop_recent", "pop_trend", "i_repeat_rate",
                                                         "i_cycle", "i_buyers", "price")},
             **promotion_columns(ctx.promotions, members[row], item),

@@ -181,17 +181,21 @@ class TIFUKNN(BasketRecommender):
         self.pool_norms = np.asarray(self.pool.multiply(self.pool).sum(axis=1)).ravel()
         return self
 
-    def neighbour_mean(self, members: np.ndarray) -> sp.csr_matrix:
-        """Mean TIFU vector of each member's nearest neighbours in the pool."""
+    def neighbours(self, members: np.ndarray) -> sp.csr_matrix:
+        """members x pool: 1/k at each member's k nearest neighbours in the pool (`@ self.pool` averages
+        their vectors)."""
         query = self.vectors[members]
         norms = np.asarray(query.multiply(query).sum(axis=1)).ravel()
         distance = norms[:, None] + self.pool_norms[None, :] - 2.0 * (query @ self.pool.T).toarray()
         k = min(self.n_neighbors, self.pool.shape[0])
         nearest = np.argpartition(distance, k - 1, axis=1)[:, :k]
-        pick = sp.csr_matrix((np.full(nearest.size, 1.0 / k, np.float32),
+        return sp.csr_matrix((np.full(nearest.size, 1.0 / k, np.float32),
                               (np.repeat(np.arange(len(members)), k), nearest.ravel())),
                              shape=(len(members), self.pool.shape[0]))
-        return (pick @ self.pool).tocsr()
+
+    def neighbour_mean(self, members: np.ndarray) -> sp.csr_matrix:
+        """Mean TIFU vector of each member's nearest neighbours in the pool."""
+        return (self.neighbours(members) @ self.pool).tocsr()
 
     def scores(self, members: np.ndarray) -> np.ndarray:
         blend = (self.alpha * self.vectors[members] + (1.0 - self.alpha) * self.neighbour_mean(members)).toarray()
