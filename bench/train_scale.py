@@ -2,7 +2,8 @@
 
 Generate the data first, outside the repository, e.g.
     omnirec simulate --members 1000000 --items 100000 --out /tmp/omnirec1m/data
-then run `python bench/train_scale.py /tmp/omnirec1m/data [LIGHTFM_EPOCHS] [--no-refit]`. Prints a table and
+then run `python bench/train_scale.py /tmp/omnirec1m/data [LIGHTFM_EPOCHS] [--no-refit] [--lightfm-members N]
+[--windows N]` (`train.lightfm.max_members`, `train.ranker.windows`); each stage is logged as it ends. Prints a table and
 writes bench/results/train_scale.json (wall and CPU seconds per stage, the load average before and after,
 metrics, index recall, peak RSS, the config used). CPU seconds (this process and its scoring workers) are
 what a quiet machine's cores spend; wall time on a shared machine is not.
@@ -13,6 +14,7 @@ timed and the default extrapolated from seconds per epoch.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import sys
@@ -29,10 +31,16 @@ from omnirec.training.pipeline import print_summary, train
 RESULTS = Path(__file__).parent / "results" / "train_scale.json"
 
 
-def main(data_dir: Path, lightfm_epochs: int | None = None, refit: bool = True) -> None:
+def main(data_dir: Path, lightfm_epochs: int | None = None, refit: bool = True, lightfm_members: int | None = None,
+         windows: int | None = None) -> None:
+    logging.basicConfig(format="%(asctime)s %(message)s")
+    logging.getLogger("omnirec.training.pipeline").setLevel(logging.DEBUG)
     with tempfile.TemporaryDirectory(prefix="omnirec-bundles-") as root:
-        lightfm = {} if lightfm_epochs is None else {"epochs": lightfm_epochs, "num_threads": 2}
-        config = TrainConfig(bundle_root=Path(root), lightfm=lightfm, refit_full=refit)
+        lightfm: dict[str, int] = {} if lightfm_epochs is None else {"epochs": lightfm_epochs, "num_threads": 2}
+        if lightfm_members is not None:
+            lightfm["max_members"] = lightfm_members
+        ranker = {} if windows is None else {"windows": windows}
+        config = TrainConfig(bundle_root=Path(root), lightfm=lightfm, ranker=ranker, refit_full=refit)
         load_before = os.getloadavg()
         start = time.perf_counter()
         result = train(data_dir, config, force=True)
@@ -60,6 +68,13 @@ def main(data_dir: Path, lightfm_epochs: int | None = None, refit: bool = True) 
                                   indent=2))
 
 
+def option(name: str) -> int | None:
+    """The integer after `name` on the command line, if given."""
+    return int(sys.argv[sys.argv.index(name) + 1]) if name in sys.argv else None
+
+
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    main(Path(args[0]), int(args[1]) if len(args) > 1 else None, refit="--no-refit" not in sys.argv)
+    valued = {i + 1 for i, a in enumerate(sys.argv) if a in ("--lightfm-members", "--windows")}
+    args = [a for i, a in enumerate(sys.argv) if i and i not in valued and not a.startswith("--")]
+    main(Path(args[0]), int(args[1]) if len(args) > 1 else None, refit="--no-refit" not in sys.argv,
+         lightfm_members=option("--lightfm-members"), windows=option("--windows"))

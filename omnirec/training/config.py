@@ -74,6 +74,11 @@ class LightFMSettings(_Section):
     user_alpha: float = Field(0.0, ge=0, description="L2 penalty on member features")
     epochs: int = Field(30, ge=1)
     num_threads: int = Field(1, ge=1, description="1 keeps runs reproducible")
+    max_members: int | None = Field(None, ge=1, description="fit on the interactions of at most this many "
+                                                            "members (a seeded sample; None: all): LightFM "
+                                                            "serves cold members and items, whose feature "
+                                                            "embeddings a sample learns, and its time grows "
+                                                            "with the interactions it sees")
 
 
 class RankerSettings(_Section):

@@ -11,6 +11,8 @@ import dataclasses
 import hashlib
 import importlib.metadata
 import json
+import logging
+import os
 import platform
 import resource
 import time
@@ -73,6 +75,8 @@ from omnirec.training.next_basket import (
 from omnirec.training.ranker import IntentLists, RankerData, TwoStageModel, fit_ranker, intent_lists
 from omnirec.training.split import time_split
 from omnirec.training.weighting import confidence_matrix, event_weights, interaction_matrix
+
+log = logging.getLogger(__name__)
 
 LIBRARIES = ("implicit", "rectools-lightfm", "faiss-cpu", "numpy", "scipy", "pyarrow")
 
@@ -171,7 +175,8 @@ def cpu_seconds() -> float:
 
 @dataclass
 class Stages:
-    """Wall and CPU seconds per named stage of a training run."""
+    """Wall and CPU seconds per named stage of a training run (each also logged at DEBUG as it ends, so a
+    long run that is stopped still tells where its time went)."""
 
     wall: dict[str, float] = field(default_factory=dict)
     cpu: dict[str, float] = field(default_factory=dict)
@@ -182,6 +187,8 @@ class Stages:
         yield
         self.wall[name] = time.perf_counter() - wall
         self.cpu[name] = cpu_seconds() - cpu
+        log.debug("stage %s: wall %.1f s, CPU %.1f s, load average %.1f", name, self.wall[name], self.cpu[name],
+                  os.getloadavg()[0])
 
 
 def fit_all(models: list[Recommender], data: TrainSet, progress: bool, stages: Stages, prefix: str) -> None:

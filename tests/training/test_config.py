@@ -25,7 +25,8 @@ def test_a_partial_section_keeps_every_other_default(tmp_path: Path) -> None:
     assert train.als == ALSSettings(iterations=4) and train.als.factors == 32 and train.als.alpha == 3.0
     assert train.bpr == BPRSettings(factors=8) and train.bpr.iterations == 100
     assert train.lightfm.kwargs() == {"no_components": 32, "loss": "warp", "learning_rate": 0.08,
-                                      "item_alpha": 0.0, "user_alpha": 0.0, "epochs": 5, "num_threads": 1}
+                                      "item_alpha": 0.0, "user_alpha": 0.0, "epochs": 5, "num_threads": 1,
+                                      "max_members": None}
 
 
 @pytest.mark.parametrize(("toml", "where"), [

@@ -16,7 +16,7 @@ from omnirec.training.baskets import Baskets, next_basket_split
 from omnirec.training.config import TrainConfig
 from omnirec.training.metrics import bootstrap_ci, next_basket_per_member
 from omnirec.training.models.factorization import ALSRecommender
-from omnirec.training.models.frequency import TIFUKNN, GPTopFreq, GTopFreq, PTopFreq, tifu_vectors
+from omnirec.training.models.frequency import TIFUKNN, GPTopFreq, GTopFreq, PTopFreq, main_column, tifu_vectors
 from omnirec.training.next_basket import (
     MethodResult,
     evaluate_methods,
@@ -107,6 +107,37 @@ def ranked(planted):
     model = fit_ranker(data, split.cut_day)
     ctx = data.context(split.cut_day)
     return split, model, candidates(ctx, split.members, PARAMS), intent_lists(model, ctx, split.members, 20)
+
+
+def test_candidate_features_read_at_the_pairs_equal_the_dense_rows(planted, ranked):
+    split = ranked[0]
+    interactions, baskets = planted
+    ctx = RankerData(baskets, interactions, CONFIG).context(split.cut_day)
+    cands = candidates(ctx, split.members, PARAMS)
+    row = np.searchsorted(split.members, cands.member)
+    dense = {"p_count": ctx.counts[split.members].toarray(), "p_tifu": ctx.tifu.vectors[split.members].toarray(),
+             "knn": ctx.tifu.neighbour_mean(split.members).toarray(),
+             "lift_last": (ctx.last_basket[split.members] @ ctx.lift).toarray(),
+             "in_last_basket": ctx.last_basket[split.members].toarray(),
+             "als": ctx.als.member_factors[split.members] @ ctx.als.item_factors.T,
+             "store_pop": ctx.store.scores(split.members)}
+    for name, matrix in dense.items():
+        assert cands.column(name) == pytest.approx(matrix[row, cands.item], rel=1e-4, abs=1e-6), name
+    # every bought item is a candidate (fewer than `personal` per member here), and so is each member's
+    # main store's best pool item
+    bought = dense["p_count"] > 0
+    listed = np.zeros_like(bought)
+    listed[row, cands.item] = True
+    assert (listed | ~bought).all()
+    store_best = ctx.store_top[ctx.store.main_store[split.members], 0]
+    assert listed[np.arange(len(split.members)), store_best].all()
+
+
+def test_main_column_is_scipys_argmax_with_ties_to_the_lowest_column():
+    matrix = sp.random(500, 12, density=0.3, format="csr", random_state=4)
+    matrix.data = np.floor(matrix.data * 3) + 1.0  # few distinct values: many ties
+    expected = np.where(matrix.getnnz(axis=1) > 0, np.asarray(matrix.argmax(axis=1)).ravel(), -1)
+    assert (main_column(matrix) == expected).all() and (expected == -1).any()
 
 
 def test_ranker_beats_its_best_single_source(ranked):

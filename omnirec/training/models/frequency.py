@@ -47,6 +47,19 @@ class BasketRecommender(ABC):
         return out
 
 
+def main_column(matrix: sp.csr_matrix) -> np.ndarray:
+    """Each row's column with the largest value (the lowest such column on ties), -1 for an empty row:
+    scipy's `argmax(axis=1)` in one sort instead of a Python call per row (a million members)."""
+    rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+    order = np.lexsort((matrix.indices, -matrix.data, rows))
+    rows = rows[order]
+    first = np.ones(len(rows), bool)
+    first[1:] = rows[1:] != rows[:-1]
+    out = np.full(matrix.shape[0], -1, np.int64)
+    out[rows[first]] = matrix.indices[order][first]
+    return out
+
+
 def global_counts(history: Baskets) -> np.ndarray:
     """Baskets holding each item, over all members (float32)."""
     return np.bincount(history.item, minlength=history.n_items).astype(np.float32)
@@ -114,7 +127,8 @@ class StorePopularity(BasketRecommender):
         trips = sp.csr_matrix((np.ones(int((first & has).sum())), (history.member[first & has],
                                                                    history.store[first & has])),
                               shape=(history.n_members, n_stores))
-        self.main_store = np.where(trips.getnnz(axis=1) > 0, np.asarray(trips.argmax(axis=1)).ravel(), -1)
+        trips.sum_duplicates()
+        self.main_store = main_column(trips)
         counts = global_counts(history)
         self.overall = TIE * counts / (float(counts.max()) + 1.0)
         return self

@@ -31,10 +31,12 @@ class LightFMRecommender(Recommender):
 
     name = "lightfm"
 
-    def __init__(self, seed: int = 0, epochs: int = 15, num_threads: int = 1, **params: Any) -> None:
+    def __init__(self, seed: int = 0, epochs: int = 15, num_threads: int = 1, max_members: int | None = None,
+                 **params: Any) -> None:
         self.seed = seed
         self.epochs = epochs
         self.num_threads = num_threads
+        self.max_members = max_members
         self.params = params
 
     def fit(self, data: TrainSet) -> None:
@@ -44,13 +46,28 @@ class LightFMRecommender(Recommender):
         self._member_x = with_identity(data.member_features, n_members)
         item_x = with_identity(data.item_features, n_items)
         self.model = LightFM(random_state=self.seed, **self.params)
-        interactions = data.matrix.tocoo()
+        matrix = self._sample(data.matrix)
+        self.fitted_members = int((np.diff(matrix.indptr) > 0).sum())
+        interactions = matrix.tocoo()
         self.model.fit(interactions, user_features=self._member_x, item_features=item_x,
                        sample_weight=interactions, epochs=self.epochs, num_threads=self.num_threads)
         self.item_bias, self.item_vectors = self.model.get_item_representations(item_x)
         self.item_bias = self.item_bias.astype(np.float32)
         self.item_vectors = self.item_vectors.astype(np.float32)
-        self.similarity_vectors = self._similarity_vectors(item_x, np.diff(data.matrix.tocsc().indptr) > 0)
+        self.similarity_vectors = self._similarity_vectors(item_x, np.diff(matrix.tocsc().indptr) > 0)
+
+    def _sample(self, matrix: sp.csr_matrix) -> sp.csr_matrix:
+        """The rows of at most `max_members` members with interactions (seeded), the others emptied: their
+        identity embeddings stay untrained, so they are scored mostly by their profile features, as a cold
+        member is."""
+        active = np.flatnonzero(np.diff(matrix.indptr) > 0)
+        if self.max_members is None or len(active) <= self.max_members:
+            return matrix
+        keep = np.zeros(matrix.shape[0], np.float32)
+        keep[np.random.default_rng(self.seed).choice(active, self.max_members, replace=False)] = 1.0
+        sampled = sp.csr_matrix(sp.diags(keep) @ matrix)
+        sampled.eliminate_zeros()
+        return sampled
 
     def _similarity_vectors(self, item_x: sp.csr_matrix, warm: np.ndarray) -> np.ndarray:
         """[metadata part | identity part] per item, identity zeroed for items without interactions.

@@ -91,3 +91,20 @@ def test_lightfm_gives_cold_items_content_vectors(small_retail_dir, train_config
     same = np.mean(category[neighbours] == category[cold])
     base_rate = np.mean(category == category[cold])
     assert same > 3 * base_rate
+
+
+def test_lightfm_fits_a_sample_of_at_most_max_members(small_retail_dir, train_config: TrainConfig) -> None:
+    from omnirec.training.models import LightFMRecommender
+
+    retail = RetailData.read(small_retail_dir)
+    inter = retail.interactions()
+    data = train_set(retail, inter, train_config, np.ones(len(inter), bool),
+                     int(inter.events[Col.TS].to_numpy().max()))
+    active = int((np.diff(data.matrix.indptr) > 0).sum())
+    settings = train_config.lightfm.model_copy(update={"max_members": active // 4})
+    sampled = LightFMRecommender(seed=0, **settings.kwargs())
+    sampled.fit(data)
+    full = LightFMRecommender(seed=0, **train_config.lightfm.kwargs())
+    full.fit(data)
+    assert (sampled.fitted_members, full.fitted_members) == (active // 4, active)
+    assert sampled.similarity_vectors.shape == full.similarity_vectors.shape
