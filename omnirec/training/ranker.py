@@ -60,14 +60,26 @@ FEATURES = (
 )
 
 
-def item_stats(history: Baskets, cut_day: int) -> dict[str, np.ndarray]:
-    """Per-item popularity, recent popularity and trend, repurchase rate and cycle (median days), price."""
+def by_member_item(baskets: Baskets, cut_day: int, order: np.ndarray | None = None) -> np.ndarray:
+    """The lines of `baskets.until(cut_day)` ordered by member, item, day. `order`, that order for all of
+    `baskets`, is filtered instead of sorting again (one sort serves every cut-off's context)."""
+    if order is None:
+        history = baskets.until(cut_day)
+        return np.lexsort((history.day, history.item, history.member))
+    kept = baskets.day <= cut_day
+    position = np.cumsum(kept) - 1
+    return position[order[kept[order]]]
+
+
+def item_stats(history: Baskets, cut_day: int, order: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per-item popularity, recent popularity and trend, repurchase rate and cycle (median days), price.
+    `order`: the history's lines by member, item, day (`by_member_item`)."""
     n = history.n_items
     counts = global_counts(history)
     recent = np.bincount(history.item[history.day > cut_day - 28], minlength=n).astype(np.float32)
     before = np.bincount(history.item[(history.day > cut_day - 84) & (history.day <= cut_day - 28)],
                          minlength=n).astype(np.float32)
-    order = np.lexsort((history.day, history.item, history.member))
+    order = by_member_item(history, cut_day) if order is None else order
     member, item, day = history.member[order], history.item[order], history.day[order]
     again = (member[1:] == member[:-1]) & (item[1:] == item[:-1])
     gaps = (day[1:] - day[:-1])[again].astype(np.float64)
@@ -148,18 +160,20 @@ class Context:
 
 def build_context(baskets: Baskets, interactions: Interactions, config: TrainConfig, cut_day: int,
                   params: RankerSettings, seed: int = 0, als: FactorizationRecommender | None = None,
-                  promotions: Promotions | None = None, fold_from: ALSRecommender | None = None) -> Context:
+                  promotions: Promotions | None = None, fold_from: ALSRecommender | None = None,
+                  order: np.ndarray | None = None) -> Context:
     """Fit the sources and gather statistics on `baskets` up to `cut_day`; nothing later is read (but the
     promotions planned for the days after it: `training.promotions`).
 
     `als`, when given, replaces the ALS fit: the caller vouches that it saw no event after `cut_day` (the
     pipeline passes its own ALS, fitted on the same events, to save a fit at scale). Else `fold_from`, an
     ALS fitted on events up to an earlier day, gives its item factors and the member factors are solved on
-    the events up to `cut_day` (`ALSRecommender.fold_in`); else ALS is fitted here."""
+    the events up to `cut_day` (`ALSRecommender.fold_in`); else ALS is fitted here. `order`: all of
+    `baskets`' lines by member, item, day (`by_member_item`), sorted once for every context."""
     history = baskets.until(cut_day)
     shape = (history.n_members, history.n_items)
     day = history.day.astype(np.float32) - cut_day - 1.0  # negative; 0 never stored, so sparse max/min work
-    order = np.lexsort((history.day, history.item, history.member))
+    order = by_member_item(baskets, cut_day, order)
     m, i, d = history.member[order], history.item[order], day[order]
     end = np.ones(len(m), bool)
     end[:-1] = (m[1:] != m[:-1]) | (i[1:] != i[:-1])
@@ -188,7 +202,7 @@ def build_context(baskets: Baskets, interactions: Interactions, config: TrainCon
         als = ALSRecommender(seed=seed, **config.als.kwargs())
         with threadpool_limits(1, "blas"):
             als.fit(collaborative_train_set(interactions, config, cut_day))
-    items = item_stats(history, cut_day)
+    items = item_stats(history, cut_day, order)
     store = StorePopularity().fit(history)
     pool_position = np.full(history.n_items, -1, np.int64)
     pool_position[pool] = np.arange(len(pool))
@@ -396,19 +410,48 @@ def _fit_booster(cands: Candidates, y: np.ndarray, keep: np.ndarray, params: Ran
 class CompiledBooster:
     """A LightGBM booster compiled to machine code by `lleaves`: the same predictions (to float rounding)
     for about a sixth of the CPU per row, after a compile of ~40 CPU-seconds for 300 trees, so only large
-    scoring runs (`compile_members`) use it."""
+    scoring runs (`compile_members`) use it. `folder` holds the compiled code when it was compiled
+    elsewhere (`compile_boosters`): it is loaded instead of compiled again."""
 
-    def __init__(self, booster: lgb.Booster) -> None:
+    def __init__(self, booster: lgb.Booster, folder: Path | None = None) -> None:
         import lleaves  # here, not at module level: loading LLVM costs every other user of this module time
 
-        with tempfile.TemporaryDirectory(prefix="omnirec-ranker-") as folder:
-            path = Path(folder) / "booster.txt"
-            booster.save_model(path)
-            self.model = lleaves.Model(model_file=str(path))
-            self.model.compile()
+        with tempfile.TemporaryDirectory(prefix="omnirec-ranker-") as scratch:
+            model_file, cache = _compile_paths(Path(scratch) if folder is None else folder)
+            if folder is None:
+                booster.save_model(model_file)
+            self.model = lleaves.Model(model_file=str(model_file))
+            self.model.compile(cache=None if folder is None else str(cache))
 
     def predict(self, features: np.ndarray, num_threads: int = 1) -> np.ndarray:
         return self.model.predict(np.asarray(features, dtype=np.float64), n_jobs=num_threads)
+
+
+def _compile_paths(folder: Path) -> tuple[Path, Path]:
+    return folder / "booster.txt", folder / "booster.so"
+
+
+def _compile_into(folder: Path) -> None:
+    """Compile the booster saved in `folder` into its cache file there (runs in a forked process)."""
+    import lleaves
+
+    model_file, cache = _compile_paths(folder)
+    lleaves.Model(model_file=str(model_file)).compile(cache=str(cache))
+
+
+def compile_boosters(boosters: list[lgb.Booster], processes: int) -> list[CompiledBooster]:
+    """`CompiledBooster`s of `boosters`, compiled side by side in up to `processes` forked processes (LLVM
+    compiles on one core: the two rankers' ~75 s become ~40 on two)."""
+    if processes <= 1 or len(boosters) <= 1:
+        return [CompiledBooster(booster) for booster in boosters]
+    with tempfile.TemporaryDirectory(prefix="omnirec-ranker-") as scratch:
+        folders = [Path(scratch) / str(n) for n in range(len(boosters))]
+        for folder, booster in zip(folders, boosters, strict=True):
+            folder.mkdir()
+            booster.save_model(_compile_paths(folder)[0])
+        with multiprocessing.get_context("fork").Pool(min(processes, len(boosters))) as pool:
+            pool.map(_compile_into, folders)
+        return [CompiledBooster(booster, folder) for folder, booster in zip(folders, boosters, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -424,10 +467,12 @@ class TwoStageModel:
     params: RankerSettings
 
     def compiled(self) -> TwoStageModel:
-        """The same rankers compiled (`CompiledBooster`), for scoring many members."""
-        return TwoStageModel(mixed=CompiledBooster(self.mixed) if isinstance(self.mixed, lgb.Booster) else self.mixed,
-                             discover=CompiledBooster(self.discover) if isinstance(self.discover, lgb.Booster)
-                             else self.discover, params=self.params)
+        """The same rankers compiled (`CompiledBooster`, side by side in `processes`), for scoring many members."""
+        boosters = [b for b in (self.mixed, self.discover) if isinstance(b, lgb.Booster)]
+        done = dict(zip(map(id, boosters), compile_boosters(boosters, self.params.processes), strict=True))
+        return TwoStageModel(mixed=done.get(id(self.mixed), self.mixed),
+                             discover=None if self.discover is None else done.get(id(self.discover), self.discover),
+                             params=self.params)
 
     def scores(self, cands: Candidates) -> dict[Intent, np.ndarray]:
         """Ranker score per candidate and intent; -inf where the intent excludes it (bought / never bought)."""
@@ -459,6 +504,7 @@ class RankerData:
             promotions, interactions.items, baskets.store_names)
         self._context: Context | None = None
         self._windows: dict[int, tuple[Candidates, np.ndarray]] = {}
+        self._order = np.lexsort((baskets.day, baskets.item, baskets.member))
         self.window_als: ALSRecommender | None = None
         """The ALS fitted for the earliest window built so far, and the day it was fitted up to."""
         self._window_als_day = 0
@@ -471,7 +517,7 @@ class RankerData:
             self._context = None
             fold_from = self.window_als if self._window_als_day <= cut_day else None
             self._context = build_context(self.baskets, self.interactions, self.config, cut_day, self.params,
-                                          self.seed, als, self.promotions, fold_from)
+                                          self.seed, als, self.promotions, fold_from, self._order)
             if als is None and fold_from is None and isinstance(self._context.als, ALSRecommender):
                 self.window_als, self._window_als_day = self._context.als, cut_day
         return self._context

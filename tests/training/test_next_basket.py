@@ -30,6 +30,7 @@ from omnirec.training.ranker import (
     Intent,
     RankerData,
     build_context,
+    by_member_item,
     candidates,
     fit_ranker,
     intent_lists,
@@ -131,6 +132,15 @@ def test_candidate_features_read_at_the_pairs_equal_the_dense_rows(planted, rank
     assert (listed | ~bought).all()
     store_best = ctx.store_top[ctx.store.main_store[split.members], 0]
     assert listed[np.arange(len(split.members)), store_best].all()
+
+
+def test_one_sort_serves_every_cut_off(planted):
+    _, baskets = planted
+    order = np.lexsort((baskets.day, baskets.item, baskets.member))
+    for cut in (int(baskets.day.min()) + 20, int(baskets.day.max()) - 14, int(baskets.day.max())):
+        history = baskets.until(cut)
+        assert (by_member_item(baskets, cut, order) == np.lexsort((history.day, history.item,
+                                                                    history.member))).all()
 
 
 def test_main_column_is_scipys_argmax_with_ties_to_the_lowest_column():
