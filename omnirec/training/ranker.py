@@ -243,20 +243,16 @@ def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarr
     return np.where(keys[at] == query, values[at], 0).astype(np.float32)
 
 
-def _top_keys(row: np.ndarray, col: np.ndarray, data: np.ndarray, n: int, width: int) -> np.ndarray:
-    """Keys (row * width + col) of each row's n best positive finite entries."""
-    positive = np.isfinite(data) & (data > 0)
-    row, col, data = row[positive], col[positive], data[positive]
+def _top_keys_sparse(scores: sp.csr_matrix, n: int) -> np.ndarray:
+    """Keys (row * width + column) of each row's n best positive finite stored entries (only stored
+    entries can be positive): one sort of the stored entries instead of a partition of dense rows."""
+    row = np.repeat(np.arange(scores.shape[0], dtype=np.int64), np.diff(scores.indptr))
+    positive = np.isfinite(scores.data) & (scores.data > 0)
+    row, col, data = row[positive], scores.indices[positive].astype(np.int64), scores.data[positive]
     order = np.lexsort((-data, row))
     row, col = row[order], col[order]
     keep = np.arange(len(row)) - np.searchsorted(row, row) < n
-    return row[keep].astype(np.int64) * width + col[keep]
-
-
-def _top_keys_sparse(scores: sp.csr_matrix, n: int) -> np.ndarray:
-    """`_top_keys` of a sparse matrix's stored entries (only those can be positive)."""
-    rows = np.repeat(np.arange(scores.shape[0], dtype=np.int64), np.diff(scores.indptr))
-    return _top_keys(rows, scores.indices.astype(np.int64), scores.data, n, scores.shape[1])
+    return row[keep] * scores.shape[1] + col[keep]
 
 
 def _top_keys_dense(scores: np.ndarray, columns: np.ndarray, n: int, width: int) -> np.ndarray:
@@ -571,10 +567,40 @@ def fit_ranker(data: RankerData, cut_day: int, progress: bool = False) -> TwoSta
                        np.concatenate([c.features for c in shifted]))
     y = np.concatenate(ys)
     bought = train.column("bought") > 0
-    mixed = _fit_booster(train, y, np.ones(len(y), bool), params, data.seed)
+    mixed, discover = fit_boosters(train, y, [np.ones(len(y), bool), ~bought], params, data.seed)
     if mixed is None:
         return None
-    return TwoStageModel(mixed=mixed, discover=_fit_booster(train, y, ~bought, params, data.seed), params=params)
+    return TwoStageModel(mixed=mixed, discover=discover, params=params)
+
+
+_FITTING: tuple[Candidates, np.ndarray, list[np.ndarray], RankerSettings, int] | None = None
+"""What `_fit_masked` reads in a forked process: set before the fork, shared with the parent's pages."""
+
+
+def _fit_masked(which: int) -> str | None:
+    """The `which`-th booster of `fit_boosters`, as LightGBM's model text (what crosses the process boundary)."""
+    if _FITTING is None:
+        raise RuntimeError("_fit_masked runs only inside fit_boosters")
+    train, y, keeps, params, seed = _FITTING
+    booster = _fit_booster(train, y, keeps[which], params, seed)
+    return None if booster is None else booster.model_to_string()
+
+
+def fit_boosters(train: Candidates, y: np.ndarray, keeps: list[np.ndarray], params: RankerSettings,
+                 seed: int) -> list[lgb.Booster | None]:
+    """One `_fit_booster` per mask in `keeps`, side by side in up to `processes` forked processes: each fit
+    runs on one thread (`n_jobs`), so the two rankers take the time of one on two cores. The same boosters
+    as fitted in this process (LightGBM on one thread is deterministic; its model text is exact)."""
+    global _FITTING
+    if params.processes <= 1 or len(keeps) <= 1:
+        return [_fit_booster(train, y, keep, params, seed) for keep in keeps]
+    _FITTING = (train, y, keeps, params, seed)
+    try:
+        with multiprocessing.get_context("fork").Pool(min(params.processes, len(keeps))) as pool:
+            texts = pool.map(_fit_masked, range(len(keeps)))
+    finally:
+        _FITTING = None
+    return [None if text is None else lgb.Booster(model_str=text) for text in texts]
 
 
 def top_lists(cands: Candidates, scores: np.ndarray, members: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -134,6 +134,18 @@ def test_candidate_features_read_at_the_pairs_equal_the_dense_rows(planted, rank
     assert listed[np.arange(len(split.members)), store_best].all()
 
 
+def test_rankers_fitted_side_by_side_in_processes_equal_one_process(planted):
+    interactions, baskets = planted
+    split = next_basket_split(baskets, 14)
+    models = [fit_ranker(RankerData(baskets, interactions, CONFIG.model_copy(update={"ranker": PARAMS.model_copy(
+        update={"processes": n})})), split.cut_day) for n in (1, 2)]
+    assert models[0] is not None and models[1] is not None
+    for name in ("mixed", "discover"):
+        one, two = (getattr(m, name) for m in models)
+        assert (one is None) == (two is None)
+        assert one is None or one.model_to_string() == two.model_to_string()
+
+
 def test_one_sort_serves_every_cut_off(planted):
     _, baskets = planted
     order = np.lexsort((baskets.day, baskets.item, baskets.member))
