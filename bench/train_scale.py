@@ -3,7 +3,8 @@
 Generate the data first, outside the repository, e.g.
     omnirec simulate --members 1000000 --items 100000 --out /tmp/omnirec1m/data
 then run `python bench/train_scale.py /tmp/omnirec1m/data [LIGHTFM_EPOCHS] [--no-refit] [--lightfm-members N]
-[--windows N]` (`train.lightfm.max_members`, `train.ranker.windows`); each stage is logged as it ends. Prints a table and
+[--windows N] [--eval-members N]` (`train.lightfm.max_members`, `train.ranker.windows`, `train.eval_members`);
+each stage is logged as it ends. Prints a table and
 writes bench/results/train_scale.json (wall and CPU seconds per stage, the load average before and after,
 metrics, index recall, peak RSS, the config used). CPU seconds (this process and its scoring workers) are
 what a quiet machine's cores spend; wall time on a shared machine is not.
@@ -32,7 +33,7 @@ RESULTS = Path(__file__).parent / "results" / "train_scale.json"
 
 
 def main(data_dir: Path, lightfm_epochs: int | None = None, refit: bool = True, lightfm_members: int | None = None,
-         windows: int | None = None) -> None:
+         windows: int | None = None, eval_members: int | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(message)s")
     logging.getLogger("omnirec.training.pipeline").setLevel(logging.DEBUG)
     with tempfile.TemporaryDirectory(prefix="omnirec-bundles-") as root:
@@ -40,7 +41,8 @@ def main(data_dir: Path, lightfm_epochs: int | None = None, refit: bool = True, 
         if lightfm_members is not None:
             lightfm["max_members"] = lightfm_members
         ranker = {} if windows is None else {"windows": windows}
-        config = TrainConfig(bundle_root=Path(root), lightfm=lightfm, ranker=ranker, refit_full=refit)
+        evaluation = {} if eval_members is None else {"eval_members": eval_members}
+        config = TrainConfig(bundle_root=Path(root), lightfm=lightfm, ranker=ranker, refit_full=refit, **evaluation)
         load_before = os.getloadavg()
         start = time.perf_counter()
         result = train(data_dir, config, force=True)
@@ -74,7 +76,8 @@ def option(name: str) -> int | None:
 
 
 if __name__ == "__main__":
-    valued = {i + 1 for i, a in enumerate(sys.argv) if a in ("--lightfm-members", "--windows")}
+    valued = {i + 1 for i, a in enumerate(sys.argv) if a in ("--lightfm-members", "--windows", "--eval-members")}
     args = [a for i, a in enumerate(sys.argv) if i and i not in valued and not a.startswith("--")]
     main(Path(args[0]), int(args[1]) if len(args) > 1 else None, refit="--no-refit" not in sys.argv,
-         lightfm_members=option("--lightfm-members"), windows=option("--windows"))
+         lightfm_members=option("--lightfm-members"), windows=option("--windows"),
+         eval_members=option("--eval-members"))
