@@ -86,3 +86,23 @@ def test_a_history_too_short_for_the_ranker_trains_without_intent_lists(small_re
     assert result.gate is not None and result.gate.served == "omnirec"
     assert not list(result.path.glob("intent_*.npy"))
     assert json.loads((result.path / "manifest.json").read_text())["lists_as_of"] == ""
+
+
+def test_without_refit_the_ranker_is_compiled_once_for_the_evaluation_and_every_member(small_retail_dir: Path,
+                                                                                       tmp_path: Path) -> None:
+    """Where every member's lists will be scored by the compiled rankers anyway, the evaluation's lists use
+    them too: the same rows and lists as LightGBM's own predict."""
+    import numpy as np
+
+    from omnirec.bundle import ModelBundle
+    from omnirec.bundle.format import INTENT_ARRAYS
+
+    runs = [train(small_retail_dir, TrainConfig(bundle_root=tmp_path / str(n), seed=3, refit_full=False,
+                                                lightfm={"epochs": 2}, ranker={**SMALL_RANKER, "compile_members": n}),
+                  progress=False, force=True) for n in (1, 10**9)]
+    assert "compile_ranker" in runs[0].seconds and "compile_ranker" not in runs[1].seconds
+    for a, b in zip(runs[0].next_basket, runs[1].next_basket, strict=True):
+        assert a.method == b.method and a.means == pytest.approx(b.means)
+    bundles = [ModelBundle.load(r.path) for r in runs]
+    for items, _ in INTENT_ARRAYS.values():
+        assert np.array_equal(bundles[0].arrays[items], bundles[1].arrays[items])
