@@ -168,9 +168,14 @@ class TargetFactors:
         self._starts: list[int] = []
         self._n_reference = 0
 
-    async def affinities(self, targets: Sequence[Target], generation: int, model: AffinityModel,
-                         model_version: str, vector: np.ndarray) -> dict[str, float]:
-        """Target key -> the member's affinity (`affinity`), for every target but basket ones."""
+    def loaded(self, targets: Sequence[Target], generation: int, model_version: str) -> bool:
+        """Whether `load` has nothing to read for these targets."""
+        return self._for == (generation, model_version) and all(
+            t.key in self._rows for t in targets if t.scope != "basket")
+
+    async def load(self, targets: Sequence[Target], generation: int, model: AffinityModel,
+                   model_version: str) -> None:
+        """Read the items of the targets not seen yet under this generation and model, and restack."""
         factors = model.item_factors
         if self._for != (generation, model_version):
             self._for, self._rows, self._matrix = (generation, model_version), {}, np.zeros((0, 0), np.float32)
@@ -180,7 +185,11 @@ class TargetFactors:
             for target, ids in zip(missing, found, strict=True):
                 idx = model.items.to_internal(np.array(ids, dtype=object), strict=False) if ids else np.zeros(0, int)
                 self._rows[target.key] = candidate_rows(factors, np.unique(idx[idx >= 0]))
+        if missing or self._matrix.size == 0:
             self._build(factors)
+
+    def affinities(self, vector: np.ndarray) -> dict[str, float]:
+        """Target key -> the member's affinity (`affinity`), for every loaded target."""
         scores = self._matrix @ vector
         reference = scores[:self._n_reference]
         if not self._starts:
@@ -203,6 +212,20 @@ class TargetFactors:
         self._filled = [key for key, (start, end) in self._segments.items() if end > start]
         """Targets with items in the model (an empty one is neutral, as `affinity` has it)."""
         self._starts = [self._segments[key][0] for key in self._filled]
+
+
+class _LazyAffinities:
+    """Offer -> the member's affinity to its target: one product for all targets, made when the policy
+    scores a first offer (none when every offer is excluded before scoring)."""
+
+    def __init__(self, targets: TargetFactors, vector: np.ndarray) -> None:
+        self.targets, self.vector = targets, vector
+        self.found: dict[str, float] | None = None
+
+    def __call__(self, offer: Offer) -> float:
+        if self.found is None:
+            self.found = self.targets.affinities(self.vector)
+        return self.found.get(offer.target.key, NEUTRAL_AFFINITY)
 
 
 class OfferEngine:
@@ -280,10 +303,13 @@ class OfferEngine:
                     snapshot: OfferSnapshot, in_stock: dict[str, bool], generation: int,
                     model: AffinityModel | None, model_version: str, deadline: float) -> Ranking:
         vector = model.member_vector(member.member_id) if model is not None else None
-        affinities: dict[str, float] = {}  # offers that share a target share its affinity
+        affinity_of: Callable[[Offer], float] | None = None
         if model is not None and vector is not None:
-            affinities = await self._within(deadline, self.targets.affinities(
-                [o.target for o in offers], generation, model, model_version, vector), "the offer targets' items")
+            targets = [o.target for o in offers]
+            if not self.targets.loaded(targets, generation, model_version):
+                await self._within(deadline, self.targets.load(targets, generation, model, model_version),
+                                   "the offer targets' items")
+            affinity_of = _LazyAffinities(self.targets, vector)
         contacts = snapshot.contacts
         states = {}
         for offer in offers:
@@ -292,12 +318,12 @@ class OfferEngine:
                 member_contacts=contacts.count(now - cap.period_days * DAY, offer_id=offer.id) if cap else 0,
                 budget_left=budget_left(offer, snapshot.usage[offer.id]),
                 target_in_stock=in_stock.get(offer.id, True),
-                affinity=affinities.get(offer.target.key, NEUTRAL_AFFINITY),
             )
         fatigue = self.config.fatigue.get(channel)
         channel_contacts = contacts.count(now - fatigue.period_days * DAY, channel=channel) if fatigue else 0
         uplift = self.uplift.get(member.member_id) if self.uplift is not None else None
-        return rank_offers(offers, member, channel, now, states, self.tiers, k, channel_contacts, fatigue, uplift)
+        return rank_offers(offers, member, channel, now, states, self.tiers, k, channel_contacts, fatigue, uplift,
+                           affinity_of)
 
     def _versions(self, catalogue: Catalogue, model_version: str) -> dict[str, str]:
         return {"catalogue_version": catalogue.version, "model_version": model_version,

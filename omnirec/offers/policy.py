@@ -9,8 +9,8 @@ the first rule that rejects one names it, and explain mode returns those rejecti
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from omnirec.domain.tiers import TierLadder
@@ -176,8 +176,12 @@ def score_offer(offer: Offer, state: OfferState, uplift: UpliftEstimate | None) 
 def rank_offers(offers: Sequence[Offer], member: MemberView, channel: Channel, now: float,
                 states: Mapping[str, OfferState], tiers: TierLadder, k: int,
                 channel_contacts: int = 0, fatigue: Cap | None = None,
-                uplift: UpliftEstimate | None = None) -> Ranking:
-    """The pipeline for one member: the top `k` offers worth making, one per target, and every exclusion."""
+                uplift: UpliftEstimate | None = None,
+                affinity: Callable[[Offer], float] | None = None) -> Ranking:
+    """The pipeline for one member: the top `k` offers worth making, one per target, and every exclusion.
+
+    `affinity`, when given, replaces `states[...].affinity` and is asked only for the offers that reach
+    scoring (a product with the serving model's factors: not worth making for offers already excluded)."""
     excluded: list[Exclusion] = []
     scored: list[ScoredOffer] = []
     fatigued = fatigue if fatigue is not None and channel_contacts >= fatigue.count else None
@@ -191,6 +195,8 @@ def rank_offers(offers: Sequence[Offer], member: MemberView, channel: Channel, n
             excluded.append(Exclusion(offer.id, Rule.FATIGUE_CAP, f"{channel_contacts} contacts on {channel} "
                                       f"in {fatigued.period_days:g} days (cap {fatigued.count})"))
             continue
+        if affinity is not None:
+            state = replace(state, affinity=affinity(offer))
         s = score_offer(offer, state, uplift)
         scored.append(ScoredOffer(s.offer, s.score, s.propensity, s.uplift, (*verdict, *s.reasons)))
     scored.sort(key=lambda s: (-s.score, s.offer.id))

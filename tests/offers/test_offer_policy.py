@@ -114,3 +114,20 @@ def test_one_offer_per_target_and_unprofitable_offers_dropped() -> None:
     loser = rank(m, uplift=UpliftEstimate(p_control=0.6, p_treated=0.6))
     assert all(not s.offer.kind.is_coupon for s in loser.chosen)
     assert Rule.NOT_WORTH_IT in set(reasons(loser).values())
+
+
+def test_the_affinity_is_asked_only_for_offers_that_reach_scoring() -> None:
+    asked: list[str] = []
+
+    def affinity(offer: object) -> float:
+        asked.append(offer.id)  # type: ignore[attr-defined]
+        return 0.9
+
+    m = member("m", "basic")
+    r = rank(m, affinity=affinity)
+    assert sorted(asked) == sorted(s.offer.id for s in r.scored) and asked
+    assert all("score:affinity=0.900" in s.reasons for s in r.scored)
+    assert {e.offer_id for e in r.excluded if e.rule == Rule.NOT_ELIGIBLE_TIER} & set(asked) == set()
+    asked.clear()
+    no_consent = rank(member("n", "gold", consent=frozenset()), affinity=affinity)
+    assert asked == [] and not no_consent.scored
