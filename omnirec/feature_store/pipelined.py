@@ -111,7 +111,9 @@ class PipelinedConnection:
 
     async def execute(self, *args: Any) -> Any:
         """The reply to one command (hiredis types: bytes, int, lists, None)."""
-        protocol = await self._connected()
+        protocol = self._protocol
+        if protocol is None or protocol.lost is not None or asyncio.get_running_loop() is not self._loop:
+            protocol = await self._connected()  # connected calls skip this coroutine: one per call adds up
         try:
             async with asyncio.timeout(self._timeout_s):
                 reply = await protocol.send(args)

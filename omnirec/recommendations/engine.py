@@ -194,9 +194,10 @@ async def for_member(source: MemberSource, bundle: Bundle, categories: CategoryI
     stored = member.lists.intents.get(intent) if member.lists is not None else None
     if lists is None and stored is not None:
         lists = stored.head(n)
-    if intent is Intent.DISCOVER and not degraded:
+    if intent is Intent.DISCOVER and not degraded and not filters.exclude_purchased:
         filters = replace(filters, exclude_purchased=True)
-    request = replace(request, filters=filters)
+    if filters is not request.filters:  # `dataclasses.replace` costs more than the rest of this function
+        request = replace(request, filters=filters)
     ranked, not_due = None, np.zeros(0, np.int64)
     if lists is not None:
         if degraded:

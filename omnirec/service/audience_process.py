@@ -296,6 +296,11 @@ class AudienceProcess:
         with contextlib.suppress(OSError):
             Path("/proc/self/comm").write_text("omnirec-audienc")  # `ps`, `top`: which child is which
         os.nice(self.config.service.audience_nice)
+        if sys.platform == "linux":
+            # SCHED_BATCH as well: a batch task never preempts a task that wakes up, so a worker woken by a
+            # request (or Redis's reply) runs at once instead of after the pull's time slice; with its nice
+            # level the pull keeps what CPU the workers leave and so still finishes.
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(1):

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import grpc
 
+from omnirec.domain.vocab import Intent
 from omnirec.recommendations import engine
 from omnirec.recommendations.ranking import Filters, Reason
 from omnirec.service import validation as v
@@ -44,16 +43,17 @@ class RecommendationServicer(recommendation_pb2_grpc.RecommendationServiceServic
         return lambda: v.time_budget(context, self._default_deadline_s)
 
     @staticmethod
-    def _request(proto: _Request, exclude_purchased: bool = False) -> engine.Request:
+    def _request(proto: _Request, exclude_purchased: bool = False, intent: Intent = Intent.MIXED) -> engine.Request:
         channel = v.channel(proto.channel)
         return engine.Request(channel, v.store(proto.store_id, channel), v.k(proto.k),
                               Filters(category=v.optional_id(proto.filter.category, "filter.category") or "",
-                                      in_stock_only=proto.filter.in_stock_only, exclude_purchased=exclude_purchased))
+                                      in_stock_only=proto.filter.in_stock_only, exclude_purchased=exclude_purchased),
+                              intent)
 
     async def Recommend(self, request: recommendation_pb2.RecommendRequest,
                         context: grpc.aio.ServicerContext) -> recommendation_pb2.RecommendResponse:
         member_id, anonymous_id = v.one_of(request.member_id, request.anonymous_id, "member_id", "anonymous_id")
-        asked = replace(self._request(request, request.exclude_purchased), intent=v.intent(request.intent))
+        asked = self._request(request, request.exclude_purchased, v.intent(request.intent))
         model = self._models.get()
         answer = await engine.for_member(self._features, model.bundle, model.categories, member_id, anonymous_id,
                                          asked, self._budget(context))

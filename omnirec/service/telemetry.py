@@ -228,11 +228,16 @@ def _access_log(config: LoggingConfig, method: str, request: object, response: M
     fields = _answer_fields(request, response, config.member_ids)
     if config.access_log == "errors" and code is grpc.StatusCode.OK and not fields.get("degraded"):
         return
-    duration_ms = round(seconds * 1000, 3)
     level = logging.WARNING if code in SERVER_FAULTS else logging.INFO
-    access_log.log(level, "%s %s %.1f ms", method, code.name, duration_ms,
-                   extra={"request_id": request_id, "method": method, "status": code.name,
-                          "duration_ms": duration_ms, **fields})
+    if not access_log.isEnabledFor(level):
+        return
+    duration_ms = round(seconds * 1000, 3)
+    status = code.name
+    # The record is made and handled directly: `Logger.log` would also look up the calling frame for a
+    # source location that access lines do not need (a tenth of a line's cost, one line per call).
+    access_log.handle(access_log.makeRecord(
+        access_log.name, level, __file__, 0, "%s %s %.1f ms", (method, status, duration_ms), None,
+        extra={"request_id": request_id, "method": method, "status": status, "duration_ms": duration_ms, **fields}))
 
 
 def _unary(method: _Method, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:

@@ -122,6 +122,11 @@ def test_a_killed_audience_process_is_replaced(serve, small_retail_dir: Path, bu
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         _until(lambda: _serving(channel) and len(serve_children(proc.pid)[1]) == 1, "omnirec serve did not start")
         (first,) = serve_children(proc.pid)[1]
+        # Campaign pulls yield to the real-time workers: a lower priority and the batch policy (never
+        # preempting a worker that wakes up for a request); the workers keep the normal policy.
+        assert os.sched_getscheduler(first) == os.SCHED_BATCH
+        assert os.getpriority(os.PRIO_PROCESS, first) - os.getpriority(os.PRIO_PROCESS, proc.pid) == 10
+        assert all(os.sched_getscheduler(w) == os.SCHED_OTHER for w in serve_children(proc.pid)[0])
         assert pulled()
         os.kill(first, signal.SIGKILL)
         _until(lambda: serve_children(proc.pid)[1] not in ([], [first]), "audience process not replaced")
