@@ -15,10 +15,9 @@ CPU per member (this process: encoding, slot routing, reply checks) is what to c
 pipelined round trip) and the echo server of `bench/service_load.py` (grpc.aio with nothing behind it, the
 ceiling), all started once; then each is loaded in turn, closed-loop, `--in-flight` requests for
 `--seconds`, alternated over the rounds. Recommend asks for a random member with the purchase filter (one
-feature-store read per call); each server's CPU per answered call (utime + stime of the server and its
-workers, from /proc; the 2 s warm-up's calls are counted in the CPU, not in the calls, so it is an upper
-bound, alike for every server) is what carries over from a busy machine. Prints a table with the load
-average and writes bench/results/cluster_scale.json.
+feature-store read per call); each server's CPU per answered call (utime + stime of its worker processes
+over the measured seconds, `service_load.worker_cpu_s`) is what carries over from a busy machine. Prints a
+table with the load average and writes bench/results/cluster_scale.json.
 
 On one machine the three masters share its cores with the servers and the client, so this measures the
 cost of the cluster protocol (slot routing, one connection per master), not the capacity of three hosts.
@@ -116,16 +115,6 @@ def materialise(features: object, stores: dict[str, RedisConfig], rounds: int) -
     return loads
 
 
-def tree_cpu_s(pid: int) -> float:
-    """CPU seconds (utime + stime) of a server and every process under it (its workers): what a call costs
-    the server on a machine whose other load makes wall-clock rates noise."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
-                for c in (task / "children").read_text().split()]
-    return own + sum(tree_cpu_s(child) for child in children)
-
-
 def load_servers(ports: dict[str, int], pids: dict[str, int], members: np.ndarray, args: argparse.Namespace
                  ) -> dict[str, list[dict[str, float]]]:
     """Closed-loop QPS of each server in turn (echo: its empty call; the others: Recommend with the purchase
@@ -134,11 +123,9 @@ def load_servers(ports: dict[str, int], pids: dict[str, int], members: np.ndarra
     for r in range(args.rounds):
         for name in (list(ports) if r % 2 == 0 else list(reversed(ports))):
             kind = "echo" if name == "echo" else "exclude_purchased"
-            cpu = tree_cpu_s(pids[name])
             row = asyncio.run(measure(f"127.0.0.1:{ports[name]}", kind, [args.in_flight], args.seconds,
-                                      API_KEY, members, args.connections))[0]
-            # the measure's warm-up calls are counted in the CPU but not in `requests`: an upper bound
-            row["server_cpu_us_per_call"] = (tree_cpu_s(pids[name]) - cpu) / max(int(row["requests"]), 1) * 1e6
+                                      API_KEY, members, args.connections, server_pid=pids[name]))[0]
+            row["server_cpu_us_per_call"] = row["cpu_us"]
             row["load_avg_1m"] = os.getloadavg()[0]
             qps[name].append(row)
             print(name, row, flush=True)
