@@ -1,17 +1,21 @@
 """Spark MLlib ALS vs `implicit` ALS on the same split, weights, factors and regularisation.
 
-    nice -n 10 python bench/spark_scale.py DATA_DIR [--seeds N] [--engines implicit,spark local[2],...]
+    python bench/spark_scale.py DATA_DIR [--seeds N] [--engines implicit,spark local[2],...] [--out JSON]
 
 DATA_DIR is a retailer directory (`omnirec simulate --members 100000 --items 20000 --out DIR`, or
 `omnirec import` of Complete Journey). Both models are fitted on the evaluation split's train part, the
 way `omnirec train` fits them, and ranked by the same `evaluate` on the same members (NDCG@10 with a 95%
 interval over members), each engine with `--seeds` seeds (mean and spread over them, and the ratio to
-`implicit` of the same seed); Spark is timed on `local[2]` and `local[1]`, `implicit` on one thread. Both take
+`implicit` of the same seed), the engines alternating within each seed; Spark on `local[2]` and `local[1]`,
+`implicit` with its own threads (BLAS on one). Each fit is timed in wall and CPU seconds (this process's
+threads plus, for Spark, its JVM's): on a shared machine the CPU carries over, the wall does not. Both take
 `[train.als]` through `training.als_objective` (the one mapping of the shared settings onto each library);
 one more `implicit` row fits the matrix as `implicit` reads it unmapped (confidence alpha * r, what omnirec
 did before the mapping), to show what the mapping changes, and `implicit exact` solves each row exactly
-(Cholesky, as MLlib does) instead of by conjugate gradient. Prints a table with the load average around
-each run and writes bench/results/spark_scale_<data dir name>.json. Keep it lean: the machine is shared.
+(Cholesky, as MLlib does) instead of by conjugate gradient, and `implicit gaussian` starts from MLlib's
+unit-norm Gaussian rows instead of `implicit`'s uniform [0, 0.01) (a start gap vs a regularisation gap).
+Prints a table with the load average around each run and writes bench/results/spark_scale_<data dir
+name>.json (after every fit, so a stopped run keeps what it measured).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from omnirec.training.config import TrainConfig
 from omnirec.training.evaluation import eval_members, relevant_items
 from omnirec.training.metrics import hits_matrix, ranking_metrics
 from omnirec.training.models import ALSRecommender, Recommender
+from omnirec.training.models.base import TrainSet
 from omnirec.training.models.factorization import ImplicitRecommender
 from omnirec.training.pipeline import train_set
 from omnirec.training.spark import SparkALSRecommender, indexed
@@ -73,6 +78,25 @@ class ExactALS(ALSRecommender):
         return AlternatingLeastSquares(random_state=self.seed, use_cg=False, **implicit_kwargs(self.settings))
 
 
+class GaussianStartALS(ALSRecommender):
+    """The mapped objective fitted by `implicit` from MLlib's start (each row a standard Gaussian draw scaled
+    to unit norm, as `ALS.initialize` does) instead of `implicit`'s uniform [0, 0.01): if its NDCG moves to
+    MLlib's, the start, not MLlib's per-row (ALS-WR) regularisation, is what separates the engines."""
+
+    name = "als-gaussian-start"
+
+    def fit(self, data: TrainSet) -> None:
+        self.shape = data.matrix.shape
+        super().fit(data)
+
+    def _model(self) -> AlternatingLeastSquares:
+        model = super()._model()
+        rng = np.random.default_rng(self.seed)
+        starts = [rng.standard_normal((n, self.settings.factors), dtype=np.float32) for n in self.shape]
+        model.user_factors, model.item_factors = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in starts)
+        return model
+
+
 class UnmappedALS(ImplicitRecommender):
     """`implicit` given R and alpha as they are: confidence alpha * r (omnirec before `als_objective`)."""
 
@@ -101,15 +125,18 @@ def cpu_s(spark: SparkSession | None) -> float:
     return own + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
-ENGINES = ("implicit", "implicit exact", "implicit unmapped", "spark local[2]", "spark local[1]")
+ENGINES = ("implicit", "implicit exact", "implicit gaussian", "implicit unmapped", "spark local[2]",
+           "spark local[1]")
 
 
 def implicit_model(engine: str, seed: int, als: dict[str, object]) -> Recommender:
-    kind = {"implicit": ALSRecommender, "implicit exact": ExactALS, "implicit unmapped": UnmappedALS}[engine]
+    kind = {"implicit": ALSRecommender, "implicit exact": ExactALS, "implicit gaussian": GaussianStartALS,
+            "implicit unmapped": UnmappedALS}[engine]
     return kind(seed=seed, **als)
 
 
-def main(data_dir: Path, iterations: int, seeds: list[int], engines: list[str], driver_memory: str) -> None:
+def main(data_dir: Path, iterations: int, seeds: list[int], engines: list[str], driver_memory: str,
+         out: Path) -> None:
     config = TrainConfig()
     als = {**config.als.kwargs(), "iterations": iterations}
     retail = RetailData.read(data_dir)
@@ -123,7 +150,6 @@ def main(data_dir: Path, iterations: int, seeds: list[int], engines: list[str], 
     members = eval_members(relevant, data.matrix, config.eval_members, config.seed)
     rows: list[dict[str, object]] = []
     reg_param = None
-    out = RESULTS / f"spark_scale_{data_dir.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     for seed in seeds:  # engines alternate within a seed, so a change of the machine's load hits every engine
         for engine in engines:
@@ -189,6 +215,7 @@ if __name__ == "__main__":
     parser.add_argument("data_dir", type=Path)
     parser.add_argument("--iterations", type=int, default=TrainConfig().als.iterations)
     parser.add_argument("--seeds", type=int, default=1, help="fits per engine, seeds [train] seed, seed + 1, ...")
+    parser.add_argument("--out", type=Path, help="JSON to write (default: bench/results/spark_scale_<dir>.json)")
     parser.add_argument("--driver-memory", default="2g", help="spark.driver.memory (local mode: the whole job)")
     parser.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, of: {', '.join(ENGINES)}")
     args = parser.parse_args()
@@ -196,4 +223,4 @@ if __name__ == "__main__":
     if "implicit" not in chosen or set(chosen) - set(ENGINES):
         parser.error(f"--engines: `implicit` (the baseline) and any of {', '.join(ENGINES)}")
     main(args.data_dir, args.iterations, [TrainConfig().seed + i for i in range(args.seeds)], chosen,
-         args.driver_memory)
+         args.driver_memory, args.out or RESULTS / f"spark_scale_{args.data_dir.name}.json")
