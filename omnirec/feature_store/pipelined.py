@@ -127,7 +127,9 @@ class PipelinedConnection:
     async def execute_many(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """The replies to several commands sent in one write (a non-transactional pipeline); the first error
         reply is raised once every reply has arrived, so the connection stays in step."""
-        protocol = await self._connected()
+        protocol = self._protocol
+        if protocol is None or protocol.lost is not None or asyncio.get_running_loop() is not self._loop:
+            protocol = await self._connected()  # as `execute`: connected calls skip this coroutine
         futures = protocol.send_many(commands)
         try:
             async with asyncio.timeout(self._timeout_s):
