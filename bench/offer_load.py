@@ -34,7 +34,6 @@ import asyncio
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import time
@@ -221,10 +220,7 @@ def main() -> None:
                                   {name: p.pid for name, p in servers.items()}))
         wall = time.time() - t0
     finally:
-        for p in servers.values():
-            p.send_signal(signal.SIGTERM)
-        for p in servers.values():
-            p.wait(60)
+        service_load.stop(servers.values())
 
     table = summarise(rows)
     print(f"{'call':<29} {'in flight':>9} {'QPS':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs echo':>8} {'CPU us':>7} "

@@ -50,6 +50,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import grpc
@@ -227,6 +228,15 @@ def setup(args: argparse.Namespace) -> tuple[OmnirecConfig, str, np.ndarray, lis
             {**os.environ, "OMNIREC_CONFIG": str(args.config)})
 
 
+def stop(servers: Iterable[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every server first, then wait: they drain in parallel rather than one after another."""
+    procs = list(servers)
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        proc.wait(60)
+
+
 def synthetic(config: OmnirecConfig, data_dir: Path, members: int, items: int) -> None:
     """Simulated data, its features in Redis and a random bundle with intent lists, each made only when
     missing (see the module doc)."""
@@ -343,10 +353,7 @@ def main() -> None:
         results["worker_memory"] = [memory(pid) for pid in children(servers["serve"].pid)]
         results["recommend_wall_s"] = time.time() - t0
     finally:
-        for proc in servers.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in servers.values():
-            proc.wait(60)
+        stop(servers.values())
 
     results["summary"] = table = summarise(results, kinds)
     print(f"{'server':<26} {'in flight':>9} {'QPS':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'degraded':>9} "
