@@ -139,7 +139,7 @@ return shown
 max count, max cents, cost cents (negative limits: no limit; coupons pass -1, their budget is charged when
 issued). Records the offers a member was shown and charges invitations' budgets, all or nothing per offer."""
 
-_REDEEM = """
+_MARK_REDEEMED = """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if not raw then return {0, ''} end
 local coupon = cjson.decode(raw)
@@ -148,7 +148,11 @@ coupon['redeemed_ts'] = tonumber(ARGV[2])
 coupon['redemption_id'] = ARGV[3]
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(coupon))
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('HINCRBY', KEYS[2], 'redeemed', 1)
+"""
+"""The wallet's check-and-set that both redemption scripts start with. KEYS[1]: wallet. ARGV: 1 coupon id,
+2 now, 3 redemption id, 4 wallet ttl. Returns early ({0, ''} unknown, {2, coupon} already redeemed)."""
+
+_REDEEM = _MARK_REDEEMED + """redis.call('HINCRBY', KEYS[2], 'redeemed', 1)
 redis.call('HINCRBY', KEYS[2], 'spent_cents', ARGV[5])
 redis.call('HINCRBY', KEYS[3], 'redemptions', 1)
 redis.call('HSET', KEYS[3], 'last_redeem_ts', ARGV[2])
@@ -255,16 +259,7 @@ return 1
 """
 """Cluster: charge one invitation to its budget. KEYS: budget. ARGV: max count, max cents, cost cents."""
 
-_REDEEM_MEMBER = """
-local raw = redis.call('HGET', KEYS[1], ARGV[1])
-if not raw then return {0, ''} end
-local coupon = cjson.decode(raw)
-if coupon['redeemed_ts'] ~= cjson.null then return {2, raw} end
-coupon['redeemed_ts'] = tonumber(ARGV[2])
-coupon['redemption_id'] = ARGV[3]
-redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(coupon))
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('HINCRBY', KEYS[2], 'redemptions', 1)
+_REDEEM_MEMBER = _MARK_REDEEMED + """redis.call('HINCRBY', KEYS[2], 'redemptions', 1)
 redis.call('HSET', KEYS[2], 'last_redeem_ts', ARGV[2])
 return {1, raw}
 """
