@@ -152,6 +152,15 @@ def _answer_fields(request: object, response: Message | None, member_ids: bool) 
     return fields
 
 
+def _degraded(response: Message | None) -> bool:
+    """Whether an answer is degraded, without building its log fields: with `access_log = "errors"` (the
+    default) this is all an OK call asks of the access log."""
+    if response is None:
+        return False
+    info = getattr(response, "info", None)
+    return bool(getattr(response, "degraded", False) or (info is not None and getattr(info, "degraded", False)))
+
+
 class _Method:
     """What one method's calls share: its labels, its metric values, how its calls are logged."""
 
@@ -225,9 +234,9 @@ def _access_log(config: LoggingConfig, method: str, request: object, response: M
                 code: grpc.StatusCode, seconds: float, request_id: str) -> None:
     if config.access_log == "off":
         return
-    fields = _answer_fields(request, response, config.member_ids)
-    if config.access_log == "errors" and code is grpc.StatusCode.OK and not fields.get("degraded"):
+    if config.access_log == "errors" and code is grpc.StatusCode.OK and not _degraded(response):
         return
+    fields = _answer_fields(request, response, config.member_ids)
     level = logging.WARNING if code in SERVER_FAULTS else logging.INFO
     if not access_log.isEnabledFor(level):
         return
